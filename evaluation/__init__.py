@@ -1,0 +1,1 @@
+"""Metrics (defined once, here), fold evaluation, tables, figures and the report."""
