@@ -1,0 +1,435 @@
+"""The project's metrics, defined once (DESIGN.md section 5).
+
+Every table in the project is computed from these functions, so a number means the same thing
+in a benchmark, a fold summary and a report.
+
+Label conventions (the same in segmentation and joint datasets, so one definition serves both):
+
+* segmentation datasets: 0 background, 1 liver, 2 lesion;
+* joint datasets: 0 background, 1 liver, 2 cyst, 3 hemangioma, 4 metastasis, i.e. lesion type
+  index = label - 2 in the order of :data:`nnunet_joint.LESION_TYPES`;
+* "lesion" is ``label >= 2`` in both, so lesion Dice merges all types.
+
+Units: the unit of every slice-wise metric is one case. The Sheba set's cases are 2-D slices;
+a case stored as ``1 x H x W`` is squeezed, and a 3-D case is treated as one unit (its Dice is
+one number over the whole volume).
+
+Conventions decided here (and tested in ``tests/test_metrics.py``):
+
+* **Empty masks, Dice**: both empty -> 1.0 (nothing to find, nothing found); exactly one empty
+  -> 0.0. The Sheba reference lesion is never empty, so this only matters for LiTS-like data.
+* **Empty reference, recall and success**: sensitivity and "prediction hits the lesion" are
+  undefined without a reference lesion; they are ``None`` for that slice and the slice is left
+  out of those means (each summary states the number of slices a metric stands on).
+* **Majority vote ties** (joint framework): among the tied types, the one with the largest
+  summed probability over the predicted lesion pixels wins when probabilities are available;
+  otherwise (or if that ties too) the lowest type index wins, so the result is deterministic.
+* **No call**: a joint prediction without any lesion pixel and without probabilities gives
+  :data:`NO_CALL` (-1). It counts as a wrong classification in accuracy and per-class recall, and
+  appears in the ``no_call`` counts, not in the 3 x 3 confusion matrix.
+* **Connected lesions** use full connectivity (8-neighbourhood in 2-D, 26 in 3-D): pixels that
+  touch at a corner belong to one lesion, as a reader would see them.
+* **Aggregation over folds**: a fold's value is the mean over its slices (Dice2: pooled
+  TP/FP/FN over its slices); the table reports the mean and the population standard deviation
+  (numpy's default, ``ddof=0``) of the fold values, and ``n``, the number of slices the metric
+  stands on in all folds together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Iterable, Sequence
+
+import numpy as np
+from scipy import ndimage
+from sklearn.metrics import confusion_matrix, recall_score
+
+from nnunet_joint import LESION_TYPES
+
+#: First lesion label; joint type index = label - LESION_LABEL_OFFSET.
+LESION_LABEL_OFFSET = 2
+#: Number of classes of the joint label map (background, liver, one per lesion type).
+N_JOINT_CLASSES = LESION_LABEL_OFFSET + len(LESION_TYPES)
+#: Predicted type when a joint prediction holds no lesion pixel and no probabilities were given.
+NO_CALL = -1
+#: Type indices, the order of rows/columns of every confusion matrix.
+TYPE_INDICES: tuple[int, ...] = tuple(range(len(LESION_TYPES)))
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _squeeze_case(array: np.ndarray) -> np.ndarray:
+    """Drop singleton axes so a ``1 x H x W`` slice and an ``H x W`` slice compare equal."""
+    array = np.asarray(array)
+    squeezed = np.squeeze(array)
+    return squeezed if squeezed.ndim >= 1 else array.reshape(1)
+
+
+def _pair(prediction: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    prediction, reference = _squeeze_case(prediction), _squeeze_case(reference)
+    if prediction.shape != reference.shape:
+        raise ValueError(f"prediction shape {prediction.shape} differs from reference shape {reference.shape}")
+    return prediction, reference
+
+
+def lesion_mask(label_map: np.ndarray) -> np.ndarray:
+    """Boolean lesion mask (all types merged): ``label >= 2``."""
+    return np.asarray(label_map) >= LESION_LABEL_OFFSET
+
+
+def confusion_counts(prediction: np.ndarray, reference: np.ndarray) -> tuple[int, int, int]:
+    """True positives, false positives and false negatives of two boolean masks."""
+    prediction, reference = _pair(np.asarray(prediction, bool), np.asarray(reference, bool))
+    tp = int(np.count_nonzero(prediction & reference))
+    fp = int(np.count_nonzero(prediction & ~reference))
+    fn = int(np.count_nonzero(~prediction & reference))
+    return tp, fp, fn
+
+
+def dice_from_counts(tp: int, fp: int, fn: int) -> float:
+    """Dice = 2TP / (2TP + FP + FN); 1.0 when both masks are empty (see module conventions)."""
+    denominator = 2 * tp + fp + fn
+    return 1.0 if denominator == 0 else 2.0 * tp / denominator
+
+
+def recall_from_counts(tp: int, fn: int) -> float | None:
+    """Sensitivity TP / (TP + FN); ``None`` when the reference is empty (undefined)."""
+    return None if tp + fn == 0 else tp / (tp + fn)
+
+
+# ----------------------------------------------------------------------------- segmentation
+
+
+def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
+    """Dice of two boolean masks of one case (empty conventions in the module docstring)."""
+    return dice_from_counts(*confusion_counts(prediction, reference))
+
+
+def lesion_dice(prediction: np.ndarray, reference: np.ndarray) -> float:
+    """Lesion Dice of two label maps, all lesion types merged (one slice's term of Dice1)."""
+    return dice(lesion_mask(prediction), lesion_mask(reference))
+
+
+def lesion_recall(prediction: np.ndarray, reference: np.ndarray) -> float | None:
+    """Lesion pixel sensitivity of two label maps; ``None`` without a reference lesion."""
+    tp, _, fn = confusion_counts(lesion_mask(prediction), lesion_mask(reference))
+    return recall_from_counts(tp, fn)
+
+
+def lesion_hit(prediction: np.ndarray, reference: np.ndarray) -> bool | None:
+    """Whether the predicted lesion overlaps the reference lesion by at least one pixel.
+
+    This is a slice's term of the success rate; ``None`` without a reference lesion.
+    """
+    tp, _, fn = confusion_counts(lesion_mask(prediction), lesion_mask(reference))
+    return None if tp + fn == 0 else tp > 0
+
+
+def liver_dice(prediction: np.ndarray, reference: np.ndarray) -> float:
+    """Liver Dice of one case (stage 1) from boolean liver masks.
+
+    Callers build the masks, because "liver" depends on the dataset: ``label >= 1`` in lesion
+    datasets (the liver includes its lesions), ``label == 1`` in liver-only datasets.
+    """
+    return dice(prediction, reference)
+
+
+def global_dice(results: Iterable["SliceResult"]) -> float:
+    """Dice2: Dice of TP/FP/FN pooled over all slices (large lesions weigh more)."""
+    tp = fp = fn = 0
+    for result in results:
+        tp, fp, fn = tp + result.tp, fp + result.fp, fn + result.fn
+    return dice_from_counts(tp, fp, fn)
+
+
+# ----------------------------------------------------------------------------- classification
+
+
+def _check_probabilities(probabilities: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Return ``probabilities`` as ``C x shape`` (squeezing singleton spatial axes like the label map)."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    n_classes = probabilities.shape[0]
+    if n_classes != N_JOINT_CLASSES:
+        raise ValueError(f"probabilities have {n_classes} channels, expected {N_JOINT_CLASSES} joint classes")
+    spatial = probabilities[0].size
+    if spatial != int(np.prod(shape)) or _squeeze_case(probabilities[0]).shape != shape:
+        raise ValueError(f"probabilities' spatial shape {probabilities.shape[1:]} does not match label map {shape}")
+    return probabilities.reshape((n_classes, *shape))
+
+
+def _vote(types: np.ndarray, type_probability_sums: np.ndarray | None) -> int:
+    """Majority type among ``types`` (type indices); ties by probability sum, then lowest index."""
+    votes = np.bincount(types, minlength=len(LESION_TYPES))
+    tied = np.flatnonzero(votes == votes.max())
+    if len(tied) > 1 and type_probability_sums is not None:
+        sums = type_probability_sums[tied]
+        tied = tied[sums == sums.max()]
+    return int(tied[0])
+
+
+def joint_slice_type(label_map: np.ndarray, probabilities: np.ndarray | None = None) -> int:
+    """A joint prediction's slice lesion type (type index, or :data:`NO_CALL`).
+
+    Majority vote of the predicted lesion pixels' types. Without predicted lesion pixels the
+    type with the largest summed probability inside the predicted liver (``label >= 1``; the
+    whole slice if no liver is predicted either) is taken, which needs ``probabilities``.
+
+    Args:
+        label_map: joint label map of one case (labels 0..4).
+        probabilities: softmax output ``5 x <label_map shape>`` (nnU-Net's ``.npz``), optional.
+
+    Returns:
+        Type index into :data:`nnunet_joint.LESION_TYPES`, or ``NO_CALL`` when no lesion pixel
+        is predicted and no probabilities are given.
+    """
+    label_map = _squeeze_case(label_map)
+    if probabilities is not None:
+        probabilities = _check_probabilities(probabilities, label_map.shape)
+    lesion = lesion_mask(label_map)
+    if lesion.any():
+        types = label_map[lesion].astype(np.int64) - LESION_LABEL_OFFSET
+        sums = None if probabilities is None else probabilities[LESION_LABEL_OFFSET:, lesion].sum(axis=1)
+        return _vote(types, sums)
+    if probabilities is None:
+        return NO_CALL
+    liver = label_map >= 1
+    region = liver if liver.any() else np.ones_like(liver)
+    sums = probabilities[LESION_LABEL_OFFSET:, region].sum(axis=1)
+    return int(np.argmax(sums))  # argmax returns the lowest index among ties
+
+
+def label_lesions(label_map: np.ndarray) -> tuple[np.ndarray, int]:
+    """Connected lesions of a label map (full connectivity): ``(component labels, count)``."""
+    label_map = _squeeze_case(label_map)
+    structure = ndimage.generate_binary_structure(label_map.ndim, label_map.ndim)
+    components, count = ndimage.label(lesion_mask(label_map), structure=structure)
+    return components, int(count)
+
+
+def component_types(label_map: np.ndarray, probabilities: np.ndarray | None = None) -> list[int]:
+    """Majority type of each connected lesion, in the order of :func:`label_lesions`' labels.
+
+    Element ``i`` belongs to component label ``i + 1``. Ties follow :func:`joint_slice_type`.
+    """
+    label_map = _squeeze_case(label_map)
+    if probabilities is not None:
+        probabilities = _check_probabilities(probabilities, label_map.shape)
+    components, count = label_lesions(label_map)
+    types: list[int] = []
+    for index in range(1, count + 1):
+        inside = components == index
+        sums = None if probabilities is None else probabilities[LESION_LABEL_OFFSET:, inside].sum(axis=1)
+        types.append(_vote(label_map[inside].astype(np.int64) - LESION_LABEL_OFFSET, sums))
+    return types
+
+
+def head_type(probabilities: Sequence[float]) -> int:
+    """Y-Net / classifier slice type: argmax of the head's probabilities (lowest index on ties)."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if probabilities.shape != (len(LESION_TYPES),):
+        raise ValueError(f"expected {len(LESION_TYPES)} type probabilities, got shape {probabilities.shape}")
+    return int(np.argmax(probabilities))
+
+
+# ----------------------------------------------------------------------------- per slice
+
+
+@dataclasses.dataclass(frozen=True)
+class SliceResult:
+    """Everything the summaries need about one evaluated case.
+
+    Attributes:
+        case_id: nnU-Net case identifier.
+        fold: cross-validation fold the case was validated in.
+        dice: lesion Dice of the case.
+        recall: lesion sensitivity; ``None`` without a reference lesion.
+        tp, fp, fn: lesion pixel counts, pooled into Dice2.
+        success: predicted lesion overlaps the reference; ``None`` without a reference lesion.
+        true_type: reference type index; ``None`` when unknown (e.g. LiTS).
+        pred_type: predicted type index, ``NO_CALL``, or ``None`` when the framework does not
+            classify (segmentation baseline).
+        type_probs: per-type probabilities behind ``pred_type``, if any.
+        liver_dice: stage-1 liver Dice of the case, if evaluated.
+    """
+
+    case_id: str
+    fold: int
+    dice: float
+    recall: float | None
+    tp: int
+    fp: int
+    fn: int
+    success: bool | None
+    true_type: int | None = None
+    pred_type: int | None = None
+    type_probs: tuple[float, ...] | None = None
+    liver_dice: float | None = None
+
+    def to_dict(self) -> dict:
+        """Plain JSON-serialisable dictionary."""
+        return dataclasses.asdict(self) | {"type_probs": None if self.type_probs is None else list(self.type_probs)}
+
+
+def evaluate_slice(
+    case_id: str,
+    fold: int,
+    prediction: np.ndarray,
+    reference: np.ndarray,
+    true_type: int | None = None,
+    pred_type: int | None = None,
+    type_probs: Sequence[float] | None = None,
+    liver_dice: float | None = None,
+) -> SliceResult:
+    """Compare one case's predicted and reference label maps (lesion = ``label >= 2``)."""
+    tp, fp, fn = confusion_counts(lesion_mask(prediction), lesion_mask(reference))
+    return SliceResult(
+        case_id=str(case_id),
+        fold=int(fold),
+        dice=dice_from_counts(tp, fp, fn),
+        recall=recall_from_counts(tp, fn),
+        tp=tp,
+        fp=fp,
+        fn=fn,
+        success=None if tp + fn == 0 else tp > 0,
+        true_type=None if true_type is None else int(true_type),
+        pred_type=None if pred_type is None else int(pred_type),
+        type_probs=None if type_probs is None else tuple(float(p) for p in type_probs),
+        liver_dice=None if liver_dice is None else float(liver_dice),
+    )
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+#: Metric names in the order tables show them.
+METRIC_NAMES: tuple[str, ...] = (
+    "dice",
+    "global_dice",
+    "recall",
+    "success_rate",
+    "cls_acc",
+    *(f"recall_{name}" for name in LESION_TYPES),
+    "liver_dice",
+)
+
+
+def _mean(values: Sequence[float | None]) -> tuple[float | None, int]:
+    defined = [float(v) for v in values if v is not None]
+    return (float(np.mean(defined)) if defined else None), len(defined)
+
+
+def _classified(results: Sequence[SliceResult]) -> list[SliceResult]:
+    return [r for r in results if r.true_type is not None and r.pred_type is not None]
+
+
+def classification_report(results: Sequence[SliceResult]) -> dict:
+    """Accuracy, per-class recall, 3 x 3 confusion matrix and no-call counts of classified slices.
+
+    Only slices with a known true type and a prediction count. ``NO_CALL`` predictions are
+    wrong in accuracy and recall; the confusion matrix (rows true, columns predicted, order
+    :data:`nnunet_joint.LESION_TYPES`) leaves them out and ``no_call`` counts them per true type.
+    """
+    classified = _classified(results)
+    y_true = [r.true_type for r in classified]
+    y_pred = [r.pred_type for r in classified]
+    if not classified:
+        recalls: list[float | None] = [None] * len(LESION_TYPES)
+        matrix = np.zeros((len(LESION_TYPES),) * 2, dtype=int)
+        accuracy = None
+    else:
+        recalls = [float(v) for v in recall_score(y_true, y_pred, labels=list(TYPE_INDICES), average=None, zero_division=0)]
+        matrix = confusion_matrix(y_true, y_pred, labels=list(TYPE_INDICES))
+        accuracy = float(np.mean(np.asarray(y_true) == np.asarray(y_pred)))
+    support = [sum(1 for t in y_true if t == k) for k in TYPE_INDICES]
+    no_call = [sum(1 for t, p in zip(y_true, y_pred) if t == k and p == NO_CALL) for k in TYPE_INDICES]
+    return {
+        "cls_acc": accuracy,
+        "n": len(classified),
+        "per_class_recall": {name: (recalls[k] if support[k] else None) for k, name in enumerate(LESION_TYPES)},
+        "support": support,
+        "confusion_matrix": matrix.astype(int).tolist(),
+        "no_call": no_call,
+    }
+
+
+def fold_metrics(results: Sequence[SliceResult]) -> dict[str, dict]:
+    """Each metric of one fold as ``{"value": float | None, "n": slices it stands on}``."""
+    metrics: dict[str, dict] = {}
+    for name, values in (
+        ("dice", [r.dice for r in results]),
+        ("recall", [r.recall for r in results]),
+        ("success_rate", [None if r.success is None else float(r.success) for r in results]),
+        ("liver_dice", [r.liver_dice for r in results]),
+    ):
+        value, n = _mean(values)
+        metrics[name] = {"value": value, "n": n}
+    metrics["global_dice"] = {"value": global_dice(results) if results else None, "n": len(results)}
+    report = classification_report(results)
+    metrics["cls_acc"] = {"value": report["cls_acc"], "n": report["n"]}
+    for k, name in enumerate(LESION_TYPES):
+        metrics[f"recall_{name}"] = {"value": report["per_class_recall"][name], "n": report["support"][k]}
+    return {name: metrics[name] for name in METRIC_NAMES}
+
+
+def summarise(results: Iterable[SliceResult]) -> dict:
+    """Per-fold metrics and their mean ± std over folds, as plain JSON-serialisable data.
+
+    Returns:
+        ``{"per_fold": [{"fold", "n_slices", "metrics": {name: {"value", "n"}},
+        "confusion_matrix", "no_call"}, ...], "aggregate": {"n_folds", "n_slices",
+        "metrics": {name: {"mean", "std", "n", "n_folds"}}, "confusion_matrix", "no_call"}}``.
+        ``std`` is the population std (``ddof=0``) over the folds where the metric is defined;
+        ``n`` counts slices over all folds; matrices and no-call counts are summed over folds.
+        A metric defined in no fold has ``mean``/``std`` ``None``.
+    """
+    results = list(results)
+    by_fold: dict[int, list[SliceResult]] = {}
+    for result in results:
+        by_fold.setdefault(result.fold, []).append(result)
+
+    per_fold = []
+    for fold in sorted(by_fold):
+        fold_results = by_fold[fold]
+        report = classification_report(fold_results)
+        per_fold.append(
+            {
+                "fold": int(fold),
+                "n_slices": len(fold_results),
+                "metrics": fold_metrics(fold_results),
+                "confusion_matrix": report["confusion_matrix"],
+                "no_call": report["no_call"],
+            }
+        )
+
+    aggregate_metrics = {}
+    for name in METRIC_NAMES:
+        values = [f["metrics"][name]["value"] for f in per_fold if f["metrics"][name]["value"] is not None]
+        aggregate_metrics[name] = {
+            "mean": float(np.mean(values)) if values else None,
+            "std": float(np.std(values, ddof=0)) if values else None,
+            "n": int(sum(f["metrics"][name]["n"] for f in per_fold)),
+            "n_folds": len(values),
+        }
+    n_types = len(LESION_TYPES)
+    matrix = np.zeros((n_types, n_types), dtype=int)
+    no_call = np.zeros(n_types, dtype=int)
+    for f in per_fold:
+        matrix += np.asarray(f["confusion_matrix"], dtype=int)
+        no_call += np.asarray(f["no_call"], dtype=int)
+    return {
+        "per_fold": per_fold,
+        "aggregate": {
+            "n_folds": len(per_fold),
+            "n_slices": len(results),
+            "metrics": aggregate_metrics,
+            "confusion_matrix": matrix.tolist(),
+            "no_call": no_call.tolist(),
+        },
+    }
+
+
+def format_mean_std(metric: dict, digits: int = 2) -> str:
+    """``"0.71 ± 0.03"`` for an aggregate metric entry, ``"–"`` when undefined."""
+    if metric.get("mean") is None or (isinstance(metric["mean"], float) and math.isnan(metric["mean"])):
+        return "–"
+    return f"{metric['mean']:.{digits}f} ± {metric['std']:.{digits}f}"
