@@ -139,7 +139,8 @@ def global_dice(results: Iterable["SliceResult"]) -> float:
     """Dice2: Dice of TP/FP/FN pooled over all slices (large lesions weigh more)."""
     tp = fp = fn = 0
     for result in results:
-        tp, fp, fn = tp + result.tp, fp + result.fp, fn + result.fn
+        if result.dice is not None:
+            tp, fp, fn = tp + result.tp, fp + result.fp, fn + result.fn
     return dice_from_counts(tp, fp, fn)
 
 
@@ -242,7 +243,9 @@ class SliceResult:
     Attributes:
         case_id: nnU-Net case identifier.
         fold: cross-validation fold the case was validated in.
-        dice: lesion Dice of the case.
+        dice: lesion Dice of the case; ``None`` when lesions were not evaluated (a classifier
+            without segmentation output, a liver-only dataset), which also leaves the case out of
+            Dice2.
         recall: lesion sensitivity; ``None`` without a reference lesion.
         tp, fp, fn: lesion pixel counts, pooled into Dice2.
         success: predicted lesion overlaps the reference; ``None`` without a reference lesion.
@@ -255,7 +258,7 @@ class SliceResult:
 
     case_id: str
     fold: int
-    dice: float
+    dice: float | None
     recall: float | None
     tp: int
     fp: int
@@ -274,24 +277,32 @@ class SliceResult:
 def evaluate_slice(
     case_id: str,
     fold: int,
-    prediction: np.ndarray,
-    reference: np.ndarray,
+    prediction: np.ndarray | None,
+    reference: np.ndarray | None,
     true_type: int | None = None,
     pred_type: int | None = None,
     type_probs: Sequence[float] | None = None,
     liver_dice: float | None = None,
 ) -> SliceResult:
-    """Compare one case's predicted and reference label maps (lesion = ``label >= 2``)."""
-    tp, fp, fn = confusion_counts(lesion_mask(prediction), lesion_mask(reference))
+    """Compare one case's predicted and reference label maps (lesion = ``label >= 2``).
+
+    Pass ``None`` label maps for a case without segmentation output (classifier baseline, or a
+    liver-only dataset where lesion metrics mean nothing): its lesion metrics are ``None``.
+    """
+    if prediction is None or reference is None:
+        tp = fp = fn = 0
+        seg: dict = {"dice": None, "recall": None, "success": None}
+    else:
+        tp, fp, fn = confusion_counts(lesion_mask(prediction), lesion_mask(reference))
+        seg = {"dice": dice_from_counts(tp, fp, fn), "recall": recall_from_counts(tp, fn),
+               "success": None if tp + fn == 0 else tp > 0}
     return SliceResult(
         case_id=str(case_id),
         fold=int(fold),
-        dice=dice_from_counts(tp, fp, fn),
-        recall=recall_from_counts(tp, fn),
         tp=tp,
         fp=fp,
         fn=fn,
-        success=None if tp + fn == 0 else tp > 0,
+        **seg,
         true_type=None if true_type is None else int(true_type),
         pred_type=None if pred_type is None else int(pred_type),
         type_probs=None if type_probs is None else tuple(float(p) for p in type_probs),
@@ -363,7 +374,8 @@ def fold_metrics(results: Sequence[SliceResult]) -> dict[str, dict]:
     ):
         value, n = _mean(values)
         metrics[name] = {"value": value, "n": n}
-    metrics["global_dice"] = {"value": global_dice(results) if results else None, "n": len(results)}
+    n_segmented = sum(1 for r in results if r.dice is not None)
+    metrics["global_dice"] = {"value": global_dice(results) if n_segmented else None, "n": n_segmented}
     report = classification_report(results)
     metrics["cls_acc"] = {"value": report["cls_acc"], "n": report["n"]}
     for k, name in enumerate(LESION_TYPES):

@@ -26,7 +26,7 @@ from evaluation.metrics import (
     summarise,
 )
 
-CYST, HEM, MET = 2, 3, 4  # joint labels
+CYST, MET = 2, 4  # joint labels (hemangioma is 3)
 
 
 def grid(rows: str) -> np.ndarray:
@@ -263,3 +263,15 @@ def test_slice_result_to_dict_is_json():
     data = json.loads(json.dumps(result.to_dict()))
     assert data["type_probs"] == [0.2, 0.7, 0.1]
     assert data["dice"] == pytest.approx(2 / 3) and data["fold"] == 2
+
+
+def test_cases_without_segmentation_have_no_lesion_metrics():
+    classified = evaluate_slice("cls", 0, None, None, true_type=1, pred_type=1, type_probs=[0.1, 0.8, 0.1])
+    segmented = evaluate_slice("seg", 0, grid("2200"), grid("2000"), true_type=0, pred_type=1)
+    assert (classified.dice, classified.recall, classified.success) == (None, None, None)
+    metrics = summarise([classified, segmented])["per_fold"][0]["metrics"]
+    assert metrics["dice"] == {"value": pytest.approx(2 / 3), "n": 1}
+    assert metrics["global_dice"] == {"value": pytest.approx(2 / 3), "n": 1}
+    assert metrics["cls_acc"] == {"value": 0.5, "n": 2}
+    only_cls = summarise([classified])["aggregate"]["metrics"]
+    assert only_cls["global_dice"]["mean"] is None and only_cls["cls_acc"]["mean"] == 1.0
