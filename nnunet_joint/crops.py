@@ -1,0 +1,182 @@
+"""The liver region-of-interest crop of the cascade, defined once.
+
+Stage 2 of the cascade (lesion segmentation / classification) works on the bounding box of the
+liver plus a margin in millimetres. The same rule crops training data from a reference liver mask
+(the converters) and test data from a stage-1 prediction (the cascade), so it takes a mask array
+and a spacing, not a file.
+
+Conventions: index boxes are in **numpy array order** (``z, y, x`` for a SimpleITK image read with
+``GetArrayFromImage``); the recorded geometry (spacing, origin, direction) is in **SimpleITK order**
+(``x, y, z``), exactly as ``image.GetSpacing()`` returns it, so it can be written back unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """Return the largest connected component of a binary mask (full connectivity).
+
+    Full (8- / 26-) connectivity keeps liver parts that touch only diagonally together, which
+    thin liver tips on coarse slices do. Ties go to the component found first (lowest label).
+
+    Raises:
+        ValueError: the mask is empty.
+    """
+    binary = np.asarray(mask) > 0
+    labels, n = ndimage.label(binary, structure=ndimage.generate_binary_structure(binary.ndim, binary.ndim))
+    if n == 0:
+        raise ValueError("mask is empty")
+    sizes = np.bincount(labels.ravel())[1:]
+    return labels == (int(np.argmax(sizes)) + 1)
+
+
+def liver_bbox(mask: np.ndarray, spacing: Sequence[float], margin_mm: float) -> tuple[slice, ...]:
+    """Bounding box of the largest liver component, grown by ``margin_mm`` and clipped to the array.
+
+    The margin in voxels per axis is ``ceil(margin_mm / spacing)``, so at least ``margin_mm`` of
+    context is kept on every side where the image allows (anisotropic CT gets fewer slices of
+    margin along z than pixels in-plane).
+
+    Args:
+        mask: liver mask (any non-zero value is liver), array order.
+        spacing: voxel size in mm per array axis (array order, i.e. reversed SimpleITK spacing).
+        margin_mm: context around the liver, in mm (>= 0).
+
+    Returns:
+        One ``slice(start, stop)`` per array axis.
+
+    Raises:
+        ValueError: empty mask, negative margin, or a spacing that does not match the mask.
+    """
+    mask = np.asarray(mask)
+    if len(spacing) != mask.ndim:
+        raise ValueError(f"spacing {tuple(spacing)} has {len(spacing)} values for a {mask.ndim}-D mask")
+    if margin_mm < 0:
+        raise ValueError(f"margin_mm must be >= 0, got {margin_mm}")
+    if any(s <= 0 for s in spacing):
+        raise ValueError(f"spacing must be positive, got {tuple(spacing)}")
+    liver = largest_component(mask)
+    box = []
+    for axis, (size, step) in enumerate(zip(mask.shape, spacing)):
+        other_axes = tuple(a for a in range(mask.ndim) if a != axis)
+        present = np.flatnonzero(liver.any(axis=other_axes))
+        margin = math.ceil(margin_mm / float(step) - 1e-9)  # 10 mm / 0.5 mm is 20, not 21
+        box.append(slice(max(0, int(present[0]) - margin), min(size, int(present[-1]) + 1 + margin)))
+    return tuple(box)
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """Where a crop came from, enough to paste a prediction on it back into the original grid.
+
+    Attributes:
+        start: first index per array axis (array order).
+        stop: one past the last index per array axis (array order).
+        original_size: full array shape (array order).
+        original_spacing: SimpleITK spacing of the full image (x, y, z order).
+        original_origin: SimpleITK origin of the full image.
+        original_direction: SimpleITK direction cosines of the full image (row-major, flat).
+    """
+
+    start: tuple[int, ...]
+    stop: tuple[int, ...]
+    original_size: tuple[int, ...]
+    original_spacing: tuple[float, ...]
+    original_origin: tuple[float, ...]
+    original_direction: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        n = len(self.original_size)
+        if not (len(self.start) == len(self.stop) == n):
+            raise ValueError("start, stop and original_size need one value per axis")
+        for a, b, size in zip(self.start, self.stop, self.original_size):
+            if not 0 <= a < b <= size:
+                raise ValueError(f"crop {self.start}..{self.stop} does not fit in {self.original_size}")
+
+    @classmethod
+    def from_image(cls, image: sitk.Image, box: Sequence[slice]) -> "CropBox":
+        """Record ``box`` (array order, as from :func:`liver_bbox`) on ``image``'s grid."""
+        size = tuple(int(s) for s in reversed(image.GetSize()))
+        start = tuple(int(s.indices(n)[0]) for s, n in zip(box, size))
+        stop = tuple(int(s.indices(n)[1]) for s, n in zip(box, size))
+        return cls(start, stop, size, tuple(image.GetSpacing()), tuple(image.GetOrigin()), tuple(image.GetDirection()))
+
+    @property
+    def slices(self) -> tuple[slice, ...]:
+        """The crop as array-order slices."""
+        return tuple(slice(a, b) for a, b in zip(self.start, self.stop))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the cropped array (array order)."""
+        return tuple(b - a for a, b in zip(self.start, self.stop))
+
+    def crop_image(self, image: sitk.Image) -> sitk.Image:
+        """Crop a SimpleITK image; SimpleITK's slicing shifts the origin along the direction cosines."""
+        if tuple(reversed(image.GetSize())) != self.original_size:
+            raise ValueError(f"image size {image.GetSize()} is not the recorded {tuple(reversed(self.original_size))}")
+        sitk_slices = tuple(reversed(self.slices))  # SimpleITK indexes x, y, z
+        return image[sitk_slices]
+
+    def crop_array(self, array: np.ndarray) -> np.ndarray:
+        """Crop an array in array order (a leading channel axis is allowed)."""
+        lead = (slice(None),) * (array.ndim - len(self.original_size))
+        return array[lead + self.slices]
+
+    def paste(self, cropped: np.ndarray, fill: Any = 0) -> np.ndarray:
+        """Put a cropped array back into a full-size array filled with ``fill`` outside the box.
+
+        A leading channel axis (e.g. class probabilities) is kept.
+        """
+        cropped = np.asarray(cropped)
+        lead = cropped.shape[: cropped.ndim - len(self.original_size)]
+        if cropped.shape[len(lead):] != self.shape:
+            raise ValueError(f"cropped array shape {cropped.shape[len(lead):]} is not the box shape {self.shape}")
+        full = np.full(lead + self.original_size, fill, dtype=cropped.dtype)
+        full[(slice(None),) * len(lead) + self.slices] = cropped
+        return full
+
+    def paste_image(self, cropped: np.ndarray, fill: Any = 0) -> sitk.Image:
+        """Paste a cropped label/score array back and give it the original image's geometry."""
+        image = sitk.GetImageFromArray(self.paste(cropped, fill))
+        image.SetSpacing(self.original_spacing)
+        image.SetOrigin(self.original_origin)
+        image.SetDirection(self.original_direction)
+        return image
+
+    def to_dict(self) -> dict[str, list]:
+        """Plain JSON-able form (lists, array order for indices, SimpleITK order for geometry)."""
+        return {
+            "start": list(self.start),
+            "stop": list(self.stop),
+            "original_size": list(self.original_size),
+            "original_spacing": list(self.original_spacing),
+            "original_origin": list(self.original_origin),
+            "original_direction": list(self.original_direction),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Sequence]) -> "CropBox":
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            start=tuple(int(v) for v in d["start"]),
+            stop=tuple(int(v) for v in d["stop"]),
+            original_size=tuple(int(v) for v in d["original_size"]),
+            original_spacing=tuple(float(v) for v in d["original_spacing"]),
+            original_origin=tuple(float(v) for v in d["original_origin"]),
+            original_direction=tuple(float(v) for v in d["original_direction"]),
+        )
+
+
+def crop_to_liver(image: sitk.Image, liver_mask: np.ndarray, margin_mm: float) -> CropBox:
+    """The :class:`CropBox` of ``image`` around the largest component of ``liver_mask`` (array order)."""
+    spacing_array_order = tuple(reversed(image.GetSpacing()))
+    return CropBox.from_image(image, liver_bbox(liver_mask, spacing_array_order, margin_mm))

@@ -1,0 +1,115 @@
+"""The liver ROI crop rule: exact boxes, margins in mm, clipping, geometry and paste-back."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunet_joint.crops import CropBox, crop_to_liver, largest_component, liver_bbox
+
+
+def test_largest_component_keeps_the_biggest_and_joins_diagonal_neighbours():
+    mask = np.zeros((6, 6), dtype=np.uint8)
+    mask[0, 0] = mask[1, 1] = mask[2, 2] = 1  # 3 pixels touching only at corners: one component
+    mask[4:6, 4] = 1  # 2 pixels
+    out = largest_component(mask)
+    assert out.dtype == bool
+    assert np.argwhere(out).tolist() == [[0, 0], [1, 1], [2, 2]]
+
+
+def test_largest_component_of_empty_mask_raises():
+    with pytest.raises(ValueError, match="empty"):
+        largest_component(np.zeros((3, 3)))
+
+
+def test_liver_bbox_margin_in_mm_with_anisotropic_spacing_ignores_small_components():
+    mask = np.zeros((10, 12), dtype=np.uint8)
+    mask[3:6, 4:8] = 1  # liver rows 3..5, cols 4..7
+    mask[9, 11] = 1  # a stray pixel, not the largest component
+    # rows 2 mm: ceil(1/2) = 1 row of margin; cols 0.5 mm: 2 columns of margin
+    assert liver_bbox(mask, spacing=(2.0, 0.5), margin_mm=1.0) == (slice(2, 7), slice(2, 10))
+    # zero margin is the tight box
+    assert liver_bbox(mask, spacing=(2.0, 0.5), margin_mm=0) == (slice(3, 6), slice(4, 8))
+
+
+def test_liver_bbox_exact_multiple_is_not_rounded_up_and_borders_clip():
+    mask = np.zeros((4, 30, 30), dtype=bool)
+    mask[1:3, 0:5, 20:30] = True
+    # z 5 mm: 10/5 = exactly 2 slices; y/x 0.5 mm: 20 pixels
+    box = liver_bbox(mask, spacing=(5.0, 0.5, 0.5), margin_mm=10.0)
+    assert box == (slice(0, 4), slice(0, 25), slice(0, 30))
+
+
+def test_liver_bbox_rejects_spacing_of_wrong_length():
+    with pytest.raises(ValueError, match="spacing"):
+        liver_bbox(np.ones((2, 2)), spacing=(1.0, 1.0, 1.0), margin_mm=1)
+
+
+def _image(size_zyx=(3, 8, 10), spacing=(0.5, 0.7, 3.0), origin=(10.0, 20.0, 30.0), direction=None) -> sitk.Image:
+    array = np.arange(np.prod(size_zyx), dtype=np.int16).reshape(size_zyx)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    if direction is not None:
+        image.SetDirection(direction)
+    return image
+
+
+@pytest.mark.parametrize("direction", [None, (-1, 0, 0, 0, -1, 0, 0, 0, 1)])
+def test_crop_image_shifts_origin_by_index_times_spacing_along_direction(direction):
+    image = _image(direction=direction)
+    box = CropBox.from_image(image, (slice(1, 3), slice(2, 5), slice(4, 9)))
+    cropped = box.crop_image(image)
+    assert cropped.GetSize() == (5, 3, 2)
+    assert cropped.GetSpacing() == image.GetSpacing()
+    assert cropped.GetDirection() == image.GetDirection()
+    d = np.array(image.GetDirection()).reshape(3, 3)
+    expected = np.array([10.0, 20.0, 30.0]) + d @ (np.array([4, 2, 1]) * np.array([0.5, 0.7, 3.0]))
+    np.testing.assert_allclose(cropped.GetOrigin(), expected)
+    # the cropped voxel at index 0 is the physical point of the original index (4, 2, 1)
+    np.testing.assert_allclose(cropped.GetOrigin(), image.TransformIndexToPhysicalPoint((4, 2, 1)))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(cropped), sitk.GetArrayFromImage(image)[1:3, 2:5, 4:9])
+
+
+def test_paste_back_round_trip_and_dict_round_trip():
+    image = _image()
+    full = sitk.GetArrayFromImage(image)
+    box = CropBox.from_image(image, (slice(0, 2), slice(3, 8), slice(1, 4)))
+    pasted = box.paste(box.crop_array(full), fill=-7)
+    inside = np.zeros(full.shape, dtype=bool)
+    inside[0:2, 3:8, 1:4] = True
+    np.testing.assert_array_equal(pasted[inside], full[inside])
+    assert np.all(pasted[~inside] == -7)
+
+    restored = CropBox.from_dict(json.loads(json.dumps(box.to_dict())))
+    assert restored == box
+    assert restored.shape == (2, 5, 3)
+
+    back = restored.paste_image(box.crop_array(full).astype(np.uint8))
+    assert back.GetSize() == image.GetSize()
+    assert back.GetOrigin() == image.GetOrigin() and back.GetSpacing() == image.GetSpacing()
+
+
+def test_paste_keeps_a_leading_channel_axis():
+    box = CropBox((0, 1), (1, 3), (1, 4), (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
+    probs = np.ones((5, 1, 2), dtype=np.float32)
+    out = box.paste(probs)
+    assert out.shape == (5, 1, 4)
+    np.testing.assert_array_equal(out[0, 0], [0, 1, 1, 0])
+
+
+def test_cropbox_refuses_boxes_outside_the_image():
+    with pytest.raises(ValueError, match="does not fit"):
+        CropBox((0,), (5,), (4,), (1.0,), (0.0,), (1.0,))
+
+
+def test_crop_to_liver_uses_reversed_sitk_spacing():
+    image = _image(size_zyx=(1, 40, 40), spacing=(0.5, 2.0, 1.0))  # x 0.5 mm, y 2 mm
+    liver = np.zeros((1, 40, 40), dtype=bool)
+    liver[0, 18:22, 18:22] = True
+    box = crop_to_liver(image, liver, margin_mm=4.0)
+    # y: ceil(4/2) = 2 rows; x: ceil(4/0.5) = 8 columns; z: single slice
+    assert box.slices == (slice(0, 1), slice(16, 24), slice(10, 30))
