@@ -1,0 +1,239 @@
+"""Loading checkpoints without running code from them, and transferring weights between tasks.
+
+``torch.load(weights_only=False)`` — what nnU-Net's trainer, predictor and pretrained-weight
+loader use — executes whatever a pickle asks for, so a hostile checkpoint runs code. Here every
+``.pth``/``.pt``/``.model`` file goes through :func:`safe_torch_load`: ``weights_only=True``
+plus an explicit allow-list of the few plain types nnU-Net 2.8 checkpoints contain (numpy
+scalars in the training log). A refused file is never retried unsafely: an attacker can always
+make the safe load fail. Weights we export are written as safetensors, which cannot carry code.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from nnunet_joint.errors import InputError
+from nnunet_joint.io import atomic_path
+
+TORCH_SUFFIXES = (".pth", ".pt", ".model", ".bin", ".ckpt")
+SAFETENSORS_SUFFIX = ".safetensors"
+
+#: Wrapper keys under which checkpoints keep their state dict (nnU-Net, Lightning/timm, others).
+STATE_DICT_WRAPPERS = ("network_weights", "state_dict", "model")
+#: Key prefixes added by DistributedDataParallel and torch.compile.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _numpy_allow_list() -> list[Any]:
+    """Numpy globals needed to unpickle numeric scalars (nnU-Net logs ``np.float64``/``np.float32``).
+
+    ``scalar`` rebuilds a number from its bytes and a dtype; the dtype classes are the numeric
+    ones only (no object dtype, which could smuggle arbitrary objects). Pickles written under
+    numpy 1.x name ``numpy.core.multiarray.scalar``; that alias is allowed too.
+    """
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
+    allowed: list[Any] = [
+        scalar,
+        (scalar, "numpy.core.multiarray.scalar"),
+        (scalar, "numpy._core.multiarray.scalar"),
+        np.dtype,
+    ]
+    numeric = ("Bool", "Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64",
+               "Float16", "Float32", "Float64")
+    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25
+    if dtypes is not None:
+        allowed += [getattr(dtypes, f"{name}DType") for name in numeric if hasattr(dtypes, f"{name}DType")]
+    return allowed
+
+
+#: Everything beyond torch's own weights-only set that a checkpoint may contain.
+#: ``torch.device`` (nnU-Net's ``init_args``), tuples, dicts, lists, str, int, float, None are
+#: accepted by torch already.
+SAFE_GLOBALS: list[Any] = _numpy_allow_list()
+
+
+def _refusal_detail(message: str) -> str:
+    """The line of torch's long weights-only message that says what was refused."""
+    for line in message.splitlines():
+        line = line.strip()
+        if line.startswith(("Trying to load unsupported GLOBAL", "Unsupported global", "Unsupported operand",
+                            "Can only build")):
+            return line.split(". Please use")[0].split(" was not an allowed global")[0]
+    return "content outside the allow-list"
+
+
+def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load`` with ``weights_only=True`` and only :data:`SAFE_GLOBALS` allowed.
+
+    Raises:
+        InputError: the file is missing, is not a PyTorch checkpoint, or would need anything
+            beyond tensors, plain containers and numeric numpy scalars (e.g. a pickled object
+            whose reconstruction calls a function). There is deliberately no unsafe fallback.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "checkpoint file not found" if not path.exists() else "not a file")
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise InputError(
+            path,
+            f"refused: the file would run code on load ({_refusal_detail(str(e))}) "
+            "— only plain tensors/containers are allowed",
+        ) from None
+    except (EOFError, KeyError, RuntimeError, ValueError, zipfile.BadZipFile, OSError) as e:
+        raise InputError(path, f"not a readable PyTorch checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike,
+                     metadata: dict[str, str] | None = None) -> None:
+    """Write a state dict as safetensors atomically (a killed run leaves no half file).
+
+    Tensors are copied to contiguous CPU memory first, so views and shared storages (which
+    safetensors refuses) are fine.
+    """
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def _strip_wrapper_prefixes(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix):], True
+    return key
+
+
+def unwrap_state_dict(obj: Any, where: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Find the state dict in a loaded checkpoint and strip DDP/torch.compile key prefixes.
+
+    Accepts a bare state dict or one wrapped as ``{'network_weights': ...}`` (nnU-Net),
+    ``{'state_dict': ...}`` or ``{'model': ...}`` (timm, Lightning, others), nested any depth.
+    """
+    while isinstance(obj, Mapping):
+        inner = next((obj[k] for k in STATE_DICT_WRAPPERS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping) or not obj:
+        raise InputError(where, "no state dict in the checkpoint (expected a dict of tensors, possibly under "
+                                f"one of {list(STATE_DICT_WRAPPERS)})")
+    out: dict[str, torch.Tensor] = {}
+    for key, value in obj.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise InputError(where, f"not a state dict: entry {key!r} is a {type(value).__name__}, not a tensor")
+        out[_strip_wrapper_prefixes(key)] = value
+    return out
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``.safetensors`` or a (safely loaded) ``.pth``/``.pt``/``.model`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "weights file not found" if not path.exists() else "not a file")
+    suffix = path.suffix.lower()
+    if suffix == SAFETENSORS_SUFFIX:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            obj: Any = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as e:
+            raise InputError(path, f"not a readable safetensors file ({e})") from None
+    elif suffix in TORCH_SUFFIXES:
+        obj = safe_torch_load(path)
+    else:
+        raise InputError(path, f"unknown weights format {suffix!r}; expected {SAFETENSORS_SUFFIX} or one of "
+                               f"{', '.join(TORCH_SUFFIXES)}")
+    return unwrap_state_dict(obj, path)
+
+
+@dataclass
+class LoadReport:
+    """What a weight transfer did, key by key (written to the training log)."""
+
+    loaded: list[str] = field(default_factory=list)
+    skipped_head: list[str] = field(default_factory=list)
+    missing_in_checkpoint: list[str] = field(default_factory=list)
+    shape_mismatch: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"loaded {len(self.loaded)} tensors",
+                 f"{len(self.skipped_head)} head tensors re-initialised",
+                 f"{len(self.missing_in_checkpoint)} missing in checkpoint",
+                 f"{len(self.shape_mismatch)} shape mismatches",
+                 f"{len(self.unexpected)} unused checkpoint tensors"]
+        text = ", ".join(parts)
+        for name, keys in (("missing", self.missing_in_checkpoint), ("mismatched", self.shape_mismatch),
+                           ("unused", self.unexpected)):
+            if keys:
+                text += f"; first {name}: {keys[0]}"
+        return text
+
+
+def compare_state_dicts(target: Mapping[str, torch.Tensor], source: Mapping[str, torch.Tensor],
+                        skip_prefixes: tuple[str, ...] = ()) -> LoadReport:
+    """Classify every key of ``target`` (the network) against ``source`` (the checkpoint)."""
+    report = LoadReport()
+    for key, tensor in target.items():
+        if key.startswith(skip_prefixes):
+            report.skipped_head.append(key)
+        elif key not in source:
+            report.missing_in_checkpoint.append(key)
+        elif tuple(source[key].shape) != tuple(tensor.shape):
+            report.shape_mismatch.append(key)
+        else:
+            report.loaded.append(key)
+    report.unexpected = [k for k in source if k not in target]
+    return report
+
+
+def load_transfer_weights(network: nn.Module, path: str | os.PathLike,
+                          skip_prefixes: tuple[str, ...] | None = None) -> LoadReport:
+    """Initialise ``network`` from another task's checkpoint (LiTS init), heads excepted.
+
+    Every key whose name and shape match is loaded except those starting with one of
+    ``skip_prefixes`` (default: ``network.head_prefixes``), which keep their fresh
+    initialisation. Checkpoint keys the network lacks (e.g. a decoder when the target is a
+    classifier) are reported as unused.
+
+    Raises:
+        InputError: a non-head weight of the network is missing from the checkpoint or has
+            another shape — the transfer must cover everything but the heads.
+    """
+    if skip_prefixes is None:
+        skip_prefixes = tuple(getattr(network, "head_prefixes", ()))
+    source = load_state_dict_file(path)
+    target = network.state_dict()
+    report = compare_state_dicts(target, source, tuple(skip_prefixes))
+    if report.missing_in_checkpoint or report.shape_mismatch:
+        if report.missing_in_checkpoint:
+            key = report.missing_in_checkpoint[0]
+            first = f"first missing: {key}"
+        else:
+            key = report.shape_mismatch[0]
+            first = (f"first mismatch: {key} is {tuple(source[key].shape)} in the checkpoint but "
+                     f"{tuple(target[key].shape)} in the network")
+        raise InputError(path, f"does not fit the network: {len(report.missing_in_checkpoint)} non-head weights "
+                               f"missing, {len(report.shape_mismatch)} with another shape ({first})")
+    network.load_state_dict({k: source[k] for k in report.loaded}, strict=False)
+    return report
