@@ -1,0 +1,139 @@
+"""The two-stage cascade on one checked CT image, and the files it writes.
+
+Stage 1 segments the liver on the whole image; its largest connected component, grown by the
+converter's margin (:mod:`nnunet_joint.crops`, the same rule that cropped the training data),
+crops the image; stage 2 (joint or Y-Net model) runs on the crop; everything is pasted back into
+the input's grid. Lesion voxels are kept only inside the stage-1 liver: LiTS labels count tumour as
+liver, so the liver mask covers the lesions, and this drops stage-2 false positives in the crop's
+margin (kidney, bowel).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from nnunet_joint import LESION_TYPES, __version__
+from nnunet_joint.crops import CropBox, largest_component, liver_bbox
+from nnunet_joint.inference.inputs import CTImage
+from nnunet_joint.inference.lesions import LIVER, analyse_lesions
+from nnunet_joint.inference.models import CascadeModel
+from nnunet_joint.inference.overlays import write_overlays
+
+
+@dataclass
+class CascadeResult:
+    """Cascade output on the input grid (array order ``(z, y, x)``).
+
+    Attributes:
+        liver: 0/1 stage-1 liver (largest connected component).
+        labels: pixel-wise joint labels before the per-lesion vote.
+        type_probabilities: ``(len(LESION_TYPES), z, y, x)`` type probabilities of lesion voxels.
+        crop: the stage-2 crop, ``None`` when no liver was found.
+    """
+
+    liver: np.ndarray
+    labels: np.ndarray
+    type_probabilities: np.ndarray
+    crop: CropBox | None
+
+
+def _crop_box(ct: CTImage, box: tuple[slice, ...]) -> CropBox:
+    size = ct.array.shape
+    return CropBox(tuple(int(s.start) for s in box), tuple(int(s.stop) for s in box), tuple(size),
+                   tuple(reversed(ct.spacing_zyx)), (0.0,) * 3, tuple(np.eye(3).ravel()))
+
+
+def lesion_types_from_prediction(model: CascadeModel, segmentation: np.ndarray, probabilities: np.ndarray,
+                                 slice_type_probabilities: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Joint labels (0/1/2+type) and per-voxel type probabilities from a stage-2 model's output.
+
+    Joint model: the voxel's own label and its softmax over the three type channels, renormalised.
+    Y-Net: lesion voxels take their slice's head prediction (the head types the slice).
+    """
+    labels = np.zeros(segmentation.shape, dtype=np.uint8)
+    labels[segmentation == model.labels.get("liver", -1)] = LIVER
+    if model.is_joint:
+        channels = [model.channel(t) for t in LESION_TYPES]
+        type_probs = probabilities[channels]
+        for i, t in enumerate(LESION_TYPES):
+            labels[segmentation == model.labels[t]] = 2 + i
+    elif model.is_ynet and slice_type_probabilities is not None:
+        type_probs = slice_type_probabilities
+        lesion = segmentation == model.labels["lesion"]
+        labels[lesion] = 2 + np.argmax(type_probs, axis=0)[lesion]
+    else:
+        raise ValueError(f"{model.folder}: stage-2 model needs labels {list(LESION_TYPES)} (joint) or 'lesion' "
+                         "plus a classification head (Y-Net)")
+    total = type_probs.sum(axis=0, keepdims=True)
+    type_probs = np.divide(type_probs, total, out=np.full_like(type_probs, 1 / len(LESION_TYPES)), where=total > 0)
+    return labels, type_probs.astype(np.float32)
+
+
+def run_cascade(ct: CTImage, liver_model: CascadeModel, lesion_model: CascadeModel) -> CascadeResult:
+    """Stage 1 on the whole image, stage 2 on the liver crop, both back on the input grid."""
+    stage1 = liver_model.predict(ct.array, ct.spacing_zyx)
+    foreground = stage1.segmentation > 0  # liver (and tumour, for a LiTS-style 3-label model)
+    shape = ct.array.shape
+    type_probs = np.full((len(LESION_TYPES), *shape), 1 / len(LESION_TYPES), dtype=np.float32)
+    if not foreground.any():
+        return CascadeResult(np.zeros(shape, np.uint8), np.zeros(shape, np.uint8), type_probs, None)
+    liver = largest_component(foreground)
+    box = _crop_box(ct, liver_bbox(liver, ct.spacing_zyx, lesion_model.crop_margin_mm))
+    stage2 = lesion_model.predict(box.crop_array(ct.array), ct.spacing_zyx)
+    labels_crop, probs_crop = lesion_types_from_prediction(lesion_model, stage2.segmentation, stage2.probabilities,
+                                                           stage2.slice_type_probabilities)
+    labels = box.paste(labels_crop, fill=0)
+    type_probs = box.paste(probs_crop, fill=1 / len(LESION_TYPES)).astype(np.float32)
+    labels[(labels >= 2) & ~liver] = 0  # lesions only inside the stage-1 liver
+    labels[liver & (labels < 2)] = LIVER  # the liver is stage 1's
+    labels[~liver & (labels == LIVER)] = 0
+    return CascadeResult(liver.astype(np.uint8), labels, type_probs, box)
+
+
+def image_like(array_zyx: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """A label image with exactly the reference's size, spacing, origin and direction."""
+    array = array_zyx[0] if reference.GetDimension() == 2 else array_zyx
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array.astype(np.uint8)))
+    image.CopyInformation(reference)
+    return image
+
+
+def write_case_outputs(ct: CTImage, result: CascadeResult, out_dir: Path, models: dict[str, Any],
+                       overlays: bool = True) -> list[dict[str, Any]]:
+    """Write ``liver.nii.gz``, ``lesions.nii.gz``, ``lesions.json`` and ``overlays/`` into ``out_dir``.
+
+    ``out_dir`` is inside the caller's temporary output folder, so plain writes are atomic as a whole.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    typed, lesions = analyse_lesions(result.labels, ct.image, result.type_probabilities)
+    sitk.WriteImage(image_like(result.liver, ct.image), str(out_dir / "liver.nii.gz"), True)
+    sitk.WriteImage(image_like(typed, ct.image), str(out_dir / "lesions.nii.gz"), True)
+    pngs = write_overlays(ct.array, typed, ct.spacing_zyx, out_dir / "overlays", lesions, ct.source.name) \
+        if overlays and lesions else []
+    report = {
+        "input": str(ct.source),
+        "kind": "slice" if ct.is_slice else "volume",
+        "size": list(ct.image.GetSize()),
+        "spacing": list(ct.image.GetSpacing()),
+        "origin": list(ct.image.GetOrigin()),
+        "direction": list(ct.image.GetDirection()),
+        "labels": {"background": 0, "liver": LIVER, **{t: 2 + i for i, t in enumerate(LESION_TYPES)}},
+        "liver_found": bool(result.liver.any()),
+        "liver_voxels": int(result.liver.sum()),
+        "crop": None if result.crop is None else {"start_zyx": list(result.crop.start),
+                                                  "stop_zyx": list(result.crop.stop)},
+        "typing": "each connected lesion (face connectivity, 3-D for volumes) takes the majority type of its "
+                  "voxels; probabilities are the mean over its voxels of the type probabilities",
+        "models": models,
+        "nnunet_joint_version": __version__,
+        "lesions": lesions,
+        "overlays": [str(p.relative_to(out_dir)) for p in pngs],
+    }
+    (out_dir / "lesions.json").write_text(json.dumps(report, indent=2) + "\n")
+    return lesions

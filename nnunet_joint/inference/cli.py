@@ -1,0 +1,166 @@
+"""``nnunet_joint_predict``: the liver → lesion cascade on new CT (NIfTI or DICOM, volume or slice).
+
+Thin command line over :func:`predict`. Every input is read and checked before a model is loaded;
+outputs go to a temporary folder beside ``OUT_DIR`` that is renamed when everything is written,
+so a failure or a killed run leaves no partial output, and the input is never touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from nnunet_joint.errors import InputError, cli_entry
+from nnunet_joint.inference.inputs import InputCase, discover_inputs, read_case
+from nnunet_joint.io import atomic_path
+
+#: Written into every output folder of this command; a non-empty OUT_DIR without it is refused.
+MARKER = ".nnunet_joint_predict"
+
+
+def check_output_folder(out_dir: Path, input_path: Path) -> None:
+    """Refuse an output that would overwrite what we did not write, or that lies in the input."""
+    out_res, in_res = out_dir.resolve(), input_path.resolve()
+    if out_res == in_res or in_res in out_res.parents or (in_res.is_dir() and out_res in in_res.parents):
+        raise InputError(out_dir, f"output folder overlaps the input {input_path}; choose a separate folder")
+    if out_dir.exists() or out_dir.is_symlink():
+        if not out_dir.is_dir():
+            raise InputError(out_dir, "output exists and is not a folder")
+        if any(out_dir.iterdir()) and not (out_dir / MARKER).is_file():
+            raise InputError(out_dir, f"output folder holds files this command did not write (no {MARKER} "
+                                      "marker); choose an empty or new folder")
+
+
+def _device(name: str | None):
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError(None, "--device cuda: no CUDA device is available (use --device cpu)")
+    return torch.device(name)
+
+
+def predict(
+    input_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    liver_model: str | os.PathLike | None = None,
+    lesion_model: str | os.PathLike | None = None,
+    liver_folds: Sequence[int | str] | None = None,
+    lesion_folds: Sequence[int | str] | None = None,
+    device: str | None = None,
+    quiet: bool = False,
+    overlays: bool = True,
+) -> dict[str, list[dict]]:
+    """Run the cascade on every image under ``input_path`` and write the outputs to ``out_dir``.
+
+    One input (a file or a DICOM series) writes into ``out_dir`` itself; a folder of inputs writes
+    one subfolder per input, named after it.
+
+    Returns:
+        Input name -> its ``lesions.json`` lesion entries.
+
+    Raises:
+        InputError: any bad input, output folder or model (nothing is written then).
+    """
+    from nnunet_joint.inference.cascade import run_cascade, write_case_outputs
+    from nnunet_joint.inference.models import lesion_model_folder, liver_model_folder, load_model
+
+    input_path, out_dir = Path(input_path), Path(out_dir)
+    cases = discover_inputs(input_path)
+    check_output_folder(out_dir, input_path)
+    for case in cases:  # check every input before any model runs
+        read_case(case)
+    torch_device = _device(device)
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    liver_dir, lesion_dir = liver_model_folder(liver_model), lesion_model_folder(lesion_model)
+    liver = load_model(liver_dir, liver_folds, torch_device, allow_tqdm=not quiet, quiet=quiet)
+    lesion = load_model(lesion_dir, lesion_folds, torch_device, allow_tqdm=not quiet, quiet=quiet)
+    if not (lesion.is_joint or lesion.is_ynet):
+        raise InputError(lesion_dir, "not a stage-2 model: needs labels cyst/hemangioma/metastasis (joint) or "
+                                     "'lesion' with a classification head (Y-Net)")
+    models = {"liver": liver.describe(), "lesion": {**lesion.describe(), "kind": "joint" if lesion.is_joint
+                                                    else "ynet", "crop_margin_mm": lesion.crop_margin_mm}}
+    say(f"liver model: {liver_dir} (folds {liver.folds}); lesion model: {lesion_dir} (folds {lesion.folds}); "
+        f"device {torch_device}")
+    results: dict[str, list[dict]] = {}
+    single = len(cases) == 1 and not (input_path.is_dir() and not cases[0].is_dicom)
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        (tmp / MARKER).write_text(f"written by nnunet_joint_predict from {input_path.resolve()}\n")
+        for n, case in enumerate(cases, start=1):
+            results[case.name] = _predict_case(case, tmp if single else tmp / case.name, liver, lesion, models,
+                                               quiet, overlays, say, f"[{n}/{len(cases)}] {case.name}")
+    return results
+
+
+def _predict_case(case: InputCase, out: Path, liver, lesion, models: dict, quiet: bool, overlays: bool, say,
+                  label: str) -> list[dict]:
+    from nnunet_joint.inference.cascade import run_cascade, write_case_outputs
+
+    start = time.monotonic()
+    ct = read_case(case)
+    say(f"{label}: {'slice' if ct.is_slice else 'volume'} {ct.image.GetSize()}, stage 1 (liver) then stage 2 "
+        "(lesions) on the liver crop")
+    with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+        result = run_cascade(ct, liver, lesion)
+    lesions = write_case_outputs(ct, result, out, models, overlays=overlays)
+    if not result.liver.any():
+        say(f"{label}: warning: no liver found; empty label maps written")
+    say(f"{label}: {len(lesions)} lesion(s) "
+        f"{', '.join(lesion_entry['type'] for lesion_entry in lesions)} in {time.monotonic() - start:.1f} s")
+    return lesions
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nnunet_joint_predict",
+        description="Liver -> lesion cascade on CT: liver mask, lesion label map with type codes (0 background, "
+                    "1 liver, 2 cyst, 3 hemangioma, 4 metastasis; the input's geometry), lesions.json and overlay "
+                    "PNGs.",
+    )
+    p.add_argument("-i", "--input", required=True, type=Path,
+                   help="NIfTI/MHA/NRRD volume or slice (HxW or 1xHxW), DICOM series folder, or a folder of "
+                        "these (one output subfolder each, named after the input)")
+    p.add_argument("-o", "--output", required=True, type=Path,
+                   help="output folder (new, empty, or written by this command before: it is replaced)")
+    p.add_argument("--liver-model", type=Path,
+                   help="stage-1 nnU-Net results folder (<Trainer>__<Plans>__2d); default "
+                        "$nnUNet_results/Dataset501_LiTSLiver/nnUNetTrainer__nnUNetPlans__2d (plain nnU-Net: "
+                        "the strongest simple liver segmenter), or the only trainer folder there")
+    p.add_argument("--lesion-model", type=Path,
+                   help="stage-2 results folder: a joint model (pixel-wise types) or a Y-Net (types from its "
+                        "classification head, per slice); default $nnUNet_results/Dataset504_ShebaJoint/"
+                        "nnUNetTrainerJoint_LiTS__nnUNetPlans__2d, else nnUNetTrainerJoint, else the only "
+                        "nnUNetTrainerJoint* folder")
+    p.add_argument("--folds", nargs="+", metavar="F",
+                   help="folds of both models (numbers or 'all'); default: every fold_0..fold_4 with "
+                        "checkpoint_final.pth (an ensemble, logits averaged), else fold_all")
+    p.add_argument("--liver-folds", nargs="+", metavar="F", help="folds of the liver model (overrides --folds)")
+    p.add_argument("--lesion-folds", nargs="+", metavar="F", help="folds of the lesion model (overrides --folds)")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
+    p.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    return p
+
+
+@cli_entry
+def main(argv: Sequence[str] | None = None) -> int:
+    from nnunet_joint.inference.models import parse_folds
+
+    args = build_parser().parse_args(argv)
+    folds = parse_folds(args.folds)
+    results = predict(args.input, args.output, args.liver_model, args.lesion_model,
+                      liver_folds=parse_folds(args.liver_folds) or folds,
+                      lesion_folds=parse_folds(args.lesion_folds) or folds,
+                      device=args.device, quiet=args.quiet, overlays=not args.no_overlays)
+    if not args.quiet:
+        total = sum(len(v) for v in results.values())
+        print(f"{len(results)} input(s), {total} lesion(s): {args.output}", file=sys.stderr)
+    return 0

@@ -1,0 +1,353 @@
+"""Finding the cascade's two trained models and running them with nnU-Net's own predictor.
+
+nnU-Net's ``initialize_from_trained_model_folder`` loads checkpoints with
+``torch.load(weights_only=False)``, which runs code from a hostile file. :func:`load_model` does
+the same set-up step by step instead: ``plans.json``/``dataset.json`` from the model folder, the
+trainer class by name (nnU-Net's lookup, ``nnUNet_extTrainer`` pointed at our ``trainers/`` when
+unset), the network from the trainer's ``build_network_architecture``, the weights of every fold
+through :func:`~nnunet_joint.checkpoints.safe_torch_load`, then
+``nnUNetPredictor.manual_initialization``. Several folds are an ensemble of parameter sets, as in
+nnU-Net (logits averaged). Preprocessing, sliding-window prediction, test-time mirroring and the
+resampling back to the input grid are nnU-Net's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import io
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from nnunet_joint import LESION_TYPES
+from nnunet_joint.checkpoints import safe_torch_load
+from nnunet_joint.errors import InputError
+
+TRAINERS_DIR = Path(__file__).resolve().parents[2] / "trainers"
+CHECKPOINT_NAME = "checkpoint_final.pth"
+PLANS_NAME, CONFIGURATION = "nnUNetPlans", "2d"
+LIVER_DATASET = "Dataset501_LiTSLiver"
+JOINT_DATASET = "Dataset504_ShebaJoint"
+#: Stage 1 is a plain liver segmentation: nnU-Net's own trainer is the strongest, simplest choice.
+LIVER_TRAINER_PREFERENCE = ("nnUNetTrainer",)
+#: Stage 2 default: the joint model; among several, the MIDL paper's best (LiTS-initialised) first.
+JOINT_TRAINER_PREFERENCE = ("nnUNetTrainerJoint_LiTS", "nnUNetTrainerJoint")
+JOINT_TRAINER_PATTERN = "nnUNetTrainerJoint*"
+#: Default crop margin when the model's dataset.json does not record the converter's.
+DEFAULT_MARGIN_MM = 10.0
+
+
+@contextlib.contextmanager
+def _silenced(quiet: bool) -> Iterator[None]:
+    """nnU-Net prints freely (device notices, trainer search); keep ``--quiet`` quiet."""
+    if quiet:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    else:
+        yield
+
+
+# ----------------------------------------------------------------------------- finding models
+
+
+def _results_root(role: str) -> Path:
+    root = os.environ.get("nnUNet_results")
+    if not root:
+        raise InputError(None, f"no {role} model given and nnUNet_results is not set; pass the model folder "
+                               f"(e.g. --{role}-model PATH/{{Trainer}}__nnUNetPlans__2d) or set nnUNet_results")
+    return Path(root)
+
+
+def default_model_folder(role: str, dataset: str, pattern: str, preference: Sequence[str]) -> Path:
+    """``$nnUNet_results/<dataset>/<trainer>__nnUNetPlans__2d`` chosen by ``preference``.
+
+    A preferred trainer wins; otherwise a single match of ``pattern``; several matches are an
+    error that lists them, so the user chooses rather than getting an arbitrary model.
+    """
+    dataset_dir = _results_root(role) / dataset
+    suffix = f"__{PLANS_NAME}__{CONFIGURATION}"
+    if not dataset_dir.is_dir():
+        raise InputError(dataset_dir, f"no trained {role} model: folder not found (train {dataset} first or "
+                                      f"pass --{role}-model)")
+    for trainer in preference:
+        candidate = dataset_dir / f"{trainer}{suffix}"
+        if candidate.is_dir():
+            return candidate
+    matches = sorted(p for p in dataset_dir.glob(f"{pattern}{suffix}") if p.is_dir())
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise InputError(dataset_dir, f"no trained {role} model ({pattern}{suffix}) in this folder")
+    raise InputError(dataset_dir, f"several {role} models ({', '.join(p.name for p in matches)}); "
+                                  f"choose one with --{role}-model")
+
+
+def liver_model_folder(given: str | os.PathLike | None) -> Path:
+    """Stage-1 model folder: the given one, or plain nnU-Net's on Dataset501 (any trainer if alone)."""
+    if given is not None:
+        return Path(given)
+    return default_model_folder("liver", LIVER_DATASET, "nnUNetTrainer*", LIVER_TRAINER_PREFERENCE)
+
+
+def lesion_model_folder(given: str | os.PathLike | None) -> Path:
+    """Stage-2 model folder: the given one (joint or Y-Net), or the joint model on Dataset504."""
+    if given is not None:
+        return Path(given)
+    return default_model_folder("lesion", JOINT_DATASET, JOINT_TRAINER_PATTERN, JOINT_TRAINER_PREFERENCE)
+
+
+def available_folds(folder: Path) -> list[int | str]:
+    """Folds 0-4 holding ``checkpoint_final.pth`` (an ensemble), else ``all`` if it has one."""
+    folds: list[int | str] = [f for f in range(5) if (folder / f"fold_{f}" / CHECKPOINT_NAME).is_file()]
+    if not folds and (folder / "fold_all" / CHECKPOINT_NAME).is_file():
+        folds = ["all"]
+    return folds
+
+
+def parse_folds(values: Sequence[str] | None) -> list[int | str] | None:
+    """``--folds 0 1 2`` / ``--folds all`` -> fold identifiers (``None``: detect)."""
+    if not values:
+        return None
+    out: list[int | str] = []
+    for v in values:
+        if v == "all":
+            out.append("all")
+        elif re.fullmatch(r"\d+", v):
+            out.append(int(v))
+        else:
+            raise InputError(None, f"--folds: {v!r} is not a fold number or 'all'")
+    return out
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise InputError(path, "not found: not an nnU-Net model folder (expected plans.json and dataset.json)")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(path, f"not valid JSON ({e})") from None
+
+
+def find_trainer_class(trainer_name: str) -> type:
+    """nnU-Net's trainer lookup by class name; our ``trainers/`` is searched when nothing else is set."""
+    os.environ.setdefault("nnUNet_extTrainer", str(TRAINERS_DIR))
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return recursive_find_trainer_class_by_name(trainer_name)
+    except RuntimeError:
+        raise InputError(None, f"trainer class {trainer_name!r} not found in nnU-Net or in nnUNet_extTrainer="
+                               f"{os.environ.get('nnUNet_extTrainer')}") from None
+
+
+def _head_logits(network: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Classification-head logits of a Y-Net for a batch of whole slices."""
+    classify = getattr(network, "classify", None)
+    if callable(classify):
+        return classify(x)
+    return network(x, return_cls=True)[1]
+
+
+def has_classification_head(network: torch.nn.Module) -> bool:
+    return getattr(network, "cls_head", None) is not None or callable(getattr(network, "classify", None))
+
+
+@dataclass
+class Prediction:
+    """One model's output on one image, on the image's own grid (array order).
+
+    Attributes:
+        segmentation: ``(z, y, x)`` label map with the model's label values.
+        probabilities: ``(num_labels, z, y, x)`` softmax, channels in ``label_values`` order.
+        slice_type_probabilities: Y-Net only: ``(len(LESION_TYPES), z, y, x)``, each slice's
+            head probabilities broadcast over the slice.
+    """
+
+    segmentation: np.ndarray
+    probabilities: np.ndarray
+    slice_type_probabilities: np.ndarray | None = None
+
+
+class CascadeModel:
+    """A trained nnU-Net model folder, safely loaded, ready to predict arrays."""
+
+    def __init__(self, folder: Path, trainer_name: str, folds: list[int | str], predictor, labels: dict[str, int],
+                 dataset_json: dict):
+        self.folder = folder
+        self.trainer_name = trainer_name
+        self.folds = folds
+        self.predictor = predictor
+        self.labels = labels
+        self.dataset_json = dataset_json
+
+    @property
+    def label_values(self) -> list[int]:
+        return list(self.predictor.label_manager.all_labels)
+
+    @property
+    def is_joint(self) -> bool:
+        """Pixel-wise lesion types (labels named after every lesion type)."""
+        return all(t in self.labels for t in LESION_TYPES)
+
+    @property
+    def is_ynet(self) -> bool:
+        """One lesion label plus a classification head that types each slice."""
+        return "lesion" in self.labels and has_classification_head(self.predictor.network)
+
+    @property
+    def crop_margin_mm(self) -> float:
+        """The crop margin the converter used for this model's training data (recorded in dataset.json)."""
+        source = self.dataset_json.get("source")
+        if isinstance(source, dict) and isinstance(source.get("margin_mm"), (int, float)):
+            return float(source["margin_mm"])
+        return DEFAULT_MARGIN_MM
+
+    def channel(self, label_name: str) -> int:
+        """Probability channel of a named label."""
+        return self.label_values.index(self.labels[label_name])
+
+    def describe(self) -> dict:
+        return {"folder": str(self.folder), "trainer": self.trainer_name, "folds": self.folds}
+
+    def predict(self, image_zyx: np.ndarray, spacing_zyx: Sequence[float]) -> Prediction:
+        """Run nnU-Net's preprocessing, sliding window (ensemble over folds) and resampling back."""
+        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+
+        p = self.predictor
+        preprocessor = p.configuration_manager.preprocessor_class(verbose=False)
+        data, _, props = preprocessor.run_case_npy(image_zyx[None].astype(np.float32), None,
+                                                   {"spacing": [float(s) for s in spacing_zyx]},
+                                                   p.plans_manager, p.configuration_manager, p.dataset_json)
+        data_t = torch.from_numpy(data)
+        logits = p.predict_logits_from_preprocessed_data(data_t).cpu()
+        segmentation, probabilities = convert_predicted_logits_to_segmentation_with_correct_shape(
+            logits, p.plans_manager, p.configuration_manager, p.label_manager, props, return_probabilities=True)
+        slice_types = self._slice_type_probabilities(data_t, props) if self.is_ynet else None
+        return Prediction(np.asarray(segmentation), np.asarray(probabilities, dtype=np.float32), slice_types)
+
+    @torch.inference_mode()
+    def _slice_type_probabilities(self, data: torch.Tensor, props: dict) -> np.ndarray:
+        """Y-Net head on every whole preprocessed slice, averaged over folds, back on the input grid.
+
+        Slices are zero-padded (zero is the mean after nnU-Net's CT normalisation) to a multiple of
+        the encoder's total stride, as the trainer does for validation.
+        """
+        p = self.predictor
+        network = p.network
+        divisor = getattr(network, "input_divisor", None) or [
+            int(v) for v in np.prod(np.array(p.configuration_manager.pool_op_kernel_sizes), axis=0)][-2:]
+        slices = data.permute(1, 0, 2, 3).float()  # (slices, C, Y, X)
+        pad = [(-s) % int(d) for s, d in zip(slices.shape[2:], divisor[-2:])]
+        slices = torch.nn.functional.pad(slices, (0, pad[1], 0, pad[0]))
+        probs = torch.zeros((slices.shape[0], len(LESION_TYPES)))
+        network.eval()
+        for params in p.list_of_parameters:
+            network.load_state_dict(params)
+            for start in range(0, slices.shape[0], 16):
+                batch = slices[start:start + 16].to(p.device)
+                probs[start:start + 16] += torch.softmax(_head_logits(network, batch).float(), 1).cpu()
+        probs = (probs / len(p.list_of_parameters)).numpy()
+        # into the transposed, uncropped grid, then back to the input's axis order
+        shape = tuple(props["shape_before_cropping"])
+        full = np.full((len(LESION_TYPES), *shape), 1.0 / len(LESION_TYPES), dtype=np.float32)
+        first = int(props["bbox_used_for_cropping"][0][0])
+        for i in range(probs.shape[0]):
+            full[:, first + i] = probs[i][:, None, None]
+        backward = p.plans_manager.transpose_backward
+        return full.transpose([0] + [a + 1 for a in backward])
+
+
+def load_model(folder: str | os.PathLike, folds: Sequence[int | str] | None, device: torch.device,
+               allow_tqdm: bool = False, quiet: bool = True) -> CascadeModel:
+    """Load a trained nnU-Net model folder without ``weights_only=False`` anywhere.
+
+    Raises:
+        InputError: missing folder, JSON or checkpoint, a checkpoint that would run code, weights
+            that do not fit the network the plans describe, or a model with other than one input channel.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(folder, "model folder not found")
+    dataset_json = _read_json(folder / "dataset.json")
+    plans = _read_json(folder / "plans.json")
+    parts = folder.name.split("__")
+    if len(parts) != 3:
+        raise InputError(folder, "not an nnU-Net results folder (expected a name like "
+                                 "<Trainer>__<Plans>__<configuration>)")
+    trainer_name, _, configuration = parts
+    if folds is None:
+        folds = available_folds(folder)
+        if not folds:
+            raise InputError(folder, f"no {CHECKPOINT_NAME} in fold_0..fold_4 or fold_all: the model is not "
+                                     "trained (to the end)")
+    parameters = []
+    mirror_axes = None
+    for i, fold in enumerate(folds):
+        path = folder / f"fold_{fold}" / CHECKPOINT_NAME
+        if not path.is_file():
+            raise InputError(path, "checkpoint not found")
+        checkpoint = safe_torch_load(path, map_location="cpu")
+        if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("network_weights"), dict):
+            raise InputError(path, "not an nnU-Net checkpoint (no 'network_weights')")
+        if i == 0:
+            recorded = checkpoint.get("trainer_name")
+            if recorded is not None and recorded != trainer_name:
+                raise InputError(path, f"checkpoint of trainer {recorded!r} in a folder named for {trainer_name!r}")
+            init_args = checkpoint.get("init_args")
+            if isinstance(init_args, dict) and isinstance(init_args.get("configuration"), str):
+                configuration = init_args["configuration"]
+            mirror_axes = checkpoint.get("inference_allowed_mirroring_axes")
+        parameters.append(checkpoint["network_weights"])
+
+    with _silenced(True):
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans_manager = PlansManager(plans)
+    try:
+        configuration_manager = plans_manager.get_configuration(configuration)
+    except (KeyError, RuntimeError):
+        raise InputError(folder / "plans.json", f"no configuration {configuration!r}") from None
+    num_input_channels = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
+    if num_input_channels != 1:
+        raise InputError(folder / "dataset.json", f"the model takes {num_input_channels} input channels; "
+                                                  "the cascade gives it one CT image")
+    label_manager = plans_manager.get_label_manager(dataset_json)
+    trainer_class = find_trainer_class(trainer_name)
+    num_outputs = label_manager.num_segmentation_heads
+    if "plans_manager" in inspect.signature(trainer_class.build_network_architecture).parameters:
+        network = trainer_class.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                                           num_outputs, enable_deep_supervision=False)
+    else:  # nnU-Net's older signature, as its predictor still supports
+        network = trainer_class.build_network_architecture(
+            configuration_manager.network_arch_class_name, configuration_manager.network_arch_init_kwargs,
+            configuration_manager.network_arch_init_kwargs_req_import, num_input_channels, num_outputs,
+            enable_deep_supervision=False)
+    for fold, params in zip(folds, parameters):
+        try:
+            network.load_state_dict(params)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[:2]
+            raise InputError(folder / f"fold_{fold}" / CHECKPOINT_NAME,
+                             f"weights do not fit the network built from plans.json ({' '.join(first)[:300]})") from None
+    network.load_state_dict(parameters[0])
+    with _silenced(quiet):
+        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+                                    perform_everything_on_device=device.type == "cuda", device=device,
+                                    verbose=False, allow_tqdm=allow_tqdm)
+        predictor.manual_initialization(network, plans_manager, configuration_manager, parameters, dataset_json,
+                                        trainer_name, mirror_axes)
+    labels = {str(k): int(v) for k, v in dataset_json["labels"].items() if isinstance(v, int)}
+    return CascadeModel(folder, trainer_name, list(folds), predictor, labels, dataset_json)
