@@ -219,3 +219,15 @@ def test_bad_probabilities_shape_and_unknown_type(tmp_path):
     data["lesion_types"]["A"] = "adenoma"
     (trainer_dir / "dataset.json").write_text(json.dumps(data))
     assert "unknown lesion type 'adenoma'" in _error(lambda: evaluate_trainer_dir(trainer_dir, gt_dir))
+
+
+def test_2d_nifti_with_nnunet_probabilities_layout(tmp_path):
+    """nnU-Net writes 2-D inputs back as 2-D images but saves probabilities as C x 1 x H x W."""
+    trainer_dir, gt_dir = build_tree(tmp_path)
+    for path, array in ((gt_dir / "B.nii.gz", REFERENCE["B"]), (trainer_dir / "fold_0/validation/B.nii.gz", PREDICTION["B"])):
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing((0.8, 0.8))
+        sitk.WriteImage(image, str(path))
+    summary = evaluate_trainer_dir(trainer_dir, gt_dir, folds=[0])
+    case_b = next(c for c in summary["cases"] if c["case_id"] == "B")
+    assert case_b["pred_type"] == 1 and case_b["liver_dice"] == pytest.approx(20 / 22)
