@@ -87,6 +87,7 @@ class SEResNetUNet(nn.Module):
             self.decoder.apply(InitWeights_He(1e-2))
 
         self.cls_head: ClassificationHead | None = None
+        self.last_cls_logits: torch.Tensor | None = None
         if num_cls_classes > 0:
             self.cls_head = ClassificationHead(self.encoder.output_channels[-1], num_cls_classes)
 
@@ -98,18 +99,28 @@ class SEResNetUNet(nn.Module):
     def forward(self, x: torch.Tensor, return_cls: bool = False):
         """Segmentation logits; ``(seg, cls_logits)`` with ``return_cls``; cls logits for a head-only net.
 
-        ``network(x)`` returns the segmentation only, which is what nnU-Net's predictor needs
-        (also for the Y-Net).
+        ``network(x)`` returns the segmentation only, which is what nnU-Net's training loop,
+        validation and predictor need, also for the Y-Net. The head's logits of the last forward
+        stay in :attr:`last_cls_logits`, which is how the Y-Net loss reaches them without
+        changing nnU-Net's ``train_step`` (the forward still runs through DDP's wrapper).
         """
         skips = self.encoder(x)
+        cls_logits = self.cls_head(skips[-1]) if self.cls_head is not None else None
+        self.last_cls_logits = cls_logits
         if self.decoder is None:
-            return self.cls_head(skips[-1])
+            return cls_logits
         seg = self.decoder(skips)
         if not return_cls:
             return seg
-        if self.cls_head is None:
+        if cls_logits is None:
             raise ValueError("return_cls=True but this network has no classification head")
-        return seg, self.cls_head(skips[-1])
+        return seg, cls_logits
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits of the head alone (no decoder pass)."""
+        if self.cls_head is None:
+            raise ValueError("this network has no classification head")
+        return self.cls_head(self.encoder(x)[-1])
 
     def deep_supervision_scales(self) -> list[list[float]]:
         """Downsampling factor of each decoder output, highest resolution first.

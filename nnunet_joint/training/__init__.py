@@ -1,0 +1,1 @@
+"""Training machinery behind the thin trainer classes in ``trainers/``."""

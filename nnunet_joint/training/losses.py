@@ -1,0 +1,101 @@
+"""Losses of our trainers, built around nnU-Net's own (wrapped, not copied).
+
+- segmentation and joint: nnU-Net's Dice + CE, the CE weighted by inverse class frequency in the
+  training fold (the papers' weighted CE; nnU-Net's soft Dice is kept because it is what makes
+  nnU-Net robust to the tiny lesion fraction — the README says so);
+- Y-Net: ``λ·L_seg + (1−λ)·L_cls``;
+- classifier: cross-entropy on the slice's lesion type.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+
+
+def label_frequencies(segmentations: Iterable[np.ndarray], num_classes: int) -> np.ndarray:
+    """Voxel count per label over a set of label maps (negative labels, e.g. nnU-Net's -1 padding, are ignored)."""
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for seg in segmentations:
+        seg = np.asarray(seg)
+        values = seg[seg >= 0].astype(np.int64).ravel()
+        counts += np.bincount(values, minlength=num_classes)[:num_classes]
+    return counts
+
+
+def inverse_frequency_weights(counts: np.ndarray) -> np.ndarray:
+    """Class weights inversely proportional to class frequency, normalised to mean 1.
+
+    A class absent from the fold gets the largest weight of the present ones (it never occurs as
+    a target there, so its weight only matters for consistency of the numbers we report).
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.sum() <= 0:
+        raise ValueError("no labelled voxels to compute class weights from")
+    present = counts > 0
+    weights = np.zeros_like(counts)
+    weights[present] = counts.sum() / counts[present]
+    weights[~present] = weights[present].max()
+    return weights / weights.mean()
+
+
+def set_ce_class_weights(loss: nn.Module, weights: torch.Tensor) -> nn.Module:
+    """Give the CE term inside nnU-Net's (deep-supervised) Dice+CE loss class weights."""
+    inner = loss.loss if isinstance(loss, DeepSupervisionWrapper) else loss
+    if not hasattr(inner, "ce"):
+        raise TypeError(f"expected nnU-Net's DC_and_CE_loss, got {type(inner).__name__}")
+    inner.ce.weight = weights
+    return loss
+
+
+class ClassificationTargetLoss(nn.Module):
+    """Cross-entropy of class logits against the targets of the current batch.
+
+    nnU-Net's ``train_step`` calls ``loss(output, target)`` with the segmentation target; the
+    slice's lesion type is not in it, so the trainer sets :attr:`cls_target` from the batch keys
+    before each step and this loss ignores the segmentation target.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ce = nn.CrossEntropyLoss()
+        self.cls_target: torch.Tensor | None = None
+
+    def forward(self, cls_logits: torch.Tensor, _segmentation_target=None) -> torch.Tensor:
+        if self.cls_target is None:
+            raise RuntimeError("classification target was not set for this batch")
+        return self.ce(cls_logits, self.cls_target)
+
+
+class YNetLoss(nn.Module):
+    """``λ·L_seg(seg_output, seg_target) + (1−λ)·L_cls(cls_logits, cls_target)``.
+
+    The network's ``forward`` returns the segmentation (what nnU-Net's training loop, validation and
+    predictor expect) and keeps the logits of its classification head in ``last_cls_logits``;
+    ``logits_of`` fetches them (through DDP / torch.compile wrappers).
+    """
+
+    def __init__(self, seg_loss: nn.Module, lam: float, logits_of: Callable[[], torch.Tensor]):
+        super().__init__()
+        self.seg_loss = seg_loss
+        self.cls_loss = ClassificationTargetLoss()
+        self.lam = float(lam)
+        self.logits_of = logits_of
+
+    @property
+    def cls_target(self) -> torch.Tensor | None:
+        return self.cls_loss.cls_target
+
+    @cls_target.setter
+    def cls_target(self, value: torch.Tensor | None) -> None:
+        self.cls_loss.cls_target = value
+
+    def forward(self, seg_output, seg_target) -> torch.Tensor:
+        seg = self.seg_loss(seg_output, seg_target)
+        cls = self.cls_loss(self.logits_of())
+        return self.lam * seg + (1.0 - self.lam) * cls

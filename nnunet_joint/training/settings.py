@@ -1,0 +1,128 @@
+"""The one documented place where our trainers read their run-time settings.
+
+nnU-Net builds trainers from ``(plans, configuration, fold, dataset_json, device)`` only, so
+choices that are not part of the trainer's name come from environment variables (nnU-Net's own
+style: ``nnUNet_n_proc_DA``, ``nnUNet_compile``). Every value used is written to
+``joint_config.json`` in the fold folder, so a results folder says how it was made.
+
+| variable | meaning | default |
+|---|---|---|
+| ``nnUNet_joint_epochs`` | number of epochs | nnU-Net's (1000) |
+| ``nnUNet_joint_iterations`` | training iterations per epoch (validation: a fifth, 1..50) | nnU-Net's (250 / 50) |
+| ``nnUNet_joint_encoder`` | ``seresnet18`` / ``seresnet34`` / ``seresnet50`` | ``seresnet50`` |
+| ``nnUNet_joint_lambda`` | Y-Net weight: ``L = λ·L_seg + (1−λ)·L_cls`` | ``0.5`` |
+| ``nnUNet_joint_imagenet_weights`` | local ImageNet SE-ResNet checkpoint (.pth/.safetensors, timm layout) | required by ``*_ImageNet*`` |
+| ``nnUNet_joint_lits_checkpoint`` | ``checkpoint_final.pth`` of ``nnUNetTrainerSEResNetSeg`` on Dataset502_LiTSLesion | looked up in ``nnUNet_results`` |
+
+The encoder is fixed at training time and recorded in the plans copy of the results folder, so
+prediction never depends on the environment of the predicting shell.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from nnunet_joint.errors import InputError
+
+ENV_EPOCHS = "nnUNet_joint_epochs"
+ENV_ITERATIONS = "nnUNet_joint_iterations"
+ENV_ENCODER = "nnUNet_joint_encoder"
+ENV_LAMBDA = "nnUNet_joint_lambda"
+ENV_IMAGENET = "nnUNet_joint_imagenet_weights"
+ENV_LITS = "nnUNet_joint_lits_checkpoint"
+
+DEFAULT_ENCODER = "seresnet50"
+DEFAULT_LAMBDA = 0.5
+#: Where the LiTS lesion-pretraining model is looked up when ``nnUNet_joint_lits_checkpoint`` is unset.
+LITS_DATASET = "Dataset502_LiTSLesion"
+LITS_TRAINER = "nnUNetTrainerSEResNetSeg"
+
+
+def _positive_int(name: str) -> int | None:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InputError(name, f"must be a positive integer, got {raw!r}") from None
+    if value < 1:
+        raise InputError(name, f"must be a positive integer, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Training length; ``None`` fields keep nnU-Net's defaults."""
+
+    epochs: int | None
+    iterations_per_epoch: int | None
+
+    @classmethod
+    def from_env(cls) -> "Budget":
+        return cls(_positive_int(ENV_EPOCHS), _positive_int(ENV_ITERATIONS))
+
+    @staticmethod
+    def val_iterations(iterations_per_epoch: int) -> int:
+        """nnU-Net runs 50 validation per 250 training iterations; keep that ratio, 1..50."""
+        return max(1, min(50, iterations_per_epoch // 5))
+
+
+def encoder_from_env() -> str:
+    from nnunet_joint.network.seresnet import ENCODER_DEPTHS
+
+    name = os.environ.get(ENV_ENCODER) or DEFAULT_ENCODER
+    if name not in ENCODER_DEPTHS:
+        raise InputError(ENV_ENCODER, f"unknown encoder {name!r}; choose one of {sorted(ENCODER_DEPTHS)}")
+    return name
+
+
+def lambda_from_env() -> float:
+    raw = os.environ.get(ENV_LAMBDA)
+    if raw in (None, ""):
+        return DEFAULT_LAMBDA
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InputError(ENV_LAMBDA, f"must be a number in [0, 1], got {raw!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise InputError(ENV_LAMBDA, f"must be a number in [0, 1], got {raw!r}")
+    return value
+
+
+def imagenet_weights_path() -> Path:
+    raw = os.environ.get(ENV_IMAGENET)
+    if not raw:
+        raise InputError(ENV_IMAGENET, "is not set: ImageNet initialisation needs a local SE-ResNet checkpoint "
+                                       "(.pth or .safetensors in timm's layout); nothing is downloaded")
+    path = Path(raw)
+    if not path.is_file():
+        raise InputError(path, f"ImageNet checkpoint not found (from {ENV_IMAGENET})")
+    return path
+
+
+def lits_checkpoint_path() -> Path:
+    """The LiTS lesion model: ``nnUNet_joint_lits_checkpoint``, else fold_all or fold_0 in nnUNet_results."""
+    raw = os.environ.get(ENV_LITS)
+    if raw:
+        path = Path(raw)
+        if not path.is_file():
+            raise InputError(path, f"LiTS checkpoint not found (from {ENV_LITS})")
+        return path
+    results = os.environ.get("nnUNet_results")
+    if results:
+        base = Path(results) / LITS_DATASET
+        for folder in sorted(base.glob(f"{LITS_TRAINER}__*__2d")):
+            for fold in ("fold_all", "fold_0"):
+                candidate = folder / fold / "checkpoint_final.pth"
+                if candidate.is_file():
+                    return candidate
+    raise InputError(ENV_LITS, f"is not set and no {LITS_TRAINER} checkpoint_final.pth was found under "
+                               f"$nnUNet_results/{LITS_DATASET}: train the LiTS lesion model first")
+
+
+def settings_record(budget: Budget) -> dict:
+    return {"budget": asdict(budget), "environment": {k: os.environ.get(k) for k in (
+        ENV_EPOCHS, ENV_ITERATIONS, ENV_ENCODER, ENV_LAMBDA, ENV_IMAGENET, ENV_LITS)}}

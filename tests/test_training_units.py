@@ -1,0 +1,138 @@
+"""Fast tests of the trainer machinery: losses, class weights, budget, strides, and nnU-Net's trainer lookup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nnunet_joint.errors import InputError
+from nnunet_joint.training import settings
+from nnunet_joint.training.losses import (ClassificationTargetLoss, YNetLoss, inverse_frequency_weights,
+                                          label_frequencies, set_ce_class_weights)
+
+TRAINERS_DIR = Path(__file__).resolve().parent.parent / "trainers"
+
+
+def test_inverse_frequency_weights_exact():
+    w = inverse_frequency_weights(np.array([60, 30, 10]))
+    # 1/f = [100/60, 100/30, 100/10] = [5/3, 10/3, 10]; mean 5 -> [1/3, 2/3, 2]
+    np.testing.assert_allclose(w, [1 / 3, 2 / 3, 2.0])
+    assert w[2] / w[0] == pytest.approx(6.0)  # inversely proportional: 60/10
+
+
+def test_inverse_frequency_weights_absent_class_gets_largest_present_weight():
+    np.testing.assert_allclose(inverse_frequency_weights(np.array([50, 50, 0])), [1.0, 1.0, 1.0])
+    with pytest.raises(ValueError):
+        inverse_frequency_weights(np.zeros(3))
+
+
+def test_label_frequencies_ignores_negative_padding_label():
+    segs = [np.array([[0, 0, 1], [2, -1, 2]]), np.array([[4, 4, -1]])]
+    np.testing.assert_array_equal(label_frequencies(segs, 5), [2, 1, 2, 0, 2])
+
+
+def test_weighted_ce_inside_nnunet_loss_matches_torch():
+    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+
+    torch.manual_seed(0)
+    loss = DeepSupervisionWrapper(DC_and_CE_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": False}, {},
+                                                 weight_ce=1, weight_dice=0), [1.0])
+    weights = torch.tensor([0.2, 1.0, 3.0])
+    set_ce_class_weights(loss, weights)
+    logits = torch.randn(2, 3, 4, 4)
+    target = torch.randint(0, 3, (2, 1, 4, 4)).float()
+    expected = F.cross_entropy(logits, target[:, 0].long(), weight=weights)
+    assert loss([logits], [target]).item() == pytest.approx(expected.item(), rel=1e-6)
+    unweighted = F.cross_entropy(logits, target[:, 0].long())
+    assert abs(expected.item() - unweighted.item()) > 1e-3  # the weights really change the loss
+
+
+def test_ynet_loss_is_lambda_mix_of_seg_and_cls():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 3)
+    target = torch.tensor([0, 2, 1, 2])
+    seg_loss = lambda out, tgt: (out - tgt).abs().mean()  # noqa: E731 - any seg loss
+    loss = YNetLoss(seg_loss, lam=0.3, logits_of=lambda: logits)
+    loss.cls_target = target
+    seg_out, seg_tgt = torch.ones(2, 2), torch.zeros(2, 2)
+    expected = 0.3 * 1.0 + 0.7 * F.cross_entropy(logits, target).item()
+    assert loss(seg_out, seg_tgt).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_classification_loss_needs_a_target():
+    with pytest.raises(RuntimeError, match="not set"):
+        ClassificationTargetLoss()(torch.zeros(1, 3))
+
+
+def test_budget_from_environment(monkeypatch):
+    monkeypatch.setenv(settings.ENV_EPOCHS, "7")
+    monkeypatch.setenv(settings.ENV_ITERATIONS, "12")
+    b = settings.Budget.from_env()
+    assert (b.epochs, b.iterations_per_epoch) == (7, 12)
+    assert settings.Budget.val_iterations(12) == 2
+    assert settings.Budget.val_iterations(250) == 50
+    assert settings.Budget.val_iterations(1000) == 50
+    assert settings.Budget.val_iterations(3) == 1
+    monkeypatch.setenv(settings.ENV_EPOCHS, "zero")
+    with pytest.raises(InputError, match=settings.ENV_EPOCHS):
+        settings.Budget.from_env()
+
+
+def test_encoder_and_lambda_validation(monkeypatch):
+    monkeypatch.setenv(settings.ENV_ENCODER, "resnet18")
+    with pytest.raises(InputError, match="unknown encoder"):
+        settings.encoder_from_env()
+    monkeypatch.setenv(settings.ENV_LAMBDA, "1.5")
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        settings.lambda_from_env()
+
+
+def test_encoder_strides_follow_plans_prefix_and_pad():
+    from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+
+    from nnunet_joint.training.base import encoder_strides
+
+    def manager(strides):
+        return ConfigurationManager({"architecture": {"network_class_name": "PlainConvUNet",
+                                                      "arch_kwargs": {"strides": strides}, "_kw_requires_import": []},
+                                     "patch_size": [64, 64]})
+
+    seven = [[1, 1], [2, 2], [2, 2], [2, 2], [2, 2], [2, 2], [2, 1]]
+    assert encoder_strides(manager(seven)) == seven[:5]
+    three = [[1, 1], [2, 2], [2, 1]]
+    assert encoder_strides(manager(three)) == three + [[1, 1], [1, 1]]
+
+
+def test_safe_load_patch_restores_torch_load():
+    from nnunet_joint.training.base import safe_torch_load_in_nnunet
+
+    original = torch.load
+    with safe_torch_load_in_nnunet():
+        assert torch.load is not original
+    assert torch.load is original
+
+
+def test_nnunet_finds_every_named_variant(monkeypatch):
+    """nnU-Net's own lookup (the one nnUNetv2_train/predict use) finds the generated classes."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    from nnunet_joint.freezing import SCHEDULES
+    from nnunet_joint.training.variants import variant_names
+
+    monkeypatch.setenv("nnUNet_extTrainer", str(TRAINERS_DIR))  # nnU-Net 2.8 reads it at lookup time
+    bases = ["nnUNetTrainerSEResNetSeg", "nnUNetTrainerSEResNetCls", "nnUNetTrainerYNet", "nnUNetTrainerJoint"]
+    names = [n for b in bases for n in [b, *variant_names(b)]]
+    assert len(names) == 4 * (1 + 2 * len(SCHEDULES)) == 36
+    for name in ["nnUNetTrainerJoint_LiTS_HierFreeze", "nnUNetTrainerYNet_ImageNet", "nnUNetTrainerSEResNetCls"]:
+        cls = recursive_find_trainer_class_by_name(name)
+        assert cls.__name__ == name and issubclass(cls, nnUNetTrainer)
+    hier = recursive_find_trainer_class_by_name("nnUNetTrainerJoint_LiTS_HierFreeze")
+    assert (hier.framework, hier.init, hier.schedule) == ("joint", "LiTS", "HierFreeze")
+    lits = recursive_find_trainer_class_by_name("nnUNetTrainerSEResNetSeg_LiTS")
+    assert (lits.init, lits.schedule) == ("LiTS", "NoFreeze")

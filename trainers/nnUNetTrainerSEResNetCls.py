@@ -1,0 +1,53 @@
+"""Classification baseline: SE-ResNet classifier of the slice's lesion type (MIDL framework 1)."""
+
+import numpy as np
+import torch
+
+from nnunet_joint import LESION_TYPES
+from nnunet_joint.training.base import nnUNetTrainerSEResNetBase
+from nnunet_joint.training.losses import ClassificationTargetLoss
+from nnunet_joint.training.variants import named_variants
+
+
+class nnUNetTrainerSEResNetCls(nnUNetTrainerSEResNetBase):
+    """SE-ResNet encoder + global pooling + linear head, trained with CE on the case's lesion type
+    (``dataset.json['lesion_types']``) on nnU-Net's augmented patches.
+
+    nnU-Net's "pseudo Dice" in the training log and progress.png is the validation accuracy here
+    (tp = correct, fp = fn = wrong gives 2tp/(2tp+fp+fn) = accuracy). Final validation writes
+    ``validation/classification.json`` instead of segmentations.
+    """
+
+    framework = "cls"
+    num_cls_classes = len(LESION_TYPES)
+    has_segmentation = False
+
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.enable_deep_supervision = False  # no decoder
+
+    def set_deep_supervision_enabled(self, enabled: bool):
+        pass  # no decoder
+
+    def _build_loss(self):
+        return ClassificationTargetLoss()
+
+    def train_step(self, batch: dict) -> dict:
+        self.loss.cls_target = self.lesion_type_targets(batch["keys"])
+        return super().train_step(batch)
+
+    def validation_step(self, batch: dict) -> dict:
+        target = self.lesion_type_targets(batch["keys"])
+        self.loss.cls_target = target
+        logits = self.network(batch["data"].to(self.device, non_blocking=True))
+        loss = self.loss(logits)
+        correct = int((logits.argmax(1) == target).sum())
+        wrong = len(target) - correct
+        return {"loss": loss.detach().cpu().numpy(), "tp_hard": np.array([correct]),
+                "fp_hard": np.array([wrong]), "fn_hard": np.array([wrong])}
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        self.write_classification_predictions()
+
+
+globals().update(named_variants(nnUNetTrainerSEResNetCls))

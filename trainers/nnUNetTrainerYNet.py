@@ -1,0 +1,36 @@
+"""Y-Net (multi-task): SE-ResNet U-Net plus a classification head on the deepest encoder features (MIDL framework 3)."""
+
+from nnunet_joint import LESION_TYPES
+from nnunet_joint.training.base import nnUNetTrainerSEResNetBase
+from nnunet_joint.training.losses import YNetLoss
+from nnunet_joint.training.settings import lambda_from_env
+from nnunet_joint.training.variants import named_variants
+
+
+class nnUNetTrainerYNet(nnUNetTrainerSEResNetBase):
+    """Loss ``λ·L_seg + (1−λ)·L_cls`` (λ from ``nnUNet_joint_lambda``, default 0.5); the slice's
+    lesion type is the argmax of the head. Validation writes nnU-Net's segmentations and
+    ``validation/classification.json``."""
+
+    framework = "ynet"
+    num_cls_classes = len(LESION_TYPES)
+
+    def _build_loss(self):
+        lam = lambda_from_env()
+        self.record["lambda"] = lam
+        return YNetLoss(super()._build_loss(), lam, logits_of=lambda: self.plain_network().last_cls_logits)
+
+    def train_step(self, batch: dict) -> dict:
+        self.loss.cls_target = self.lesion_type_targets(batch["keys"])
+        return super().train_step(batch)
+
+    def validation_step(self, batch: dict) -> dict:
+        self.loss.cls_target = self.lesion_type_targets(batch["keys"])
+        return super().validation_step(batch)
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        super().perform_actual_validation(save_probabilities)
+        self.write_classification_predictions()
+
+
+globals().update(named_variants(nnUNetTrainerYNet))
