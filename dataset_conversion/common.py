@@ -1,0 +1,161 @@
+"""What every converter shares: dataset naming, atomic staging of raw datasets, dataset.json, splits.
+
+A converted dataset is written into a hidden temporary folder beside its destination in
+``nnUNet_raw`` and renamed only when every case has been written (DESIGN.md section 7), so a
+failed or killed conversion never leaves a ``DatasetXXX_Name`` folder that nnU-Net would pick up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from nnunet_joint.errors import InputError
+from nnunet_joint.io import atomic_path, write_json
+
+FILE_ENDING = ".nii.gz"
+_NAME_RE = re.compile(r"^[A-Za-z0-9]+$")
+#: nnU-Net builds file names from case identifiers; keep them to characters every tool accepts.
+CASE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def dataset_folder_name(dataset_id: int, name: str) -> str:
+    """``DatasetXXX_Name`` as nnU-Net expects it."""
+    if not 1 <= int(dataset_id) <= 999:
+        raise InputError(None, f"dataset id {dataset_id} is outside 1..999 (nnU-Net uses three digits)")
+    if not _NAME_RE.match(name):
+        raise InputError(None, f"dataset name {name!r} must be letters and digits only")
+    return f"Dataset{int(dataset_id):03d}_{name}"
+
+
+def resolve_root(arg: str | os.PathLike | None, env_var: str, required: bool) -> Path | None:
+    """The folder given on the command line, else the nnU-Net environment variable."""
+    value = arg if arg is not None else os.environ.get(env_var)
+    if not value:
+        if required:
+            raise InputError(None, f"no output folder: pass --raw-root or set {env_var}")
+        return None
+    return Path(value)
+
+
+def check_target_free(root: Path, folder_name: str, overwrite: bool) -> Path:
+    """Refuse to clobber an existing dataset, or to create a second folder with the same id.
+
+    nnU-Net finds datasets by their three-digit id; two folders ``Dataset503_*`` make every
+    ``-d 503`` ambiguous, so another name with our id is always an error.
+    """
+    dest = root / folder_name
+    prefix = folder_name.split("_", 1)[0] + "_"
+    if root.is_dir():
+        for other in sorted(root.iterdir()):
+            if other.name.startswith(prefix) and other.name != folder_name:
+                raise InputError(other, f"another dataset already uses id {prefix[7:10]}; choose a different id")
+    if dest.exists() and not overwrite:
+        raise InputError(dest, "already exists (pass --overwrite to replace it)")
+    return dest
+
+
+@contextlib.contextmanager
+def staged_datasets(destinations: Sequence[Path]) -> Iterator[list[Path]]:
+    """Yield one empty temporary folder per destination; all are renamed into place on success.
+
+    On any exception every temporary folder is removed and the destinations stay as they were.
+    """
+    with contextlib.ExitStack() as stack:
+        tmps = [stack.enter_context(atomic_path(d)) for d in destinations]
+        for tmp in tmps:
+            (tmp / "imagesTr").mkdir(parents=True)
+            (tmp / "labelsTr").mkdir()
+        yield tmps
+
+
+def write_dataset_json(
+    folder: Path,
+    labels: Mapping[str, int],
+    num_training: int,
+    name: str,
+    description: str,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Write nnU-Net v2's ``dataset.json`` (CT channel, NIfTI) plus keys nnU-Net ignores."""
+    content: dict[str, Any] = {
+        "name": name,
+        "description": description,
+        "channel_names": {"0": "CT"},
+        "labels": dict(labels),
+        "numTraining": int(num_training),
+        "file_ending": FILE_ENDING,
+        "overwrite_image_reader_writer": "SimpleITKIO",
+    }
+    content.update(extra or {})
+    write_json(content, folder / "dataset.json")
+
+
+def storage_image(image: sitk.Image) -> sitk.Image:
+    """CT as int16 when the values are whole HU that fit (half the disk of float32), else float32."""
+    array = sitk.GetArrayViewFromImage(image)
+    if array.dtype == np.int16:
+        return image
+    if np.all(np.isfinite(array)) and array.min() >= -32768 and array.max() <= 32767 and np.all(array == np.round(array)):
+        return sitk.Cast(image, sitk.sitkInt16)
+    return sitk.Cast(image, sitk.sitkFloat32)
+
+
+def label_image(labels: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """A uint8 label map on ``reference``'s grid (same size, spacing, origin, direction)."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(labels, dtype=np.uint8))
+    image.CopyInformation(reference)
+    return image
+
+
+def write_case(folder: Path, case_id: str, image: sitk.Image, labels: sitk.Image) -> None:
+    """Write ``imagesTr/<case>_0000.nii.gz`` and ``labelsTr/<case>.nii.gz`` into a staged dataset."""
+    sitk.WriteImage(image, str(folder / "imagesTr" / f"{case_id}_0000{FILE_ENDING}"), True)
+    sitk.WriteImage(labels, str(folder / "labelsTr" / f"{case_id}{FILE_ENDING}"), True)
+
+
+def make_splits(
+    case_ids: Sequence[str],
+    groups: Sequence[str],
+    strata: Sequence[str],
+    folds: int,
+    seed: int,
+    where: str | os.PathLike | None = None,
+) -> list[dict[str, list[str]]]:
+    """Cross-validation folds that never split a group (patient), stratified by ``strata`` (type).
+
+    Uses scikit-learn's ``StratifiedGroupKFold(shuffle=True, random_state=seed)``; the result has
+    nnU-Net's ``splits_final.json`` shape: one ``{"train": [...], "val": [...]}`` per fold.
+    ``where`` (the case list) is named in errors.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    n_groups = len(set(groups))
+    if folds < 2:
+        raise InputError(where, f"--folds must be at least 2, got {folds}")
+    if n_groups < folds:
+        raise InputError(where, f"{n_groups} patient(s) cannot fill {folds} folds split by patient")
+    largest_stratum = max(Counter(strata).values())
+    if largest_stratum < folds:
+        raise InputError(
+            where, f"no lesion type has {folds} cases (largest: {largest_stratum}); {folds} folds cannot be stratified"
+        )
+    ids = np.asarray(case_ids)
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    splits = []
+    for train_idx, val_idx in splitter.split(np.zeros(len(ids)), np.asarray(strata), np.asarray(groups)):
+        splits.append({"train": sorted(ids[train_idx].tolist()), "val": sorted(ids[val_idx].tolist())})
+    return splits
+
+
+def write_splits(splits: list[dict[str, list[str]]], folders: Sequence[Path]) -> None:
+    """Write ``splits_final.json`` into each folder (created if needed), atomically."""
+    for folder in folders:
+        write_json(splits, Path(folder) / "splits_final.json")

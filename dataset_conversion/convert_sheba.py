@@ -1,0 +1,201 @@
+"""Sheba-like raw folder -> two nnU-Net v2 raw datasets on liver crops, with patient-grouped folds.
+
+* ``Dataset503_ShebaSeg``: background 0 / liver 1 / lesion 2 (segmentation baseline, Y-Net).
+* ``Dataset504_ShebaJoint``: background 0 / liver 1 / cyst 2 / hemangioma 3 / metastasis 4
+  (pixel-wise classification; lesion pixels take the slice's type, label ``2 + type index``).
+
+Both hold the same cases, cropped to the largest liver component plus a margin
+(:mod:`nnunet_joint.crops`), and the same ``splits_final.json`` (3 folds by patient, stratified by
+type), written into the raw folder (nnU-Net copies it at planning) and, when known, into the
+preprocessed folder.
+
+Usage::
+
+    nnunet_joint_convert_sheba RAW_DIR [--seg-id 503] [--joint-id 504] [--margin-mm 10] [--folds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from dataset_conversion.common import (
+    check_target_free,
+    dataset_folder_name,
+    label_image,
+    make_splits,
+    resolve_root,
+    staged_datasets,
+    storage_image,
+    write_case,
+    write_dataset_json,
+    write_splits,
+)
+from dataset_conversion.sheba_raw import PNG_HU_OFFSET_DEFAULT, PNG_SPACING_MM_DEFAULT, ShebaCase, load_raw_dataset
+from nnunet_joint import LESION_TYPES
+from nnunet_joint.crops import crop_to_liver
+from nnunet_joint.errors import InputError, cli_entry
+from nnunet_joint.io import write_json
+
+SEG_LABELS = {"background": 0, "liver": 1, "lesion": 2}
+JOINT_LABELS = {"background": 0, "liver": 1, **{t: 2 + i for i, t in enumerate(LESION_TYPES)}}
+
+
+def case_label_maps(case: ShebaCase) -> tuple[np.ndarray, np.ndarray]:
+    """Full-slice label maps (seg, joint); lesion pixels win over liver, inside or outside it."""
+    seg = np.zeros(case.lesion.shape, dtype=np.uint8)
+    seg[case.liver] = SEG_LABELS["liver"]
+    joint = seg.copy()
+    seg[case.lesion] = SEG_LABELS["lesion"]
+    joint[case.lesion] = JOINT_LABELS[case.row.lesion_type]
+    return seg, joint
+
+
+def convert_sheba(
+    raw_dir: str | os.PathLike,
+    raw_root: str | os.PathLike | None = None,
+    preprocessed_root: str | os.PathLike | None = None,
+    seg_id: int = 503,
+    joint_id: int = 504,
+    seg_name: str = "ShebaSeg",
+    joint_name: str = "ShebaJoint",
+    margin_mm: float = 10.0,
+    folds: int = 3,
+    seed: int = 0,
+    png_hu_offset: float = PNG_HU_OFFSET_DEFAULT,
+    png_spacing: float = PNG_SPACING_MM_DEFAULT,
+    overwrite: bool = False,
+) -> dict:
+    """Convert a Sheba-like raw folder; every row is validated before anything is written.
+
+    Args:
+        raw_dir: folder with ``cases.csv``.
+        raw_root: nnU-Net raw folder (default ``$nnUNet_raw``).
+        preprocessed_root: nnU-Net preprocessed folder (default ``$nnUNet_preprocessed``, optional);
+            when known, ``splits_final.json`` is written there too.
+        margin_mm: context kept around the liver bounding box.
+        folds: cross-validation folds (by patient, stratified by lesion type).
+        seed: shuffling seed of the folds.
+        overwrite: replace existing datasets with the same folder names.
+
+    Returns:
+        ``{"seg_dataset": path, "joint_dataset": path, "cases": [...], "splits": [...],
+        "splits_files": [...]}``.
+
+    Raises:
+        InputError: any problem with the input or the targets (nothing is written then).
+    """
+    if margin_mm < 0:
+        raise InputError(None, f"--margin-mm must be >= 0, got {margin_mm}")
+    if png_spacing <= 0:
+        raise InputError(None, f"--png-spacing must be > 0, got {png_spacing}")
+    if folds < 2:
+        raise InputError(None, f"--folds must be at least 2, got {folds}")
+    if seg_id == joint_id:
+        raise InputError(None, f"--seg-id and --joint-id are both {seg_id}")
+    raw_dir = Path(raw_dir)
+    raw_root_path = resolve_root(raw_root, "nnUNet_raw", required=True)
+    pre_root = resolve_root(preprocessed_root, "nnUNet_preprocessed", required=False)
+    assert raw_root_path is not None
+    seg_folder, joint_folder = dataset_folder_name(seg_id, seg_name), dataset_folder_name(joint_id, joint_name)
+    destinations = [check_target_free(raw_root_path, f, overwrite) for f in (seg_folder, joint_folder)]
+
+    cases = load_raw_dataset(raw_dir, png_spacing=png_spacing, png_hu_offset=png_hu_offset)
+    case_ids = [c.row.case_id for c in cases]
+    patients, types = [c.row.patient_id for c in cases], [c.row.lesion_type for c in cases]
+    splits = make_splits(case_ids, patients, types, folds, seed, where=raw_dir / "cases.csv")
+
+    crops: dict[str, dict] = {}
+    with staged_datasets(destinations) as (seg_tmp, joint_tmp):
+        for case in cases:
+            # The lesion is part of the organ the crop should cover (LiTS merges tumour into liver,
+            # and so will the stage-1 model whose masks feed this rule later).
+            box = crop_to_liver(case.image, case.liver | case.lesion, margin_mm)
+            image = storage_image(box.crop_image(case.image))
+            seg, joint = case_label_maps(case)
+            cid = case.row.case_id
+            write_case(seg_tmp, cid, image, label_image(box.crop_array(seg), image))
+            write_case(joint_tmp, cid, image, label_image(box.crop_array(joint), image))
+            crops[cid] = {"image": case.row.image_rel, "crop": box.to_dict()}
+
+        extra = {
+            "lesion_types": {c.row.case_id: c.row.lesion_type for c in cases},
+            "patients": {c.row.case_id: c.row.patient_id for c in cases},
+            "lesion_type_order": list(LESION_TYPES),
+            "source": {"format": "sheba-raw", "raw_dir": str(raw_dir.resolve()), "margin_mm": margin_mm},
+        }
+        crops_json = {"source_dir": str(raw_dir.resolve()), "margin_mm": margin_mm, "cases": crops}
+        for tmp, labels, name, what in (
+            (seg_tmp, SEG_LABELS, seg_name, "liver-ROI crops, labels background/liver/lesion"),
+            (joint_tmp, JOINT_LABELS, joint_name, "liver-ROI crops, lesion pixels labelled by lesion type"),
+        ):
+            write_dataset_json(tmp, labels, len(cases), name, f"Sheba-like CT slices, {what}", extra)
+            write_json(crops_json, tmp / "crops.json")
+            write_splits(splits, [tmp])
+
+    splits_files = [d / "splits_final.json" for d in destinations]
+    if pre_root is not None:
+        pre_folders = [pre_root / f for f in (seg_folder, joint_folder)]
+        write_splits(splits, pre_folders)
+        splits_files += [f / "splits_final.json" for f in pre_folders]
+    return {
+        "seg_dataset": destinations[0],
+        "joint_dataset": destinations[1],
+        "cases": case_ids,
+        "splits": splits,
+        "splits_files": splits_files,
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nnunet_joint_convert_sheba",
+        description="Convert a Sheba-like raw folder (cases.csv + slices + masks) into two nnU-Net raw "
+        "datasets on liver crops (segmentation and joint type labels) with patient-grouped folds.",
+    )
+    p.add_argument("raw_dir", help="folder with cases.csv")
+    p.add_argument("--seg-id", type=int, default=503)
+    p.add_argument("--joint-id", type=int, default=504)
+    p.add_argument("--seg-name", default="ShebaSeg")
+    p.add_argument("--joint-name", default="ShebaJoint")
+    p.add_argument("--margin-mm", type=float, default=10.0, help="context around the liver box (default 10)")
+    p.add_argument("--folds", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0, help="seed of the fold shuffling")
+    p.add_argument("--png-hu-offset", type=float, default=PNG_HU_OFFSET_DEFAULT, help="PNG value minus this is HU")
+    p.add_argument("--png-spacing", type=float, default=PNG_SPACING_MM_DEFAULT, help="PNG pixel size in mm")
+    p.add_argument("--raw-root", default=None, help="nnU-Net raw folder (default $nnUNet_raw)")
+    p.add_argument("--preprocessed-root", default=None, help="nnU-Net preprocessed folder (default $nnUNet_preprocessed)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing datasets")
+    return p
+
+
+@cli_entry
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result = convert_sheba(
+        args.raw_dir,
+        raw_root=args.raw_root,
+        preprocessed_root=args.preprocessed_root,
+        seg_id=args.seg_id,
+        joint_id=args.joint_id,
+        seg_name=args.seg_name,
+        joint_name=args.joint_name,
+        margin_mm=args.margin_mm,
+        folds=args.folds,
+        seed=args.seed,
+        png_hu_offset=args.png_hu_offset,
+        png_spacing=args.png_spacing,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {result['seg_dataset']} and {result['joint_dataset']} ({len(result['cases'])} cases)")
+    for f in result["splits_files"]:
+        print(f"wrote {f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,472 @@
+"""Sheba raw format -> Dataset503/504: outputs, crops, folds, and every bad input refused cleanly."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from dataset_conversion import convert_sheba as cs
+from dataset_conversion.convert_sheba import convert_sheba, main
+from nnunet_joint import LESION_TYPES
+
+SPACING = (0.75, 0.75, 5.0)
+ORIGIN = (-24.0, -24.0, 100.0)
+SIZE = 64
+LIVER_CENTRE, LIVER_RADIUS = (30, 26), 12  # rows 18..42, cols 14..38
+COLUMNS = ["case_id", "patient_id", "lesion_type", "image", "mask", "liver_mask"]
+
+
+def _disc(centre: tuple[int, int], radius: float) -> np.ndarray:
+    rr, cc = np.mgrid[:SIZE, :SIZE]
+    return (rr - centre[0]) ** 2 + (cc - centre[1]) ** 2 <= radius**2
+
+
+def _nifti(array2d: np.ndarray, path: Path, spacing=SPACING, origin=ORIGIN) -> None:
+    image = sitk.GetImageFromArray(array2d[None])
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path), True)
+
+
+def slice_arrays(index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(HU slice, lesion mask, liver mask) with air, a body, a liver disc and a small lesion."""
+    liver = _disc(LIVER_CENTRE, LIVER_RADIUS)
+    lesion = _disc((28 + index % 5, 24 + index % 4), 3)
+    hu = np.full((SIZE, SIZE), -1000, dtype=np.int16)
+    hu[_disc((32, 32), 30)] = 40
+    hu[liver] = 100
+    hu[lesion] = 10 + index
+    return hu, lesion.astype(np.uint8), liver.astype(np.uint8)
+
+
+def make_raw(root: Path, patients: dict[str, list[str]] | None = None) -> Path:
+    """Write a raw folder; ``patients`` maps patient id -> lesion type of each of its slices."""
+    if patients is None:  # 9 patients, 2 slices each, one type per patient: 6 slices per type
+        patients = {f"p{p}": [LESION_TYPES[p % 3]] * 2 for p in range(9)}
+    rows = []
+    for patient, types in patients.items():
+        for k, lesion_type in enumerate(types):
+            case = f"{patient}s{k}"
+            hu, lesion, liver = slice_arrays(len(rows))
+            _nifti(hu, root / "slices" / f"{case}.nii.gz")
+            _nifti(lesion, root / "masks" / f"{case}_lesion.nii.gz")
+            _nifti(liver, root / "masks" / f"{case}_liver.nii.gz")
+            rows.append([case, patient, lesion_type, f"slices/{case}.nii.gz",
+                         f"masks/{case}_lesion.nii.gz", f"masks/{case}_liver.nii.gz"])
+    write_csv(root, COLUMNS, rows)
+    return root
+
+
+def write_csv(root: Path, header: list[str], rows: list[list[str]]) -> None:
+    with open(root / "cases.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def read_csv(root: Path) -> tuple[list[str], list[list[str]]]:
+    with open(root / "cases.csv", newline="") as f:
+        header, *rows = list(csv.reader(f))
+    return header, rows
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> dict[str, Path]:
+    return {"raw": make_raw(tmp_path / "sheba"), "out": tmp_path / "nnUNet_raw", "pre": tmp_path / "nnUNet_preprocessed"}
+
+
+def _array(path: Path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+# ----------------------------------------------------------------------------- good input
+
+
+@pytest.fixture
+def converted(dirs) -> dict:
+    result = convert_sheba(dirs["raw"], raw_root=dirs["out"], preprocessed_root=dirs["pre"])
+    return {**dirs, "result": result}
+
+
+def test_outputs_labels_images_and_crop_geometry(converted):
+    seg_dir = converted["out"] / "Dataset503_ShebaSeg"
+    joint_dir = converted["out"] / "Dataset504_ShebaJoint"
+    assert converted["result"]["seg_dataset"] == seg_dir
+    cases = sorted(f"p{p}s{k}" for p in range(9) for k in range(2))
+    for d in (seg_dir, joint_dir):
+        assert sorted(p.name for p in (d / "imagesTr").iterdir()) == [f"{c}_0000.nii.gz" for c in cases]
+        assert sorted(p.name for p in (d / "labelsTr").iterdir()) == [f"{c}.nii.gz" for c in cases]
+    assert sorted(converted["result"]["cases"]) == cases
+
+    # Liver disc rows 18..42, cols 14..38; 10 mm at 0.75 mm is ceil(13.33) = 14 pixels, clipped at col 0.
+    crops = json.loads((seg_dir / "crops.json").read_text())
+    assert crops == json.loads((joint_dir / "crops.json").read_text())
+    assert crops["margin_mm"] == 10.0
+    box = crops["cases"]["p4s1"]
+    assert box["image"] == "slices/p4s1.nii.gz"
+    assert box["crop"]["start"] == [0, 4, 0] and box["crop"]["stop"] == [1, 57, 53]
+    assert box["crop"]["original_size"] == [1, 64, 64]
+
+    for case_index, case in enumerate(f"p{p}s{k}" for p in range(9) for k in range(2)):
+        lesion_type = LESION_TYPES[int(case[1]) % 3]
+        image = sitk.ReadImage(str(seg_dir / "imagesTr" / f"{case}_0000.nii.gz"))
+        assert image.GetSize() == (53, 53, 1)
+        assert image.GetPixelID() == sitk.sitkInt16
+        np.testing.assert_allclose(image.GetSpacing(), SPACING)
+        # origin moves by index * spacing: 0 columns, 4 rows
+        np.testing.assert_allclose(image.GetOrigin(), (ORIGIN[0], ORIGIN[1] + 4 * 0.75, ORIGIN[2]))
+        hu, lesion, liver = slice_arrays(case_index)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(image)[0], hu[4:57, 0:53])
+        np.testing.assert_array_equal(_array(joint_dir / "imagesTr" / f"{case}_0000.nii.gz"), sitk.GetArrayFromImage(image))
+
+        seg = _array(seg_dir / "labelsTr" / f"{case}.nii.gz")[0]
+        joint = _array(joint_dir / "labelsTr" / f"{case}.nii.gz")[0]
+        assert seg.dtype == np.uint8 and joint.dtype == np.uint8
+        assert set(np.unique(seg)) == {0, 1, 2}
+        assert set(np.unique(joint)) == {0, 1, 2 + LESION_TYPES.index(lesion_type)}
+        expected = np.where(lesion[4:57, 0:53] > 0, 2, liver[4:57, 0:53]).astype(np.uint8)
+        np.testing.assert_array_equal(seg, expected)
+        np.testing.assert_array_equal(joint > 1, seg == 2)
+        label_image = sitk.ReadImage(str(seg_dir / "labelsTr" / f"{case}.nii.gz"))
+        assert label_image.GetOrigin() == image.GetOrigin()
+
+
+def test_dataset_json(converted):
+    seg = json.loads((converted["out"] / "Dataset503_ShebaSeg" / "dataset.json").read_text())
+    joint = json.loads((converted["out"] / "Dataset504_ShebaJoint" / "dataset.json").read_text())
+    assert seg["labels"] == {"background": 0, "liver": 1, "lesion": 2}
+    assert joint["labels"] == {"background": 0, "liver": 1, "cyst": 2, "hemangioma": 3, "metastasis": 4}
+    for d in (seg, joint):
+        assert d["channel_names"] == {"0": "CT"}
+        assert d["numTraining"] == 18 and d["file_ending"] == ".nii.gz"
+        assert d["lesion_type_order"] == ["cyst", "hemangioma", "metastasis"]
+        assert d["lesion_types"]["p5s0"] == "metastasis" and d["lesion_types"]["p3s1"] == "cyst"
+        assert d["patients"]["p7s1"] == "p7"
+        assert d["source"]["margin_mm"] == 10.0
+
+
+def test_splits_patient_disjoint_stratified_and_everywhere_identical(converted):
+    raw_split = json.loads((converted["out"] / "Dataset503_ShebaSeg" / "splits_final.json").read_text())
+    for f in (
+        converted["out"] / "Dataset504_ShebaJoint" / "splits_final.json",
+        converted["pre"] / "Dataset503_ShebaSeg" / "splits_final.json",
+        converted["pre"] / "Dataset504_ShebaJoint" / "splits_final.json",
+    ):
+        assert json.loads(f.read_text()) == raw_split
+    assert len(raw_split) == 3
+    all_cases = {f"p{p}s{k}" for p in range(9) for k in range(2)}
+    val_cases = [c for fold in raw_split for c in fold["val"]]
+    assert sorted(val_cases) == sorted(all_cases)  # every case exactly once in val
+    for fold in raw_split:
+        assert set(fold["train"]) | set(fold["val"]) == all_cases
+        train_patients = {c.split("s")[0] for c in fold["train"]}
+        val_patients = {c.split("s")[0] for c in fold["val"]}
+        assert not train_patients & val_patients
+        # 3 patients per type and 3 folds: each fold validates on one patient (2 slices) of each type
+        types = Counter(LESION_TYPES[int(c[1]) % 3] for c in fold["val"])
+        assert types == {"cyst": 2, "hemangioma": 2, "metastasis": 2}
+
+
+def test_seed_changes_folds_and_same_seed_repeats(dirs, tmp_path):
+    a = convert_sheba(dirs["raw"], raw_root=tmp_path / "a", preprocessed_root=None, seed=0)["splits"]
+    b = convert_sheba(dirs["raw"], raw_root=tmp_path / "b", preprocessed_root=None, seed=0)["splits"]
+    c = convert_sheba(dirs["raw"], raw_root=tmp_path / "c", preprocessed_root=None, seed=3)["splits"]
+    assert a == b
+    assert a != c
+
+
+def test_patient_with_two_types_stays_in_one_fold(tmp_path):
+    patients = {f"p{p}": [LESION_TYPES[p % 3]] for p in range(6)}
+    patients["mixed"] = ["cyst", "metastasis", "hemangioma"]
+    raw = make_raw(tmp_path / "sheba", patients)
+    splits = convert_sheba(raw, raw_root=tmp_path / "out")["splits"]
+    folds_with_mixed = [i for i, f in enumerate(splits) if any(c.startswith("mixed") for c in f["val"])]
+    assert len(folds_with_mixed) == 1
+    assert sorted(c for c in splits[folds_with_mixed[0]]["val"] if c.startswith("mixed")) == ["mixeds0", "mixeds1", "mixeds2"]
+
+
+def test_png_and_dicom_slices(tmp_path):
+    raw = make_raw(tmp_path / "sheba", {f"p{i}": [t] * 3 for i, t in enumerate(LESION_TYPES)})
+    header, rows = read_csv(raw)
+    hu0, lesion0, liver0 = slice_arrays(0)
+    # case 0 as 16-bit PNG with HU + 1024, masks as 8-bit PNG
+    sitk.WriteImage(sitk.GetImageFromArray((hu0.astype(np.int32) + 1024).astype(np.uint16)), str(raw / "slices/p0s0.png"))
+    sitk.WriteImage(sitk.GetImageFromArray(lesion0), str(raw / "masks/p0s0_lesion.png"))
+    sitk.WriteImage(sitk.GetImageFromArray(liver0), str(raw / "masks/p0s0_liver.png"))
+    rows[0][3:] = ["slices/p0s0.png", "masks/p0s0_lesion.png", "masks/p0s0_liver.png"]
+    # case 1 as a DICOM file (HU stored through RescaleIntercept)
+    hu1, _, _ = slice_arrays(1)
+    dcm = sitk.GetImageFromArray(hu1[None])
+    dcm.SetSpacing(SPACING)
+    dcm.SetOrigin(ORIGIN)
+    tags = {"0008|0060": "CT", "0020|0032": "-24\\-24\\100", "0028|0030": "0.75\\0.75",
+            "0028|1052": "-1024", "0028|1053": "1"}
+    for tag, value in tags.items():
+        dcm.SetMetaData(tag, value)
+    sitk.WriteImage(dcm, str(raw / "slices/p0s1.dcm"))
+    import pydicom
+
+    assert pydicom.dcmread(raw / "slices/p0s1.dcm").pixel_array.min() == -1000 + 1024  # stored without HU
+    rows[1][3] = "slices/p0s1.dcm"
+    write_csv(raw, header, rows)
+
+    out = tmp_path / "out"
+    assert main([str(raw), "--raw-root", str(out), "--png-hu-offset", "1024", "--png-spacing", "0.6"]) == 0
+    png_case = sitk.ReadImage(str(out / "Dataset503_ShebaSeg/imagesTr/p0s0_0000.nii.gz"))
+    np.testing.assert_allclose(png_case.GetSpacing()[:2], (0.6, 0.6))
+    # at 0.6 mm the 10 mm margin is 17 pixels: rows 18-17=1 .. 42+1+17=60, cols 0 .. 56
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(png_case)[0], hu0[1:60, 0:56])
+    dicom_case = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "Dataset503_ShebaSeg/imagesTr/p0s1_0000.nii.gz")))
+    np.testing.assert_array_equal(dicom_case[0], hu1[4:57, 0:53])
+
+
+def test_overwrite_replaces_and_default_refuses(dirs, capsys):
+    convert_sheba(dirs["raw"], raw_root=dirs["out"])
+    marker = dirs["out"] / "Dataset503_ShebaSeg" / "old_marker"
+    marker.write_text("x")
+    with pytest.raises(SystemExit) as e:
+        main([str(dirs["raw"]), "--raw-root", str(dirs["out"])])
+    assert e.value.code == 2
+    assert "Dataset503_ShebaSeg" in capsys.readouterr().err and marker.exists()
+    assert main([str(dirs["raw"]), "--raw-root", str(dirs["out"]), "--overwrite"]) == 0
+    assert not marker.exists()
+    assert sorted(p.name for p in dirs["out"].iterdir()) == ["Dataset503_ShebaSeg", "Dataset504_ShebaJoint"]
+
+
+def test_failure_while_writing_leaves_nothing(dirs, monkeypatch):
+    calls = []
+
+    def failing_write_case(*args):
+        calls.append(args)
+        if len(calls) == 5:
+            raise OSError("disk full")
+        return original(*args)
+
+    original = cs.write_case
+    monkeypatch.setattr(cs, "write_case", failing_write_case)
+    with pytest.raises(OSError):
+        convert_sheba(dirs["raw"], raw_root=dirs["out"], preprocessed_root=dirs["pre"])
+    assert list(dirs["out"].iterdir()) == []
+    assert not dirs["pre"].exists()
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _edit_csv(raw: Path, row: int, column: str, value: str) -> None:
+    header, rows = read_csv(raw)
+    rows[row][header.index(column)] = value
+    write_csv(raw, header, rows)
+
+
+def _rewrite_nifti(path: Path, array: np.ndarray, **geometry) -> None:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(geometry.get("spacing", SPACING if array.ndim == 3 else SPACING[:2]))
+    image.SetOrigin(geometry.get("origin", ORIGIN if array.ndim == 3 else ORIGIN[:2]))
+    sitk.WriteImage(image, str(path), True)
+
+
+def _mask(raw: Path) -> Path:
+    return raw / "masks/p0s1_lesion.nii.gz"
+
+
+def _image_file(raw: Path) -> Path:
+    return raw / "slices/p0s1.nii.gz"
+
+
+def bad_missing_image(raw):
+    _image_file(raw).unlink()
+    return "p0s1.nii.gz", "file not found"
+
+
+def bad_unreadable_image(raw):
+    _image_file(raw).write_bytes(b"not a nifti file at all")
+    return "p0s1.nii.gz", "cannot be read"
+
+
+def bad_size_mismatch(raw):
+    _rewrite_nifti(_mask(raw), np.zeros((1, SIZE, SIZE - 4), dtype=np.uint8))
+    return "p0s1_lesion.nii.gz", "size"
+
+
+def bad_origin_mismatch(raw):
+    _, lesion, _ = slice_arrays(1)
+    _rewrite_nifti(_mask(raw), lesion[None], origin=(0.0, 0.0, 100.0))
+    return "p0s1_lesion.nii.gz", "origin"
+
+
+def bad_mask_values(raw):
+    _, lesion, _ = slice_arrays(1)
+    _rewrite_nifti(_mask(raw), (lesion * 255)[None])
+    return "p0s1_lesion.nii.gz", "255"
+
+
+def bad_empty_lesion(raw):
+    _rewrite_nifti(_mask(raw), np.zeros((1, SIZE, SIZE), dtype=np.uint8))
+    return "p0s1_lesion.nii.gz", "empty"
+
+
+def bad_lesion_outside_liver(raw):
+    _rewrite_nifti(_mask(raw), _disc((55, 55), 3).astype(np.uint8)[None])
+    return "p0s1_lesion.nii.gz", "outside the liver"
+
+
+def bad_unknown_type(raw):
+    _edit_csv(raw, 1, "lesion_type", "adenoma")
+    return "cases.csv", "row 3: unknown lesion_type 'adenoma'"
+
+
+def bad_duplicate_case(raw):
+    _edit_csv(raw, 1, "case_id", "p0s0")
+    return "cases.csv", "row 3: duplicate case_id 'p0s0' (first in row 2)"
+
+
+def bad_absolute_path(raw):
+    _edit_csv(raw, 1, "image", str(_image_file(raw).resolve()))
+    return "cases.csv", "must be relative"
+
+
+def bad_parent_path(raw):
+    _edit_csv(raw, 1, "mask", "../elsewhere/p0s1_lesion.nii.gz")
+    return "cases.csv", "without '..'"
+
+
+def bad_missing_column(raw):
+    header, rows = read_csv(raw)
+    i = header.index("lesion_type")
+    write_csv(raw, header[:i] + header[i + 1:], [r[:i] + r[i + 1:] for r in rows])
+    return "cases.csv", "missing column(s) lesion_type"
+
+
+def bad_missing_liver_column(raw):
+    header, rows = read_csv(raw)
+    write_csv(raw, header[:-1], [r[:-1] for r in rows])
+    return "cases.csv", "liver mask is needed"
+
+
+def bad_not_hu(raw):
+    hu, _, _ = slice_arrays(1)
+    _rewrite_nifti(_image_file(raw), (hu + 1024).astype(np.int16)[None])  # raw unsigned values, no air
+    return "p0s1.nii.gz", "no air"
+
+
+def bad_4d_image(raw):
+    image = sitk.JoinSeries([sitk.ReadImage(str(_image_file(raw)))] * 2)
+    sitk.WriteImage(image, str(_image_file(raw)))
+    return "p0s1.nii.gz", "4-D"
+
+
+def bad_rgb_image(raw):
+    hu, _, _ = slice_arrays(1)
+    image = sitk.GetImageFromArray(np.stack([hu] * 3, axis=-1), isVector=True)
+    sitk.WriteImage(image, str(_image_file(raw)))
+    return "p0s1.nii.gz", "3 channels"
+
+
+def bad_volume_not_slice(raw):
+    hu, _, _ = slice_arrays(1)
+    _rewrite_nifti(_image_file(raw), np.stack([hu, hu, hu]))
+    return "p0s1.nii.gz", "holds 3 slices"
+
+
+def bad_8bit_png(raw):
+    hu, _, _ = slice_arrays(1)
+    sitk.WriteImage(sitk.GetImageFromArray(np.clip(hu + 1000, 0, 255).astype(np.uint8)), str(raw / "slices/p0s1.png"))
+    _edit_csv(raw, 1, "image", "slices/p0s1.png")
+    return "p0s1.png", "not 16-bit"
+
+
+def bad_same_image_twice(raw):
+    _edit_csv(raw, 5, "image", "slices/p0s1.nii.gz")
+    return "cases.csv", "row 7: image 'slices/p0s1.nii.gz' is already listed in row 3"
+
+
+def bad_too_few_patients(raw):
+    header, rows = read_csv(raw)
+    write_csv(raw, header, rows[:4])  # patients p0, p1
+    return "cases.csv", "2 patient(s) cannot fill 3 folds"
+
+
+def bad_every_type_rarer_than_folds(raw):
+    header, rows = read_csv(raw)
+    write_csv(raw, header, rows[0:12:2])  # 6 patients, 2 slices of each type
+    return "cases.csv", "cannot be stratified"
+
+
+def bad_no_cases_csv(raw):
+    (raw / "cases.csv").unlink()
+    return "cases.csv", "file not found"
+
+
+BAD_INPUTS = [
+    bad_missing_image, bad_unreadable_image, bad_size_mismatch, bad_origin_mismatch, bad_mask_values,
+    bad_empty_lesion, bad_lesion_outside_liver, bad_unknown_type, bad_duplicate_case, bad_absolute_path,
+    bad_parent_path, bad_missing_column, bad_missing_liver_column, bad_not_hu, bad_4d_image, bad_rgb_image,
+    bad_volume_not_slice, bad_8bit_png, bad_same_image_twice, bad_too_few_patients, bad_every_type_rarer_than_folds, bad_no_cases_csv,
+]
+
+
+@pytest.mark.parametrize("spoil", BAD_INPUTS, ids=[f.__name__[4:] for f in BAD_INPUTS])
+def test_bad_input_exits_2_naming_the_file_and_writes_nothing(dirs, capsys, spoil):
+    file_name, problem = spoil(dirs["raw"])
+    before = {p: p.stat().st_mtime_ns for p in dirs["raw"].rglob("*")}
+    with pytest.raises(SystemExit) as e:
+        main([str(dirs["raw"]), "--raw-root", str(dirs["out"]), "--preprocessed-root", str(dirs["pre"])])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ")
+    assert file_name in err and problem in err
+    assert not dirs["out"].exists() or list(dirs["out"].iterdir()) == []  # no dataset, no partial folders
+    assert not dirs["pre"].exists()
+    assert {p: p.stat().st_mtime_ns for p in dirs["raw"].rglob("*")} == before  # inputs untouched
+
+
+def test_other_dataset_with_same_id_is_refused(dirs, capsys):
+    (dirs["out"] / "Dataset503_Other").mkdir(parents=True)
+    with pytest.raises(SystemExit):
+        main([str(dirs["raw"]), "--raw-root", str(dirs["out"]), "--overwrite"])
+    assert "Dataset503_Other: another dataset already uses id 503" in capsys.readouterr().err
+    assert sorted(p.name for p in dirs["out"].iterdir()) == ["Dataset503_Other"]
+
+
+# ----------------------------------------------------------------------------- slow
+
+
+@pytest.mark.slow
+def test_phantom_corpus_converts(tmp_path):
+    phantom = pytest.importorskip("nnunet_joint.phantom")
+    phantom.generate_corpus(tmp_path / "phantom", seed=0, size="tiny")
+    result = convert_sheba(tmp_path / "phantom" / "Sheba", raw_root=tmp_path / "raw")
+    n = len(read_csv(tmp_path / "phantom" / "Sheba")[1])
+    assert len(result["cases"]) == n
+    assert sorted(c for f in result["splits"] for c in f["val"]) == sorted(result["cases"])
+
+
+@pytest.mark.slow
+def test_nnunet_plan_and_preprocess_accepts_converted_datasets(dirs, tmp_path):
+    """nnU-Net 2.8.1 verifies, plans (2d) and preprocesses both datasets and keeps our folds."""
+    convert_sheba(dirs["raw"], raw_root=dirs["out"], preprocessed_root=dirs["pre"])
+    env = {**os.environ, "nnUNet_raw": str(dirs["out"]), "nnUNet_preprocessed": str(dirs["pre"]),
+           "nnUNet_results": str(tmp_path / "results"), "nnUNet_n_proc_DA": "1"}
+    exe = shutil.which("nnUNetv2_plan_and_preprocess", path=str(Path(sys.executable).parent)) or "nnUNetv2_plan_and_preprocess"
+    proc = subprocess.run([exe, "-d", "503", "504", "-c", "2d", "--verify_dataset_integrity", "-np", "1"],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    raw_split = json.loads((dirs["out"] / "Dataset503_ShebaSeg" / "splits_final.json").read_text())
+    for name in ("Dataset503_ShebaSeg", "Dataset504_ShebaJoint"):
+        pre = dirs["pre"] / name
+        assert json.loads((pre / "splits_final.json").read_text()) == raw_split
+        plans = json.loads((pre / "nnUNetPlans.json").read_text())
+        assert "2d" in plans["configurations"]
+        assert len(list((pre / "nnUNetPlans_2d").glob("*.b2nd"))) == 18 or len(list((pre / "nnUNetPlans_2d").iterdir())) >= 18
