@@ -1,0 +1,223 @@
+"""SE-ResNet encoder (timm-compatible), U-Net / Y-Net / classifier, ImageNet weight loading."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from nnunet_joint.errors import InputError
+from nnunet_joint.network import ENCODER_DEPTHS, SEResNetEncoder, SEResNetUNet
+from nnunet_joint.network.heads import ClassificationHead
+from nnunet_joint.network.imagenet import adapt_input_conv, checkpoint_filter_fn, load_imagenet_weights
+from nnunet_joint.network.seresnet import normalize_strides, se_reduced_channels
+
+EXPANSION = {18: 1, 34: 1, 50: 4}
+
+
+def _timm_model(name: str) -> torch.nn.Module:
+    timm = pytest.importorskip("timm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return timm.create_model(name, pretrained=False).eval()
+
+
+@pytest.mark.parametrize("name", sorted(ENCODER_DEPTHS))
+def test_encoder_keys_and_shapes_equal_timm(name):
+    reference = {k: v.shape for k, v in _timm_model(name).state_dict().items() if not k.startswith("fc.")}
+    ours = {k: v.shape for k, v in SEResNetEncoder(3, ENCODER_DEPTHS[name]).state_dict().items()}
+    assert list(ours) == list(reference)
+    assert ours == reference
+
+
+def test_se_width_follows_timm_rounding():
+    assert [se_reduced_channels(c) for c in (64, 128, 256, 512, 1024, 2048)] == [8, 8, 16, 32, 64, 128]
+
+
+@pytest.mark.parametrize("depth", [18, 34, 50])
+@pytest.mark.parametrize("size", [(64, 64), (64, 96)])
+def test_encoder_skip_shapes(depth, size):
+    encoder = SEResNetEncoder(1, depth).eval()
+    with torch.no_grad():
+        skips = encoder(torch.zeros(1, 1, *size))
+    e = EXPANSION[depth]
+    h, w = size
+    assert [tuple(s.shape) for s in skips] == [
+        (1, 64, h // 2, w // 2), (1, 64 * e, h // 4, w // 4), (1, 128 * e, h // 8, w // 8),
+        (1, 256 * e, h // 16, w // 16), (1, 512 * e, h // 32, w // 32)]
+    assert encoder.output_channels == [64, 64 * e, 128 * e, 256 * e, 512 * e]
+
+
+def test_strides_of_one_and_anisotropic_keep_resolution():
+    encoder = SEResNetEncoder(1, 18, strides=(1, (2, 1), 1, 2, (1, 2)))
+    assert encoder.strides == [[1, 1], [2, 1], [1, 1], [2, 2], [1, 2]]
+    with torch.no_grad():
+        skips = encoder.eval()(torch.zeros(1, 1, 32, 24))
+    assert [tuple(s.shape[2:]) for s in skips] == [(32, 24), (16, 24), (16, 24), (8, 12), (8, 6)]
+    with pytest.raises(ValueError, match="expected 5 strides"):
+        normalize_strides((2, 2, 2))
+
+
+@pytest.mark.parametrize("name, size", [("seresnet18", (64, 64)), ("seresnet18", (64, 96)),
+                                        ("seresnet34", (32, 48)), ("seresnet50", (32, 32))])
+def test_unet_output_is_full_resolution(name, size):
+    net = SEResNetUNet(1, 3, name).eval()
+    with torch.no_grad():
+        out = net(torch.zeros(2, 1, *size))
+    assert isinstance(out, torch.Tensor) and tuple(out.shape) == (2, 3, *size)
+
+
+def test_deep_supervision_outputs_match_scales_and_can_be_switched_off():
+    net = SEResNetUNet(1, 4, "seresnet18", strides=(1, 2, 2, (2, 1), 2), deep_supervision=True).eval()
+    scales = net.deep_supervision_scales()
+    assert scales == [[1.0, 1.0], [0.5, 0.5], [0.25, 0.25], [0.125, 0.25]]
+    x = torch.zeros(1, 1, 32, 48)
+    with torch.no_grad():
+        outs = net(x)
+    assert isinstance(outs, list) and len(outs) == len(scales) == 4
+    assert [tuple(o.shape) for o in outs] == [(1, 4, int(32 * a), int(48 * b)) for a, b in scales]
+    net.decoder.deep_supervision = False  # what nnUNetTrainer.set_deep_supervision_enabled does
+    with torch.no_grad():
+        assert tuple(net(x).shape) == (1, 4, 32, 48)
+
+
+def test_ynet_returns_seg_and_cls_but_plain_call_returns_seg_only():
+    torch.manual_seed(0)
+    net = SEResNetUNet(1, 3, "seresnet18", deep_supervision=True, num_cls_classes=3).eval()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        seg, cls = net(x, return_cls=True)
+        assert [tuple(s.shape) for s in seg] == [(2, 3, 32, 32), (2, 3, 16, 16), (2, 3, 8, 8), (2, 3, 4, 4)]
+        assert tuple(cls.shape) == (2, 3)
+        net.decoder.deep_supervision = False
+        predictor_out = net(x)  # nnU-Net's predictor: network(x) -> one tensor
+        assert isinstance(predictor_out, torch.Tensor) and tuple(predictor_out.shape) == (2, 3, 32, 32)
+        expected_cls = net.cls_head(net.encoder(x)[-1])
+        assert torch.equal(cls, expected_cls)
+
+
+def test_classifier_only_and_invalid_configurations():
+    clf = SEResNetUNet(1, 0, "seresnet18", segmentation=False, num_cls_classes=3).eval()
+    assert clf.decoder is None
+    with torch.no_grad():
+        assert tuple(clf(torch.zeros(2, 1, 32, 32)).shape) == (2, 3)
+    seg_only = SEResNetUNet(1, 3, "seresnet18")
+    with pytest.raises(ValueError, match="no classification head"):
+        seg_only(torch.zeros(1, 1, 32, 32), return_cls=True)
+    with pytest.raises(ValueError, match="needs a classification head"):
+        SEResNetUNet(1, 3, segmentation=False)
+    with pytest.raises(ValueError, match="unknown encoder 'resnet18'"):
+        SEResNetUNet(1, 3, "resnet18")
+
+
+def test_state_dict_holds_encoder_once():
+    net = SEResNetUNet(1, 3, "seresnet18", num_cls_classes=3)
+    keys = list(net.state_dict())
+    assert not any(k.startswith("decoder.encoder.") for k in keys)
+    assert net.decoder.encoder is net.encoder
+    assert sum(k.startswith("encoder.") for k in keys) == len(net.encoder.state_dict())
+    assert net.input_divisor == [16, 16]
+    assert net.compute_conv_feature_map_size([64, 64]) > 0
+
+
+def test_classification_head_is_pool_then_linear():
+    head = ClassificationHead(2, 1)
+    with torch.no_grad():
+        head.fc.weight.copy_(torch.tensor([[1.0, -2.0]]))
+        head.fc.bias.fill_(0.5)
+    features = torch.stack([torch.full((2, 2), 3.0), torch.arange(4.0).reshape(2, 2)])[None]  # means 3 and 1.5
+    assert head(features).item() == 1.0 * 3.0 - 2.0 * 1.5 + 0.5
+
+
+def test_adapt_input_conv_exact_values():
+    weight = torch.arange(12.0).reshape(2, 3, 1, 2)  # out=2, rgb, 1x2 kernel
+    one = adapt_input_conv(weight, 1)
+    assert one.shape == (2, 1, 1, 2)
+    assert one[:, 0].tolist() == [[[0 + 2 + 4, 1 + 3 + 5]], [[6 + 8 + 10, 7 + 9 + 11]]]
+    two = adapt_input_conv(weight, 2)
+    assert two.shape == (2, 2, 1, 2)
+    assert two[0, 0].tolist() == two[0, 1].tolist() == [[2 * 1.5, 3 * 1.5]]
+    assert torch.equal(adapt_input_conv(weight, 3), weight)
+    with pytest.raises(ValueError, match="RGB"):
+        adapt_input_conv(torch.zeros(2, 4, 1, 1), 1)
+
+
+@pytest.fixture(scope="module")
+def timm_seresnet18():
+    return _timm_model("seresnet18")
+
+
+@pytest.mark.parametrize("fmt", ["pth", "safetensors", "wrapped-pth"])
+def test_imagenet_load_uses_every_key(tmp_path, timm_seresnet18, fmt):
+    from nnunet_joint.checkpoints import save_safetensors
+
+    state = timm_seresnet18.state_dict()
+    path = tmp_path / f"seresnet18.{'safetensors' if fmt == 'safetensors' else 'pth'}"
+    if fmt == "safetensors":
+        save_safetensors(state, path)
+    elif fmt == "pth":
+        torch.save(state, path)
+    else:
+        torch.save({"state_dict": {"module." + k: v for k, v in state.items()}, "epoch": 90}, path)
+
+    encoder = SEResNetEncoder(1, 18, strides=(1, 2, 2, 2, 2))
+    report = load_imagenet_weights(encoder, path)
+
+    ours = encoder.state_dict()
+    assert report.loaded == list(ours)
+    assert sorted(report.skipped_head) == ["fc.bias", "fc.weight"]
+    assert torch.allclose(ours["conv1.weight"], state["conv1.weight"].sum(dim=1, keepdim=True))
+    assert all(torch.equal(ours[k], state[k]) for k in ours if k != "conv1.weight")
+
+
+def test_imagenet_features_equal_timm(tmp_path, timm_seresnet18):
+    torch.manual_seed(0)
+    path = tmp_path / "w.pth"
+    torch.save(timm_seresnet18.state_dict(), path)
+    rgb = SEResNetEncoder(3, 18).eval()
+    grey = SEResNetEncoder(1, 18).eval()
+    load_imagenet_weights(rgb, path)
+    load_imagenet_weights(grey, path)
+    x = torch.randn(2, 3, 64, 96)
+    g = torch.randn(2, 1, 64, 96)
+    with torch.no_grad():
+        reference = timm_seresnet18.forward_features(x)
+        assert torch.allclose(rgb(x)[-1], reference, atol=1e-5)
+        # summing conv1 over RGB: a grey image behaves like the same image on all three channels
+        assert torch.allclose(grey(g)[-1], timm_seresnet18.forward_features(g.repeat(1, 3, 1, 1)), atol=1e-4)
+
+
+def test_imagenet_load_refuses_other_depth(tmp_path):
+    path = tmp_path / "seresnet34.pth"
+    torch.save(SEResNetEncoder(3, 34).state_dict(), path)
+    encoder = SEResNetEncoder(1, 18)
+    before = encoder.conv1.weight.clone()
+    with pytest.raises(InputError, match="checkpoint is seresnet34 but the encoder is seresnet18") as err:
+        load_imagenet_weights(encoder, path)
+    assert err.value.where == str(path)
+    assert torch.equal(encoder.conv1.weight, before)
+
+    path50 = tmp_path / "seresnet50.pth"
+    torch.save(SEResNetEncoder(3, 50).state_dict(), path50)
+    with pytest.raises(InputError, match="checkpoint is seresnet50 but the encoder is seresnet18"):
+        load_imagenet_weights(encoder, path50)
+
+
+def test_imagenet_load_tolerates_missing_batch_counters_only(tmp_path):
+    state = {k: v for k, v in SEResNetEncoder(3, 18).state_dict().items() if not k.endswith("num_batches_tracked")}
+    path = tmp_path / "no_counters.pth"
+    torch.save(state, path)
+    report = load_imagenet_weights(SEResNetEncoder(1, 18), path)
+    assert len(report.loaded) == len(state)
+    del state["layer4.1.se.fc2.bias"]
+    torch.save(state, path)
+    with pytest.raises(InputError, match=r"first problem: layer4\.1\.se\.fc2\.bias missing"):
+        load_imagenet_weights(SEResNetEncoder(1, 18), path)
+
+
+def test_checkpoint_filter_fn_drops_classifier_and_adapts_conv1():
+    state = {"conv1.weight": torch.ones(64, 3, 7, 7), "fc.weight": torch.zeros(1000, 512), "bn1.bias": torch.zeros(64)}
+    out = checkpoint_filter_fn({"model": state}, SEResNetEncoder(2, 18))
+    assert sorted(out) == ["bn1.bias", "conv1.weight"]
+    assert out["conv1.weight"].shape == (64, 2, 7, 7) and out["conv1.weight"].unique().tolist() == [1.5]
