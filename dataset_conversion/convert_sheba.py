@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import SimpleITK as sitk
 
 from dataset_conversion.common import (
     check_target_free,
@@ -53,6 +54,22 @@ def case_label_maps(case: ShebaCase) -> tuple[np.ndarray, np.ndarray]:
     seg[case.lesion] = SEG_LABELS["lesion"]
     joint[case.lesion] = JOINT_LABELS[case.row.lesion_type]
     return seg, joint
+
+
+#: Out-of-plane spacing nnU-Net expects for single-slice (2-D) images. nnU-Net puts the axis of
+#: largest spacing first and trains its 2d configuration on the remaining two; a slice thinner
+#: than its pixel size (0.6 mm slices at 0.8 mm pixels, or the tiny phantom) would otherwise be
+#: cut along the wrong axis. The crop box keeps the true geometry for mapping predictions back.
+SLICE_AXIS_SPACING_2D = 999.0
+
+
+def as_nnunet_2d(image: sitk.Image) -> sitk.Image:
+    """Give a 1 x H x W image nnU-Net's 2-D out-of-plane spacing (a copy; the input is untouched)."""
+    if image.GetDimension() == 3 and image.GetSize()[2] == 1:
+        image = sitk.Image(image)
+        sx, sy, _ = image.GetSpacing()
+        image.SetSpacing((sx, sy, SLICE_AXIS_SPACING_2D))
+    return image
 
 
 def convert_sheba(
@@ -115,7 +132,7 @@ def convert_sheba(
             # The lesion is part of the organ the crop should cover (LiTS merges tumour into liver,
             # and so will the stage-1 model whose masks feed this rule later).
             box = crop_to_liver(case.image, case.liver | case.lesion, margin_mm)
-            image = storage_image(box.crop_image(case.image))
+            image = as_nnunet_2d(storage_image(box.crop_image(case.image)))
             seg, joint = case_label_maps(case)
             cid = case.row.case_id
             write_case(seg_tmp, cid, image, label_image(box.crop_array(seg), image))

@@ -16,7 +16,7 @@ import pytest
 import SimpleITK as sitk
 
 from dataset_conversion import convert_sheba as cs
-from dataset_conversion.convert_sheba import convert_sheba, main
+from dataset_conversion.convert_sheba import SLICE_AXIS_SPACING_2D, convert_sheba, main
 from nnunet_joint import LESION_TYPES
 
 SPACING = (0.75, 0.75, 5.0)
@@ -123,7 +123,8 @@ def test_outputs_labels_images_and_crop_geometry(converted):
         image = sitk.ReadImage(str(seg_dir / "imagesTr" / f"{case}_0000.nii.gz"))
         assert image.GetSize() == (53, 53, 1)
         assert image.GetPixelID() == sitk.sitkInt16
-        np.testing.assert_allclose(image.GetSpacing(), SPACING)
+        # in-plane spacing kept; the slice axis gets nnU-Net's 2-D spacing so its 2d config cuts the right axis
+        np.testing.assert_allclose(image.GetSpacing(), (SPACING[0], SPACING[1], SLICE_AXIS_SPACING_2D))
         # origin moves by index * spacing: 0 columns, 4 rows
         np.testing.assert_allclose(image.GetOrigin(), (ORIGIN[0], ORIGIN[1] + 4 * 0.75, ORIGIN[2]))
         hu, lesion, liver = slice_arrays(case_index)
