@@ -1,0 +1,261 @@
+"""LiTS (release or MSD Task03_Liver layout) -> the two source datasets of the transfer learning.
+
+* ``Dataset501_LiTSLiver``: whole volumes, background 0 / liver 1 (tumour merged into liver), for
+  the stage-1 liver model of the cascade.
+* ``Dataset502_LiTSLesion``: 3-D crops around the largest liver component plus a margin (the same
+  rule as the Sheba crops, :mod:`nnunet_joint.crops`), background 0 / liver 1 / lesion 2, for the
+  lesion model whose weights initialise the Sheba models. nnU-Net's 2d configuration trains on
+  its axial slices.
+
+Layouts: ``volume-N.nii[.gz]`` + ``segmentation-N.nii[.gz]`` (LiTS release), or
+``imagesTr/liver_N.nii.gz`` + ``labelsTr/liver_N.nii.gz`` (MSD). Case ids are ``lits_NNN`` in both,
+so the same volume gets the same id whichever copy was converted.
+
+Cheap checks (every pair present, headers readable, geometry equal) run over all cases before
+anything is written; the per-voxel checks (labels, HU range, liver present) run while the
+datasets are staged in hidden folders, which are removed if any case fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from dataset_conversion.common import (
+    check_target_free,
+    dataset_folder_name,
+    label_image,
+    resolve_root,
+    staged_datasets,
+    storage_image,
+    write_case,
+    write_dataset_json,
+)
+from nnunet_joint.crops import crop_to_liver
+from nnunet_joint.errors import InputError, cli_entry
+from nnunet_joint.io import check_hu, read_image, same_geometry, write_json
+
+LIVER_LABELS = {"background": 0, "liver": 1}
+LESION_LABELS = {"background": 0, "liver": 1, "lesion": 2}
+_RELEASE_RE = re.compile(r"^volume-(\d+)\.nii(\.gz)?$")
+_MSD_RE = re.compile(r"^liver_(\d+)\.nii(\.gz)?$")
+
+
+@dataclass(frozen=True)
+class LitsPair:
+    """One LiTS volume and its reference segmentation."""
+
+    case_id: str
+    image: Path
+    label: Path
+
+
+def _numbered(folder: Path, pattern: re.Pattern) -> dict[int, Path]:
+    found: dict[int, Path] = {}
+    for path in sorted(folder.iterdir()):
+        m = pattern.match(path.name)
+        if m and not path.name.startswith("._"):  # MSD tarballs carry macOS '._' resource forks
+            n = int(m.group(1))
+            if n in found:
+                raise InputError(path, f"case {n} is present twice ({found[n].name} and {path.name})")
+            found[n] = path
+    return found
+
+
+def find_pairs(lits_dir: str | os.PathLike) -> tuple[str, list[LitsPair]]:
+    """Detect the layout and pair every volume with its segmentation.
+
+    Returns:
+        ``("lits-release" | "msd", pairs)`` sorted by case number.
+    """
+    lits_dir = Path(lits_dir)
+    if not lits_dir.is_dir():
+        raise InputError(lits_dir, "LiTS folder not found")
+    if (lits_dir / "imagesTr").is_dir() and (lits_dir / "labelsTr").is_dir():
+        layout = "msd"
+        images = _numbered(lits_dir / "imagesTr", _MSD_RE)
+        labels = _numbered(lits_dir / "labelsTr", _MSD_RE)
+        label_name = "labelsTr/liver_{}.nii.gz"
+    else:
+        layout = "lits-release"
+        images = _numbered(lits_dir, _RELEASE_RE)
+        labels = _numbered(lits_dir, re.compile(r"^segmentation-(\d+)\.nii(\.gz)?$"))
+        label_name = "segmentation-{}.nii[.gz]"
+    if not images:
+        raise InputError(
+            lits_dir, "no LiTS volumes found (expected volume-N.nii[.gz] + segmentation-N.nii[.gz], or MSD imagesTr/labelsTr)"
+        )
+    for n, path in images.items():
+        if n not in labels:
+            raise InputError(path, f"has no segmentation (expected {lits_dir / label_name.format(n)})")
+    for n, path in labels.items():
+        if n not in images:
+            raise InputError(path, "segmentation without a volume")
+    return layout, [LitsPair(f"lits_{n:03d}", images[n], labels[n]) for n in sorted(images)]
+
+
+def _header(path: Path) -> sitk.ImageFileReader:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise InputError(path, "cannot be read as an image (corrupt or not NIfTI?)") from None
+    return reader
+
+
+def check_headers(pair: LitsPair) -> None:
+    """Header-only checks: readable, 3-D, one channel, image and segmentation on the same grid."""
+    image, label = _header(pair.image), _header(pair.label)
+    for path, h in ((pair.image, image), (pair.label, label)):
+        if h.GetDimension() != 3 or h.GetNumberOfComponents() != 1:
+            raise InputError(path, f"is a {h.GetDimension()}-D image with {h.GetNumberOfComponents()} channel(s); a 3-D CT volume expected")
+    problem = _header_mismatch(image, label)
+    if problem:
+        raise InputError(pair.label, f"does not match {pair.image.name}: {problem}")
+
+
+def _header_mismatch(a: sitk.ImageFileReader, b: sitk.ImageFileReader, tol: float = 1e-4) -> str | None:
+    """:func:`nnunet_joint.io.same_geometry` on headers, without reading the voxels."""
+    if a.GetSize() != b.GetSize():
+        return f"size {b.GetSize()} differs from the image's {a.GetSize()}"
+    for name in ("Spacing", "Origin", "Direction"):
+        va, vb = np.array(getattr(a, f"Get{name}")()), np.array(getattr(b, f"Get{name}")())
+        if va.shape != vb.shape or not np.allclose(va, vb, atol=tol, rtol=tol):
+            return f"{name.lower()} {tuple(np.round(vb, 5))} differs from the image's {tuple(np.round(va, 5))}"
+    return None
+
+
+def load_pair(pair: LitsPair) -> tuple[sitk.Image, np.ndarray]:
+    """Read a volume and its labels; refuse non-HU intensities, unknown labels and missing liver."""
+    image = read_image(pair.image)
+    label = read_image(pair.label)
+    problem = same_geometry(image, label)
+    if problem:
+        raise InputError(pair.label, f"does not match {pair.image.name}: {problem}")
+    check_hu(sitk.GetArrayViewFromImage(image), pair.image, require_air=True)
+    seg = sitk.GetArrayFromImage(label)
+    values = np.unique(seg)
+    bad = values[~np.isin(values, list(LESION_LABELS.values()))]
+    if bad.size:
+        raise InputError(pair.label, f"holds label values {bad[:5].tolist()}; LiTS labels are 0 background, 1 liver, 2 tumour")
+    if not np.any(seg > 0):
+        raise InputError(pair.label, "has no liver (labels 1/2 absent); cannot crop the liver")
+    return image, seg.astype(np.uint8)
+
+
+def convert_lits(
+    lits_dir: str | os.PathLike,
+    raw_root: str | os.PathLike | None = None,
+    liver_id: int = 501,
+    lesion_id: int = 502,
+    liver_name: str = "LiTSLiver",
+    lesion_name: str = "LiTSLesion",
+    margin_mm: float = 10.0,
+    max_cases: int | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Convert LiTS into the whole-volume liver dataset and the liver-crop lesion dataset.
+
+    Args:
+        lits_dir: LiTS release folder or MSD ``Task03_Liver`` folder.
+        raw_root: nnU-Net raw folder (default ``$nnUNet_raw``).
+        margin_mm: context kept around the liver bounding box of the lesion dataset.
+        max_cases: convert only the first N cases (by case number), for quick runs.
+        overwrite: replace existing datasets with the same folder names.
+
+    Returns:
+        ``{"liver_dataset": path, "lesion_dataset": path, "cases": [...], "layout": str}``.
+
+    Raises:
+        InputError: any problem with the input or the targets (nothing is written then).
+    """
+    if margin_mm < 0:
+        raise InputError(None, f"--margin-mm must be >= 0, got {margin_mm}")
+    if max_cases is not None and max_cases < 1:
+        raise InputError(None, f"--max-cases must be >= 1, got {max_cases}")
+    if liver_id == lesion_id:
+        raise InputError(None, f"--liver-id and --lesion-id are both {liver_id}")
+    root = resolve_root(raw_root, "nnUNet_raw", required=True)
+    assert root is not None
+    folders = (dataset_folder_name(liver_id, liver_name), dataset_folder_name(lesion_id, lesion_name))
+    destinations = [check_target_free(root, f, overwrite) for f in folders]
+
+    layout, pairs = find_pairs(lits_dir)
+    pairs = pairs[:max_cases] if max_cases else pairs
+    for pair in pairs:
+        check_headers(pair)
+
+    crops: dict[str, dict] = {}
+    with staged_datasets(destinations) as (liver_tmp, lesion_tmp):
+        for pair in pairs:
+            image, seg = load_pair(pair)
+            stored = storage_image(image)
+            write_case(liver_tmp, pair.case_id, stored, label_image(seg > 0, stored))
+            box = crop_to_liver(image, seg > 0, margin_mm)
+            cropped = box.crop_image(stored)
+            write_case(lesion_tmp, pair.case_id, cropped, label_image(box.crop_array(seg), cropped))
+            crops[pair.case_id] = {"image": str(pair.image.relative_to(Path(lits_dir))), "crop": box.to_dict()}
+        source = {"format": layout, "dir": str(Path(lits_dir).resolve())}
+        write_dataset_json(
+            liver_tmp, LIVER_LABELS, len(pairs), liver_name, "LiTS whole volumes, tumour merged into liver",
+            {"source": source},
+        )
+        write_dataset_json(
+            lesion_tmp, LESION_LABELS, len(pairs), lesion_name, "LiTS liver-ROI crops, labels background/liver/lesion",
+            {"source": {**source, "margin_mm": margin_mm}},
+        )
+        write_json({"source_dir": source["dir"], "margin_mm": margin_mm, "cases": crops}, lesion_tmp / "crops.json")
+    return {
+        "liver_dataset": destinations[0],
+        "lesion_dataset": destinations[1],
+        "cases": [p.case_id for p in pairs],
+        "layout": layout,
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nnunet_joint_convert_lits",
+        description="Convert LiTS (release or MSD Task03_Liver layout) into a whole-volume liver dataset and "
+        "a liver-crop lesion dataset for nnU-Net.",
+    )
+    p.add_argument("lits_dir", help="LiTS release folder (volume-N / segmentation-N) or MSD Task03_Liver folder")
+    p.add_argument("--liver-id", type=int, default=501)
+    p.add_argument("--lesion-id", type=int, default=502)
+    p.add_argument("--liver-name", default="LiTSLiver")
+    p.add_argument("--lesion-name", default="LiTSLesion")
+    p.add_argument("--margin-mm", type=float, default=10.0, help="context around the liver box (default 10)")
+    p.add_argument("--max-cases", type=int, default=None, help="convert only the first N cases")
+    p.add_argument("--raw-root", default=None, help="nnU-Net raw folder (default $nnUNet_raw)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing datasets")
+    return p
+
+
+@cli_entry
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result = convert_lits(
+        args.lits_dir,
+        raw_root=args.raw_root,
+        liver_id=args.liver_id,
+        lesion_id=args.lesion_id,
+        liver_name=args.liver_name,
+        lesion_name=args.lesion_name,
+        margin_mm=args.margin_mm,
+        max_cases=args.max_cases,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {result['liver_dataset']} and {result['lesion_dataset']} ({len(result['cases'])} cases, {result['layout']} layout)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

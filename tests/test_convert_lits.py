@@ -1,0 +1,242 @@
+"""LiTS (release and MSD layouts) -> Dataset501 (whole volumes, liver) and Dataset502 (liver crops)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from dataset_conversion.convert_lits import convert_lits, find_pairs, main
+
+SPACING = (0.8, 0.8, 2.5)  # x, y, z
+ORIGIN = (-100.0, 50.0, -300.0)
+SHAPE = (6, 32, 32)  # z, y, x
+
+
+def volume_arrays(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(HU volume, LiTS labels): air, body, a liver block z 2..3, y 10..19, x 8..21, a tumour, a stray liver voxel."""
+    hu = np.full(SHAPE, -1000, dtype=np.int16)
+    hu[:, 4:28, 4:28] = 40
+    seg = np.zeros(SHAPE, dtype=np.uint8)
+    seg[2:4, 10:20, 8:22] = 1
+    seg[3, 12 + n : 15 + n, 10:13] = 2
+    seg[5, 30, 30] = 1  # a separate speck: not the largest component, must not widen the crop
+    hu[seg == 1] = 110
+    hu[seg == 2] = 60 + n
+    return hu, seg
+
+
+def _write(array: np.ndarray, path: Path) -> None:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(SPACING)
+    image.SetOrigin(ORIGIN)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path), path.suffix == ".gz")
+
+
+def make_release(root: Path, n_cases: int = 3) -> Path:
+    for n in range(n_cases):
+        ext = ".nii" if n == 0 else ".nii.gz"  # the LiTS release ships .nii; copies are often gzipped
+        hu, seg = volume_arrays(n)
+        _write(hu, root / f"volume-{n}{ext}")
+        _write(seg, root / f"segmentation-{n}{ext}")
+    return root
+
+
+def make_msd(root: Path, n_cases: int = 3) -> Path:
+    for n in range(n_cases):
+        hu, seg = volume_arrays(n)
+        _write(hu, root / "imagesTr" / f"liver_{n}.nii.gz")
+        _write(seg, root / "labelsTr" / f"liver_{n}.nii.gz")
+    (root / "imagesTr" / "._liver_0.nii.gz").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+    (root / "imagesTs").mkdir()
+    return root
+
+
+def _array(path: Path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def test_release_layout_outputs(tmp_path):
+    out = tmp_path / "raw"
+    result = convert_lits(make_release(tmp_path / "lits"), raw_root=out, margin_mm=2.0)
+    assert result["layout"] == "lits-release"
+    assert result["cases"] == ["lits_000", "lits_001", "lits_002"]
+    liver_dir, lesion_dir = out / "Dataset501_LiTSLiver", out / "Dataset502_LiTSLesion"
+    for d in (liver_dir, lesion_dir):
+        assert sorted(p.name for p in (d / "labelsTr").iterdir()) == [f"lits_00{n}.nii.gz" for n in range(3)]
+        assert sorted(p.name for p in (d / "imagesTr").iterdir()) == [f"lits_00{n}_0000.nii.gz" for n in range(3)]
+
+    liver_json = json.loads((liver_dir / "dataset.json").read_text())
+    lesion_json = json.loads((lesion_dir / "dataset.json").read_text())
+    assert liver_json["labels"] == {"background": 0, "liver": 1}
+    assert lesion_json["labels"] == {"background": 0, "liver": 1, "lesion": 2}
+    for d in (liver_json, lesion_json):
+        assert d["channel_names"] == {"0": "CT"} and d["numTraining"] == 3 and d["file_ending"] == ".nii.gz"
+    assert lesion_json["source"]["margin_mm"] == 2.0
+
+    crops = json.loads((lesion_dir / "crops.json").read_text())["cases"]
+    assert crops["lits_000"]["image"] == "volume-0.nii"
+    # liver z 2..3, y 10..19, x 8..21; margin 2 mm -> 1 slice (2.5 mm), 3 pixels (0.8 mm)
+    assert crops["lits_001"]["crop"]["start"] == [1, 7, 5] and crops["lits_001"]["crop"]["stop"] == [5, 23, 25]
+
+    for n in range(3):
+        hu, seg = volume_arrays(n)
+        whole = sitk.ReadImage(str(liver_dir / "imagesTr" / f"lits_00{n}_0000.nii.gz"))
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(whole), hu)
+        assert whole.GetOrigin() == ORIGIN
+        liver_labels = _array(liver_dir / "labelsTr" / f"lits_00{n}.nii.gz")
+        assert liver_labels.dtype == np.uint8
+        np.testing.assert_array_equal(liver_labels, (seg > 0).astype(np.uint8))  # tumour merged into liver
+
+        crop = sitk.ReadImage(str(lesion_dir / "imagesTr" / f"lits_00{n}_0000.nii.gz"))
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(crop), hu[1:5, 7:23, 5:25])
+        np.testing.assert_allclose(crop.GetOrigin(), np.array(ORIGIN) + np.array([5, 7, 1]) * np.array(SPACING))
+        lesion_labels = _array(lesion_dir / "labelsTr" / f"lits_00{n}.nii.gz")
+        np.testing.assert_array_equal(lesion_labels, seg[1:5, 7:23, 5:25])
+        assert set(np.unique(lesion_labels)) == {0, 1, 2}
+
+
+def test_msd_layout_gives_the_same_datasets_and_max_cases(tmp_path):
+    release = convert_lits(make_release(tmp_path / "lits"), raw_root=tmp_path / "a")
+    msd = convert_lits(make_msd(tmp_path / "Task03_Liver"), raw_root=tmp_path / "b", max_cases=2)
+    assert msd["layout"] == "msd"
+    assert msd["cases"] == ["lits_000", "lits_001"]
+    for case in msd["cases"]:
+        for d in ("Dataset501_LiTSLiver/labelsTr", "Dataset502_LiTSLesion/labelsTr"):
+            np.testing.assert_array_equal(
+                _array(tmp_path / "b" / d / f"{case}.nii.gz"), _array(tmp_path / "a" / d / f"{case}.nii.gz")
+            )
+    assert release["cases"] == ["lits_000", "lits_001", "lits_002"]
+
+
+def test_find_pairs_sorts_numerically(tmp_path):
+    root = tmp_path / "lits"
+    for n in (10, 2):
+        hu, seg = volume_arrays(0)
+        _write(hu, root / f"volume-{n}.nii.gz")
+        _write(seg, root / f"segmentation-{n}.nii.gz")
+    layout, pairs = find_pairs(root)
+    assert layout == "lits-release" and [p.case_id for p in pairs] == ["lits_002", "lits_010"]
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def bad_label_values(root):
+    hu, seg = volume_arrays(1)
+    seg[0, 0, 0] = 3
+    _write(seg, root / "segmentation-1.nii.gz")
+    return "segmentation-1.nii.gz", "label values [3]"
+
+
+def bad_geometry(root):
+    _, seg = volume_arrays(2)
+    image = sitk.GetImageFromArray(seg)
+    image.SetSpacing((0.8, 0.8, 5.0))
+    image.SetOrigin(ORIGIN)
+    sitk.WriteImage(image, str(root / "segmentation-2.nii.gz"))
+    return "segmentation-2.nii.gz", "spacing"
+
+
+def bad_size(root):
+    _, seg = volume_arrays(2)
+    _write(seg[:5], root / "segmentation-2.nii.gz")
+    return "segmentation-2.nii.gz", "size"
+
+
+def bad_no_liver(root):
+    _write(np.zeros(SHAPE, dtype=np.uint8), root / "segmentation-1.nii.gz")
+    return "segmentation-1.nii.gz", "no liver"
+
+
+def bad_not_hu(root):
+    hu, _ = volume_arrays(2)
+    _write((hu + 1024).astype(np.int16), root / "volume-2.nii.gz")
+    return "volume-2.nii.gz", "no air"
+
+
+def bad_unreadable(root):
+    (root / "volume-1.nii.gz").write_bytes(b"garbage")
+    return "volume-1.nii.gz", "cannot be read"
+
+
+def bad_missing_segmentation(root):
+    (root / "segmentation-2.nii.gz").unlink()
+    return "volume-2.nii.gz", "has no segmentation"
+
+
+def bad_missing_volume(root):
+    (root / "volume-0.nii").unlink()
+    return "segmentation-0.nii", "segmentation without a volume"
+
+
+def bad_duplicate_case(root):
+    hu, _ = volume_arrays(1)
+    _write(hu, root / "volume-1.nii")
+    return "volume-1.nii", "present twice"
+
+
+def bad_2d_image(root):
+    hu, seg = volume_arrays(1)
+    _write(hu[0], root / "volume-1.nii.gz")
+    _write(seg[0], root / "segmentation-1.nii.gz")
+    return "volume-1.nii.gz", "2-D image"
+
+
+def bad_empty_folder(root):
+    for p in root.iterdir():
+        p.unlink()
+    return "lits", "no LiTS volumes found"
+
+
+BAD_INPUTS = [
+    bad_label_values, bad_geometry, bad_size, bad_no_liver, bad_not_hu, bad_unreadable, bad_missing_segmentation,
+    bad_missing_volume, bad_duplicate_case, bad_2d_image, bad_empty_folder,
+]
+
+
+@pytest.mark.parametrize("spoil", BAD_INPUTS, ids=[f.__name__[4:] for f in BAD_INPUTS])
+def test_bad_input_exits_2_naming_the_file_and_writes_nothing(tmp_path, capsys, spoil):
+    root = make_release(tmp_path / "lits")
+    file_name, problem = spoil(root)
+    out = tmp_path / "raw"
+    with pytest.raises(SystemExit) as e:
+        main([str(root), "--raw-root", str(out)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ")
+    assert file_name in err and problem in err
+    assert not out.exists() or list(out.iterdir()) == []  # no dataset, no partial folders
+
+
+def test_existing_dataset_needs_overwrite(tmp_path, capsys):
+    root = make_release(tmp_path / "lits", n_cases=1)
+    out = tmp_path / "raw"
+    assert main([str(root), "--raw-root", str(out)]) == 0
+    with pytest.raises(SystemExit) as e:
+        main([str(root), "--raw-root", str(out)])
+    assert e.value.code == 2 and "Dataset501_LiTSLiver: already exists" in capsys.readouterr().err
+    assert main([str(root), "--raw-root", str(out), "--overwrite", "--max-cases", "1"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["Dataset501_LiTSLiver", "Dataset502_LiTSLesion"]
+
+
+def test_raw_root_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "env_raw"))
+    result = convert_lits(make_release(tmp_path / "lits", n_cases=1))
+    assert result["liver_dataset"] == tmp_path / "env_raw" / "Dataset501_LiTSLiver"
+
+
+@pytest.mark.slow
+def test_phantom_lits_converts(tmp_path):
+    phantom = pytest.importorskip("nnunet_joint.phantom")
+    phantom.generate_corpus(tmp_path / "phantom", seed=0, size="tiny")
+    result = convert_lits(tmp_path / "phantom" / "LiTS", raw_root=tmp_path / "raw")
+    n = len(list((tmp_path / "phantom" / "LiTS").glob("volume-*.nii*")))
+    assert len(result["cases"]) == n
+    for case in result["cases"]:
+        labels = _array(tmp_path / "raw" / "Dataset502_LiTSLesion" / "labelsTr" / f"{case}.nii.gz")
+        assert set(np.unique(labels)) <= {0, 1, 2} and 1 in labels
