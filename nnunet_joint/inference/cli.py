@@ -69,12 +69,11 @@ def predict(
     Raises:
         InputError: any bad input, output folder or model (nothing is written then).
     """
-    from nnunet_joint.inference.cascade import run_cascade, write_case_outputs
     from nnunet_joint.inference.models import lesion_model_folder, liver_model_folder, load_model
 
     input_path, out_dir = Path(input_path), Path(out_dir)
-    cases = discover_inputs(input_path)
     check_output_folder(out_dir, input_path)
+    cases = discover_inputs(input_path)
     for case in cases:  # check every input before any model runs
         read_case(case)
     torch_device = _device(device)
