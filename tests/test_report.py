@@ -1,0 +1,313 @@
+"""The experiment report on a fake run: tiny NIfTI fold folders evaluated by the real evaluator.
+
+Cases (6 x 6 liver crops, 2 x 2 lesion), two folds, fold 0 = {A, B}, fold 1 = {C, D}:
+
+* joint LiTS: A perfect cyst; B lesion found but typed hemangioma (true metastasis); C perfect
+  hemangioma; D cyst, half the lesion found. Dice folds 1 and 5/6 -> 0.92 ± 0.08; accuracy folds
+  0.5 and 1.0 -> 0.75 ± 0.25.
+* Y-Net LiTS (segmentation dataset + head): A, B, D perfect, C missed; head says hemangioma for
+  A (wrong), metastasis for B, hemangioma for C, cyst for D -> Dice 1.00 and 0.50, accuracy
+  0.5 and 1.0.
+* plain nnU-Net on the joint dataset: perfect.
+* joint ImageNet: not run; segmentation scratch: failed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from PIL import Image
+
+from evaluation import published
+from evaluation.evaluate import evaluate_trainer_dir
+from evaluation.metrics import format_mean_std
+from evaluation.report import NOT_LISTED, build_report, choose_overlay_cases
+
+REPO = Path(__file__).resolve().parent.parent
+JOINT_DS, SEG_DS = "Dataset504_ShebaJoint", "Dataset503_ShebaSeg"
+JOINT_LABELS = {"background": 0, "liver": 1, "cyst": 2, "hemangioma": 3, "metastasis": 4}
+SEG_LABELS = {"background": 0, "liver": 1, "lesion": 2}
+TYPES = {"A": "cyst", "B": "metastasis", "C": "hemangioma", "D": "cyst"}
+SPLITS = [{"train": ["C", "D"], "val": ["A", "B"]}, {"train": ["A", "B"], "val": ["C", "D"]}]
+NO_IMAGENET = "not run: no ImageNet weights given"
+
+
+def liver_with_lesion(label: int, lesion: slice = slice(2, 4)) -> np.ndarray:
+    array = np.zeros((6, 6), np.uint8)
+    array[1:5, 1:5] = 1
+    array[2:4, lesion] = label
+    return array
+
+
+REFERENCE = {"A": liver_with_lesion(2), "B": liver_with_lesion(4), "C": liver_with_lesion(3), "D": liver_with_lesion(2)}
+JOINT_PRED = {"A": liver_with_lesion(2), "B": liver_with_lesion(3), "C": liver_with_lesion(3),
+              "D": liver_with_lesion(2, slice(2, 3))}
+YNET_PRED = {"A": liver_with_lesion(2), "B": liver_with_lesion(2), "C": liver_with_lesion(1), "D": liver_with_lesion(2)}
+YNET_HEAD = {"A": [0.2, 0.7, 0.1], "B": [0.1, 0.1, 0.8], "C": [0.3, 0.6, 0.1], "D": [0.9, 0.05, 0.05]}
+
+
+def write_slice(path: Path, array: np.ndarray) -> None:
+    """A 2-D slice as nnU-Net stores it: 1 x H x W."""
+    image = sitk.GetImageFromArray(array[None])
+    image.SetSpacing((0.8, 0.8, 999.0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))
+
+
+def seg_labels(joint: np.ndarray) -> np.ndarray:
+    return np.minimum(joint, 2).astype(np.uint8)
+
+
+def make_dataset(root: Path, name: str, labels: dict, to_labels) -> Path:
+    """Preprocessed folder (gt, dataset.json, splits); returns its gt_segmentations."""
+    folder = root / "nnUNet_preprocessed" / name
+    folder.mkdir(parents=True)
+    (folder / "dataset.json").write_text(json.dumps({"labels": labels, "file_ending": ".nii.gz", "lesion_types": TYPES}))
+    (folder / "splits_final.json").write_text(json.dumps(SPLITS))
+    for case, array in REFERENCE.items():
+        write_slice(folder / "gt_segmentations" / f"{case}.nii.gz", to_labels(array))
+    return folder / "gt_segmentations"
+
+
+def make_trainer(root: Path, dataset: str, trainer: str, predictions: dict, head: dict | None = None) -> Path:
+    trainer_dir = root / "nnUNet_results" / dataset / f"{trainer}__nnUNetPlans__2d"
+    trainer_dir.mkdir(parents=True)
+    shutil.copy(root / "nnUNet_preprocessed" / dataset / "dataset.json", trainer_dir / "dataset.json")
+    for fold, split in enumerate(SPLITS):
+        validation = trainer_dir / f"fold_{fold}" / "validation"
+        for case in split["val"]:
+            write_slice(validation / f"{case}.nii.gz", predictions[case])
+        if head is not None:
+            (validation / "classification.json").write_text(
+                json.dumps({c: {"probabilities": head[c]} for c in split["val"]}))
+    return trainer_dir
+
+
+def experiment(row, framework, init, schedule, trainer, dataset, trainer_dir, status="done", summary=None):
+    return {"row": row, "framework": framework, "init": init, "schedule": schedule, "trainer": trainer,
+            "dataset": dataset, "trainer_dir": trainer_dir, "status": status, "summary": summary,
+            "budget": {"epochs": 2, "iterations": 5, "encoder": "seresnet18"}}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    raw = root / "nnUNet_raw" / JOINT_DS
+    rng = np.random.default_rng(0)
+    for case, array in REFERENCE.items():
+        ct = np.where(array >= 1, 100.0, -100.0) + np.where(array >= 2, -80.0, 0.0) + rng.normal(0, 5, array.shape)
+        write_slice(raw / "imagesTr" / f"{case}_0000.nii.gz", ct.astype(np.float32))
+        write_slice(raw / "labelsTr" / f"{case}.nii.gz", array)
+    joint_gt = make_dataset(root, JOINT_DS, JOINT_LABELS, lambda a: a)
+    seg_gt = make_dataset(root, SEG_DS, SEG_LABELS, seg_labels)
+    joint_dir = make_trainer(root, JOINT_DS, "nnUNetTrainerJoint_LiTS", JOINT_PRED)
+    ynet_dir = make_trainer(root, SEG_DS, "nnUNetTrainerYNet_LiTS", {c: seg_labels(a) for c, a in YNET_PRED.items()},
+                            YNET_HEAD)
+    nnunet_dir = make_trainer(root, JOINT_DS, "nnUNetTrainer", REFERENCE)
+    summaries = {
+        "joint": evaluate_trainer_dir(joint_dir, joint_gt),
+        "ynet": evaluate_trainer_dir(ynet_dir, seg_gt),
+        "nnunet": evaluate_trainer_dir(nnunet_dir, joint_gt),
+    }
+    experiments = [
+        experiment("Joint", "joint", "LiTS", "NoFreeze", "nnUNetTrainerJoint_LiTS", JOINT_DS, joint_dir,
+                   summary=summaries["joint"]),
+        experiment("Joint", "joint", "ImageNet", "NoFreeze", "nnUNetTrainerJoint_ImageNet", JOINT_DS,
+                   root / "missing", status=NO_IMAGENET),
+        experiment("Y-Net", "ynet", "LiTS", "NoFreeze", "nnUNetTrainerYNet_LiTS", SEG_DS, ynet_dir,
+                   summary=summaries["ynet"]),
+        experiment("Seg", "seg", "scratch", "NoFreeze", "nnUNetTrainerSeg_scratch", SEG_DS, root / "missing2",
+                   status="failed: RuntimeError: boom | see log"),
+        experiment("nnU-Net", "nnunet", "-", "NoFreeze", "nnUNetTrainer", JOINT_DS, nnunet_dir,
+                   summary=summaries["nnunet"]),
+    ]
+    meta = {"commands": [["nnUNetv2_train", "504", "2d", "0", "-tr", "nnUNetTrainerJoint_LiTS"], "nnunet_joint_x y"],
+            "versions": {"python": "3.11", "torch": "2.x", "nnunetv2": "2.8.1", "nnunet_joint": "0.1.0"},
+            "profile": "demo", "wall_time_s": 3725.0, "phantom": {"seed": 7, "n_slices": 4, "difficulty": 0.5},
+            "raw_root": root / "nnUNet_raw", "images_dataset": JOINT_DS}
+    out = root / "report"
+    result = build_report(experiments, out, meta)
+    return {"out": out, "result": result, "summaries": summaries, "experiments": experiments}
+
+
+def md_table(markdown: str, title: str) -> list[list[str]]:
+    """Rows (header first) of the Markdown table under ``### title``."""
+    block = markdown.split(f"### {title}\n", 1)[1].splitlines()
+    start = next(i for i, line in enumerate(block) if line.startswith("|"))
+    lines = []
+    for line in block[start:]:
+        if not line.startswith("|"):
+            break
+        lines.append(line)
+    rows = [[c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in lines]
+    return [rows[0]] + rows[2:]
+
+
+def cell(rows: list[list[str]], first: str, column: str, second: str | None = None) -> str:
+    header = rows[0]
+    for row in rows[1:]:
+        if row[0] == first and (second is None or row[1] == second):
+            return row[header.index(column)]
+    raise AssertionError(f"no row {first!r}/{second!r}")
+
+
+def test_midl_table_cells(built):
+    md = (built["out"] / "report.md").read_text()
+    rows = md_table(md, "Table 1 (MIDL)")
+    joint = built["summaries"]["joint"]["aggregate"]["metrics"]
+    assert cell(rows, "joint", "LiTS: ours", "cls acc") == "0.75 ± 0.25 (n=4)" == f"{format_mean_std(joint['cls_acc'])} (n=4)"
+    assert cell(rows, "joint", "LiTS: ours", "Dice1 (seg Dice)") == "0.92 ± 0.08 (n=4)"
+    assert cell(rows, "joint", "LiTS: ours", "seg recall") == f"{format_mean_std(joint['recall'])} (n=4)"
+    assert cell(rows, "joint", "LiTS: paper", "cls acc") == "0.86"
+    assert cell(rows, "Y-Net", "LiTS: ours", "Dice1 (seg Dice)") == "0.75 ± 0.25 (n=4)"
+    assert cell(rows, "Y-Net", "LiTS: ours", "cls acc") == "0.75 ± 0.25 (n=4)"
+    assert cell(rows, "Y-Net", "scratch: paper", "cls acc") == "0.43"
+    # not run / failed: the status, never a number
+    for metric in ("cls acc", "Dice1 (seg Dice)", "seg recall"):
+        assert cell(rows, "joint", "ImageNet: ours", metric) == NO_IMAGENET
+    assert cell(rows, "joint", "ImageNet: paper", "cls acc") == "0.74"
+    assert cell(rows, "segmentation baseline", "scratch: ours", "seg recall") == "failed: RuntimeError: boom | see log"
+    assert cell(rows, "classification baseline", "LiTS: ours", "cls acc") == NOT_LISTED
+    assert [r[1] for r in rows[1:] if r[0] == "classification baseline"] == ["cls acc"]  # the paper's "–" rows left out
+
+
+def test_embc_and_baseline_tables(built):
+    md = (built["out"] / "report.md").read_text()
+    embc = md_table(md, "Fine-tuning (EMBC)")
+    row = "no freezing [joint, LiTS, NoFreeze]"
+    assert cell(embc, row, "Dice1 (seg Dice): ours") == "0.92 ± 0.08 (n=4)"
+    assert cell(embc, row, "Dice1 (seg Dice): paper") == "0.57"
+    # Dice2 pooled per fold: fold 0 all 8 px found -> 1; fold 1 tp 6, fn 2 -> 12/14
+    assert cell(embc, row, "Dice2 (global): ours") == f"{(1 + 12 / 14) / 2:.2f} ± {(1 - 12 / 14) / 2:.2f} (n=4)"
+    assert cell(embc, "hierarchical unfreezing [joint, LiTS, HierUnfreeze]", "cls acc: paper") == "0.73"
+    assert cell(embc, "baseline (scratch) [joint, scratch, NoFreeze]", "success rate: ours") == NOT_LISTED
+
+    base = md_table(md, "Plain nnU-Net baselines")
+    assert cell(base, "plain nnU-Net (nnUNetTrainer)", "Dice1 (seg Dice)") == "1.00 ± 0.00 (n=4)"
+    assert cell(base, "plain nnU-Net (nnUNetTrainer)", "cls acc") == "1.00 ± 0.00 (n=4)"
+    assert cell(base, "plain nnU-Net (nnUNetTrainer)", "dataset") == JOINT_DS
+
+
+def test_provenance_section(built):
+    md = (built["out"] / "report.md").read_text()
+    how = md.split("## How these numbers were made", 1)[1]
+    assert "nnUNetv2_train 504 2d 0 -tr nnUNetTrainerJoint_LiTS" in how and "nnunet_joint_x y" in how
+    assert "| nnunetv2 | 2.8.1 |" in how and '"difficulty": 0.5' in how
+    assert "3725 s (1:02:05)" in how and "not comparable to the papers' numbers" in how
+    budgets = md_table(md, "Budgets per experiment")
+    assert cell(budgets, "joint (LiTS)", "epochs x iterations") == "2 x 5"
+    assert cell(budgets, "joint (LiTS)", "slices") == "4"
+    assert cell(budgets, "joint (ImageNet)", "status") == NO_IMAGENET
+
+
+def test_summary_json_and_csv_equal_inputs(built):
+    out, summaries = built["out"], built["summaries"]
+    saved = json.loads((out / "summary.json").read_text())
+    records = {r["key"]: r for r in saved["experiments"]}
+    joint = records[f"{JOINT_DS}/nnUNetTrainerJoint_LiTS"]
+    assert joint["aggregate"] == summaries["joint"]["aggregate"]
+    assert joint["per_fold"] == summaries["joint"]["per_fold"]
+    assert joint["budget"] == {"epochs": 2, "iterations": 5, "encoder": "seresnet18"}
+    assert joint["paper"] == {"MIDL": {"cls_acc": 0.86, "dice": 0.71, "recall": 0.76},
+                              "EMBC": published.EMBC_TABLE["NoFreeze"]}
+    not_run = records[f"{JOINT_DS}/nnUNetTrainerJoint_ImageNet"]
+    assert not_run["status"] == NO_IMAGENET and not_run["aggregate"] is None
+    assert saved["published"] == json.loads(json.dumps(published.as_dict()))
+    assert saved["published"]["midl_table1"]["seg"]["ImageNet"] == {"dice": 0.63, "recall": 0.67}
+    assert saved["meta"]["raw_root"].endswith("nnUNet_raw")
+
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert len(rows) == 5 * 9
+    by = {(r["experiment"], r["dataset"], r["metric"]): r for r in rows}
+    dice = by[("nnUNetTrainerJoint_LiTS", JOINT_DS, "dice")]
+    expected = summaries["joint"]["aggregate"]["metrics"]["dice"]
+    assert (float(dice["mean"]), float(dice["std"]), int(dice["n"]), int(dice["n_folds"])) == (
+        expected["mean"], expected["std"], 4, 2)
+    assert (dice["paper_midl"], dice["paper_embc"]) == ("0.71", "0.57")
+    imagenet = by[("nnUNetTrainerJoint_ImageNet", JOINT_DS, "cls_acc")]
+    assert (imagenet["mean"], imagenet["status"], imagenet["paper_midl"]) == ("", NO_IMAGENET, "0.74")
+    assert by[("nnUNetTrainerYNet_LiTS", SEG_DS, "cls_acc")]["mean"] == "0.75"
+
+
+def test_html_and_figures(built):
+    out, result = built["out"], built["result"]
+    page = (out / "report.html").read_text()
+    for key in ("midl", "embc", "nnunet", "budgets"):
+        assert f'<table class="{key}">' in page
+    assert "<td>0.92 ± 0.08 (n=4)</td>" in page
+    assert f'<td class="status">{NO_IMAGENET}</td>' in page
+    assert "http://" not in page and "https://" not in page and "<script" not in page  # self-contained
+    names = sorted(p.name for p in (out / "figures").iterdir())
+    assert names == ["bars_framework_init.png", "confusion_matrices.png", "overlay_grid.png", "per_class_recall.png"]
+    assert page.count("data:image/png;base64,") == 4
+    md = (out / "report.md").read_text()
+    for path in result["figures"]:
+        assert f"]({Path(path).relative_to(out).as_posix()})" in md
+        with Image.open(path) as image:
+            image.verify()
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("L"))
+            assert image.size[0] > 300 and image.size[1] > 200 and pixels.std() > 10
+    assert result["notes"] == []
+    assert sorted(p.name for p in out.iterdir()) == ["figures", "report.html", "report.md", "summary.csv", "summary.json"]
+
+
+def test_overlay_cases_and_titles(built):
+    summary = built["summaries"]["joint"]
+    experiments = built["experiments"]
+    from evaluation.report import Experiment, overlay_rows
+
+    joint, ynet = Experiment.from_dict(experiments[0]), Experiment.from_dict(experiments[2])
+    # cysts A (Dice 1) and D (2/3): median 5/6 is equally near both -> lower id A
+    assert [c["case_id"] for c in choose_overlay_cases(joint)] == ["A", "C", "B"]
+    notes: list[str] = []
+    rows = overlay_rows(joint, ynet, built["out"].parent / "nnUNet_raw", JOINT_DS, notes)
+    assert notes == [] and [r.case_id for r in rows] == ["A", "C", "B"]
+    a = rows[0]
+    assert a.titles == ("input: A (fold 0)", "ground truth: cyst", "joint (LiTS): cyst, Dice 1.00",
+                        "Y-Net (LiTS): hemangioma (p=0.70), Dice 1.00")
+    assert np.array_equal(a.ground_truth, REFERENCE["A"]) and a.ct.shape == (6, 6)
+    assert set(np.unique(a.ynet).tolist()) == {0, 1, 3}  # Y-Net lesion coloured by its head's type
+    assert rows[1].titles[3] == "Y-Net (LiTS): hemangioma (p=0.60), Dice 0.00"
+    assert rows[2].titles[2] == "joint (LiTS): hemangioma, Dice 1.00"
+    assert summary["cases"]  # the evaluator's per-case list is what the grid is chosen from
+
+
+def test_bad_experiment_lists_are_refused(tmp_path, built):
+    entry = dict(built["experiments"][1])
+    with pytest.raises(ValueError, match="listed twice"):
+        build_report([entry, entry], tmp_path / "r", {})
+    del entry["status"]
+    with pytest.raises(ValueError, match="lacks status"):
+        build_report([entry], tmp_path / "r", {})
+    assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+def test_done_without_summary_is_shown_as_failed(tmp_path, built):
+    entry = dict(built["experiments"][1], status="done", summary=None)
+    result = build_report([entry], tmp_path / "r", {"profile": "demo"})
+    rows = md_table(result["report_md"].read_text(), "Table 1 (MIDL)")
+    assert cell(rows, "joint", "ImageNet: ours", "cls acc") == "failed: finished but has no evaluation summary"
+    assert "overlay grid: no joint experiment finished, so there is none" in result["notes"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed (apt-get install chromium)")
+def test_screenshot_of_the_report(built, tmp_path):
+    png = tmp_path / "shot.png"
+    subprocess.run([str(REPO / "scripts" / "screenshot_report.sh"), str(built["out"] / "report.html"), str(png)],
+                   check=True, timeout=180, capture_output=True)
+    with Image.open(png) as image:
+        assert image.size == (1280, 2400)
+        pixels = np.asarray(image.convert("L"), dtype=float)
+    assert pixels.std() > 20  # text, tables and figures, not a blank page
+    dark_rows = (pixels < 128).any(axis=1)
+    assert dark_rows[:400].sum() > 50  # the title and first table are drawn at the top
