@@ -624,6 +624,8 @@ def make_figures(experiments: Sequence[Experiment], out_dir: Path, meta: Mapping
             joint, ynet, Path(raw_root), str(meta.get("images_dataset", "Dataset504_ShebaJoint")), notes)
         if raw_root is None:
             notes.append("overlay grid: no raw_root given, so no images to draw")
+        elif not rows:
+            notes.append(f"overlay grid: no drawable validation case of {joint.label}")
         path = figures.overlay_grid(rows, folder / "overlay_grid.png")
         models = f"{joint.label}" + ("" if ynet is None else f" and {ynet.label}")
         entries.append(FigureEntry(
