@@ -71,11 +71,7 @@ class nnUNetTrainerSEResNetBase(nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.budget = settings.Budget.from_env()
-        if self.budget.epochs is not None:
-            self.num_epochs = self.budget.epochs
-        if self.budget.iterations_per_epoch is not None:
-            self.num_iterations_per_epoch = self.budget.iterations_per_epoch
-            self.num_val_iterations_per_epoch = settings.Budget.val_iterations(self.budget.iterations_per_epoch)
+        self.budget.apply(self)
         self.architecture = self.architecture_of(self.configuration_manager)
         # record it so that the plans.json nnU-Net copies into the results folder rebuilds this network
         self.configuration_manager.configuration[ARCHITECTURE_KEY] = self.architecture

@@ -69,6 +69,14 @@ class Budget:
         """nnU-Net runs 50 validation per 250 training iterations; keep that ratio, 1..50."""
         return max(1, min(50, iterations_per_epoch // 5))
 
+    def apply(self, trainer) -> None:
+        """Set an nnUNetTrainer's epochs and iterations per epoch (validation iterations follow)."""
+        if self.epochs is not None:
+            trainer.num_epochs = self.epochs
+        if self.iterations_per_epoch is not None:
+            trainer.num_iterations_per_epoch = self.iterations_per_epoch
+            trainer.num_val_iterations_per_epoch = self.val_iterations(self.iterations_per_epoch)
+
 
 def encoder_from_env() -> str:
     from nnunet_joint.network.seresnet import ENCODER_DEPTHS

@@ -1,0 +1,349 @@
+"""``nnunet_joint_reproduce``: the whole pipeline in one self-contained run folder.
+
+``DIR/phantom/`` (when no raw data is given) → ``DIR/nnUNet_raw/`` (conversion) →
+``DIR/nnUNet_preprocessed/`` (nnU-Net planning and preprocessing, 2d) → ``DIR/nnUNet_results/``
+(training) → ``DIR/report/``. nnU-Net's three variables are pointed at the run folder for every
+step, so with the same variables set a user's ``nnunet_joint_predict`` finds the models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from nnunet_joint.errors import InputError, cli_entry
+
+DATASET_IDS = {"liver": 501, "lits_lesion": 502, "seg": 503, "joint": 504}
+TRAINERS_DIR = Path(__file__).resolve().parent.parent / "trainers"
+
+
+@dataclass
+class RunFolder:
+    """The layout of one reproduce run."""
+
+    root: Path
+
+    @property
+    def phantom(self) -> Path:
+        return self.root / "phantom"
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "nnUNet_raw"
+
+    @property
+    def preprocessed(self) -> Path:
+        return self.root / "nnUNet_preprocessed"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "nnUNet_results"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+    def environment(self, **extra: str) -> dict[str, str]:
+        """The environment every nnU-Net step of this run gets."""
+        env = dict(os.environ)
+        env.update(nnUNet_raw=str(self.raw), nnUNet_preprocessed=str(self.preprocessed),
+                   nnUNet_results=str(self.results), nnUNet_extTrainer=str(TRAINERS_DIR))
+        env.setdefault("nnUNet_n_proc_DA", "1")
+        env.setdefault("nnUNet_def_n_proc", "1")
+        env.update(extra)
+        return env
+
+
+@dataclass
+class Progress:
+    """One line per step: what runs, elapsed time, and an estimate of what is left."""
+
+    total_steps: int
+    quiet: bool = False
+    done: int = 0
+    start: float = field(default_factory=time.monotonic)
+
+    def step(self, what: str) -> None:
+        elapsed = time.monotonic() - self.start
+        eta = "?" if self.done == 0 else f"{elapsed / self.done * (self.total_steps - self.done) / 60:.1f} min"
+        if not self.quiet:
+            print(f"[{self.done + 1}/{self.total_steps}] {what} (elapsed {elapsed / 60:.1f} min, left ~{eta})",
+                  flush=True)
+        self.done += 1
+
+
+def run_nnunet(cmd: list[str], run: RunFolder, log: Path, **extra_env: str) -> None:
+    """Run an nnU-Net command line with the run folder's environment; its output goes to ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as fh:
+        fh.write(f"$ {' '.join(cmd)}\n")
+        fh.flush()
+        proc = subprocess.run(cmd, env=run.environment(**extra_env), stdout=fh, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        tail = log.read_text().strip().splitlines()[-5:]
+        raise RuntimeError(f"{' '.join(cmd[:2])} failed (exit {proc.returncode}); see {log}:\n" + "\n".join(tail))
+
+
+def nnunet_bin(name: str) -> str:
+    """Path of an nnU-Net console script installed beside this interpreter."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def prepare_data(run: RunFolder, phantom_size: str, seed: int, lits_dir: Path | None, sheba_dir: Path | None,
+                 progress: Progress, max_lits_cases: int | None = None) -> None:
+    """Phantom (unless raw data dirs are given) → four nnU-Net raw datasets → plan and preprocess (2d)."""
+    from dataset_conversion.convert_lits import convert_lits
+    from dataset_conversion.convert_sheba import convert_sheba
+    from nnunet_joint.phantom import generate_corpus
+
+    marker = run.root / "logs" / "data.done"
+    if marker.is_file():  # a rerun resumes: the datasets are converted and preprocessed already
+        progress.done += 3 if lits_dir is None or sheba_dir is None else 2
+        return
+    if lits_dir is None or sheba_dir is None:
+        progress.step(f"phantom ({phantom_size}, seed {seed})")
+        if not (run.phantom / "Sheba" / "cases.csv").is_file():
+            generate_corpus(run.phantom, seed=seed, size=phantom_size)
+        lits_dir = lits_dir or run.phantom / "LiTS"
+        sheba_dir = sheba_dir or run.phantom / "Sheba"
+    progress.step("conversion to nnU-Net raw datasets 501-504")
+    convert_lits(lits_dir, raw_root=run.raw, overwrite=True, max_cases=max_lits_cases)
+    convert_sheba(sheba_dir, raw_root=run.raw, preprocessed_root=run.preprocessed, overwrite=True)
+    progress.step("nnUNetv2_plan_and_preprocess -c 2d --verify_dataset_integrity")
+    ids = [str(i) for i in DATASET_IDS.values()]
+    run_nnunet([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", *ids, "-c", "2d", "-np", "2",
+                "--verify_dataset_integrity"], run, run.root / "logs" / "plan_and_preprocess.log")
+    marker.write_text("converted and preprocessed\n")
+
+
+DATASET_FOLDERS = {501: "Dataset501_LiTSLiver", 502: "Dataset502_LiTSLesion", 503: "Dataset503_ShebaSeg",
+                   504: "Dataset504_ShebaJoint"}
+PLAIN_TRAINER = "nnUNetTrainer_JointBudget"  # nnUNetTrainer itself, length from our budget variables
+FRAMEWORK_TRAINERS = {"cls": "nnUNetTrainerSEResNetCls", "seg": "nnUNetTrainerSEResNetSeg",
+                      "ynet": "nnUNetTrainerYNet", "joint": "nnUNetTrainerJoint"}
+FRAMEWORK_ROWS = {"cls": "Classification baseline", "seg": "Segmentation baseline", "ynet": "Y-Net",
+                  "joint": "Joint", "nnunet": "Plain nnU-Net"}
+FRAMEWORK_DATASET = {"cls": 503, "seg": 503, "ynet": 503, "joint": 504}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One row of the matrix: a trainer on a dataset, trained on some folds."""
+
+    framework: str  # cls | seg | ynet | joint | nnunet
+    init: str  # scratch | ImageNet | LiTS | -
+    schedule: str  # NoFreeze | FreezeEnc | HierFreeze | HierUnfreeze
+    trainer: str
+    dataset: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.trainer}@{DATASET_FOLDERS[self.dataset]}"
+
+    def trainer_dir(self, run: RunFolder) -> Path:
+        return run.results / DATASET_FOLDERS[self.dataset] / f"{self.trainer}__nnUNetPlans__2d"
+
+
+def experiment(framework: str, init: str = "scratch", schedule: str = "NoFreeze") -> Experiment:
+    trainer = FRAMEWORK_TRAINERS[framework]
+    if init != "scratch":
+        trainer += f"_{init}"
+    if schedule != "NoFreeze":
+        trainer += f"_{schedule}"
+    return Experiment(framework, init, schedule, trainer, FRAMEWORK_DATASET[framework])
+
+
+def experiment_matrix() -> list[Experiment]:
+    """The papers' matrix: 4 frameworks x 3 inits, joint-from-LiTS x 4 schedules, plain nnU-Net rows."""
+    rows = [experiment(f, i) for f in FRAMEWORK_TRAINERS for i in ("scratch", "ImageNet", "LiTS")]
+    rows += [experiment("joint", "LiTS", s) for s in ("FreezeEnc", "HierFreeze", "HierUnfreeze")]
+    rows += [Experiment("nnunet", "-", "NoFreeze", PLAIN_TRAINER, d) for d in (503, 504)]
+    return rows
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What a profile runs, and how long each training is."""
+
+    name: str
+    folds: tuple[int, ...]
+    phantom_size: str
+    budget: dict[str, str]  # our budget variables for Sheba trainings ({} = nnU-Net's standard length)
+    stage_budget: dict[str, str]  # for stage 1 and LiTS pretraining
+    lits_fold: str  # fold of the LiTS lesion model our LiTS init loads
+    max_lits_cases: int | None
+    rows: tuple[str, ...] | None  # experiment names to run (None = all)
+
+
+PROFILES = {
+    # Fits the 15-minute budget of a 2-core CPU machine: fold 0, small budgets, a row subset.
+    "demo": Profile("demo", (0,), "default",
+                    {"nnUNet_joint_epochs": "4", "nnUNet_joint_iterations": "12", "nnUNet_joint_encoder": "seresnet18"},
+                    {"nnUNet_joint_epochs": "3", "nnUNet_joint_iterations": "12", "nnUNet_joint_encoder": "seresnet18"},
+                    "0", 8,
+                    ("nnUNetTrainerSEResNetCls", "nnUNetTrainerSEResNetCls_LiTS",
+                     "nnUNetTrainerSEResNetSeg", "nnUNetTrainerSEResNetSeg_LiTS",
+                     "nnUNetTrainerYNet", "nnUNetTrainerYNet_LiTS",
+                     "nnUNetTrainerJoint", "nnUNetTrainerJoint_LiTS", "nnUNetTrainerJoint_LiTS_HierFreeze",
+                     "nnUNetTrainerJoint_LiTS_HierUnfreeze", "nnUNetTrainerJoint_LiTS_FreezeEnc", PLAIN_TRAINER)),
+    # The papers' protocol: 3 folds, nnU-Net's standard training length, every row.
+    "full": Profile("full", (0, 1, 2), "default", {}, {}, "all", None, None),
+    # For tests: the tiny phantom and a minimal budget.
+    "tiny": Profile("tiny", (0,), "tiny",
+                    {"nnUNet_joint_epochs": "1", "nnUNet_joint_iterations": "2", "nnUNet_joint_encoder": "seresnet18"},
+                    {"nnUNet_joint_epochs": "1", "nnUNet_joint_iterations": "2", "nnUNet_joint_encoder": "seresnet18"},
+                    "0", None,
+                    ("nnUNetTrainerSEResNetCls_LiTS", "nnUNetTrainerYNet_LiTS", "nnUNetTrainerJoint",
+                     "nnUNetTrainerJoint_LiTS", "nnUNetTrainerJoint_LiTS_HierFreeze", PLAIN_TRAINER)),
+}
+
+
+def fold_done(fold_dir: Path) -> bool:
+    """A finished fold: nnU-Net wrote its final checkpoint and the validation finished."""
+    validation = fold_dir / "validation"
+    return (fold_dir / "checkpoint_final.pth").is_file() and (
+        (validation / "summary.json").is_file() or (validation / "classification.json").is_file())
+
+
+def train_fold(run: RunFolder, trainer: str, dataset: int, fold: str, device: str, budget: dict[str, str],
+               extra_env: dict[str, str], commands: list[str]) -> Path:
+    """``nnUNetv2_train DATASET 2d FOLD -tr TRAINER -device DEVICE``, skipped when already done (resumable)."""
+    fold_dir = run.results / DATASET_FOLDERS[dataset] / f"{trainer}__nnUNetPlans__2d" / f"fold_{fold}"
+    cmd = [nnunet_bin("nnUNetv2_train"), str(dataset), "2d", fold, "-tr", trainer, "-device", device]
+    commands.append(" ".join(f"{k}={v}" for k, v in budget.items()) + (" " if budget else "")
+                    + " ".join(["nnUNetv2_train", *cmd[1:]]))
+    if fold_done(fold_dir):
+        return fold_dir
+    if (fold_dir / "checkpoint_final.pth").is_file():  # trained, validation interrupted
+        cmd.append("--val")
+    run_nnunet(cmd, run, run.root / "logs" / f"{trainer}_{dataset}_fold{fold}.log", **budget, **extra_env)
+    return fold_dir
+
+
+def evaluate_dir(trainer_dir: Path, run: RunFolder, dataset: int, folds: Sequence[int | str]) -> dict:
+    from evaluation.evaluate import evaluate_trainer_dir, write_summary
+
+    summary = evaluate_trainer_dir(trainer_dir, gt_dir=run.preprocessed / DATASET_FOLDERS[dataset] / "gt_segmentations",
+                                   folds=[int(f) for f in folds if str(f).isdigit()] or None)
+    write_summary(summary, trainer_dir)
+    return summary
+
+
+def versions() -> dict[str, str]:
+    import platform
+    from importlib.metadata import version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "nnunetv2", "dynamic_network_architectures", "nnunet_joint", "SimpleITK", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except Exception:  # noqa: BLE001 - a missing optional package is reported as such
+            out[pkg] = "not installed"
+    return out
+
+
+def reproduce(out: Path, profile: Profile, device: str = "cpu", imagenet_weights: Path | None = None,
+              lits_dir: Path | None = None, sheba_dir: Path | None = None, seed: int = 0,
+              folds: Sequence[int] | None = None, stop_after: str | None = None, quiet: bool = False) -> dict:
+    """Run the whole pipeline into ``out``; finished folds are skipped, so a rerun resumes."""
+    from evaluation.report import build_report
+
+    run = RunFolder(out.resolve())
+    folds = tuple(folds) if folds is not None else profile.folds
+    matrix = experiment_matrix()
+    selected = [e for e in matrix if profile.rows is None or e.trainer in profile.rows]
+    runnable = [e for e in selected if e.init != "ImageNet" or imagenet_weights is not None]
+    progress = Progress(total_steps=(3 if lits_dir is None or sheba_dir is None else 2) + 2
+                        + len(runnable) * len(folds) + 1, quiet=quiet)
+    commands = [" ".join(["nnunet_joint_reproduce", "--profile", profile.name, "--out", str(out)])]
+    prepare_data(run, profile.phantom_size, seed, lits_dir, sheba_dir, progress, max_lits_cases=profile.max_lits_cases)
+    if stop_after == "data":
+        return {"run": run.root}
+
+    stage_env = dict(profile.stage_budget)
+    progress.step(f"stage 1: {PLAIN_TRAINER} on {DATASET_FOLDERS[501]} fold 0")
+    liver_dir = train_fold(run, PLAIN_TRAINER, 501, "0", device, stage_env, {}, commands)
+    liver_summary = evaluate_dir(liver_dir.parent, run, 501, ["0"])
+    progress.step(f"LiTS lesion pretraining: nnUNetTrainerSEResNetSeg on {DATASET_FOLDERS[502]} fold {profile.lits_fold}")
+    lits_dir_fold = train_fold(run, "nnUNetTrainerSEResNetSeg", 502, profile.lits_fold, device, stage_env, {}, commands)
+    transfer_env = {"nnUNet_joint_lits_checkpoint": str(lits_dir_fold / "checkpoint_final.pth")}
+    if imagenet_weights is not None:
+        transfer_env["nnUNet_joint_imagenet_weights"] = str(Path(imagenet_weights).resolve())
+
+    experiments = []
+    for exp in matrix:
+        entry = {"row": FRAMEWORK_ROWS[exp.framework], "framework": exp.framework, "init": exp.init,
+                 "schedule": exp.schedule, "trainer": exp.trainer, "dataset": DATASET_FOLDERS[exp.dataset],
+                 "trainer_dir": exp.trainer_dir(run), "summary": None, "folds": list(folds),
+                 "budget": {"epochs": int(profile.budget.get("nnUNet_joint_epochs", 0)) or "nnU-Net default",
+                            "iterations": int(profile.budget.get("nnUNet_joint_iterations", 0)) or "nnU-Net default",
+                            "encoder": profile.budget.get("nnUNet_joint_encoder", "seresnet50")}}
+        if exp not in selected:
+            entry["status"] = f"not run: not in the {profile.name} profile"
+        elif exp not in runnable:
+            entry["status"] = "not run: no ImageNet weights given"
+        else:
+            try:
+                for fold in folds:
+                    progress.step(f"{exp.trainer} on {DATASET_FOLDERS[exp.dataset]} fold {fold}")
+                    train_fold(run, exp.trainer, exp.dataset, str(fold), device, profile.budget, transfer_env,
+                               commands)
+                entry["summary"] = evaluate_dir(exp.trainer_dir(run), run, exp.dataset, folds)
+                entry["status"] = "done"
+            except (RuntimeError, InputError) as e:
+                entry["status"] = "failed: " + str(e).splitlines()[0]
+        experiments.append(entry)
+
+    progress.step("evaluation and report")
+    meta = {"profile": profile.name, "folds": list(folds), "commands": commands, "versions": versions(),
+            "wall_time_s": time.monotonic() - progress.start, "raw_root": run.raw,
+            "images_dataset": DATASET_FOLDERS[504], "stage1": {"trainer": PLAIN_TRAINER, "summary": liver_summary},
+            "stage_budget": profile.stage_budget, "device": device,
+            "phantom": None if lits_dir and sheba_dir else {"size": profile.phantom_size, "seed": seed}}
+    report = build_report(experiments, run.report, meta)
+    if not quiet:
+        print(f"report: {run.report / 'report.md'} ({(time.monotonic() - progress.start) / 60:.1f} min)")
+    return {"run": run.root, "experiments": experiments, "report": report}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nnunet_joint_reproduce", description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, type=Path, help="run folder (created; a rerun resumes it)")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="demo",
+                   help="demo: fold 0, small budgets, a row subset (about 15 min on 2 CPU cores); "
+                        "full: 3 folds, nnU-Net's standard length, every row; tiny: for tests")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--folds", type=int, nargs="+", help="only these folds (split a full run across machines)")
+    p.add_argument("--seed", type=int, default=0, help="phantom seed")
+    p.add_argument("--lits", type=Path, help="LiTS (or MSD Task03_Liver) folder instead of the phantom's")
+    p.add_argument("--sheba", type=Path, help="Sheba-format raw folder instead of the phantom's")
+    p.add_argument("--imagenet-weights", type=Path, help="local ImageNet SE-ResNet checkpoint (timm layout); "
+                                                         "without it the ImageNet rows are reported as not run")
+    p.add_argument("--stop-after", choices=("data",), default=None, help="stop after preparing the data")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+@cli_entry
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for given in (args.lits, args.sheba, args.imagenet_weights):
+        if given is not None and not given.exists():
+            raise InputError(given, "not found")
+    if (args.lits is None) != (args.sheba is None):
+        raise InputError(args.lits or args.sheba, "give both --lits and --sheba, or neither (phantom)")
+    device = args.device
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    reproduce(args.out, PROFILES[args.profile], device, args.imagenet_weights, args.lits, args.sheba, args.seed,
+              args.folds, args.stop_after, args.quiet)
+    return 0

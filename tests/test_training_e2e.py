@@ -1,0 +1,179 @@
+"""End to end through nnU-Net's own command lines on the tiny phantom (slow; CI runs it).
+
+tiny phantom → converters → ``nnUNetv2_plan_and_preprocess`` → ``nnUNetv2_train`` of the LiTS
+lesion model → every framework × init → the freezing schedules → ``nnUNetv2_predict``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from nnunet_joint import LESION_TYPES
+from nnunet_joint.checkpoints import safe_torch_load
+from nnunet_joint.freezing import SCHEDULES, epoch_boundaries
+from nnunet_joint.reproduce import Progress, RunFolder, nnunet_bin, prepare_data
+
+pytestmark = pytest.mark.slow
+
+FRAMEWORK_DATASET = {"nnUNetTrainerSEResNetSeg": 503, "nnUNetTrainerSEResNetCls": 503,
+                     "nnUNetTrainerYNet": 503, "nnUNetTrainerJoint": 504}
+DATASET_FOLDERS = {501: "Dataset501_LiTSLiver", 502: "Dataset502_LiTSLesion", 503: "Dataset503_ShebaSeg",
+                   504: "Dataset504_ShebaJoint"}
+BUDGET = {"nnUNet_joint_epochs": "1", "nnUNet_joint_iterations": "2", "nnUNet_joint_encoder": "seresnet18"}
+
+
+def train(run: RunFolder, dataset: int, trainer: str, fold: int = 0, **env: str) -> Path:
+    cmd = [nnunet_bin("nnUNetv2_train"), str(dataset), "2d", str(fold), "-tr", trainer, "-device", "cpu"]
+    proc = subprocess.run(cmd, env=run.environment(**{**BUDGET, **env}), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return run.results / DATASET_FOLDERS[dataset] / f"{trainer}__nnUNetPlans__2d" / f"fold_{fold}"
+
+
+def record(fold_dir: Path) -> dict:
+    return json.loads((fold_dir / "joint_config.json").read_text())
+
+
+def log_text(fold_dir: Path) -> str:
+    return "".join(p.read_text() for p in sorted(fold_dir.glob("training_log_*.txt")))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> RunFolder:
+    run = RunFolder(tmp_path_factory.mktemp("reproduce"))
+    prepare_data(run, "tiny", 0, None, None, Progress(3, quiet=True))
+    return run
+
+
+@pytest.fixture(scope="module")
+def lits_checkpoint(run) -> Path:
+    fold_dir = train(run, 502, "nnUNetTrainerSEResNetSeg")
+    return fold_dir / "checkpoint_final.pth"
+
+
+@pytest.fixture(scope="module")
+def imagenet_checkpoint(tmp_path_factory) -> Path:
+    """An ImageNet-style checkpoint in timm's seresnet18 layout (random weights: nothing is downloaded)."""
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("seresnet18", pretrained=False)
+    path = tmp_path_factory.mktemp("imagenet") / "seresnet18_imagenet.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_lits_model_is_a_complete_nnunet_run(run, lits_checkpoint):
+    fold_dir = lits_checkpoint.parent
+    assert lits_checkpoint.is_file()
+    assert sorted(p.name for p in (fold_dir / "validation").glob("*.nii.gz"))  # nnU-Net's validation ran
+    rec = record(fold_dir)
+    assert rec["num_epochs"] == 1 and rec["num_iterations_per_epoch"] == 2
+    assert "budget 1 epochs x 2 iterations" in log_text(fold_dir)
+    plans = json.loads((fold_dir.parent / "plans.json").read_text())
+    assert plans["configurations"]["2d"]["nnunet_joint_architecture"]["encoder"] == "seresnet18"
+
+
+@pytest.mark.parametrize("init", ["scratch", "ImageNet", "LiTS"])
+@pytest.mark.parametrize("framework", list(FRAMEWORK_DATASET))
+def test_every_framework_trains_with_every_init(run, lits_checkpoint, imagenet_checkpoint, framework, init):
+    trainer = framework if init == "scratch" else f"{framework}_{init}"
+    dataset = FRAMEWORK_DATASET[framework]
+    fold_dir = train(run, dataset, trainer, nnUNet_joint_lits_checkpoint=str(lits_checkpoint),
+                     nnUNet_joint_imagenet_weights=str(imagenet_checkpoint))
+    assert (fold_dir / "checkpoint_final.pth").is_file()
+    rec = record(fold_dir)
+    assert rec["initialisation"]["init"] == init
+    weights = safe_torch_load(fold_dir / "checkpoint_final.pth")["network_weights"]
+    if init == "ImageNet":
+        # every encoder tensor came from the ImageNet file, key for key
+        encoder_keys = {k[len("encoder."):] for k in weights if k.startswith("encoder.")}
+        assert set(rec["initialisation"]["loaded"]) == encoder_keys
+        assert not rec["initialisation"]["missing_in_checkpoint"] and not rec["initialisation"]["shape_mismatch"]
+    if init == "LiTS":
+        loaded = set(rec["initialisation"]["loaded"])
+        heads = ("decoder.seg_layers.", "cls_head.")
+        assert {k for k in weights if not k.startswith(heads)} <= loaded  # every non-head weight loaded
+    splits = json.loads((run.preprocessed / DATASET_FOLDERS[dataset] / "splits_final.json").read_text())
+    val_cases = sorted(splits[0]["val"])
+    if framework != "nnUNetTrainerSEResNetCls":
+        predicted = sorted(p.name[: -len(".nii.gz")] for p in (fold_dir / "validation").glob("*.nii.gz"))
+        assert predicted == val_cases
+    if framework in ("nnUNetTrainerSEResNetCls", "nnUNetTrainerYNet"):
+        cls = json.loads((fold_dir / "validation" / "classification.json").read_text())
+        assert sorted(cls) == val_cases
+        for entry in cls.values():
+            assert entry["predicted"] in LESION_TYPES
+            assert sum(entry["probabilities"]) == pytest.approx(1.0, abs=1e-5)
+    if framework == "nnUNetTrainerJoint":
+        assert sorted(p.name[: -len(".npz")] for p in (fold_dir / "validation").glob("*.npz")) == val_cases
+        check_class_weights_match_training_fold(run, rec, splits[0]["train"])
+
+
+def check_class_weights_match_training_fold(run: RunFolder, rec: dict, train_cases: list[str]) -> None:
+    """The joint CE weights are the inverse label frequencies of the fold's training cases."""
+    gt = run.preprocessed / "Dataset504_ShebaJoint" / "gt_segmentations"
+    counts = np.zeros(5, dtype=np.int64)
+    for case in train_cases:
+        seg = sitk.GetArrayFromImage(sitk.ReadImage(str(gt / f"{case}.nii.gz")))
+        counts += np.bincount(seg.ravel().astype(np.int64), minlength=5)[:5]
+    assert rec["class_weights"]["label_counts"] == counts.tolist()
+    inv = counts.sum() / counts
+    np.testing.assert_allclose(rec["class_weights"]["weights"], inv / inv.mean(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("schedule", ["FreezeEnc", "HierFreeze", "HierUnfreeze"])
+def test_freezing_schedules_follow_their_table(run, lits_checkpoint, schedule):
+    epochs = 5
+    fold_dir = train(run, 504, f"nnUNetTrainerJoint_LiTS_{schedule}", nnUNet_joint_epochs=str(epochs),
+                     nnUNet_joint_iterations="1", nnUNet_joint_lits_checkpoint=str(lits_checkpoint))
+    rec = record(fold_dir)
+    assert rec["schedule_table"] == [list(e) for e in SCHEDULES[schedule]]
+    changes = {int(e): int(n) for n, e in re.findall(r"freezing: (\d+) encoder group\(s\) frozen from epoch (\d+)",
+                                                        log_text(fold_dir))}
+    expected = {}
+    last = None
+    for epoch in range(epochs):
+        from nnunet_joint.freezing import frozen_groups_at
+        n = frozen_groups_at(SCHEDULES[schedule], epoch, epochs)
+        if n != last:
+            expected[epoch] = n
+            last = n
+    assert changes == expected
+    assert rec["freezing_epochs"] == epoch_boundaries(SCHEDULES[schedule], epochs)
+    if schedule == "FreezeEnc":
+        # the whole encoder, BatchNorm statistics included, never moved from the LiTS weights
+        before = safe_torch_load(lits_checkpoint)["network_weights"]
+        after = safe_torch_load(fold_dir / "checkpoint_final.pth")["network_weights"]
+        encoder_keys = [k for k in after if k.startswith("encoder.") and "num_batches_tracked" not in k]
+        assert encoder_keys
+        for k in encoder_keys:
+            assert torch.equal(before[k], after[k]), k
+        moved = [k for k in after if k.startswith("decoder.stages") and not torch.equal(before[k], after[k])]
+        assert moved  # the decoder did train
+
+
+def test_nnunetv2_predict_with_our_trainer(run, tmp_path):
+    fold_dir = train(run, 504, "nnUNetTrainerJoint", fold=1)
+    images = sorted((run.raw / "Dataset504_ShebaJoint" / "imagesTr").glob("*_0000.nii.gz"))[:2]
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for p in images:
+        (inp / p.name).write_bytes(p.read_bytes())
+    out = tmp_path / "out"
+    cmd = [nnunet_bin("nnUNetv2_predict"), "-i", str(inp), "-o", str(out), "-d", "504", "-c", "2d",
+           "-tr", "nnUNetTrainerJoint", "-f", "1", "-device", "cpu", "-npp", "1", "-nps", "1"]
+    proc = subprocess.run(cmd, env=run.environment(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert fold_dir.is_dir()
+    for p in images:
+        pred = sitk.ReadImage(str(out / p.name.replace("_0000", "")))
+        img = sitk.ReadImage(str(p))
+        assert pred.GetSize() == img.GetSize() and pred.GetSpacing() == pytest.approx(img.GetSpacing())
+        assert pred.GetOrigin() == pytest.approx(img.GetOrigin())
+        assert set(np.unique(sitk.GetArrayFromImage(pred))) <= {0, 1, 2, 3, 4}
