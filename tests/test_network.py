@@ -10,7 +10,12 @@ import torch
 from nnunet_joint.errors import InputError
 from nnunet_joint.network import ENCODER_DEPTHS, SEResNetEncoder, SEResNetUNet
 from nnunet_joint.network.heads import ClassificationHead
-from nnunet_joint.network.imagenet import adapt_input_conv, checkpoint_filter_fn, load_imagenet_weights
+from nnunet_joint.network.imagenet import (
+    adapt_input_conv,
+    checkpoint_filter_fn,
+    describe_checkpoint_depth,
+    load_imagenet_weights,
+)
 from nnunet_joint.network.seresnet import normalize_strides, se_reduced_channels
 
 EXPANSION = {18: 1, 34: 1, 50: 4}
@@ -35,8 +40,7 @@ def test_se_width_follows_timm_rounding():
     assert [se_reduced_channels(c) for c in (64, 128, 256, 512, 1024, 2048)] == [8, 8, 16, 32, 64, 128]
 
 
-@pytest.mark.parametrize("depth", [18, 34, 50])
-@pytest.mark.parametrize("size", [(64, 64), (64, 96)])
+@pytest.mark.parametrize("depth, size", [(18, (64, 64)), (18, (64, 96)), (34, (64, 96)), (50, (64, 96))])
 def test_encoder_skip_shapes(depth, size):
     encoder = SEResNetEncoder(1, depth).eval()
     with torch.no_grad():
@@ -198,10 +202,17 @@ def test_imagenet_load_refuses_other_depth(tmp_path):
     assert err.value.where == str(path)
     assert torch.equal(encoder.conv1.weight, before)
 
-    path50 = tmp_path / "seresnet50.pth"
-    torch.save(SEResNetEncoder(3, 50).state_dict(), path50)
-    with pytest.raises(InputError, match="checkpoint is seresnet50 but the encoder is seresnet18"):
-        load_imagenet_weights(encoder, path50)
+
+def test_checkpoint_architecture_is_named_from_its_keys():
+    def keys(layer3_blocks: int, bottleneck: bool) -> dict[str, torch.Tensor]:
+        names = ["conv1.weight"] + [f"layer3.{i}.conv1.weight" for i in range(layer3_blocks)]
+        return dict.fromkeys(names + (["layer1.0.conv3.weight"] if bottleneck else []), torch.empty(0))
+
+    assert describe_checkpoint_depth(keys(2, False)) == "seresnet18"
+    assert describe_checkpoint_depth(keys(6, False)) == "seresnet34"
+    assert describe_checkpoint_depth(keys(6, True)) == "seresnet50"
+    assert describe_checkpoint_depth(keys(23, True)) == "not a timm seresnet18/34/50"
+    assert describe_checkpoint_depth({"layer0.conv1.weight": torch.empty(0)}).startswith("a Cadene-style")
 
 
 def test_imagenet_load_tolerates_missing_batch_counters_only(tmp_path):
