@@ -54,13 +54,16 @@ def correlated_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma_px:
     return field / (float(np.sqrt(np.sum(k * k))) ** 2)
 
 
-def apply_acquisition(hu: np.ndarray, acq: Acquisition, rng: np.random.Generator) -> np.ndarray:
+def apply_acquisition(hu: np.ndarray, acq: Acquisition, rng: np.random.Generator,
+                      noise_gain: np.ndarray | None = None) -> np.ndarray:
     """Blur (partial volume), add noise, round and clip to int16 HU.
 
     ``hu`` is (z, y, x) on a grid with ``acq``'s spacing; a single slice is blurred in-plane only.
+    ``noise_gain`` (HU per voxel) replaces ``acq.noise_sd`` where tissue texture adds to the noise.
     """
     sigma_xy = acq.blur_mm / acq.pixel_mm
     sigma = (0.35 if hu.shape[0] > 1 else 0.0, sigma_xy, sigma_xy)
     blurred = ndimage.gaussian_filter(hu, sigma)
-    blurred += acq.noise_sd * correlated_noise(rng, hu.shape, 0.6)
+    gain = acq.noise_sd if noise_gain is None else noise_gain
+    blurred += gain * correlated_noise(rng, hu.shape, 0.6)
     return np.clip(np.rint(blurred), HU_FLOOR, HU_CEIL).astype(np.int16)

@@ -63,8 +63,8 @@ class Lesion:
 
 
 def atypical_fraction(difficulty: float) -> float:
-    """Share of lesions drawn as an atypical variant (12 % at the default difficulty 1)."""
-    return float(np.clip(0.12 * difficulty, 0.0, 0.45))
+    """Share of lesions drawn as an atypical variant (15 % at the default difficulty 1)."""
+    return float(np.clip(0.15 * difficulty, 0.0, 0.45))
 
 
 def sample_lesion(rng: np.random.Generator, lesion_type: str, patient: Patient, difficulty: float,
