@@ -278,6 +278,34 @@ def _write(img: sitk.Image, path: Path) -> None:
     sitk.WriteImage(img, str(path), True)
 
 
+def _write_lits_volume(plan: CorpusPlan, folder: Path, volume: LitsVolumePlan) -> dict:
+    """Render and write one volume into the staging folder; return its truth record.
+
+    Runs in a worker process: writing there too keeps gzip off the main process's critical path.
+    """
+    case = render_lits_volume(plan, volume)
+    seg = case.liver.astype(np.uint8)
+    seg[case.lesion] = 2
+    _write(case.to_sitk(case.image), folder / f"volume-{volume.index}.nii.gz")
+    _write(case.to_sitk(seg), folder / f"segmentation-{volume.index}.nii.gz")
+    return {"volume": f"LiTS/volume-{volume.index}.nii.gz", "segmentation": f"LiTS/segmentation-{volume.index}.nii.gz",
+            **case.truth()}
+
+
+def _write_sheba_patient(plan: CorpusPlan, folder: Path, cases: tuple[ShebaCasePlan, ...]) -> list[dict]:
+    """Render and write one patient's slices and masks; return their truth records (with csv paths)."""
+    records = []
+    for case_plan, case in zip(cases, render_sheba_patient(plan, cases)):
+        paths = (f"slices/{case_plan.case_id}.nii.gz", f"masks/{case_plan.case_id}_lesion.nii.gz",
+                 f"masks/{case_plan.case_id}_liver.nii.gz")
+        for array, rel in zip((case.image, case.lesion.astype(np.uint8), case.liver.astype(np.uint8)), paths):
+            _write(case.to_sitk(array), folder / rel)
+        records.append({"case_id_": case_plan.case_id, "paths_": paths, "case_id": case_plan.case_id,
+                        "patient_id": case_plan.patient_id, "lesion_type": case_plan.lesion_type,
+                        "image": f"Sheba/{paths[0]}", **case.truth()})
+    return records
+
+
 def render_sheba_patient(plan: CorpusPlan, cases: tuple[ShebaCasePlan, ...]) -> list[RenderedCase]:
     """Render all slices of one patient (they share the patient's anatomy and scan)."""
     shared = sheba_patient(plan, cases[0].patient_index)
@@ -327,31 +355,20 @@ def generate_corpus(out_dir: str | os.PathLike, seed: int = 0, size: str = "defa
 
     with atomic_path(out / "LiTS") as tmp:
         tmp.mkdir()
-        for volume, case in zip(plan.lits, _map(partial(render_lits_volume, plan), list(plan.lits), workers)):
-            seg = case.liver.astype(np.uint8)
-            seg[case.lesion] = 2
-            _write(case.to_sitk(case.image), tmp / f"volume-{volume.index}.nii.gz")
-            _write(case.to_sitk(seg), tmp / f"segmentation-{volume.index}.nii.gz")
-            truth["lits"].append({"volume": f"LiTS/volume-{volume.index}.nii.gz",
-                                  "segmentation": f"LiTS/segmentation-{volume.index}.nii.gz", **case.truth()})
+        truth["lits"] = list(_map(partial(_write_lits_volume, plan, tmp), list(plan.lits), workers))
 
     with atomic_path(out / "Sheba") as tmp:
         (tmp / "slices").mkdir(parents=True)
         (tmp / "masks").mkdir()
+        patients = [tuple(c for c in plan.sheba if c.patient_index == i)
+                    for i in sorted({c.patient_index for c in plan.sheba})]
+        records = [r for rs in _map(partial(_write_sheba_patient, plan, tmp), patients, workers) for r in rs]
         rows = io.StringIO()
         writer = csv.writer(rows, lineterminator="\n")
         writer.writerow(["case_id", "patient_id", "lesion_type", "image", "mask", "liver_mask"])
-        patients = [tuple(c for c in plan.sheba if c.patient_index == i)
-                    for i in sorted({c.patient_index for c in plan.sheba})]
-        rendered = (case for cases in _map(partial(render_sheba_patient, plan), patients, workers) for case in cases)
-        for case_plan, case in zip(plan.sheba, rendered):
-            paths = (f"slices/{case_plan.case_id}.nii.gz", f"masks/{case_plan.case_id}_lesion.nii.gz",
-                     f"masks/{case_plan.case_id}_liver.nii.gz")
-            for array, rel in zip((case.image, case.lesion.astype(np.uint8), case.liver.astype(np.uint8)), paths):
-                _write(case.to_sitk(array), tmp / rel)
-            writer.writerow([case_plan.case_id, case_plan.patient_id, case_plan.lesion_type, *paths])
-            truth["sheba"].append({"case_id": case_plan.case_id, "patient_id": case_plan.patient_id,
-                                   "lesion_type": case_plan.lesion_type, "image": f"Sheba/{paths[0]}", **case.truth()})
+        for record in records:
+            writer.writerow([record.pop("case_id_"), record["patient_id"], record["lesion_type"], *record.pop("paths_")])
+        truth["sheba"] = records
         (tmp / "cases.csv").write_text(rows.getvalue())
 
     write_json(truth, out / "phantom_truth.json")

@@ -18,7 +18,7 @@ type's width blends it into the liver. The lesion label is ``rho < 1`` inside th
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -256,8 +256,3 @@ def paint_lesion(hu: np.ndarray, label: np.ndarray, liver: np.ndarray, lesion: L
     region = hu[sl]
     region += weight * (values + texture - region)
     label[sl] |= (rho < 1.0) & inside_liver
-
-
-def lesion_dict(lesion: Lesion) -> dict:
-    """All parameters of a lesion (for debugging and figures)."""
-    return asdict(lesion)
