@@ -233,3 +233,15 @@ def test_bad_arguments_are_input_errors(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="not a folder"):
         generate_corpus(tmp_path / "file", size="tiny")
+
+
+def test_difficulty_scales_noise_and_atypical_share() -> None:
+    from nnunet_joint.phantom.corpus import sheba_patient
+    from nnunet_joint.phantom.lesions import atypical_fraction
+
+    easy, default = plan_corpus(0, "tiny", 0.0), plan_corpus(0, "tiny", 1.0)
+    # the same patient and scanner draws; only the difficulty factor differs (0.5 + 0.5 * d)
+    assert sheba_patient(easy, 0)[1].noise_sd * 2 == pytest.approx(sheba_patient(default, 0)[1].noise_sd)
+    assert [atypical_fraction(d) for d in (0.0, 1.0, 2.0, 3.0)] == pytest.approx([0.0, 0.15, 0.30, 0.45])
+    textbook = [render_sheba_case(easy, case) for case in easy.sheba[:6]]
+    assert not any(lesion.atypical for case in textbook for lesion in case.lesions)
