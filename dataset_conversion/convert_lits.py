@@ -32,11 +32,13 @@ from dataset_conversion.common import (
     check_target_free,
     dataset_folder_name,
     label_image,
+    make_splits,
     resolve_root,
     staged_datasets,
     storage_image,
     write_case,
     write_dataset_json,
+    write_splits,
 )
 from nnunet_joint.crops import crop_to_liver
 from nnunet_joint.errors import InputError, cli_entry
@@ -161,6 +163,9 @@ def convert_lits(
     margin_mm: float = 10.0,
     max_cases: int | None = None,
     overwrite: bool = False,
+    preprocessed_root: str | os.PathLike | None = None,
+    folds: int = 5,
+    seed: int = 0,
 ) -> dict:
     """Convert LiTS into the whole-volume liver dataset and the liver-crop lesion dataset.
 
@@ -170,6 +175,9 @@ def convert_lits(
         margin_mm: context kept around the liver bounding box of the lesion dataset.
         max_cases: convert only the first N cases (by case number), for quick runs.
         overwrite: replace existing datasets with the same folder names.
+        preprocessed_root: also write ``splits_final.json`` there (default ``$nnUNet_preprocessed`` if set).
+        folds: cross-validation folds, one volume per patient (nnU-Net's 5 by default; fewer
+            when there are fewer volumes, so small sets still train fold 0).
 
     Returns:
         ``{"liver_dataset": path, "lesion_dataset": path, "cases": [...], "layout": str}``.
@@ -192,6 +200,12 @@ def convert_lits(
     pairs = pairs[:max_cases] if max_cases else pairs
     for pair in pairs:
         check_headers(pair)
+    case_ids = [p.case_id for p in pairs]
+    # each volume is its own patient; nothing to stratify (one stratum). A single volume has no
+    # split: nnU-Net trains it as fold "all".
+    splits = (make_splits(case_ids, case_ids, ["liver"] * len(case_ids), min(folds, len(case_ids)), seed,
+                          where=lits_dir) if len(case_ids) >= 2 else None)
+    pre_root = resolve_root(preprocessed_root, "nnUNet_preprocessed", required=False)
 
     crops: dict[str, dict] = {}
     with staged_datasets(destinations) as (liver_tmp, lesion_tmp):
@@ -213,6 +227,10 @@ def convert_lits(
             {"source": {**source, "margin_mm": margin_mm}},
         )
         write_json({"source_dir": source["dir"], "margin_mm": margin_mm, "cases": crops}, lesion_tmp / "crops.json")
+        if splits:
+            write_splits(splits, [liver_tmp, lesion_tmp])
+    if splits and pre_root is not None:
+        write_splits(splits, [pre_root / f for f in folders])
     return {
         "liver_dataset": destinations[0],
         "lesion_dataset": destinations[1],
@@ -235,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--margin-mm", type=float, default=10.0, help="context around the liver box (default 10)")
     p.add_argument("--max-cases", type=int, default=None, help="convert only the first N cases")
     p.add_argument("--raw-root", default=None, help="nnU-Net raw folder (default $nnUNet_raw)")
+    p.add_argument("--preprocessed-root", default=None,
+                   help="also write splits_final.json here (default $nnUNet_preprocessed when set)")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds (fewer when fewer volumes)")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace existing datasets")
     return p
 
@@ -252,6 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         margin_mm=args.margin_mm,
         max_cases=args.max_cases,
         overwrite=args.overwrite,
+        preprocessed_root=args.preprocessed_root,
+        folds=args.folds,
+        seed=args.seed,
     )
     print(f"wrote {result['liver_dataset']} and {result['lesion_dataset']} ({len(result['cases'])} cases, {result['layout']} layout)")
     return 0

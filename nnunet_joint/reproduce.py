@@ -114,7 +114,8 @@ def prepare_data(run: RunFolder, phantom_size: str, seed: int, lits_dir: Path | 
         lits_dir = lits_dir or run.phantom / "LiTS"
         sheba_dir = sheba_dir or run.phantom / "Sheba"
     progress.step("conversion to nnU-Net raw datasets 501-504")
-    convert_lits(lits_dir, raw_root=run.raw, overwrite=True, max_cases=max_lits_cases)
+    convert_lits(lits_dir, raw_root=run.raw, overwrite=True, max_cases=max_lits_cases,
+                 preprocessed_root=run.preprocessed)
     convert_sheba(sheba_dir, raw_root=run.raw, preprocessed_root=run.preprocessed, overwrite=True)
     progress.step("nnUNetv2_plan_and_preprocess -c 2d --verify_dataset_integrity")
     ids = [str(i) for i in DATASET_IDS.values()]

@@ -240,3 +240,16 @@ def test_phantom_lits_converts(tmp_path):
     for case in result["cases"]:
         labels = _array(tmp_path / "raw" / "Dataset502_LiTSLesion" / "labelsTr" / f"{case}.nii.gz")
         assert set(np.unique(labels)) <= {0, 1, 2} and 1 in labels
+
+
+def test_splits_one_volume_per_patient_in_raw_and_preprocessed(tmp_path):
+    root = make_release(tmp_path / "lits", n_cases=3)
+    result = convert_lits(root, raw_root=tmp_path / "raw", preprocessed_root=tmp_path / "pre")
+    cases = sorted(result["cases"])
+    for folder in ("Dataset501_LiTSLiver", "Dataset502_LiTSLesion"):
+        for base in (tmp_path / "raw", tmp_path / "pre"):
+            splits = json.loads((base / folder / "splits_final.json").read_text())
+            assert len(splits) == 3  # min(5 folds, 3 volumes)
+            assert sorted(c for s in splits for c in s["val"]) == cases  # each volume validated once
+            for s in splits:
+                assert not set(s["train"]) & set(s["val"]) and len(s["val"]) == 1
