@@ -469,5 +469,7 @@ def test_nnunet_plan_and_preprocess_accepts_converted_datasets(dirs, tmp_path):
         pre = dirs["pre"] / name
         assert json.loads((pre / "splits_final.json").read_text()) == raw_split
         plans = json.loads((pre / "nnUNetPlans.json").read_text())
-        assert "2d" in plans["configurations"]
-        assert len(list((pre / "nnUNetPlans_2d").glob("*.b2nd"))) == 18 or len(list((pre / "nnUNetPlans_2d").iterdir())) >= 18
+        # the slice axis (999 mm) stays first, so the 2d configuration works in-plane at the true pixel size
+        assert plans["transpose_forward"] == [0, 1, 2]
+        assert plans["configurations"]["2d"]["spacing"] == [0.75, 0.75]
+        assert len(list((pre / "nnUNetPlans_2d").glob("*_seg.b2nd"))) == 18
