@@ -92,20 +92,34 @@ def test_encoder_and_lambda_validation(monkeypatch):
         settings.lambda_from_env()
 
 
-def test_encoder_strides_follow_plans_prefix_and_pad():
+def test_patch_size_rounds_up_to_the_encoder_stride():
+    from nnunet_joint.training.base import ENCODER_STRIDES_2D, encoder_patch_size
+
+    assert np.prod(np.array(ENCODER_STRIDES_2D), axis=0).tolist() == [16, 16]
+    assert encoder_patch_size([48, 48]) == [48, 48]
+    assert encoder_patch_size([56, 40]) == [64, 48]
+    assert encoder_patch_size([8, 17]) == [16, 32]
+
+
+def test_architecture_is_the_same_for_every_plans_so_weights_transfer(monkeypatch):
+    """Two datasets planned differently give networks with identical state-dict shapes."""
     from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
-    from nnunet_joint.training.base import encoder_strides
+    from nnunet_joint.training.base import nnUNetTrainerSEResNetBase
 
-    def manager(strides):
+    monkeypatch.setenv(settings.ENV_ENCODER, "seresnet18")
+
+    def manager(strides, patch):
         return ConfigurationManager({"architecture": {"network_class_name": "PlainConvUNet",
                                                       "arch_kwargs": {"strides": strides}, "_kw_requires_import": []},
-                                     "patch_size": [64, 64]})
+                                     "patch_size": patch})
 
-    seven = [[1, 1], [2, 2], [2, 2], [2, 2], [2, 2], [2, 2], [2, 1]]
-    assert encoder_strides(manager(seven)) == seven[:5]
-    three = [[1, 1], [2, 2], [2, 1]]
-    assert encoder_strides(manager(three)) == three + [[1, 1], [1, 1]]
+    lits = manager([[1, 1], [2, 2], [1, 2]], [8, 32])
+    sheba = manager([[1, 1], [2, 2], [2, 2], [2, 2], [2, 2], [2, 2]], [128, 96])
+    nets = [nnUNetTrainerSEResNetBase.build_network_architecture(None, m, 1, 3, True) for m in (lits, sheba)]
+    shapes = [{k: tuple(v.shape) for k, v in n.state_dict().items()} for n in nets]
+    assert shapes[0] == shapes[1]
+    assert nnUNetTrainerSEResNetBase.architecture_of(lits)["patch_size"] == [16, 32]
 
 
 def test_safe_load_patch_restores_torch_load():

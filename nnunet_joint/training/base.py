@@ -34,23 +34,23 @@ from nnunet_joint.training.losses import inverse_frequency_weights, label_freque
 #: Key under which the architecture is recorded in the configuration of the plans (and so in the
 #: ``plans.json`` copy nnU-Net keeps in the results folder, which its predictor reads back).
 ARCHITECTURE_KEY = "nnunet_joint_architecture"
-#: Our encoder has five resolution levels (stem, stage1..4), as the standard SE-ResNet.
-ENCODER_LEVELS = 5
 INITS = ("scratch", "ImageNet", "LiTS")
+#: Per-level encoder strides: the standard SE-ResNet downsampling (stem, stage1..4) with the stem
+#: at full resolution so the decoder ends at the input resolution. Fixed rather than taken from
+#: each dataset's plans: the decoder's transposed convolutions have kernel = stride, so weights
+#: transfer between datasets (LiTS -> Sheba) only if every dataset uses the same strides.
+ENCODER_STRIDES_2D = [[1, 1], [2, 2], [2, 2], [2, 2], [2, 2]]
 
 
-def encoder_strides(configuration_manager: ConfigurationManager) -> list[list[int]]:
-    """Per-level strides of the encoder from nnU-Net's plans.
+def encoder_patch_size(patch_size, strides=ENCODER_STRIDES_2D) -> list[int]:
+    """nnU-Net's planned patch size rounded up to a multiple of the encoder's total stride.
 
-    The first five pooling strides of the plans (the first is 1, so the decoder ends at full
-    resolution); plans with fewer stages get stride 1 on the remaining levels. A prefix of the
-    plans' strides divides the patch size whenever the full product does, so any plans work.
+    nnU-Net pads images smaller than the patch, in training and in sliding-window inference, so
+    a larger patch only adds context; everything else of the plans (spacing, normalisation,
+    batch size, augmentation) is kept as planned.
     """
-    plans_strides = [list(map(int, s)) for s in configuration_manager.pool_op_kernel_sizes]
-    ndim = len(plans_strides[0])
-    strides = plans_strides[:ENCODER_LEVELS]
-    strides += [[1] * ndim] * (ENCODER_LEVELS - len(strides))
-    return strides
+    divisor = np.prod(np.array(strides), axis=0)
+    return [int(-(-int(p) // int(d)) * int(d)) for p, d in zip(patch_size, divisor)]
 
 
 class nnUNetTrainerSEResNetBase(nnUNetTrainer):
@@ -73,9 +73,12 @@ class nnUNetTrainerSEResNetBase(nnUNetTrainer):
         self.budget = settings.Budget.from_env()
         self.budget.apply(self)
         self.architecture = self.architecture_of(self.configuration_manager)
-        # record it so that the plans.json nnU-Net copies into the results folder rebuilds this network
-        self.configuration_manager.configuration[ARCHITECTURE_KEY] = self.architecture
-        self.plans_manager.plans["configurations"][self.configuration_name][ARCHITECTURE_KEY] = self.architecture
+        # record it (and the patch our encoder needs) so that the plans.json nnU-Net copies into the
+        # results folder rebuilds this network and predicts with this patch
+        for configuration in (self.configuration_manager.configuration,
+                              self.plans_manager.plans["configurations"][self.configuration_name]):
+            configuration[ARCHITECTURE_KEY] = self.architecture
+            configuration["patch_size"] = self.architecture["patch_size"]
         self.frozen_groups: int | None = None
         self.record: dict = {"trainer": self.__class__.__name__, "framework": self.framework, "init": self.init,
                              "schedule": self.schedule, "schedule_table": SCHEDULES[self.schedule],
@@ -91,7 +94,12 @@ class nnUNetTrainerSEResNetBase(nnUNetTrainer):
         recorded = configuration_manager.configuration.get(ARCHITECTURE_KEY)
         if recorded is not None:
             return dict(recorded)
-        return {"encoder": settings.encoder_from_env(), "strides": encoder_strides(configuration_manager),
+        if len(configuration_manager.patch_size) != 2:
+            raise RuntimeError(f"{cls.__name__} is 2-D (nnU-Net's 2d configuration); got patch size "
+                               f"{configuration_manager.patch_size}")
+        return {"encoder": settings.encoder_from_env(), "strides": ENCODER_STRIDES_2D,
+                "patch_size": encoder_patch_size(configuration_manager.patch_size),
+                "planned_patch_size": [int(p) for p in configuration_manager.patch_size],
                 "num_cls_classes": cls.num_cls_classes, "segmentation": cls.has_segmentation}
 
     @classmethod
