@@ -46,10 +46,10 @@ SEG_LABELS = {"background": 0, "liver": 1, "lesion": 2}
 JOINT_LABELS = {"background": 0, "liver": 1, **{t: 2 + i for i, t in enumerate(LESION_TYPES)}}
 
 
-def case_label_maps(case: ShebaCase) -> tuple[np.ndarray, np.ndarray]:
+def case_label_maps(case: ShebaCase, liver: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Full-slice label maps (seg, joint); lesion pixels win over liver, inside or outside it."""
     seg = np.zeros(case.lesion.shape, dtype=np.uint8)
-    seg[case.liver] = SEG_LABELS["liver"]
+    seg[liver] = SEG_LABELS["liver"]
     joint = seg.copy()
     seg[case.lesion] = SEG_LABELS["lesion"]
     joint[case.lesion] = JOINT_LABELS[case.row.lesion_type]
@@ -72,6 +72,21 @@ def as_nnunet_2d(image: sitk.Image) -> sitk.Image:
     return image
 
 
+def stage1_livers(cases: Sequence[ShebaCase], liver_model: str | os.PathLike, folds, device: str) -> dict[str, np.ndarray]:
+    """Liver masks of every slice predicted by the stage-1 model (the paper's cascade crop)."""
+    import torch
+
+    from nnunet_joint.inference.models import load_model
+
+    model = load_model(liver_model, folds, torch.device(device))
+    out = {}
+    for case in cases:
+        array = sitk.GetArrayFromImage(case.image).astype(np.float32)  # 1 x H x W
+        sx, sy = case.image.GetSpacing()[:2]
+        out[case.row.case_id] = model.predict(array, (SLICE_AXIS_SPACING_2D, sy, sx)).segmentation > 0
+    return out
+
+
 def convert_sheba(
     raw_dir: str | os.PathLike,
     raw_root: str | os.PathLike | None = None,
@@ -86,6 +101,9 @@ def convert_sheba(
     png_hu_offset: float = PNG_HU_OFFSET_DEFAULT,
     png_spacing: float = PNG_SPACING_MM_DEFAULT,
     overwrite: bool = False,
+    liver_model: str | os.PathLike | None = None,
+    liver_folds: Sequence[int | str] | None = None,
+    device: str = "cpu",
 ) -> dict:
     """Convert a Sheba-like raw folder; every row is validated before anything is written.
 
@@ -98,6 +116,14 @@ def convert_sheba(
         folds: cross-validation folds (by patient, stratified by lesion type).
         seed: shuffling seed of the folds.
         overwrite: replace existing datasets with the same folder names.
+        liver_model: a stage-1 nnU-Net results folder (``<Trainer>__<Plans>__2d``); when given, the
+            crop comes from its predicted liver (largest component), as the paper did for its
+            private set, and cases need no liver mask. The liver label of the datasets is the given
+            liver mask where there is one, else the predicted liver. If stage 1 finds no liver in a
+            slice, the given liver mask (or, without one, the whole slice) is used and crops.json
+            says so.
+        liver_folds: folds of the stage-1 model (default: every trained fold, ensembled).
+        device: ``cpu`` or ``cuda`` for stage 1.
 
     Returns:
         ``{"seg_dataset": path, "joint_dataset": path, "cases": [...], "splits": [...],
@@ -121,29 +147,42 @@ def convert_sheba(
     seg_folder, joint_folder = dataset_folder_name(seg_id, seg_name), dataset_folder_name(joint_id, joint_name)
     destinations = [check_target_free(raw_root_path, f, overwrite) for f in (seg_folder, joint_folder)]
 
-    cases = load_raw_dataset(raw_dir, png_spacing=png_spacing, png_hu_offset=png_hu_offset)
+    cases = load_raw_dataset(raw_dir, png_spacing=png_spacing, png_hu_offset=png_hu_offset,
+                             require_liver_mask=liver_model is None)
     case_ids = [c.row.case_id for c in cases]
     patients, types = [c.row.patient_id for c in cases], [c.row.lesion_type for c in cases]
     splits = make_splits(case_ids, patients, types, folds, seed, where=raw_dir / "cases.csv")
 
+    predicted = stage1_livers(cases, liver_model, liver_folds, device) if liver_model is not None else {}
     crops: dict[str, dict] = {}
     with staged_datasets(destinations) as (seg_tmp, joint_tmp):
         for case in cases:
-            # The lesion is part of the organ the crop should cover (LiTS merges tumour into liver,
-            # and so will the stage-1 model whose masks feed this rule later).
-            box = crop_to_liver(case.image, case.liver | case.lesion, margin_mm)
-            image = as_nnunet_2d(storage_image(box.crop_image(case.image)))
-            seg, joint = case_label_maps(case)
             cid = case.row.case_id
+            stage1 = predicted.get(cid)
+            if stage1 is not None and stage1.any():
+                crop_mask, source = stage1, "stage-1 liver model"
+            elif case.liver is not None:
+                # The lesion is part of the organ the crop covers (LiTS merges tumour into liver).
+                crop_mask = case.liver | case.lesion
+                source = "given liver mask" + (" (stage 1 found no liver)" if liver_model else "")
+            else:
+                crop_mask, source = np.ones_like(case.lesion), "whole slice (stage 1 found no liver)"
+            box = crop_to_liver(case.image, crop_mask, margin_mm)
+            image = as_nnunet_2d(storage_image(box.crop_image(case.image)))
+            liver = case.liver if case.liver is not None else (stage1 if stage1 is not None else crop_mask)
+            seg, joint = case_label_maps(case, liver)
             write_case(seg_tmp, cid, image, label_image(box.crop_array(seg), image))
             write_case(joint_tmp, cid, image, label_image(box.crop_array(joint), image))
-            crops[cid] = {"image": case.row.image_rel, "crop": box.to_dict()}
+            lesion_kept = float(box.crop_array(case.lesion).sum() / case.lesion.sum())
+            crops[cid] = {"image": case.row.image_rel, "crop": box.to_dict(), "crop_source": source,
+                          "lesion_fraction_in_crop": lesion_kept}
 
         extra = {
             "lesion_types": {c.row.case_id: c.row.lesion_type for c in cases},
             "patients": {c.row.case_id: c.row.patient_id for c in cases},
             "lesion_type_order": list(LESION_TYPES),
-            "source": {"format": "sheba-raw", "raw_dir": str(raw_dir.resolve()), "margin_mm": margin_mm},
+            "source": {"format": "sheba-raw", "raw_dir": str(raw_dir.resolve()), "margin_mm": margin_mm,
+                       "liver_model": None if liver_model is None else str(Path(liver_model).resolve())},
         }
         crops_json = {"source_dir": str(raw_dir.resolve()), "margin_mm": margin_mm, "cases": crops}
         for tmp, labels, name, what in (
@@ -187,12 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw-root", default=None, help="nnU-Net raw folder (default $nnUNet_raw)")
     p.add_argument("--preprocessed-root", default=None, help="nnU-Net preprocessed folder (default $nnUNet_preprocessed)")
     p.add_argument("--overwrite", action="store_true", help="replace existing datasets")
+    p.add_argument("--liver-model", default=None,
+                   help="crop from this stage-1 model's predicted liver (nnU-Net results folder "
+                        "<Trainer>__<Plans>__2d) instead of the given liver masks, as the paper did")
+    p.add_argument("--liver-folds", nargs="+", default=None, help="folds of the stage-1 model (default: all trained)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device of the stage-1 model")
     return p
 
 
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from nnunet_joint.inference.models import parse_folds  # torch/nnU-Net only when needed
+
     result = convert_sheba(
         args.raw_dir,
         raw_root=args.raw_root,
@@ -207,6 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         png_hu_offset=args.png_hu_offset,
         png_spacing=args.png_spacing,
         overwrite=args.overwrite,
+        liver_model=args.liver_model,
+        liver_folds=parse_folds(args.liver_folds),
+        device=args.device,
     )
     print(f"wrote {result['seg_dataset']} and {result['joint_dataset']} ({len(result['cases'])} cases)")
     for f in result["splits_files"]:

@@ -54,7 +54,7 @@ class ShebaCase:
     row: CaseRow
     image: sitk.Image
     lesion: np.ndarray  # bool, 1xHxW
-    liver: np.ndarray  # bool, 1xHxW
+    liver: np.ndarray | None  # bool, 1xHxW; None when the csv gives none (stage-1 cropping)
 
 
 def _where(row: CaseRow) -> str:
@@ -75,8 +75,11 @@ def _inside(raw_dir: Path, value: str, csv_path: Path, row: int, column: str) ->
     return path
 
 
-def read_cases_csv(raw_dir: str | os.PathLike) -> list[CaseRow]:
-    """Parse and check ``cases.csv`` (columns, ids, types, paths); files are not opened here."""
+def read_cases_csv(raw_dir: str | os.PathLike, require_liver_mask: bool = True) -> list[CaseRow]:
+    """Parse and check ``cases.csv`` (columns, ids, types, paths); files are not opened here.
+
+    ``require_liver_mask=False`` when a stage-1 liver model provides the crops instead.
+    """
     raw_dir = Path(raw_dir)
     csv_path = raw_dir / "cases.csv"
     if not raw_dir.is_dir():
@@ -122,13 +125,13 @@ def read_cases_csv(raw_dir: str | os.PathLike) -> list[CaseRow]:
         first_row_of_image[key] = line
         mask = _inside(raw_dir, rec["mask"], csv_path, line, "mask")
         liver_value = rec.get("liver_mask", "")
-        if not liver_value:
+        if not liver_value and require_liver_mask:
             raise InputError(
                 csv_path,
-                f"row {line}: case {case_id!r} has no liver_mask; a liver mask is needed to crop the liver "
-                "until cropping from a stage-1 liver model exists",
+                f"row {line}: case {case_id!r} has no liver_mask; give every case a liver mask, or crop with "
+                "a stage-1 liver model (--liver-model)",
             )
-        liver = _inside(raw_dir, liver_value, csv_path, line, "liver_mask")
+        liver = _inside(raw_dir, liver_value, csv_path, line, "liver_mask") if liver_value else None
         rows.append(CaseRow(line, case_id, patient_id, lesion_type, image, mask, liver, rec["image"]))
     return rows
 
@@ -195,7 +198,8 @@ def load_case(row: CaseRow, png_spacing: float = PNG_SPACING_MM_DEFAULT, png_hu_
     except InputError as e:
         raise InputError(row.image, f"{e.problem} ({where})") from None
     lesion = _read_mask(row.mask, image, where, png_spacing, "lesion mask")
-    assert row.liver_mask is not None  # read_cases_csv refuses rows without one
+    if row.liver_mask is None:  # allowed only when a stage-1 model crops (read_cases_csv checks)
+        return ShebaCase(row, image, lesion, None)
     liver = _read_mask(row.liver_mask, image, where, png_spacing, "liver mask")
     if not np.any(lesion & liver):
         raise InputError(row.mask, f"lesion lies entirely outside the liver mask {row.liver_mask.name} ({where})")
@@ -203,7 +207,8 @@ def load_case(row: CaseRow, png_spacing: float = PNG_SPACING_MM_DEFAULT, png_hu_
 
 
 def load_raw_dataset(
-    raw_dir: str | os.PathLike, png_spacing: float = PNG_SPACING_MM_DEFAULT, png_hu_offset: float = PNG_HU_OFFSET_DEFAULT
+    raw_dir: str | os.PathLike, png_spacing: float = PNG_SPACING_MM_DEFAULT, png_hu_offset: float = PNG_HU_OFFSET_DEFAULT,
+    require_liver_mask: bool = True,
 ) -> list[ShebaCase]:
     """Read and validate every case of a raw folder; raises on the first problem."""
-    return [load_case(row, png_spacing, png_hu_offset) for row in read_cases_csv(raw_dir)]
+    return [load_case(row, png_spacing, png_hu_offset) for row in read_cases_csv(raw_dir, require_liver_mask)]

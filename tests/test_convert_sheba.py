@@ -353,7 +353,7 @@ def bad_missing_column(raw):
 def bad_missing_liver_column(raw):
     header, rows = read_csv(raw)
     write_csv(raw, header[:-1], [r[:-1] for r in rows])
-    return "cases.csv", "liver mask is needed"
+    return "cases.csv", "give every case a liver mask, or crop with a stage-1 liver model"
 
 
 def bad_not_hu(raw):

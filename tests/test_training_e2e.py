@@ -181,3 +181,43 @@ def test_nnunetv2_predict_with_our_trainer(run, tmp_path):
         assert pred.GetSize() == img.GetSize() and pred.GetSpacing() == pytest.approx(img.GetSpacing())
         assert pred.GetOrigin() == pytest.approx(img.GetOrigin())
         assert set(np.unique(sitk.GetArrayFromImage(pred))) <= {0, 1, 2, 3, 4}
+
+
+def test_sheba_conversion_crops_from_the_stage1_liver_model(run, tmp_path):
+    """``convert_sheba --liver-model``: the paper's cascade crop, for raw data without liver masks."""
+    import csv
+    import shutil
+
+    from dataset_conversion.convert_sheba import SLICE_AXIS_SPACING_2D, convert_sheba
+    from nnunet_joint.crops import crop_to_liver
+    from nnunet_joint.inference.models import load_model
+
+    fold_dir = train(run, 501, "nnUNetTrainer_JointBudget", nnUNet_joint_epochs="2", nnUNet_joint_iterations="10")
+    raw = tmp_path / "sheba"
+    shutil.copytree(run.phantom / "Sheba", raw)
+    with open(raw / "cases.csv") as f:
+        rows = list(csv.DictReader(f))
+    with open(raw / "cases.csv", "w", newline="") as f:  # no liver masks: stage 1 must provide the crop
+        writer = csv.DictWriter(f, ["case_id", "patient_id", "lesion_type", "image", "mask"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    convert_sheba(raw, raw_root=tmp_path / "raw", seg_id=603, joint_id=604, liver_model=fold_dir.parent,
+                  liver_folds=[0])
+    crops = json.loads((tmp_path / "raw" / "Dataset603_ShebaSeg" / "crops.json").read_text())["cases"]
+    assert sorted(crops) == sorted(r["case_id"] for r in rows)
+    model = load_model(fold_dir.parent, [0], torch.device("cpu"))
+    sources = []
+    for row in rows:
+        image = sitk.ReadImage(str(raw / row["image"]))
+        sx, sy = image.GetSpacing()[:2]
+        liver = model.predict(sitk.GetArrayFromImage(image).astype(np.float32),
+                              (SLICE_AXIS_SPACING_2D, sy, sx)).segmentation > 0
+        entry = crops[row["case_id"]]
+        sources.append(entry["crop_source"])
+        if liver.any():
+            assert entry["crop_source"] == "stage-1 liver model"
+            assert entry["crop"] == crop_to_liver(image, liver, 10.0).to_dict()
+        else:
+            assert entry["crop_source"] == "whole slice (stage 1 found no liver)"
+        assert 0.0 <= entry["lesion_fraction_in_crop"] <= 1.0
+    print("crop sources:", {s: sources.count(s) for s in set(sources)})
