@@ -201,7 +201,8 @@ PROFILES = {
                     {"nnUNet_joint_epochs": "1", "nnUNet_joint_iterations": "2", "nnUNet_joint_encoder": "seresnet18"},
                     {"nnUNet_joint_epochs": "1", "nnUNet_joint_iterations": "2", "nnUNet_joint_encoder": "seresnet18"},
                     "0", None,
-                    ("nnUNetTrainerSEResNetCls_LiTS", "nnUNetTrainerYNet_LiTS", "nnUNetTrainerJoint",
+                    ("nnUNetTrainerSEResNetCls_LiTS", "nnUNetTrainerSEResNetSeg_LiTS", "nnUNetTrainerYNet_LiTS",
+                     "nnUNetTrainerJoint",
                      "nnUNetTrainerJoint_LiTS", "nnUNetTrainerJoint_LiTS_HierFreeze", PLAIN_TRAINER)),
 }
 

@@ -19,22 +19,25 @@ import torch
 from nnunet_joint import LESION_TYPES
 from nnunet_joint.checkpoints import safe_torch_load
 from nnunet_joint.freezing import SCHEDULES, epoch_boundaries
-from nnunet_joint.reproduce import Progress, RunFolder, nnunet_bin, prepare_data
+from nnunet_joint.reproduce import DATASET_FOLDERS, RunFolder, nnunet_bin
 
 pytestmark = pytest.mark.slow
 
 FRAMEWORK_DATASET = {"nnUNetTrainerSEResNetSeg": 503, "nnUNetTrainerSEResNetCls": 503,
                      "nnUNetTrainerYNet": 503, "nnUNetTrainerJoint": 504}
-DATASET_FOLDERS = {501: "Dataset501_LiTSLiver", 502: "Dataset502_LiTSLesion", 503: "Dataset503_ShebaSeg",
-                   504: "Dataset504_ShebaJoint"}
 BUDGET = {"nnUNet_joint_epochs": "1", "nnUNet_joint_iterations": "2", "nnUNet_joint_encoder": "seresnet18"}
 
 
 def train(run: RunFolder, dataset: int, trainer: str, fold: int = 0, **env: str) -> Path:
+    """The fold folder of ``trainer``, trained through ``nnUNetv2_train`` unless the tiny reproduce
+    run already trained it (with the same budget)."""
+    fold_dir = run.results / DATASET_FOLDERS[dataset] / f"{trainer}__nnUNetPlans__2d" / f"fold_{fold}"
+    if (fold_dir / "checkpoint_final.pth").is_file():
+        return fold_dir
     cmd = [nnunet_bin("nnUNetv2_train"), str(dataset), "2d", str(fold), "-tr", trainer, "-device", "cpu"]
     proc = subprocess.run(cmd, env=run.environment(**{**BUDGET, **env}), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return run.results / DATASET_FOLDERS[dataset] / f"{trainer}__nnUNetPlans__2d" / f"fold_{fold}"
+    return fold_dir
 
 
 def record(fold_dir: Path) -> dict:
@@ -46,16 +49,13 @@ def log_text(fold_dir: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> RunFolder:
-    run = RunFolder(tmp_path_factory.mktemp("reproduce"))
-    prepare_data(run, "tiny", 0, None, None, Progress(3, quiet=True))
-    return run
+def run(tiny_reproduced) -> RunFolder:
+    return tiny_reproduced
 
 
 @pytest.fixture(scope="module")
 def lits_checkpoint(run) -> Path:
-    fold_dir = train(run, 502, "nnUNetTrainerSEResNetSeg")
-    return fold_dir / "checkpoint_final.pth"
+    return train(run, 502, "nnUNetTrainerSEResNetSeg") / "checkpoint_final.pth"
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_frameworks_train_validate_and_initialise(run, lits_checkpoint, imagenet
     trainer = framework if init == "scratch" else f"{framework}_{init}"
     dataset = FRAMEWORK_DATASET[framework]
     fold_dir = train(run, dataset, trainer, nnUNet_joint_lits_checkpoint=str(lits_checkpoint),
-                     nnUNet_joint_imagenet_weights=str(imagenet_checkpoint))
+                     **({"nnUNet_joint_imagenet_weights": str(imagenet_checkpoint)} if init == "ImageNet" else {}))
     assert (fold_dir / "checkpoint_final.pth").is_file()
     rec = record(fold_dir)
     assert rec["initialisation"]["init"] == init
@@ -133,10 +133,10 @@ def check_class_weights_match_training_fold(run: RunFolder, rec: dict, train_cas
 
 @pytest.mark.parametrize("schedule", ["FreezeEnc", "HierFreeze", "HierUnfreeze"])
 def test_freezing_schedules_follow_their_table(run, lits_checkpoint, schedule):
-    epochs = 5
-    fold_dir = train(run, 504, f"nnUNetTrainerJoint_LiTS_{schedule}", nnUNet_joint_epochs=str(epochs),
+    fold_dir = train(run, 504, f"nnUNetTrainerJoint_LiTS_{schedule}", nnUNet_joint_epochs="5",
                      nnUNet_joint_iterations="1", nnUNet_joint_lits_checkpoint=str(lits_checkpoint))
     rec = record(fold_dir)
+    epochs = rec["num_epochs"]
     assert rec["schedule_table"] == [list(e) for e in SCHEDULES[schedule]]
     changes = {int(e): int(n) for n, e in re.findall(r"freezing: (\d+) encoder group\(s\) frozen from epoch (\d+)",
                                                         log_text(fold_dir))}
@@ -163,7 +163,7 @@ def test_freezing_schedules_follow_their_table(run, lits_checkpoint, schedule):
 
 
 def test_nnunetv2_predict_with_our_trainer(run, tmp_path):
-    fold_dir = train(run, 504, "nnUNetTrainerJoint", fold=1)
+    fold_dir = train(run, 504, "nnUNetTrainerJoint")
     images = sorted((run.raw / "Dataset504_ShebaJoint" / "imagesTr").glob("*_0000.nii.gz"))[:2]
     inp = tmp_path / "in"
     inp.mkdir()
@@ -171,7 +171,7 @@ def test_nnunetv2_predict_with_our_trainer(run, tmp_path):
         (inp / p.name).write_bytes(p.read_bytes())
     out = tmp_path / "out"
     cmd = [nnunet_bin("nnUNetv2_predict"), "-i", str(inp), "-o", str(out), "-d", "504", "-c", "2d",
-           "-tr", "nnUNetTrainerJoint", "-f", "1", "-device", "cpu", "-npp", "1", "-nps", "1"]
+           "-tr", "nnUNetTrainerJoint", "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"]
     proc = subprocess.run(cmd, env=run.environment(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert fold_dir.is_dir()
@@ -192,7 +192,7 @@ def test_sheba_conversion_crops_from_the_stage1_liver_model(run, tmp_path):
     from nnunet_joint.crops import crop_to_liver
     from nnunet_joint.inference.models import load_model
 
-    fold_dir = train(run, 501, "nnUNetTrainer_JointBudget", nnUNet_joint_epochs="2", nnUNet_joint_iterations="10")
+    fold_dir = train(run, 501, "nnUNetTrainer_JointBudget")  # the tiny reproduce run's stage 1
     raw = tmp_path / "sheba"
     shutil.copytree(run.phantom / "Sheba", raw)
     with open(raw / "cases.csv") as f:
