@@ -75,9 +75,21 @@ def lesion_types_from_prediction(model: CascadeModel, segmentation: np.ndarray, 
     return labels, type_probs.astype(np.float32)
 
 
+def model_spacing(ct: CTImage) -> tuple[float, float, float]:
+    """Spacing as nnU-Net's reader reports it: a single slice gets 999 x its pixel size out of plane.
+
+    This is what nnU-Net's SimpleITK reader does for 2-D images, so a slice stored as 1 x H x W
+    with a small slice thickness cannot make nnU-Net's resampling treat it as a thin volume.
+    """
+    if ct.is_slice:
+        return (999.0 * max(ct.spacing_zyx[1:]), ct.spacing_zyx[1], ct.spacing_zyx[2])
+    return ct.spacing_zyx
+
+
 def run_cascade(ct: CTImage, liver_model: CascadeModel, lesion_model: CascadeModel) -> CascadeResult:
     """Stage 1 on the whole image, stage 2 on the liver crop, both back on the input grid."""
-    stage1 = liver_model.predict(ct.array, ct.spacing_zyx)
+    spacing = model_spacing(ct)
+    stage1 = liver_model.predict(ct.array, spacing)
     foreground = stage1.segmentation > 0  # liver (and tumour, for a LiTS-style 3-label model)
     shape = ct.array.shape
     type_probs = np.full((len(LESION_TYPES), *shape), 1 / len(LESION_TYPES), dtype=np.float32)
@@ -85,7 +97,7 @@ def run_cascade(ct: CTImage, liver_model: CascadeModel, lesion_model: CascadeMod
         return CascadeResult(np.zeros(shape, np.uint8), np.zeros(shape, np.uint8), type_probs, None)
     liver = largest_component(foreground)
     box = _crop_box(ct, liver_bbox(liver, ct.spacing_zyx, lesion_model.crop_margin_mm))
-    stage2 = lesion_model.predict(box.crop_array(ct.array), ct.spacing_zyx)
+    stage2 = lesion_model.predict(box.crop_array(ct.array), spacing)
     labels_crop, probs_crop = lesion_types_from_prediction(lesion_model, stage2.segmentation, stage2.probabilities,
                                                            stage2.slice_type_probabilities)
     labels = box.paste(labels_crop, fill=0)

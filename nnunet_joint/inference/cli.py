@@ -13,6 +13,7 @@ import io
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -79,8 +80,8 @@ def predict(
     torch_device = _device(device)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     liver_dir, lesion_dir = liver_model_folder(liver_model), lesion_model_folder(lesion_model)
-    liver = load_model(liver_dir, liver_folds, torch_device, allow_tqdm=not quiet, quiet=quiet)
-    lesion = load_model(lesion_dir, lesion_folds, torch_device, allow_tqdm=not quiet, quiet=quiet)
+    liver = load_model(liver_dir, liver_folds, torch_device, allow_tqdm=not quiet)
+    lesion = load_model(lesion_dir, lesion_folds, torch_device, allow_tqdm=not quiet)
     if not (lesion.is_joint or lesion.is_ynet):
         raise InputError(lesion_dir, "not a stage-2 model: needs labels cyst/hemangioma/metastasis (joint) or "
                                      "'lesion' with a classification head (Y-Net)")
@@ -132,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--liver-model", type=Path,
                    help="stage-1 nnU-Net results folder (<Trainer>__<Plans>__2d); default "
                         "$nnUNet_results/Dataset501_LiTSLiver/nnUNetTrainer__nnUNetPlans__2d (plain nnU-Net: "
-                        "the strongest simple liver segmenter), or the only trainer folder there")
+                        "the strongest simple liver segmenter), else nnUNetTrainer_JointBudget, else the only "
+                        "nnUNetTrainer* folder there")
     p.add_argument("--lesion-model", type=Path,
                    help="stage-2 results folder: a joint model (pixel-wise types) or a Y-Net (types from its "
                         "classification head, per slice); default $nnUNet_results/Dataset504_ShebaJoint/"
@@ -154,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from nnunet_joint.inference.models import parse_folds
 
     args = build_parser().parse_args(argv)
+    if args.quiet:
+        warnings.simplefilter("ignore")  # library deprecation notices are not errors
     folds = parse_folds(args.folds)
     results = predict(args.input, args.output, args.liver_model, args.lesion_model,
                       liver_folds=parse_folds(args.liver_folds) or folds,

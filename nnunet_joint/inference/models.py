@@ -35,8 +35,9 @@ CHECKPOINT_NAME = "checkpoint_final.pth"
 PLANS_NAME, CONFIGURATION = "nnUNetPlans", "2d"
 LIVER_DATASET = "Dataset501_LiTSLiver"
 JOINT_DATASET = "Dataset504_ShebaJoint"
-#: Stage 1 is a plain liver segmentation: nnU-Net's own trainer is the strongest, simplest choice.
-LIVER_TRAINER_PREFERENCE = ("nnUNetTrainer",)
+#: Stage 1 is a plain liver segmentation: nnU-Net's own trainer is the strongest, simplest choice
+#: (``nnUNetTrainer_JointBudget`` is the same trainer at the reproduce run's budget).
+LIVER_TRAINER_PREFERENCE = ("nnUNetTrainer", "nnUNetTrainer_JointBudget")
 #: Stage 2 default: the joint model; among several, the MIDL paper's best (LiTS-initialised) first.
 JOINT_TRAINER_PREFERENCE = ("nnUNetTrainerJoint_LiTS", "nnUNetTrainerJoint")
 JOINT_TRAINER_PATTERN = "nnUNetTrainerJoint*"
@@ -269,7 +270,7 @@ class CascadeModel:
 
 
 def load_model(folder: str | os.PathLike, folds: Sequence[int | str] | None, device: torch.device,
-               allow_tqdm: bool = False, quiet: bool = True) -> CascadeModel:
+               allow_tqdm: bool = False) -> CascadeModel:
     """Load a trained nnU-Net model folder without ``weights_only=False`` anywhere.
 
     Raises:
@@ -343,7 +344,7 @@ def load_model(folder: str | os.PathLike, folds: Sequence[int | str] | None, dev
             raise InputError(folder / f"fold_{fold}" / CHECKPOINT_NAME,
                              f"weights do not fit the network built from plans.json ({' '.join(first)[:300]})") from None
     network.load_state_dict(parameters[0])
-    with _silenced(quiet):
+    with _silenced(True):  # its CPU notice is not for our users
         predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
                                     perform_everything_on_device=device.type == "cuda", device=device,
                                     verbose=False, allow_tqdm=allow_tqdm)
