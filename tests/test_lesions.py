@@ -112,3 +112,40 @@ def test_a_2d_reference_image_works_and_empty_maps_give_no_lesions():
     assert lesion["longest_diameter_mm"] == 0.0 and lesion["area_mm2"] == 0.25
     with pytest.raises(ValueError):
         analyse_lesions(np.zeros((1, 15, 16), np.uint8), ref)
+
+
+class _FakeModel:
+    """The parts of a CascadeModel that typing reads."""
+
+    def __init__(self, labels: dict[str, int], ynet: bool):
+        self.labels, self.is_joint, self.is_ynet, self.folder = labels, not ynet, ynet, "fake"
+
+    def channel(self, name: str) -> int:
+        return sorted(self.labels.values()).index(self.labels[name])
+
+
+def test_joint_model_output_gives_pixel_types_and_renormalised_type_probabilities():
+    from nnunet_joint.inference.cascade import lesion_types_from_prediction
+
+    model = _FakeModel({"background": 0, "liver": 1, "cyst": 2, "hemangioma": 3, "metastasis": 4}, ynet=False)
+    seg = np.array([[[0, 1, 2, 4]]])
+    probs = np.zeros((5, 1, 1, 4), np.float32)
+    probs[:, 0, 0, 2] = [0.1, 0.1, 0.4, 0.2, 0.2]
+    probs[:, 0, 0, 3] = [0.0, 0.0, 0.0, 0.0, 0.0]  # no lesion mass at all: uniform
+    labels, type_probs = lesion_types_from_prediction(model, seg, probs, None)
+    assert labels.tolist() == [[[0, 1, 2, 4]]]
+    np.testing.assert_allclose(type_probs[:, 0, 0, 2], [0.5, 0.25, 0.25])
+    np.testing.assert_allclose(type_probs[:, 0, 0, 3], [1 / 3] * 3)
+
+
+def test_ynet_output_types_lesion_pixels_by_their_slice_head():
+    from nnunet_joint.inference.cascade import lesion_types_from_prediction
+
+    model = _FakeModel({"background": 0, "liver": 1, "lesion": 2}, ynet=True)
+    seg = np.array([[[2, 1, 2]], [[2, 0, 0]]])  # two slices
+    head = np.zeros((3, 2, 1, 3), np.float32)
+    head[:, 0] = np.array([0.2, 0.7, 0.1])[:, None, None]  # slice 0: hemangioma
+    head[:, 1] = np.array([0.1, 0.1, 0.8])[:, None, None]  # slice 1: metastasis
+    labels, type_probs = lesion_types_from_prediction(model, seg, np.zeros((3, 2, 1, 3)), head)
+    assert labels.tolist() == [[[3, 1, 3]], [[4, 0, 0]]]
+    np.testing.assert_allclose(type_probs[:, 1, 0, 0], [0.1, 0.1, 0.8])
