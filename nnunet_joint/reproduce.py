@@ -287,10 +287,10 @@ def reproduce(out: Path, profile: Profile, device: str = "cpu", imagenet_weights
                  "budget": {"epochs": int(profile.budget.get("nnUNet_joint_epochs", 0)) or "nnU-Net default",
                             "iterations": int(profile.budget.get("nnUNet_joint_iterations", 0)) or "nnU-Net default",
                             "encoder": profile.budget.get("nnUNet_joint_encoder", "seresnet50")}}
-        if exp not in selected:
-            entry["status"] = f"not run: not in the {profile.name} profile"
-        elif exp not in runnable:
+        if exp.init == "ImageNet" and imagenet_weights is None:
             entry["status"] = "not run: no ImageNet weights given"
+        elif exp not in selected:
+            entry["status"] = f"not run: not in the {profile.name} profile"
         else:
             try:
                 for fold in folds:
