@@ -60,12 +60,12 @@ def write_json(obj: Any, dest: str | os.PathLike, **kwargs: Any) -> None:
     """Write JSON atomically (indent 2 unless told otherwise)."""
     kwargs.setdefault("indent", 2)
     with atomic_path(dest) as tmp:
-        tmp.write_text(json.dumps(obj, **kwargs) + "\n")
+        tmp.write_text(json.dumps(obj, **kwargs) + "\n", encoding="utf-8")
 
 
 def write_text(text: str, dest: str | os.PathLike) -> None:
     with atomic_path(dest) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_image(image: sitk.Image, dest: str | os.PathLike, compress: bool = True) -> None:
