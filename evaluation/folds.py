@@ -43,7 +43,7 @@ def read_json_file(path: str | os.PathLike) -> Any:
     if not path.is_file():
         raise InputError(path, "file not found")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(path, f"not valid JSON ({e})") from None
 

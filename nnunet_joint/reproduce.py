@@ -86,7 +86,7 @@ def run_nnunet(cmd: list[str], run: RunFolder, log: Path, **extra_env: str) -> N
         fh.flush()
         proc = subprocess.run(cmd, env=run.environment(**extra_env), stdout=fh, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
-        tail = log.read_text().strip().splitlines()[-5:]
+        tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
         raise RuntimeError(f"{' '.join(cmd[:2])} failed (exit {proc.returncode}); see {log}:\n" + "\n".join(tail))
 
 

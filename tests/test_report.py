@@ -160,7 +160,7 @@ def cell(rows: list[list[str]], first: str, column: str, second: str | None = No
 
 
 def test_midl_table_cells(built):
-    md = (built["out"] / "report.md").read_text()
+    md = (built["out"] / "report.md").read_text(encoding="utf-8")
     rows = md_table(md, "Table 1 (MIDL)")
     joint = built["summaries"]["joint"]["aggregate"]["metrics"]
     assert cell(rows, "joint", "LiTS: ours", "cls acc") == "0.75 ± 0.25 (n=4)" == f"{format_mean_std(joint['cls_acc'])} (n=4)"
@@ -180,7 +180,7 @@ def test_midl_table_cells(built):
 
 
 def test_embc_and_baseline_tables(built):
-    md = (built["out"] / "report.md").read_text()
+    md = (built["out"] / "report.md").read_text(encoding="utf-8")
     embc = md_table(md, "Fine-tuning (EMBC)")
     row = "no freezing [joint, LiTS, NoFreeze]"
     assert cell(embc, row, "Dice1 (seg Dice): ours") == "0.92 ± 0.08 (n=4)"
@@ -197,7 +197,7 @@ def test_embc_and_baseline_tables(built):
 
 
 def test_provenance_section(built):
-    md = (built["out"] / "report.md").read_text()
+    md = (built["out"] / "report.md").read_text(encoding="utf-8")
     how = md.split("## How these numbers were made", 1)[1]
     assert "nnUNetv2_train 504 2d 0 -tr nnUNetTrainerJoint_LiTS" in how and "nnunet_joint_x y" in how
     assert "| nnunetv2 | 2.8.1 |" in how and '"difficulty": 0.5' in how
@@ -210,7 +210,7 @@ def test_provenance_section(built):
 
 def test_summary_json_and_csv_equal_inputs(built):
     out, summaries = built["out"], built["summaries"]
-    saved = json.loads((out / "summary.json").read_text())
+    saved = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     records = {r["key"]: r for r in saved["experiments"]}
     joint = records[f"{JOINT_DS}/nnUNetTrainerJoint_LiTS"]
     assert joint["aggregate"] == summaries["joint"]["aggregate"]
@@ -239,7 +239,7 @@ def test_summary_json_and_csv_equal_inputs(built):
 
 def test_html_and_figures(built):
     out, result = built["out"], built["result"]
-    page = (out / "report.html").read_text()
+    page = (out / "report.html").read_text(encoding="utf-8")
     for key in ("midl", "embc", "nnunet", "budgets"):
         assert f'<table class="{key}">' in page
     assert "<td>0.92 ± 0.08 (n=4)</td>" in page
@@ -248,7 +248,7 @@ def test_html_and_figures(built):
     names = sorted(p.name for p in (out / "figures").iterdir())
     assert names == ["bars_framework_init.png", "confusion_matrices.png", "overlay_grid.png", "per_class_recall.png"]
     assert page.count("data:image/png;base64,") == 4
-    md = (out / "report.md").read_text()
+    md = (out / "report.md").read_text(encoding="utf-8")
     for path in result["figures"]:
         assert f"]({Path(path).relative_to(out).as_posix()})" in md
         with Image.open(path) as image:
@@ -325,7 +325,7 @@ def test_bad_experiment_lists_are_refused(tmp_path, built):
 def test_done_without_summary_is_shown_as_failed(tmp_path, built):
     entry = dict(built["experiments"][1], status="done", summary=None)
     result = build_report([entry], tmp_path / "r", {"profile": "demo"})
-    rows = md_table(result["report_md"].read_text(), "Table 1 (MIDL)")
+    rows = md_table(result["report_md"].read_text(encoding="utf-8"), "Table 1 (MIDL)")
     assert cell(rows, "joint", "ImageNet: ours", "cls acc") == "failed: finished but has no evaluation summary"
     assert "overlay grid: no joint experiment finished, so there is none" in result["notes"]
 

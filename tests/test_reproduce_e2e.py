@@ -25,7 +25,7 @@ def run_dir(tiny_reproduced) -> Path:
 
 
 def experiments(run_dir: Path) -> dict[str, dict]:
-    summary = json.loads((run_dir / "report" / "summary.json").read_text())
+    summary = json.loads((run_dir / "report" / "summary.json").read_text(encoding="utf-8"))
     return {e["key"]: e for e in summary["experiments"]}
 
 
@@ -55,7 +55,7 @@ def test_summary_matches_the_fold_folders(run_dir):
 
 
 def test_report_tables_show_measured_cells_and_never_invent_numbers(run_dir):
-    report = (run_dir / "report" / "report.md").read_text()
+    report = (run_dir / "report" / "report.md").read_text(encoding="utf-8")
     exps = experiments(run_dir)
     joint = next(e for e in exps.values() if e["trainer"] == "nnUNetTrainerJoint_LiTS")
     acc = joint["aggregate"]["metrics"]["cls_acc"]

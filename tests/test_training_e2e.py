@@ -41,11 +41,11 @@ def train(run: RunFolder, dataset: int, trainer: str, fold: int = 0, **env: str)
 
 
 def record(fold_dir: Path) -> dict:
-    return json.loads((fold_dir / "joint_config.json").read_text())
+    return json.loads((fold_dir / "joint_config.json").read_text(encoding="utf-8"))
 
 
 def log_text(fold_dir: Path) -> str:
-    return "".join(p.read_text() for p in sorted(fold_dir.glob("training_log_*.txt")))
+    return "".join(p.read_text(encoding="utf-8") for p in sorted(fold_dir.glob("training_log_*.txt")))
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_lits_model_is_a_complete_nnunet_run(run, lits_checkpoint):
     rec = record(fold_dir)
     assert rec["num_epochs"] == 1 and rec["num_iterations_per_epoch"] == 2
     assert "budget 1 epochs x 2 iterations" in log_text(fold_dir)
-    plans = json.loads((fold_dir.parent / "plans.json").read_text())
+    plans = json.loads((fold_dir.parent / "plans.json").read_text(encoding="utf-8"))
     assert plans["configurations"]["2d"]["nnunet_joint_architecture"]["encoder"] == "seresnet18"
 
 
@@ -103,13 +103,13 @@ def test_frameworks_train_validate_and_initialise(run, lits_checkpoint, imagenet
         loaded = set(rec["initialisation"]["loaded"])
         heads = ("decoder.seg_layers.", "cls_head.")
         assert {k for k in weights if not k.startswith(heads)} <= loaded  # every non-head weight loaded
-    splits = json.loads((run.preprocessed / DATASET_FOLDERS[dataset] / "splits_final.json").read_text())
+    splits = json.loads((run.preprocessed / DATASET_FOLDERS[dataset] / "splits_final.json").read_text(encoding="utf-8"))
     val_cases = sorted(splits[0]["val"])
     if framework != "nnUNetTrainerSEResNetCls":
         predicted = sorted(p.name[: -len(".nii.gz")] for p in (fold_dir / "validation").glob("*.nii.gz"))
         assert predicted == val_cases
     if framework in ("nnUNetTrainerSEResNetCls", "nnUNetTrainerYNet"):
-        cls = json.loads((fold_dir / "validation" / "classification.json").read_text())
+        cls = json.loads((fold_dir / "validation" / "classification.json").read_text(encoding="utf-8"))
         assert sorted(cls) == val_cases
         for entry in cls.values():
             assert entry["predicted"] in LESION_TYPES
@@ -203,7 +203,7 @@ def test_sheba_conversion_crops_from_the_stage1_liver_model(run, tmp_path):
         writer.writerows(rows)
     convert_sheba(raw, raw_root=tmp_path / "raw", seg_id=603, joint_id=604, liver_model=fold_dir.parent,
                   liver_folds=[0])
-    crops = json.loads((tmp_path / "raw" / "Dataset603_ShebaSeg" / "crops.json").read_text())["cases"]
+    crops = json.loads((tmp_path / "raw" / "Dataset603_ShebaSeg" / "crops.json").read_text(encoding="utf-8"))["cases"]
     assert sorted(crops) == sorted(r["case_id"] for r in rows)
     model = load_model(fold_dir.parent, [0], torch.device("cpu"))
     sources = []

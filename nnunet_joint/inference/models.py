@@ -134,7 +134,7 @@ def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise InputError(path, "not found: not an nnU-Net model folder (expected plans.json and dataset.json)")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(path, f"not valid JSON ({e})") from None
 

@@ -275,4 +275,4 @@ def safe_torch_load_in_nnunet():
 
 
 def read_record(fold_folder: str | Path) -> dict:
-    return json.loads((Path(fold_folder) / "joint_config.json").read_text())
+    return json.loads((Path(fold_folder) / "joint_config.json").read_text(encoding="utf-8"))
