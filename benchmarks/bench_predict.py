@@ -12,7 +12,8 @@ Usage::
 
 ``RUN_DIR`` is a run folder (``nnunet_joint_reproduce`` or the layout of ``tests/test_predict_e2e.py``)
 with a trained liver model on Dataset501 and a joint model on Dataset504. ``--prepare`` builds one
-first from the tiny phantom (plain ``nnUNetTrainer_1epoch`` fold all; joint model fold 0, short budget).
+first from the tiny phantom (plain ``nnUNetTrainer_JointBudget`` fold all, 1 x 60 iterations; joint model
+fold 0, 6 x 12 iterations: the budgets of ``tests/test_predict_e2e.py``).
 """
 
 from __future__ import annotations
@@ -43,10 +44,10 @@ def prepare(run: RunFolder) -> None:
     logs = run.root / "logs"
     run_nnunet([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", "501", "504", "-c", "2d", "-np", "2"], run,
                logs / "plan_and_preprocess.log")
-    run_nnunet([nnunet_bin("nnUNetv2_train"), "501", "2d", "all", "-tr", "nnUNetTrainer_1epoch", "-device", "cpu"],
-               run, logs / "train_501.log")
+    run_nnunet([nnunet_bin("nnUNetv2_train"), "501", "2d", "all", "-tr", "nnUNetTrainer_JointBudget", "-device",
+                "cpu"], run, logs / "train_501.log", nnUNet_joint_epochs="1", nnUNet_joint_iterations="60")
     run_nnunet([nnunet_bin("nnUNetv2_train"), "504", "2d", "0", "-tr", "nnUNetTrainerJoint", "-device", "cpu"],
-               run, logs / "train_504.log", nnUNet_joint_epochs="2", nnUNet_joint_iterations="10",
+               run, logs / "train_504.log", nnUNet_joint_epochs="6", nnUNet_joint_iterations="12",
                nnUNet_joint_encoder="seresnet18")
 
 
