@@ -1,8 +1,10 @@
 """Training iterations per second: our SE-ResNet trainers next to plain ``nnUNetTrainer``.
 
-Same preprocessed dataset, same plans file, same batches, same process, interleaved rounds
-(plain, ours, plain, ours, ...) so that machine noise hits both alike; prints per-trainer
-iterations/s (median over rounds) and the ratio to plain nnU-Net.
+Same preprocessed dataset, same plans file, same process, interleaved rounds (plain, ours,
+plain, ours, ...) so that machine noise hits both alike; prints per-trainer patch and batch size,
+iterations/s (median over rounds), the ratio to plain nnU-Net and the parameter counts. Each
+trainer draws its batches from its own nnU-Net loader (ours round the planned patch up to a
+multiple of the encoder's stride, 16), so the patch column says what was compared.
 
     python benchmarks/bench_training_speed.py --run RUN_DIR [--dataset 504] [--iterations 10] [--rounds 3]
 
@@ -36,8 +38,9 @@ def make_trainer(name: str, dataset_folder: Path, device: torch.device):
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
     cls = recursive_find_trainer_class_by_name(name)
-    plans = json.loads((dataset_folder / "nnUNetPlans.json").read_text())
-    dataset_json = json.loads((dataset_folder / "dataset.json").read_text())
+    plans = json.loads((dataset_folder / "nnUNetPlans.json").read_text(encoding="utf-8"))
+    plans["continue_training"] = False  # what nnU-Net's run_training sets before building a trainer
+    dataset_json = json.loads((dataset_folder / "dataset.json").read_text(encoding="utf-8"))
     trainer = cls(plans, "2d", 0, dataset_json, device)
     trainer.initialize()
     return trainer
@@ -85,27 +88,30 @@ def main() -> None:
         if encoder:
             os.environ["nnUNet_joint_encoder"] = encoder
         trainers[label] = make_trainer(name, dataset_folder, device)
-    # one set of batches from the plain trainer's loader (same plans, so same patch and batch size)
-    plain = trainers["nnUNetTrainer (plain)"]
-    plain.dataloader_train, plain.dataloader_val = plain.get_dataloaders()
-    batches = [next(plain.dataloader_train) for _ in range(args.iterations)]
-    for t in trainers.values():
-        time_steps(t, batches[:2])  # warm-up
+    # each trainer draws its batches beforehand from its own loader (our trainers round the patch
+    # to the encoder's strides and use their own deep-supervision scales), then only train_step is timed
+    batches = {}
+    for label, trainer in trainers.items():
+        trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
+        batches[label] = [next(trainer.dataloader_train) for _ in range(args.iterations)]
+    for label, trainer in trainers.items():
+        time_steps(trainer, batches[label][:2])  # warm-up
 
     speeds: dict[str, list[float]] = {label: [] for label in trainers}
     for _ in range(args.rounds):
         for label, trainer in trainers.items():
-            speeds[label].append(time_steps(trainer, batches))
+            speeds[label].append(time_steps(trainer, batches[label]))
 
-    cfg = plain.configuration_manager
-    print(f"dataset {DATASETS[args.dataset]}, plans nnUNetPlans 2d, patch {cfg.patch_size}, batch {cfg.batch_size}, "
-          f"device {device}, torch threads {torch.get_num_threads()}, {args.iterations} iterations x "
-          f"{args.rounds} interleaved rounds")
+    plain = trainers["nnUNetTrainer (plain)"]
+    print(f"dataset {DATASETS[args.dataset]}, plans nnUNetPlans 2d, device {device}, "
+          f"torch threads {torch.get_num_threads()}, {args.iterations} iterations x {args.rounds} interleaved rounds")
     base = statistics.median(speeds["nnUNetTrainer (plain)"])
-    print(f"{'trainer':<34} {'it/s':>8} {'ratio to plain':>15}")
+    print(f"{'trainer':<34} {'patch':>12} {'batch':>6} {'it/s':>8} {'ratio to plain':>15}")
     for label, values in speeds.items():
         med = statistics.median(values)
-        print(f"{label:<34} {med:8.3f} {med / base:15.2f}")
+        cfg = trainers[label].configuration_manager
+        patch = "x".join(str(int(v)) for v in cfg.patch_size)
+        print(f"{label:<34} {patch:>12} {cfg.batch_size:>6} {med:8.3f} {med / base:15.2f}")
     plain_params = sum(p.numel() for p in plain.network.parameters())
     for label, trainer in trainers.items():
         n = sum(p.numel() for p in trainer.network.parameters())
