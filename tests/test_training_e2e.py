@@ -120,12 +120,16 @@ def test_frameworks_train_validate_and_initialise(run, lits_checkpoint, imagenet
 
 
 def check_class_weights_match_training_fold(run: RunFolder, rec: dict, train_cases: list[str]) -> None:
-    """The joint CE weights are the inverse label frequencies of the fold's training cases."""
-    gt = run.preprocessed / "Dataset504_ShebaJoint" / "gt_segmentations"
+    """The joint CE weights are the inverse label frequencies of the fold's training cases, counted on
+    the preprocessed segmentations the network trains on (resampled, so not the raw label counts;
+    nnU-Net's -1 outside-the-crop marker is not a class)."""
+    import blosc2
+
+    folder = run.preprocessed / "Dataset504_ShebaJoint" / "nnUNetPlans_2d"
     counts = np.zeros(5, dtype=np.int64)
     for case in train_cases:
-        seg = sitk.GetArrayFromImage(sitk.ReadImage(str(gt / f"{case}.nii.gz")))
-        counts += np.bincount(seg.ravel().astype(np.int64), minlength=5)[:5]
+        seg = np.asarray(blosc2.open(urlpath=str(folder / f"{case}_seg.b2nd"), mode="r")[:])
+        counts += np.bincount(seg[seg >= 0].astype(np.int64), minlength=5)[:5]
     assert rec["class_weights"]["label_counts"] == counts.tolist()
     inv = counts.sum() / counts
     np.testing.assert_allclose(rec["class_weights"]["weights"], inv / inv.mean(), rtol=1e-6)
@@ -163,7 +167,7 @@ def test_freezing_schedules_follow_their_table(run, lits_checkpoint, schedule):
 
 
 def test_nnunetv2_predict_with_our_trainer(run, tmp_path):
-    fold_dir = train(run, 504, "nnUNetTrainerJoint")
+    fold_dir = train(run, 504, "nnUNetTrainerJoint_LiTS")
     images = sorted((run.raw / "Dataset504_ShebaJoint" / "imagesTr").glob("*_0000.nii.gz"))[:2]
     inp = tmp_path / "in"
     inp.mkdir()
@@ -171,7 +175,7 @@ def test_nnunetv2_predict_with_our_trainer(run, tmp_path):
         (inp / p.name).write_bytes(p.read_bytes())
     out = tmp_path / "out"
     cmd = [nnunet_bin("nnUNetv2_predict"), "-i", str(inp), "-o", str(out), "-d", "504", "-c", "2d",
-           "-tr", "nnUNetTrainerJoint", "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"]
+           "-tr", "nnUNetTrainerJoint_LiTS", "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"]
     proc = subprocess.run(cmd, env=run.environment(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert fold_dir.is_dir()
