@@ -180,7 +180,7 @@ class Profile:
     stage_budget: dict[str, str]  # for stage 1 and LiTS pretraining
     lits_fold: str  # fold of the LiTS lesion model our LiTS init loads
     max_lits_cases: int | None
-    rows: tuple[str, ...] | None  # experiment names to run (None = all)
+    rows: tuple[str, ...] | None  # trainers (every dataset) or TRAINER@DatasetXXX_Name to run (None = all)
 
 
 PROFILES = {
@@ -202,8 +202,7 @@ PROFILES = {
                     {"nnUNet_joint_epochs": "1", "nnUNet_joint_iterations": "2", "nnUNet_joint_encoder": "seresnet18"},
                     "0", None,
                     ("nnUNetTrainerSEResNetCls_LiTS", "nnUNetTrainerSEResNetSeg_LiTS", "nnUNetTrainerYNet_LiTS",
-                     "nnUNetTrainerJoint",
-                     "nnUNetTrainerJoint_LiTS", "nnUNetTrainerJoint_LiTS_HierFreeze", PLAIN_TRAINER)),
+                     "nnUNetTrainerJoint_LiTS", PLAIN_TRAINER)),
 }
 
 
@@ -260,7 +259,7 @@ def reproduce(out: Path, profile: Profile, device: str = "cpu", imagenet_weights
     run = RunFolder(out.resolve())
     folds = tuple(folds) if folds is not None else profile.folds
     matrix = experiment_matrix()
-    selected = [e for e in matrix if profile.rows is None or e.trainer in profile.rows]
+    selected = [e for e in matrix if profile.rows is None or e.trainer in profile.rows or e.name in profile.rows]
     runnable = [e for e in selected if e.init != "ImageNet" or imagenet_weights is not None]
     progress = Progress(total_steps=(3 if lits_dir is None or sheba_dir is None else 2) + 2
                         + len(runnable) * len(folds) + 1, quiet=quiet)

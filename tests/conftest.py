@@ -1,26 +1,68 @@
 """Shared fixtures. The tiny phantom, converted and planned by nnU-Net once per test session: each
-``nnUNetv2_plan_and_preprocess`` costs minutes on 2 cores, so the slow end-to-end modules share it."""
+``nnUNetv2_plan_and_preprocess`` costs minutes on 2 cores, so the slow end-to-end modules share it.
+
+The suite runs on two pytest-xdist workers, one test module per worker at a time (``addopts`` in
+pyproject.toml): nnU-Net's start-up and the worker pools it spawns are mostly single-threaded, so
+two workers shorten the wall time on 2 cores. The two prepared runs below are built once for all
+workers (a file lock, the pattern pytest-xdist documents). ``--dist loadfile`` rather than
+``loadgroup``: loadgroup does not group under pytest 9.2 (pytest-xdist issue #1386). Modules are
+handed out in the order :func:`pytest_collection_modifyitems` sets (``--no-loadscope-reorder``): the
+longest chain first (tiny run -> tiny reproduce -> training tests), then the fast modules on the
+other worker while that chain builds, then the modules that only wait for the shared runs.
+"""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import pytest
+from filelock import FileLock
 
 from nnunet_joint.reproduce import Progress, RunFolder, prepare_data
 
 
+#: Module order for the xdist scheduler (unlisted modules: 1).
+MODULE_ORDER = {"test_training_e2e.py": 0, "test_convert_sheba.py": 2, "test_predict_e2e.py": 2,
+                "test_reproduce_e2e.py": 3}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    items.sort(key=lambda item: MODULE_ORDER.get(item.path.name, 1))  # stable: order within a module kept
+
+
+def built_once(tmp_path_factory, worker_id: str, name: str, build: Callable[[Path], None]) -> Path:
+    """``build(folder)`` once per test session, whatever the number of xdist workers.
+
+    ``.complete`` is written after ``build`` returns: a worker never uses a half-built folder, and a
+    failed build is redone from scratch by the next worker that asks.
+    """
+    if worker_id == "master":  # not under xdist
+        base = tmp_path_factory.getbasetemp()
+    else:  # the session's temp root, shared by its workers
+        base = tmp_path_factory.getbasetemp().parent
+    folder = base / name
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / ".complete").is_file():
+            if folder.exists():
+                shutil.rmtree(folder)
+            folder.mkdir()
+            build(folder)
+            (folder / ".complete").write_text("built\n")
+    return folder
+
+
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> RunFolder:
+def tiny_run(tmp_path_factory, worker_id) -> RunFolder:
     """A reproduce run folder with the tiny phantom, datasets 501-504 converted and preprocessed (2d).
 
-    Tests must not modify it; ones that train copy it first with :func:`copy_run` or write only
-    their own trainer folders under nnUNet_results.
+    Tests must not modify it; ones that train copy it first with :func:`copy_run`.
     """
-    run = RunFolder(tmp_path_factory.mktemp("tiny_run"))
-    prepare_data(run, "tiny", 0, None, None, Progress(3, quiet=True))
-    return run
+    def build(folder: Path) -> None:
+        prepare_data(RunFolder(folder), "tiny", 0, None, None, Progress(3, quiet=True))
+
+    return RunFolder(built_once(tmp_path_factory, worker_id, "tiny_run", build))
 
 
 def copy_run(source: RunFolder, dest: Path) -> RunFolder:
@@ -31,14 +73,17 @@ def copy_run(source: RunFolder, dest: Path) -> RunFolder:
 
 
 @pytest.fixture(scope="session")
-def tiny_reproduced(tiny_run, tmp_path_factory) -> RunFolder:
+def tiny_reproduced(tiny_run, tmp_path_factory, worker_id) -> RunFolder:
     """``nnunet_joint_reproduce --profile tiny`` run once on a copy of :func:`tiny_run`.
 
     Its trained folds (stage 1, the LiTS lesion model, the tiny profile's rows) are what the
-    training, reproduce and report tests inspect; tests that need more train into its results.
+    training and reproduce tests inspect; test_training_e2e (one module, so one worker) trains
+    further trainer folders into its results.
     """
     from nnunet_joint.reproduce import main
 
-    run = copy_run(tiny_run, tmp_path_factory.mktemp("reproduced") / "run")
-    assert main(["--profile", "tiny", "--out", str(run.root), "--device", "cpu", "--quiet"]) == 0
-    return run
+    def build(folder: Path) -> None:
+        run = copy_run(tiny_run, folder / "run")
+        assert main(["--profile", "tiny", "--out", str(run.root), "--device", "cpu", "--quiet"]) == 0
+
+    return RunFolder(built_once(tmp_path_factory, worker_id, "tiny_reproduced", build) / "run")

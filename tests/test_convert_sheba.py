@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -455,21 +451,18 @@ def test_phantom_corpus_converts(tmp_path):
 
 
 @pytest.mark.slow
-def test_nnunet_plan_and_preprocess_accepts_converted_datasets(dirs, tmp_path):
-    """nnU-Net 2.8.1 verifies, plans (2d) and preprocesses both datasets and keeps our folds."""
-    convert_sheba(dirs["raw"], raw_root=dirs["out"], preprocessed_root=dirs["pre"])
-    env = {**os.environ, "nnUNet_raw": str(dirs["out"]), "nnUNet_preprocessed": str(dirs["pre"]),
-           "nnUNet_results": str(tmp_path / "results"), "nnUNet_n_proc_DA": "1"}
-    exe = shutil.which("nnUNetv2_plan_and_preprocess", path=str(Path(sys.executable).parent)) or "nnUNetv2_plan_and_preprocess"
-    proc = subprocess.run([exe, "-d", "503", "504", "-c", "2d", "--verify_dataset_integrity", "-np", "1"],
-                          env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    raw_split = json.loads((dirs["out"] / "Dataset503_ShebaSeg" / "splits_final.json").read_text())
+def test_nnunet_plan_and_preprocess_accepts_converted_datasets(tiny_run):
+    """nnU-Net 2.8.1 verified, planned (2d) and preprocessed both converted phantom datasets (the
+    session's ``tiny_run`` ran ``nnUNetv2_plan_and_preprocess --verify_dataset_integrity``) and kept our folds."""
+    raw_split = json.loads((tiny_run.raw / "Dataset503_ShebaSeg" / "splits_final.json").read_text())
     for name in ("Dataset503_ShebaSeg", "Dataset504_ShebaJoint"):
-        pre = dirs["pre"] / name
+        raw, pre = tiny_run.raw / name, tiny_run.preprocessed / name
         assert json.loads((pre / "splits_final.json").read_text()) == raw_split
         plans = json.loads((pre / "nnUNetPlans.json").read_text())
         # the slice axis (999 mm) stays first, so the 2d configuration works in-plane at the true pixel size
         assert plans["transpose_forward"] == [0, 1, 2]
-        assert plans["configurations"]["2d"]["spacing"] == [0.75, 0.75]
-        assert len(list((pre / "nnUNetPlans_2d").glob("*_seg.b2nd"))) == 18
+        in_plane = np.array([sitk.ReadImage(str(f)).GetSpacing()[:2] for f in (raw / "imagesTr").glob("*.nii.gz")])
+        assert plans["configurations"]["2d"]["spacing"] == pytest.approx(np.median(in_plane, axis=0)[::-1].tolist())
+        n_cases = json.loads((raw / "dataset.json").read_text())["numTraining"]
+        assert len(list((pre / "nnUNetPlans_2d").glob("*_seg.b2nd"))) == n_cases == len(raw_split[0]["train"]) + len(
+            raw_split[0]["val"])

@@ -23,10 +23,9 @@ pytestmark = pytest.mark.slow
 #: Plain nnU-Net (nnUNetTrainer unchanged) whose length follows our budget variables.
 LIVER_TRAINER = "nnUNetTrainer_JointBudget"
 LIVER_BUDGET = {"nnUNet_joint_epochs": "1", "nnUNet_joint_iterations": "60"}
-JOINT_BUDGET = {"nnUNet_joint_epochs": "6", "nnUNet_joint_iterations": "12", "nnUNet_joint_encoder": "seresnet18"}
 #: Long enough for lesions to be found and typed above chance (measured on the tiny phantom: 21/27 found,
-#: 15/21 typed right, median diameter ratio 1.79); about 11 min of training on a busy 2-core machine.
-TRUTH_BUDGET = {"nnUNet_joint_epochs": "20", "nnUNet_joint_iterations": "15", "nnUNet_joint_encoder": "seresnet18"}
+#: 15/21 typed right, median diameter ratio 1.79); about 2 min of training on a quiet 2-core machine.
+JOINT_BUDGET = {"nnUNet_joint_epochs": "20", "nnUNet_joint_iterations": "15", "nnUNet_joint_encoder": "seresnet18"}
 
 
 def train(run: RunFolder, dataset: int, trainer: str, fold: str, **env: str) -> None:
@@ -117,20 +116,15 @@ def test_cascade_on_a_volume_and_a_slice_keeps_the_input_geometry(env, tmp_path)
 
 
 def test_detected_sheba_lesions_agree_with_the_phantom_truth(env, tmp_path):
-    """Types and sizes of detected lesions against phantom_truth.json (figures printed with -s).
-
-    Trains its own joint model (fold 1) at :data:`TRUTH_BUDGET`: the 6 x 12 iteration model of the
-    geometry test labels most of the liver as lesion.
-    """
+    """Types and sizes of detected lesions against phantom_truth.json (figures printed with -s)."""
     run = env
-    train(run, 504, "nnUNetTrainerJoint", "1", **TRUTH_BUDGET)
     cases = truth(run)["sheba"]
     inputs = tmp_path / "sheba"
     inputs.mkdir()
     for case in cases:
         src = run.phantom / case["image"]
         (inputs / src.name).write_bytes(src.read_bytes())
-    results = cli.predict(inputs, tmp_path / "out", lesion_folds=[1], device="cpu", quiet=True, overlays=False)
+    results = cli.predict(inputs, tmp_path / "out", lesion_folds=[0], device="cpu", quiet=True, overlays=False)
     matched = []  # (true type, predicted type, true diameter, predicted diameter) per detected true lesion
     for case in cases:
         name = Path(case["image"]).name.removesuffix(".nii.gz")
