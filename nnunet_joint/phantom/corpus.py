@@ -75,6 +75,9 @@ class SizeSpec:
 
 SIZES: dict[str, SizeSpec] = {
     "tiny": SizeSpec(3, 64, (8, 8), 18, 9, (1, 1, 1), 96, lits_slice_mm=(8.0, 10.0)),
+    # the demo's: on 2 CPU cores one training iteration of our seresnet18 trainer costs 7 s at the
+    # default size (nnU-Net plans batch 15 x 112x128) and about 13x less here (half the matrix)
+    "small": SizeSpec(8, 128, (16, 24), 90, 38, (75, 71, 93), 128, lits_slice_mm=(5.0, 6.0)),
     "default": SizeSpec(30, 256, (24, 48), 332, 140, (75, 71, 93), 256),
 }
 
