@@ -343,7 +343,17 @@ def provenance_parts(meta: Mapping[str, Any], experiments: Sequence[Experiment])
         "versions": {str(k): str(v) for k, v in (meta.get("versions") or {}).items()},
         "phantom": None if phantom is None else json.dumps(phantom, indent=2, default=_json_default, sort_keys=True),
         "budgets": budget_table(experiments),
+        "stage1": stage1_line(meta.get("stage1")),
     }
+
+
+def stage1_line(stage1: Mapping[str, Any] | None) -> str:
+    """The stage-1 liver model's validation liver Dice per case (the cascade's first step)."""
+    if not stage1 or not stage1.get("summary"):
+        return "not run"
+    dice = stage1["summary"]["aggregate"]["metrics"]["liver_dice"]
+    return (f"{stage1.get('trainer', '?')} on Dataset501: liver Dice per validation volume "
+            f"{format_mean_std(dice)} (n={dice['n']} volumes)")
 
 
 def render_markdown(tables: Sequence[Table], figure_entries: Sequence[FigureEntry], parts: dict, out_dir: Path,
@@ -359,7 +369,7 @@ def render_markdown(tables: Sequence[Table], figure_entries: Sequence[FigureEntr
         out += [f"### {entry.title}", "", f"![{entry.title}]({entry.relative(out_dir)})", "", entry.caption, ""]
     out += notes_markdown(notes)
     out += ["## How these numbers were made", "", f"- profile: {parts['profile']}",
-            f"- wall time of the run: {parts['wall_time']}", ""]
+            f"- wall time of the run: {parts['wall_time']}", f"- stage 1 (liver): {parts['stage1']}", ""]
     out += [table_markdown(parts["budgets"]), "### Commands", "", "```"]
     out += parts["commands"] or ["(none recorded)"]
     out += ["```", "", "### Versions", "", "| package | version |", "|---|---|"]
@@ -396,7 +406,8 @@ def render_html(tables: Sequence[Table], figure_entries: Sequence[FigureEntry], 
     if notes:
         out.append("<p>Notes:</p><ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
     out += ["<h2>How these numbers were made</h2>",
-            f"<ul><li>profile: {esc(parts['profile'])}</li><li>wall time of the run: {esc(parts['wall_time'])}</li></ul>",
+            f"<ul><li>profile: {esc(parts['profile'])}</li><li>wall time of the run: {esc(parts['wall_time'])}</li>"
+            f"<li>stage 1 (liver): {esc(parts['stage1'])}</li></ul>",
             table_html(parts["budgets"]), "<h3>Commands</h3>",
             f"<pre>{esc(chr(10).join(parts['commands']) or '(none recorded)')}</pre>", "<h3>Versions</h3>",
             "<table><thead><tr><th>package</th><th>version</th></tr></thead><tbody>"

@@ -69,3 +69,14 @@ def test_report_tables_show_measured_cells_and_never_invent_numbers(run_dir):
     for row in rows:
         if row["status"] != "done":
             assert row["mean"] == "", row  # an experiment that did not run has no number
+
+
+def test_report_states_the_stage1_liver_dice(run_dir):
+    folder = run_dir / "nnUNet_results" / DATASET_FOLDERS[501] / f"{PLAIN_TRAINER}__nnUNetPlans__2d"
+    fresh = evaluate_trainer_dir(folder, gt_dir=run_dir / "nnUNet_preprocessed" / DATASET_FOLDERS[501]
+                                 / "gt_segmentations", folds=[0])
+    dice = fresh["aggregate"]["metrics"]["liver_dice"]
+    assert dice["n"] >= 1 and 0.0 <= dice["mean"] <= 1.0
+    line = f"liver Dice per validation volume {format_mean_std(dice)} (n={dice['n']} volumes)"
+    assert line in (run_dir / "report" / "report.md").read_text(encoding="utf-8")
+    assert line in (run_dir / "report" / "report.html").read_text(encoding="utf-8")
