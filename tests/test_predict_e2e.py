@@ -23,8 +23,9 @@ pytestmark = pytest.mark.slow
 #: Plain nnU-Net (nnUNetTrainer unchanged) whose length follows our budget variables.
 LIVER_TRAINER = "nnUNetTrainer_JointBudget"
 LIVER_BUDGET = {"nnUNet_joint_epochs": "1", "nnUNet_joint_iterations": "60"}
-#: Long enough for lesions to be found and typed above chance (measured on the tiny phantom: 21/27 found,
-#: 15/21 typed right, median diameter ratio 1.79); about 2 min of training on a quiet 2-core machine.
+#: Long enough for lesions to be found and typed above chance (measured on the tiny phantom, all 18 slices
+#: of which 12 trained fold 0: 23/27 found, 16/23 typed right, median diameter ratio 1.17); about 2-4 min
+#: of training on a 2-core machine.
 JOINT_BUDGET = {"nnUNet_joint_epochs": "20", "nnUNet_joint_iterations": "15", "nnUNet_joint_encoder": "seresnet18"}
 
 
@@ -148,5 +149,5 @@ def test_detected_sheba_lesions_agree_with_the_phantom_truth(env, tmp_path):
     assert found >= n_true // 4, "fewer than a quarter of the phantom lesions detected"
     assert correct / found > 1 / 3  # types better than chance
     # sizes: the longest diameter of detected lesions agrees with the truth within a factor 2.5
-    # (the short-trained model over-segments: measured median ratio 1.79)
+    # (the short-trained model tends to over-segment: measured median ratio 1.17, range 0.24-2.51)
     assert 0.5 <= float(np.median(ratios)) <= 2.5
