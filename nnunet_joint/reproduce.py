@@ -184,7 +184,7 @@ class Profile:
 
 
 PROFILES = {
-    # Fits the 15-minute budget of a 2-core CPU machine (measured: 16.3 min with six rows at 6 x 10 and
+    # Fits the 15-minute budget of a 2-core CPU machine (measured: 16.5 min with six rows at 6 x 10 and
     # stage budgets 4 x 10, hence these): the small phantom, fold 0, five rows (Y-Net from LiTS, joint
     # from scratch, from LiTS and with hierarchical freezing, plain nnU-Net on 504).
     "demo": Profile("demo", (0,), "small",
