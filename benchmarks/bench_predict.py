@@ -34,8 +34,8 @@ LIVER_DATASET, JOINT_DATASET = "Dataset501_LiTSLiver", "Dataset504_ShebaJoint"
 
 def prepare(run: RunFolder) -> None:
     """Tiny phantom → datasets 501/504 → plain liver model (fold all) and joint model (fold 0)."""
-    from dataset_conversion.convert_lits import convert_lits
-    from dataset_conversion.convert_sheba import convert_sheba
+    from nnunet_joint.dataset_conversion.convert_lits import convert_lits
+    from nnunet_joint.dataset_conversion.convert_sheba import convert_sheba
     from nnunet_joint.phantom import generate_corpus
 
     generate_corpus(run.phantom, seed=0, size="tiny")

@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from dataset_conversion.common import (
+from nnunet_joint.dataset_conversion.common import (
     check_target_free,
     dataset_folder_name,
     label_image,

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from dataset_conversion.common import (
+from nnunet_joint.dataset_conversion.common import (
     check_target_free,
     dataset_folder_name,
     label_image,
@@ -36,7 +36,7 @@ from dataset_conversion.common import (
     write_dataset_json,
     write_splits,
 )
-from dataset_conversion.sheba_raw import PNG_HU_OFFSET_DEFAULT, PNG_SPACING_MM_DEFAULT, ShebaCase, load_raw_dataset
+from nnunet_joint.dataset_conversion.sheba_raw import PNG_HU_OFFSET_DEFAULT, PNG_SPACING_MM_DEFAULT, ShebaCase, load_raw_dataset
 from nnunet_joint import LESION_TYPES
 from nnunet_joint.crops import crop_to_liver
 from nnunet_joint.errors import InputError, cli_entry

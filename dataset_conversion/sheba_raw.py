@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 import SimpleITK as sitk
 
-from dataset_conversion.common import CASE_ID_RE
+from nnunet_joint.dataset_conversion.common import CASE_ID_RE
 from nnunet_joint import LESION_TYPES
 from nnunet_joint.errors import InputError
 from nnunet_joint.io import check_hu, read_image, same_geometry

@@ -20,8 +20,8 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from evaluation import folds as fold_io
-from evaluation.metrics import (
+from nnunet_joint.evaluation import folds as fold_io
+from nnunet_joint.evaluation.metrics import (
     METRIC_NAMES,
     N_JOINT_CLASSES,
     SliceResult,

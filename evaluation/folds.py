@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from evaluation.metrics import LESION_LABEL_OFFSET, N_JOINT_CLASSES, head_type
+from nnunet_joint.evaluation.metrics import LESION_LABEL_OFFSET, N_JOINT_CLASSES, head_type
 from nnunet_joint import LESION_TYPES
 from nnunet_joint.errors import InputError
 from nnunet_joint.io import read_image

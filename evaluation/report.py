@@ -33,8 +33,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from evaluation import figures, published
-from evaluation.metrics import METRIC_NAMES, format_mean_std
+from nnunet_joint.evaluation import figures, published
+from nnunet_joint.evaluation.metrics import METRIC_NAMES, format_mean_std
 from nnunet_joint import LESION_TYPES
 from nnunet_joint.errors import InputError
 from nnunet_joint.io import read_image, write_json, write_text

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from nnunet_joint import TRAINERS_DIR
 from nnunet_joint.errors import InputError, cli_entry
 
 DATASET_IDS = {"liver": 501, "lits_lesion": 502, "seg": 503, "joint": 504}
-TRAINERS_DIR = Path(__file__).resolve().parent.parent / "trainers"
 
 
 @dataclass
@@ -99,8 +99,8 @@ def nnunet_bin(name: str) -> str:
 def prepare_data(run: RunFolder, phantom_size: str, seed: int, lits_dir: Path | None, sheba_dir: Path | None,
                  progress: Progress, max_lits_cases: int | None = None) -> None:
     """Phantom (unless raw data dirs are given) → four nnU-Net raw datasets → plan and preprocess (2d)."""
-    from dataset_conversion.convert_lits import convert_lits
-    from dataset_conversion.convert_sheba import convert_sheba
+    from nnunet_joint.dataset_conversion.convert_lits import convert_lits
+    from nnunet_joint.dataset_conversion.convert_sheba import convert_sheba
     from nnunet_joint.phantom import generate_corpus
 
     marker = run.root / "logs" / "data.done"
@@ -228,7 +228,7 @@ def train_fold(run: RunFolder, trainer: str, dataset: int, fold: str, device: st
 
 
 def evaluate_dir(trainer_dir: Path, run: RunFolder, dataset: int, folds: Sequence[int | str]) -> dict:
-    from evaluation.evaluate import evaluate_trainer_dir, write_summary
+    from nnunet_joint.evaluation.evaluate import evaluate_trainer_dir, write_summary
 
     summary = evaluate_trainer_dir(trainer_dir, gt_dir=run.preprocessed / DATASET_FOLDERS[dataset] / "gt_segmentations",
                                    folds=[int(f) for f in folds if str(f).isdigit()] or None)
@@ -253,7 +253,7 @@ def reproduce(out: Path, profile: Profile, device: str = "cpu", imagenet_weights
               lits_dir: Path | None = None, sheba_dir: Path | None = None, seed: int = 0,
               folds: Sequence[int] | None = None, stop_after: str | None = None, quiet: bool = False) -> dict:
     """Run the whole pipeline into ``out``; finished folds are skipped, so a rerun resumes."""
-    from evaluation.report import build_report
+    from nnunet_joint.evaluation.report import build_report
 
     run = RunFolder(out.resolve())
     folds = tuple(folds) if folds is not None else profile.folds

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from dataset_conversion.convert_lits import convert_lits, find_pairs, main
+from nnunet_joint.dataset_conversion.convert_lits import convert_lits, find_pairs, main
 
 SPACING = (0.8, 0.8, 2.5)  # x, y, z
 ORIGIN = (-100.0, 50.0, -300.0)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from dataset_conversion import convert_sheba as cs
-from dataset_conversion.convert_sheba import SLICE_AXIS_SPACING_2D, convert_sheba, main
+from nnunet_joint.dataset_conversion import convert_sheba as cs
+from nnunet_joint.dataset_conversion.convert_sheba import SLICE_AXIS_SPACING_2D, convert_sheba, main
 from nnunet_joint import LESION_TYPES
 
 SPACING = (0.75, 0.75, 5.0)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from evaluation.evaluate import evaluate_trainer_dir, main
+from nnunet_joint.evaluation.evaluate import evaluate_trainer_dir, main
 from nnunet_joint.errors import InputError
 
 JOINT_LABELS = {"background": 0, "liver": 1, "cyst": 2, "hemangioma": 3, "metastasis": 4}

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from evaluation.metrics import (
+from nnunet_joint.evaluation.metrics import (
     NO_CALL,
     SliceResult,
     classification_report,

@@ -26,10 +26,10 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from evaluation import published
-from evaluation.evaluate import evaluate_trainer_dir
-from evaluation.metrics import format_mean_std
-from evaluation.report import NOT_LISTED, build_report, choose_overlay_cases
+from nnunet_joint.evaluation import published
+from nnunet_joint.evaluation.evaluate import evaluate_trainer_dir
+from nnunet_joint.evaluation.metrics import format_mean_std
+from nnunet_joint.evaluation.report import NOT_LISTED, build_report, choose_overlay_cases
 
 REPO = Path(__file__).resolve().parent.parent
 JOINT_DS, SEG_DS = "Dataset504_ShebaJoint", "Dataset503_ShebaSeg"
@@ -263,7 +263,7 @@ def test_html_and_figures(built):
 def test_overlay_cases_and_titles(built):
     summary = built["summaries"]["joint"]
     experiments = built["experiments"]
-    from evaluation.report import Experiment, overlay_rows
+    from nnunet_joint.evaluation.report import Experiment, overlay_rows
 
     joint, ynet = Experiment.from_dict(experiments[0]), Experiment.from_dict(experiments[2])
     # cysts A (Dice 1) and D (2/3): median 5/6 is equally near both -> lower id A

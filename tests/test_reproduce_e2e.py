@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.evaluate import evaluate_trainer_dir
-from evaluation.metrics import format_mean_std
+from nnunet_joint.evaluation.evaluate import evaluate_trainer_dir
+from nnunet_joint.evaluation.metrics import format_mean_std
 from nnunet_joint.reproduce import DATASET_FOLDERS, PLAIN_TRAINER, PROFILES
 
 pytestmark = pytest.mark.slow

@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from nnunet_joint import TRAINERS_DIR
 from nnunet_joint.errors import InputError
 from nnunet_joint.training import settings
 from nnunet_joint.training.losses import (ClassificationTargetLoss, YNetLoss, inverse_frequency_weights,
                                           label_frequencies, set_ce_class_weights)
 
-TRAINERS_DIR = Path(__file__).resolve().parent.parent / "trainers"
 
 
 def test_inverse_frequency_weights_exact():

@@ -26,11 +26,10 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from nnunet_joint import LESION_TYPES
+from nnunet_joint import LESION_TYPES, TRAINERS_DIR
 from nnunet_joint.checkpoints import safe_torch_load
 from nnunet_joint.errors import InputError
 
-TRAINERS_DIR = Path(__file__).resolve().parents[2] / "trainers"
 CHECKPOINT_NAME = "checkpoint_final.pth"
 PLANS_NAME, CONFIGURATION = "nnUNetPlans", "2d"
 LIVER_DATASET = "Dataset501_LiTSLiver"
