@@ -2,7 +2,7 @@
 
 * ``Dataset503_ShebaSeg``: background 0 / liver 1 / lesion 2 (segmentation baseline, Y-Net).
 * ``Dataset504_ShebaJoint``: background 0 / liver 1 / cyst 2 / hemangioma 3 / metastasis 4
-  (pixel-wise classification; lesion pixels take the slice's type, label ``2 + type index``).
+  (pixel-wise classification; lesion pixels take the slice's type; coding in :mod:`nnunet_joint.labels`).
 
 Both hold the same cases, cropped to the largest liver component plus a margin
 (:mod:`nnunet_joint.crops`), and the same ``splits_final.json`` (3 folds by patient, stratified by
@@ -40,10 +40,9 @@ from nnunet_joint.dataset_conversion.sheba_raw import PNG_HU_OFFSET_DEFAULT, PNG
 from nnunet_joint import LESION_TYPES
 from nnunet_joint.crops import crop_to_liver
 from nnunet_joint.errors import InputError, cli_entry
+from nnunet_joint.labels import JOINT_LABELS, SEG_LABELS
 from nnunet_joint.io import write_json
 
-SEG_LABELS = {"background": 0, "liver": 1, "lesion": 2}
-JOINT_LABELS = {"background": 0, "liver": 1, **{t: 2 + i for i, t in enumerate(LESION_TYPES)}}
 
 
 def case_label_maps(case: ShebaCase, liver: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

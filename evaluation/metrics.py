@@ -21,9 +21,9 @@ Conventions decided here (and tested in ``tests/test_metrics.py``):
 * **Empty reference, recall and success**: sensitivity and "prediction hits the lesion" are
   undefined without a reference lesion; they are ``None`` for that slice and the slice is left
   out of those means (each summary states the number of slices a metric stands on).
-* **Majority vote ties** (joint framework): among the tied types, the one with the largest
-  summed probability over the predicted lesion pixels wins when probabilities are available;
-  otherwise (or if that ties too) the lowest type index wins, so the result is deterministic.
+* **Majority vote** (joint framework) and its ties, the no-lesion fallback and lesion
+  connectivity are :mod:`nnunet_joint.labels`' (one definition for metrics, figures and
+  ``nnunet_joint_predict``).
 * **No call**: a joint prediction without any lesion pixel and without probabilities gives
   :data:`NO_CALL` (-1). It counts as a wrong classification in accuracy and per-class recall, and
   appears in the ``no_call`` counts, not in the 3 x 3 confusion matrix.
@@ -42,17 +42,16 @@ import math
 from typing import Iterable, Sequence
 
 import numpy as np
-from scipy import ndimage
 from sklearn.metrics import confusion_matrix, recall_score
 
-from nnunet_joint import LESION_TYPES
+from nnunet_joint import LESION_TYPES, labels
 
-#: First lesion label; joint type index = label - LESION_LABEL_OFFSET.
-LESION_LABEL_OFFSET = 2
+#: First lesion label; joint type index = label - LESION_LABEL_OFFSET (the coding of nnunet_joint.labels).
+LESION_LABEL_OFFSET = labels.FIRST_LESION_LABEL
 #: Number of classes of the joint label map (background, liver, one per lesion type).
-N_JOINT_CLASSES = LESION_LABEL_OFFSET + len(LESION_TYPES)
+N_JOINT_CLASSES = labels.N_JOINT_CLASSES
 #: Predicted type when a joint prediction holds no lesion pixel and no probabilities were given.
-NO_CALL = -1
+NO_CALL = labels.NO_CALL
 #: Type indices, the order of rows/columns of every confusion matrix.
 TYPE_INDICES: tuple[int, ...] = tuple(range(len(LESION_TYPES)))
 
@@ -73,9 +72,7 @@ def _pair(prediction: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np
     return prediction, reference
 
 
-def lesion_mask(label_map: np.ndarray) -> np.ndarray:
-    """Boolean lesion mask (all types merged): ``label >= 2``."""
-    return np.asarray(label_map) >= LESION_LABEL_OFFSET
+lesion_mask = labels.lesion_mask
 
 
 def confusion_counts(prediction: np.ndarray, reference: np.ndarray) -> tuple[int, int, int]:
@@ -147,82 +144,34 @@ def global_dice(results: Iterable["SliceResult"]) -> float:
 # ----------------------------------------------------------------------------- classification
 
 
-def _check_probabilities(probabilities: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Return ``probabilities`` as ``C x shape`` (squeezing singleton spatial axes like the label map)."""
-    probabilities = np.asarray(probabilities, dtype=np.float64)
-    n_classes = probabilities.shape[0]
-    if n_classes != N_JOINT_CLASSES:
-        raise ValueError(f"probabilities have {n_classes} channels, expected {N_JOINT_CLASSES} joint classes")
-    spatial = probabilities[0].size
-    if spatial != int(np.prod(shape)) or _squeeze_case(probabilities[0]).shape != shape:
-        raise ValueError(f"probabilities' spatial shape {probabilities.shape[1:]} does not match label map {shape}")
-    return probabilities.reshape((n_classes, *shape))
-
-
-def _vote(types: np.ndarray, type_probability_sums: np.ndarray | None) -> int:
-    """Majority type among ``types`` (type indices); ties by probability sum, then lowest index."""
-    votes = np.bincount(types, minlength=len(LESION_TYPES))
-    tied = np.flatnonzero(votes == votes.max())
-    if len(tied) > 1 and type_probability_sums is not None:
-        sums = type_probability_sums[tied]
-        tied = tied[sums == sums.max()]
-    return int(tied[0])
+def _squeezed_probabilities(probabilities: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
+    if probabilities is None:
+        return None
+    probabilities = np.asarray(probabilities)
+    if probabilities[0].size == int(np.prod(shape)):
+        return probabilities.reshape((probabilities.shape[0], *shape))
+    return probabilities  # labels.slice_type names the mismatch
 
 
 def joint_slice_type(label_map: np.ndarray, probabilities: np.ndarray | None = None) -> int:
-    """A joint prediction's slice lesion type (type index, or :data:`NO_CALL`).
+    """A joint prediction's slice type by the project's one vote (:func:`nnunet_joint.labels.slice_type`).
 
-    Majority vote of the predicted lesion pixels' types. Without predicted lesion pixels the
-    type with the largest summed probability inside the predicted liver (``label >= 1``; the
-    whole slice if no liver is predicted either) is taken, which needs ``probabilities``.
-
-    Args:
-        label_map: joint label map of one case (labels 0..4).
-        probabilities: softmax output ``5 x <label_map shape>`` (nnU-Net's ``.npz``), optional.
-
-    Returns:
-        Type index into :data:`nnunet_joint.LESION_TYPES`, or ``NO_CALL`` when no lesion pixel
-        is predicted and no probabilities are given.
+    Singleton axes are dropped first, so nnU-Net's ``1 x H x W`` maps and ``5 x 1 x H x W``
+    probabilities work as they are.
     """
     label_map = _squeeze_case(label_map)
-    if probabilities is not None:
-        probabilities = _check_probabilities(probabilities, label_map.shape)
-    lesion = lesion_mask(label_map)
-    if lesion.any():
-        types = label_map[lesion].astype(np.int64) - LESION_LABEL_OFFSET
-        sums = None if probabilities is None else probabilities[LESION_LABEL_OFFSET:, lesion].sum(axis=1)
-        return _vote(types, sums)
-    if probabilities is None:
-        return NO_CALL
-    liver = label_map >= 1
-    region = liver if liver.any() else np.ones_like(liver)
-    sums = probabilities[LESION_LABEL_OFFSET:, region].sum(axis=1)
-    return int(np.argmax(sums))  # argmax returns the lowest index among ties
+    return labels.slice_type(label_map, _squeezed_probabilities(probabilities, label_map.shape))
 
 
 def label_lesions(label_map: np.ndarray) -> tuple[np.ndarray, int]:
-    """Connected lesions of a label map (full connectivity): ``(component labels, count)``."""
-    label_map = _squeeze_case(label_map)
-    structure = ndimage.generate_binary_structure(label_map.ndim, label_map.ndim)
-    components, count = ndimage.label(lesion_mask(label_map), structure=structure)
-    return components, int(count)
+    """Connected lesions of a label map (:func:`nnunet_joint.labels.lesion_components`)."""
+    return labels.lesion_components(lesion_mask(_squeeze_case(label_map)))
 
 
 def component_types(label_map: np.ndarray, probabilities: np.ndarray | None = None) -> list[int]:
-    """Majority type of each connected lesion, in the order of :func:`label_lesions`' labels.
-
-    Element ``i`` belongs to component label ``i + 1``. Ties follow :func:`joint_slice_type`.
-    """
+    """Voted type of each connected lesion, in the order of :func:`label_lesions`' labels."""
     label_map = _squeeze_case(label_map)
-    if probabilities is not None:
-        probabilities = _check_probabilities(probabilities, label_map.shape)
-    components, count = label_lesions(label_map)
-    types: list[int] = []
-    for index in range(1, count + 1):
-        inside = components == index
-        sums = None if probabilities is None else probabilities[LESION_LABEL_OFFSET:, inside].sum(axis=1)
-        types.append(_vote(label_map[inside].astype(np.int64) - LESION_LABEL_OFFSET, sums))
-    return types
+    return labels.component_types(label_map, _squeezed_probabilities(probabilities, label_map.shape))[1]
 
 
 def head_type(probabilities: Sequence[float]) -> int:

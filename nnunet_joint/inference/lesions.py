@@ -1,10 +1,10 @@
 """Per-lesion analysis of a typed label map: what ``lesions.json`` says about each lesion.
 
-The label map uses the joint codes everywhere in the project: 0 background, 1 liver,
-``2 + i`` for lesion type ``LESION_TYPES[i]``. A lesion is a connected component of lesion
-voxels (any type), so two touching lesions of different predicted types are one lesion; each
-lesion then gets **its own** type by a majority vote of its voxels' types. (The papers vote once
-per slice, which is the same thing when a slice holds one lesion, as every Sheba slice does.)
+The label map uses the project's joint coding (:mod:`nnunet_joint.labels`). A lesion is a
+connected component of lesion voxels (any type; the connectivity of :mod:`nnunet_joint.labels`),
+so two touching lesions of different predicted types are one lesion; each lesion then gets **its
+own** type by the project's vote over its voxels. (The papers vote once per slice, which is the
+same thing when a slice holds one lesion, as every Sheba slice does.)
 
 Geometry comes from the input image (SimpleITK), so sizes are in mm and the centroid is in
 patient coordinates, whatever the spacing, origin and direction.
@@ -21,19 +21,7 @@ from scipy.spatial import ConvexHull, QhullError
 from scipy.spatial.distance import pdist
 
 from nnunet_joint import LESION_TYPES
-
-BACKGROUND, LIVER = 0, 1
-#: Label of lesion type ``t`` in every label map the project writes.
-TYPE_LABELS: dict[str, int] = {t: 2 + i for i, t in enumerate(LESION_TYPES)}
-
-
-def lesion_components(lesion_mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """Connected lesions, face connectivity in the mask's own dimension (3-D for volumes).
-
-    Face connectivity (6 in 3-D, 4 in 2-D; SciPy's default) is the usual definition for
-    counting lesions: two lesions touching only at a corner are two lesions.
-    """
-    return ndimage.label(lesion_mask)
+from nnunet_joint.labels import FIRST_LESION_LABEL, lesion_components, lesion_mask, majority_type, type_label
 
 
 def _slice_diameter(mask_2d: np.ndarray, spacing_yx: tuple[float, float]) -> float:
@@ -93,8 +81,8 @@ def analyse_lesions(
     spacing_zyx = tuple(reversed(spacing_xyz))
     is_slice = reference.GetDimension() == 2 or label_map.shape[0] == 1
 
-    lesion_mask = label_map >= 2
-    components, n = lesion_components(lesion_mask[0] if is_slice else lesion_mask)
+    lesions = lesion_mask(label_map)
+    components, n = lesion_components(lesions[0] if is_slice else lesions)
     if is_slice:
         components = components[None]
     typed = label_map.copy()
@@ -104,14 +92,13 @@ def analyse_lesions(
             continue
         mask = np.zeros(label_map.shape, dtype=bool)
         mask[objects] = components[objects] == index
-        votes = np.bincount(label_map[mask] - 2, minlength=len(LESION_TYPES))[: len(LESION_TYPES)]
+        types = label_map[mask].astype(np.int64) - FIRST_LESION_LABEL
+        votes = np.bincount(types, minlength=len(LESION_TYPES))[: len(LESION_TYPES)]
         probabilities = None
         if type_probabilities is not None:
             probabilities = type_probabilities[:, mask].mean(axis=1)
-        # lexicographic: most votes, then larger probability, then earlier type
-        tie_break = probabilities if probabilities is not None else np.zeros(len(LESION_TYPES))
-        winner = max(range(len(LESION_TYPES)), key=lambda t: (votes[t], tie_break[t], -t))
-        typed[mask] = 2 + winner
+        winner = majority_type(types, probabilities)  # the mean ranks ties as the sum does
+        typed[mask] = type_label(winner)
         entries.append(_entry(mask, votes, probabilities, winner, reference, spacing_zyx, is_slice))
     entries.sort(key=lambda e: -e["voxels"])
     for i, e in enumerate(entries, start=1):

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from nnunet_joint import LESION_TYPES
+from nnunet_joint.labels import LIVER, type_label
 
 #: Liver window (level 60 HU, width 160 HU): parenchyma mid-grey, cysts dark, enhancement bright.
 LIVER_WINDOW = (60.0, 160.0)
@@ -28,7 +29,7 @@ def write_overlays(ct_zyx: np.ndarray, typed_zyx: np.ndarray, spacing_zyx: Seque
 
     Args:
         ct_zyx: CT in HU, array order.
-        typed_zyx: joint label map (0 background, 1 liver, ``2 + i`` lesion type ``i``).
+        typed_zyx: joint label map (:mod:`nnunet_joint.labels`).
         spacing_zyx: voxel size; sets the pixel aspect ratio.
         out_dir: folder to write into (created).
         lesions: the entries of ``lesions.json``; each slice's title lists its lesions.
@@ -50,11 +51,11 @@ def write_overlays(ct_zyx: np.ndarray, typed_zyx: np.ndarray, spacing_zyx: Seque
                   interpolation="nearest")
         labels = typed_zyx[z]
         handles = []
-        if (labels >= 1).any():
-            ax.contour(labels >= 1, levels=[0.5], colors=[LIVER_COLOUR], linewidths=1.0)
+        if (labels >= LIVER).any():
+            ax.contour(labels >= LIVER, levels=[0.5], colors=[LIVER_COLOUR], linewidths=1.0)
             handles.append(Line2D([], [], color=LIVER_COLOUR, label="liver"))
         for i, name in enumerate(LESION_TYPES):
-            mask = labels == 2 + i
+            mask = labels == type_label(i)
             if mask.any():
                 ax.contour(mask, levels=[0.5], colors=[TYPE_COLOURS[name]], linewidths=1.5)
                 handles.append(Line2D([], [], color=TYPE_COLOURS[name], label=name))
