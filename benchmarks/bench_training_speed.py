@@ -1,17 +1,19 @@
-"""Training iterations per second: our SE-ResNet trainers next to plain ``nnUNetTrainer``.
+"""Training throughput: our SE-ResNet presets next to plain ``nnUNetTrainer``, in pixels per second.
 
-Same preprocessed dataset, same plans file, same process, interleaved rounds (plain, ours,
-plain, ours, ...) so that machine noise hits both alike; prints per-trainer patch and batch size,
-iterations/s (median over rounds), the ratio to plain nnU-Net and the parameter counts. Each
-trainer draws its batches from its own nnU-Net loader (ours round the planned patch up to a
-multiple of the encoder's stride, 16), so the patch column says what was compared.
+Same preprocessed dataset, same process, interleaved rounds (plain, ours, plain, ours, ...) so that
+machine noise hits every contender alike. Each trainer uses its own plans as a user would: plain
+nnU-Net ``nnUNetPlans``, ours ``nnUNetSEResNet18Plans`` / ``nnUNetSEResNet50Plans`` planned on the same
+dataset with our presets (spacing and normalisation are nnU-Net's in both), so patch and batch
+size differ; throughput is therefore compared as pixels per second (batch x patch area / step
+time). Also printed: parameters and multiply-adds per sample at the planned patch (torch's
+``FlopCounterMode``: FLOPs / 2), forward and backward counted once each, for one sample.
 
-    python benchmarks/bench_training_speed.py --run RUN_DIR [--dataset 504] [--iterations 10] [--rounds 3]
+    python benchmarks/bench_training_speed.py --run RUN_DIR [--dataset 504] [--iterations 5] [--rounds 3]
 
-RUN_DIR is a ``nnunet_joint_reproduce`` run folder (its nnUNet_preprocessed is used); without
-``--run`` a tiny phantom run is prepared in a temporary folder first. Timing covers
-``train_step`` (forward, loss, backward, optimiser step) on batches drawn beforehand, so data
-augmentation workers do not blur the comparison.
+RUN_DIR is a ``nnunet_joint_reproduce`` run folder (its nnUNet_preprocessed is used; missing preset
+plans are planned and preprocessed into it first); without ``--run`` a tiny phantom run is prepared
+in a temporary folder. Timing covers ``train_step`` (forward, loss, backward, optimiser step) on
+batches drawn beforehand, so data augmentation workers do not blur the comparison.
 """
 
 from __future__ import annotations
@@ -29,16 +31,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nnunet_joint.reproduce import Progress, RunFolder, prepare_data  # noqa: E402
+from nnunet_joint.planning import PLANNERS, plan_and_preprocess, plans_name_of  # noqa: E402
+from nnunet_joint.reproduce import DATASET_FOLDERS, Progress, RunFolder, prepare_data  # noqa: E402
 
-DATASETS = {503: "Dataset503_ShebaSeg", 504: "Dataset504_ShebaJoint", 502: "Dataset502_LiTSLesion"}
 
-
-def make_trainer(name: str, dataset_folder: Path, device: torch.device):
+def make_trainer(name: str, dataset_folder: Path, plans_name: str, device: torch.device):
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
     cls = recursive_find_trainer_class_by_name(name)
-    plans = json.loads((dataset_folder / "nnUNetPlans.json").read_text(encoding="utf-8"))
+    plans = json.loads((dataset_folder / f"{plans_name}.json").read_text(encoding="utf-8"))
     plans["continue_training"] = False  # what nnU-Net's run_training sets before building a trainer
     dataset_json = json.loads((dataset_folder / "dataset.json").read_text(encoding="utf-8"))
     trainer = cls(plans, "2d", 0, dataset_json, device)
@@ -47,20 +48,36 @@ def make_trainer(name: str, dataset_folder: Path, device: torch.device):
 
 
 def time_steps(trainer, batches) -> float:
+    """Seconds per training step over ``batches``."""
     trainer.network.train()
     start = time.perf_counter()
     for batch in batches:
         trainer.train_step(batch)
     if trainer.device.type == "cuda":
         torch.cuda.synchronize()
-    return len(batches) / (time.perf_counter() - start)
+    return (time.perf_counter() - start) / len(batches)
+
+
+def multiply_adds(network: torch.nn.Module, patch: list[int], device: torch.device) -> tuple[float, float]:
+    """Multiply-adds of one sample's forward and backward pass at ``patch``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    network.train()
+    x = torch.zeros(1, 1, *patch, device=device)
+    with FlopCounterMode(display=False) as counter:
+        out = network(x)
+        forward = counter.get_total_flops() / 2
+        loss = sum(o.float().mean() for o in out) if isinstance(out, (list, tuple)) else out.float().mean()
+        loss.backward()
+    network.zero_grad(set_to_none=True)
+    return forward, counter.get_total_flops() / 2 - forward
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", type=Path, help="reproduce run folder with nnUNet_preprocessed")
-    p.add_argument("--dataset", type=int, default=504, choices=sorted(DATASETS))
-    p.add_argument("--iterations", type=int, default=10)
+    p.add_argument("--dataset", type=int, default=504, choices=(502, 503, 504))
+    p.add_argument("--iterations", type=int, default=5)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--encoders", nargs="+", default=["seresnet18", "seresnet50"])
     p.add_argument("--device", default="cpu")
@@ -75,21 +92,16 @@ def main() -> None:
     results_tmp = tempfile.TemporaryDirectory()
     os.environ.update(RunFolder(run.root).environment(nnUNet_results=results_tmp.name))
     device = torch.device(args.device)
-    dataset_folder = run.preprocessed / DATASETS[args.dataset]
+    dataset_folder = run.preprocessed / DATASET_FOLDERS[args.dataset]
+    planner_of = {cls.encoder_name: name for name, cls in PLANNERS.items()}
+    for encoder in args.encoders:  # the preset planned on this dataset itself, as a user would
+        if not (dataset_folder / f"{plans_name_of(encoder)}.json").is_file():
+            plan_and_preprocess([args.dataset], planner_of[encoder])
     framework = "nnUNetTrainerJoint" if args.dataset == 504 else "nnUNetTrainerSEResNetSeg"
 
-    contenders = [("nnUNetTrainer (plain)", "nnUNetTrainer", None)]
-    contenders += [(f"{framework} {enc}", framework, enc) for enc in args.encoders]
-    if args.dataset == 503:
-        contenders += [(f"nnUNetTrainerYNet {enc}", "nnUNetTrainerYNet", enc) for enc in args.encoders]
-
-    trainers = {}
-    for label, name, encoder in contenders:
-        if encoder:
-            os.environ["nnUNet_joint_encoder"] = encoder
-        trainers[label] = make_trainer(name, dataset_folder, device)
-    # each trainer draws its batches beforehand from its own loader (our trainers round the patch
-    # to the encoder's strides and use their own deep-supervision scales), then only train_step is timed
+    contenders = [("nnUNetTrainer (plain)", "nnUNetTrainer", "nnUNetPlans")]
+    contenders += [(f"{framework} {enc}", framework, plans_name_of(enc)) for enc in args.encoders]
+    trainers = {label: make_trainer(name, dataset_folder, plans, device) for label, name, plans in contenders}
     batches = {}
     for label, trainer in trainers.items():
         trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
@@ -97,25 +109,28 @@ def main() -> None:
     for label, trainer in trainers.items():
         time_steps(trainer, batches[label][:2])  # warm-up
 
-    speeds: dict[str, list[float]] = {label: [] for label in trainers}
+    seconds: dict[str, list[float]] = {label: [] for label in trainers}
     for _ in range(args.rounds):
         for label, trainer in trainers.items():
-            speeds[label].append(time_steps(trainer, batches[label]))
+            seconds[label].append(time_steps(trainer, batches[label]))
 
-    plain = trainers["nnUNetTrainer (plain)"]
-    print(f"dataset {DATASETS[args.dataset]}, plans nnUNetPlans 2d, device {device}, "
-          f"torch threads {torch.get_num_threads()}, {args.iterations} iterations x {args.rounds} interleaved rounds")
-    base = statistics.median(speeds["nnUNetTrainer (plain)"])
-    print(f"{'trainer':<34} {'patch':>12} {'batch':>6} {'it/s':>8} {'ratio to plain':>15}")
-    for label, values in speeds.items():
-        med = statistics.median(values)
-        cfg = trainers[label].configuration_manager
-        patch = "x".join(str(int(v)) for v in cfg.patch_size)
-        print(f"{label:<34} {patch:>12} {cfg.batch_size:>6} {med:8.3f} {med / base:15.2f}")
-    plain_params = sum(p.numel() for p in plain.network.parameters())
+    print(f"dataset {DATASET_FOLDERS[args.dataset]}, device {device}, torch threads {torch.get_num_threads()}, "
+          f"{args.iterations} steps x {args.rounds} interleaved rounds (median step time)")
+    rows = []
     for label, trainer in trainers.items():
-        n = sum(p.numel() for p in trainer.network.parameters())
-        print(f"parameters {label:<34} {n / 1e6:6.2f} M ({n / plain_params:.2f}x plain)")
+        cfg = trainer.configuration_manager
+        step = statistics.median(seconds[label])
+        pixels = cfg.batch_size * int(torch.tensor(cfg.patch_size).prod())
+        forward, backward = multiply_adds(trainer.network, list(cfg.patch_size), device)
+        params = sum(p.numel() for p in trainer.network.parameters())
+        rows.append((label, trainer.plans_manager.plans_name, "x".join(map(str, cfg.patch_size)), cfg.batch_size,
+                     step, pixels / step, params, forward, backward))
+    base = rows[0][5]
+    print(f"{'trainer':<30} {'plans':<22} {'patch':>8} {'batch':>5} {'s/step':>7} {'px/s':>8} {'ratio':>6} "
+          f"{'params':>8} {'GMAC/sample fwd+bwd':>20}")
+    for label, plans, patch, batch, step, speed, params, fwd, bwd in rows:
+        print(f"{label:<30} {plans:<22} {patch:>8} {batch:>5} {step:7.2f} {speed:8.0f} {speed / base:6.2f} "
+              f"{params / 1e6:7.2f}M {fwd / 1e9:9.2f} + {bwd / 1e9:.2f}")
     for t in trainers.values():
         if t.dataloader_train is not None and hasattr(t.dataloader_train, "_finish"):
             t.dataloader_train._finish()

@@ -10,12 +10,13 @@ make the safe load fail. Weights we export are written as safetensors, which can
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -96,6 +97,48 @@ def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = 
         ) from None
     except (EOFError, KeyError, RuntimeError, ValueError, zipfile.BadZipFile, OSError) as e:
         raise InputError(path, f"not a readable PyTorch checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+class _TorchLoadingSafely:
+    """The ``torch`` module as nnU-Net's modules see it under :func:`nnunet_loads_safely`: ``torch.load``
+    is :func:`safe_torch_load` (whatever ``weights_only`` the caller asks for); every other name is torch's."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch, name)
+
+    @staticmethod
+    def load(f, map_location=None, **_ignored) -> Any:
+        return safe_torch_load(f, map_location=map_location if map_location is not None else "cpu")
+
+
+#: nnU-Net 2.8 modules that unpickle checkpoints with ``torch.load(weights_only=False)``.
+NNUNET_CHECKPOINT_LOADERS = (
+    "nnunetv2.training.nnUNetTrainer.nnUNetTrainer",  # load_checkpoint: --c, --val
+    "nnunetv2.inference.predict_from_raw_data",  # initialize_from_trained_model_folder
+    "nnunetv2.run.load_pretrained_weights",  # -pretrained_weights
+)
+
+
+@contextlib.contextmanager
+def nnunet_loads_safely() -> Iterator[None]:
+    """While inside, nnU-Net's own checkpoint loaders go through :func:`safe_torch_load`.
+
+    The one path every trainer we ship (resuming, validating) and ``nnunet_joint_predict`` (loading
+    a model folder) load checkpoints by: nnU-Net's code runs unchanged, but the ``torch`` name in
+    the modules of :data:`NNUNET_CHECKPOINT_LOADERS` is a stand-in whose ``load`` is the safe one.
+    Scoped to those modules (the global ``torch.load`` is untouched) and restored on exit.
+    """
+    import importlib
+
+    modules = [importlib.import_module(name) for name in NNUNET_CHECKPOINT_LOADERS]
+    originals = [module.torch for module in modules]
+    for module in modules:
+        module.torch = _TorchLoadingSafely()
+    try:
+        yield
+    finally:
+        for module, original in zip(modules, originals):
+            module.torch = original
 
 
 def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike,

@@ -9,13 +9,14 @@ step, so with the same variables set a user's ``nnunet_joint_predict`` finds the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from nnunet_joint import TRAINERS_DIR
 from nnunet_joint.errors import InputError, cli_entry
@@ -48,6 +49,24 @@ class RunFolder:
     @property
     def report(self) -> Path:
         return self.root / "report"
+
+    @contextlib.contextmanager
+    def nnunet_environment(self) -> Iterator[None]:
+        """This run's nnU-Net variables in ``os.environ`` while nnU-Net code runs in this process.
+
+        nnU-Net 2.8 reads them at use time (``nnunetv2.paths``); the previous values come back after.
+        """
+        wanted = {k: v for k, v in self.environment().items() if k.startswith("nnUNet_")}
+        saved = {k: os.environ.get(k) for k in wanted}
+        os.environ.update(wanted)
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
     def environment(self, **extra: str) -> dict[str, str]:
         """The environment every nnU-Net step of this run gets."""
@@ -97,11 +116,18 @@ def nnunet_bin(name: str) -> str:
 
 
 def prepare_data(run: RunFolder, phantom_size: str, seed: int, lits_dir: Path | None, sheba_dir: Path | None,
-                 progress: Progress, max_lits_cases: int | None = None) -> None:
-    """Phantom (unless raw data dirs are given) → four nnU-Net raw datasets → plan and preprocess (2d)."""
+                 progress: Progress, max_lits_cases: int | None = None, encoder: str = "seresnet18") -> None:
+    """Phantom (unless raw data dirs are given) → four nnU-Net raw datasets → plans and preprocessed data (2d).
+
+    Plain nnU-Net's default plans for every dataset (stage 1 and the plain baseline rows); the
+    SE-ResNet preset planned on the LiTS lesion dataset and carried to the Sheba datasets
+    (:func:`nnunet_joint.planning.transfer_plans`), so pretraining and fine-tuning share spacing,
+    normalisation and architecture. All of it in this process (no worker pools).
+    """
     from nnunet_joint.dataset_conversion.convert_lits import convert_lits
     from nnunet_joint.dataset_conversion.convert_sheba import convert_sheba
     from nnunet_joint.phantom import generate_corpus
+    from nnunet_joint.planning import plan_and_preprocess, plans_name_of, transfer_plans
 
     marker = run.root / "logs" / "data.done"
     if marker.is_file():  # a rerun resumes: the datasets are converted and preprocessed already
@@ -117,16 +143,24 @@ def prepare_data(run: RunFolder, phantom_size: str, seed: int, lits_dir: Path | 
     convert_lits(lits_dir, raw_root=run.raw, overwrite=True, max_cases=max_lits_cases,
                  preprocessed_root=run.preprocessed)
     convert_sheba(sheba_dir, raw_root=run.raw, preprocessed_root=run.preprocessed, overwrite=True)
-    progress.step("nnUNetv2_plan_and_preprocess -c 2d --verify_dataset_integrity")
-    ids = [str(i) for i in DATASET_IDS.values()]
-    run_nnunet([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", *ids, "-c", "2d", "-np", "2",
-                "--verify_dataset_integrity"], run, run.root / "logs" / "plan_and_preprocess.log")
+    plans = plans_name_of(encoder)
+    progress.step(f"planning and preprocessing (2d): nnUNetPlans for 501-504, {plans} for 502 carried to 503/504")
+    with run.nnunet_environment():
+        plan_and_preprocess([DATASET_IDS["liver"], DATASET_IDS["seg"], DATASET_IDS["joint"]], "ExperimentPlanner",
+                            verify_dataset_integrity=True)
+        plan_and_preprocess([DATASET_IDS["lits_lesion"]], SERESNET_PLANNER[encoder], verify_dataset_integrity=True)
+        transfer_plans(DATASET_IDS["lits_lesion"], [DATASET_IDS["seg"], DATASET_IDS["joint"]], plans)
+    marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text("converted and preprocessed\n")
 
 
 DATASET_FOLDERS = {501: "Dataset501_LiTSLiver", 502: "Dataset502_LiTSLesion", 503: "Dataset503_ShebaSeg",
                    504: "Dataset504_ShebaJoint"}
 PLAIN_TRAINER = "nnUNetTrainer_JointBudget"  # nnUNetTrainer itself, length from our budget variables
+DEFAULT_PLANS = "nnUNetPlans"
+#: The planner of each encoder's preset (nnunet_joint.planning).
+SERESNET_PLANNER = {"seresnet18": "nnUNetPlannerSEResNet18", "seresnet34": "nnUNetPlannerSEResNet34",
+                    "seresnet50": "nnUNetPlannerSEResNet50"}
 FRAMEWORK_TRAINERS = {"cls": "nnUNetTrainerSEResNetCls", "seg": "nnUNetTrainerSEResNetSeg",
                       "ynet": "nnUNetTrainerYNet", "joint": "nnUNetTrainerJoint"}
 FRAMEWORK_ROWS = {"cls": "Classification baseline", "seg": "Segmentation baseline", "ynet": "Y-Net",
@@ -148,8 +182,14 @@ class Experiment:
     def name(self) -> str:
         return f"{self.trainer}@{DATASET_FOLDERS[self.dataset]}"
 
-    def trainer_dir(self, run: RunFolder) -> Path:
-        return run.results / DATASET_FOLDERS[self.dataset] / f"{self.trainer}__nnUNetPlans__2d"
+    def plans(self, encoder: str) -> str:
+        """Plain nnU-Net rows keep nnU-Net's default plans; ours use the SE-ResNet preset."""
+        from nnunet_joint.planning import plans_name_of
+
+        return DEFAULT_PLANS if self.framework == "nnunet" else plans_name_of(encoder)
+
+    def trainer_dir(self, run: RunFolder, encoder: str) -> Path:
+        return trainer_dir(run, self.trainer, self.dataset, self.plans(encoder))
 
 
 def experiment(framework: str, init: str = "scratch", schedule: str = "NoFreeze") -> Experiment:
@@ -176,6 +216,7 @@ class Profile:
     name: str
     folds: tuple[int, ...]
     phantom_size: str
+    encoder: str  # the SE-ResNet preset of our rows and the LiTS pretraining
     budget: dict[str, str]  # our budget variables for Sheba trainings ({} = nnU-Net's standard length)
     stage_budget: dict[str, str]  # for stage 1 and LiTS pretraining
     lits_fold: str  # fold of the LiTS lesion model our LiTS init loads
@@ -187,18 +228,18 @@ PROFILES = {
     # Fits the 15-minute budget of a 2-core CPU machine (measured: 16.5 min with six rows at 6 x 10 and
     # stage budgets 4 x 10, hence these): the small phantom, fold 0, five rows (Y-Net from LiTS, joint
     # from scratch, from LiTS and with hierarchical freezing, plain nnU-Net on 504).
-    "demo": Profile("demo", (0,), "small",
-                    {"nnUNet_joint_epochs": "5", "nnUNet_joint_iterations": "10", "nnUNet_joint_encoder": "seresnet18"},
-                    {"nnUNet_joint_epochs": "2", "nnUNet_joint_iterations": "10", "nnUNet_joint_encoder": "seresnet18"},
+    "demo": Profile("demo", (0,), "small", "seresnet18",
+                    {"nnUNet_joint_epochs": "5", "nnUNet_joint_iterations": "10"},
+                    {"nnUNet_joint_epochs": "2", "nnUNet_joint_iterations": "10"},
                     "0", None,
                     ("nnUNetTrainerYNet_LiTS", "nnUNetTrainerJoint", "nnUNetTrainerJoint_LiTS",
                      "nnUNetTrainerJoint_LiTS_HierFreeze", f"{PLAIN_TRAINER}@{DATASET_FOLDERS[504]}")),
     # The papers' protocol: 3 folds, nnU-Net's standard training length, every row.
-    "full": Profile("full", (0, 1, 2), "default", {}, {}, "all", None, None),
+    "full": Profile("full", (0, 1, 2), "default", "seresnet50", {}, {}, "all", None, None),
     # For tests: the tiny phantom and a minimal budget.
-    "tiny": Profile("tiny", (0,), "tiny",
-                    {"nnUNet_joint_epochs": "1", "nnUNet_joint_iterations": "2", "nnUNet_joint_encoder": "seresnet18"},
-                    {"nnUNet_joint_epochs": "1", "nnUNet_joint_iterations": "2", "nnUNet_joint_encoder": "seresnet18"},
+    "tiny": Profile("tiny", (0,), "tiny", "seresnet18",
+                    {"nnUNet_joint_epochs": "1", "nnUNet_joint_iterations": "2"},
+                    {"nnUNet_joint_epochs": "1", "nnUNet_joint_iterations": "2"},
                     "0", None,
                     ("nnUNetTrainerSEResNetCls_LiTS", "nnUNetTrainerSEResNetSeg_LiTS", "nnUNetTrainerYNet_LiTS",
                      "nnUNetTrainerJoint_LiTS", PLAIN_TRAINER)),
@@ -212,11 +253,16 @@ def fold_done(fold_dir: Path) -> bool:
         (validation / "summary.json").is_file() or (validation / "classification.json").is_file())
 
 
+def trainer_dir(run: RunFolder, trainer: str, dataset: int, plans: str) -> Path:
+    """nnU-Net's results folder ``<Dataset>/<trainer>__<plans>__2d``."""
+    return run.results / DATASET_FOLDERS[dataset] / f"{trainer}__{plans}__2d"
+
+
 def train_fold(run: RunFolder, trainer: str, dataset: int, fold: str, device: str, budget: dict[str, str],
-               extra_env: dict[str, str], commands: list[str]) -> Path:
-    """``nnUNetv2_train DATASET 2d FOLD -tr TRAINER -device DEVICE``, skipped when already done (resumable)."""
-    fold_dir = run.results / DATASET_FOLDERS[dataset] / f"{trainer}__nnUNetPlans__2d" / f"fold_{fold}"
-    cmd = [nnunet_bin("nnUNetv2_train"), str(dataset), "2d", fold, "-tr", trainer, "-device", device]
+               extra_env: dict[str, str], commands: list[str], plans: str = DEFAULT_PLANS) -> Path:
+    """``nnUNetv2_train DATASET 2d FOLD -tr TRAINER -p PLANS -device DEVICE``, skipped when done (resumable)."""
+    fold_dir = trainer_dir(run, trainer, dataset, plans) / f"fold_{fold}"
+    cmd = [nnunet_bin("nnUNetv2_train"), str(dataset), "2d", fold, "-tr", trainer, "-p", plans, "-device", device]
     commands.append(" ".join(f"{k}={v}" for k, v in budget.items()) + (" " if budget else "")
                     + " ".join(["nnUNetv2_train", *cmd[1:]]))
     if fold_done(fold_dir):
@@ -254,6 +300,7 @@ def reproduce(out: Path, profile: Profile, device: str = "cpu", imagenet_weights
               folds: Sequence[int] | None = None, stop_after: str | None = None, quiet: bool = False) -> dict:
     """Run the whole pipeline into ``out``; finished folds are skipped, so a rerun resumes."""
     from nnunet_joint.evaluation.report import build_report
+    from nnunet_joint.planning import plans_name_of
 
     run = RunFolder(out.resolve())
     folds = tuple(folds) if folds is not None else profile.folds
@@ -263,7 +310,9 @@ def reproduce(out: Path, profile: Profile, device: str = "cpu", imagenet_weights
     progress = Progress(total_steps=(3 if lits_dir is None or sheba_dir is None else 2) + 2
                         + len(runnable) * len(folds) + 1, quiet=quiet)
     commands = [" ".join(["nnunet_joint_reproduce", "--profile", profile.name, "--out", str(out)])]
-    prepare_data(run, profile.phantom_size, seed, lits_dir, sheba_dir, progress, max_lits_cases=profile.max_lits_cases)
+    prepare_data(run, profile.phantom_size, seed, lits_dir, sheba_dir, progress, max_lits_cases=profile.max_lits_cases,
+                 encoder=profile.encoder)
+    plans = plans_name_of(profile.encoder)
     if stop_after == "data":
         return {"run": run.root}
 
@@ -272,7 +321,8 @@ def reproduce(out: Path, profile: Profile, device: str = "cpu", imagenet_weights
     liver_dir = train_fold(run, PLAIN_TRAINER, 501, "0", device, stage_env, {}, commands)
     liver_summary = evaluate_dir(liver_dir.parent, run, 501, ["0"])
     progress.step(f"LiTS lesion pretraining: nnUNetTrainerSEResNetSeg on {DATASET_FOLDERS[502]} fold {profile.lits_fold}")
-    lits_dir_fold = train_fold(run, "nnUNetTrainerSEResNetSeg", 502, profile.lits_fold, device, stage_env, {}, commands)
+    lits_dir_fold = train_fold(run, "nnUNetTrainerSEResNetSeg", 502, profile.lits_fold, device, stage_env, {}, commands,
+                               plans)
     transfer_env = {"nnUNet_joint_lits_checkpoint": str(lits_dir_fold / "checkpoint_final.pth")}
     if imagenet_weights is not None:
         transfer_env["nnUNet_joint_imagenet_weights"] = str(Path(imagenet_weights).resolve())
@@ -281,10 +331,11 @@ def reproduce(out: Path, profile: Profile, device: str = "cpu", imagenet_weights
     for exp in matrix:
         entry = {"row": FRAMEWORK_ROWS[exp.framework], "framework": exp.framework, "init": exp.init,
                  "schedule": exp.schedule, "trainer": exp.trainer, "dataset": DATASET_FOLDERS[exp.dataset],
-                 "trainer_dir": exp.trainer_dir(run), "summary": None, "folds": list(folds),
+                 "trainer_dir": exp.trainer_dir(run, profile.encoder), "plans": exp.plans(profile.encoder),
+                 "summary": None, "folds": list(folds),
                  "budget": {"epochs": int(profile.budget.get("nnUNet_joint_epochs", 0)) or "nnU-Net default",
                             "iterations": int(profile.budget.get("nnUNet_joint_iterations", 0)) or "nnU-Net default",
-                            "encoder": profile.budget.get("nnUNet_joint_encoder", "seresnet50")}}
+                            "encoder": profile.encoder if exp.framework != "nnunet" else "-"}}
         if exp.init == "ImageNet" and imagenet_weights is None:
             entry["status"] = "not run: no ImageNet weights given"
         elif exp not in selected:
@@ -294,8 +345,8 @@ def reproduce(out: Path, profile: Profile, device: str = "cpu", imagenet_weights
                 for fold in folds:
                     progress.step(f"{exp.trainer} on {DATASET_FOLDERS[exp.dataset]} fold {fold}")
                     train_fold(run, exp.trainer, exp.dataset, str(fold), device, profile.budget, transfer_env,
-                               commands)
-                entry["summary"] = evaluate_dir(exp.trainer_dir(run), run, exp.dataset, folds)
+                               commands, exp.plans(profile.encoder))
+                entry["summary"] = evaluate_dir(exp.trainer_dir(run, profile.encoder), run, exp.dataset, folds)
                 entry["status"] = "done"
             except (RuntimeError, InputError) as e:
                 entry["status"] = "failed: " + str(e).splitlines()[0]

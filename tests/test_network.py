@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -64,7 +65,7 @@ def test_strides_of_one_and_anisotropic_keep_resolution():
 
 
 @pytest.mark.parametrize("name, size", [("seresnet18", (64, 64)), ("seresnet18", (64, 96)),
-                                        ("seresnet34", (32, 48)), ("seresnet50", (32, 32))])
+                                        ("seresnet34", (32, 64)), ("seresnet50", (32, 32))])
 def test_unet_output_is_full_resolution(name, size):
     net = SEResNetUNet(1, 3, name).eval()
     with torch.no_grad():
@@ -72,57 +73,125 @@ def test_unet_output_is_full_resolution(name, size):
     assert isinstance(out, torch.Tensor) and tuple(out.shape) == (2, 3, *size)
 
 
+@pytest.mark.parametrize("name", sorted(ENCODER_DEPTHS))
+def test_encoder_downsamples_like_imagenet_and_decoder_is_light(name):
+    """Standard strides (stem 2, pool 2, stages 1/2/2/2) and decoder widths 256..16 whatever the encoder."""
+    net = SEResNetUNet(1, 3, name)
+    assert net.encoder.conv1.stride == (2, 2) and net.encoder.maxpool.stride == (2, 2)
+    assert net.strides == [[1, 1], [2, 2], [2, 2], [2, 2], [2, 2], [2, 2]] and net.input_divisor == [32, 32]
+    assert [stage.output_channels for stage in net.decoder.stages] == [256, 128, 64, 32, 16]
+    widest_decoder_conv = max(m.in_channels for n, m in net.named_modules()
+                              if isinstance(m, torch.nn.Conv2d) and n.startswith("decoder.stages."))
+    assert widest_decoder_conv == 512  # 256 upsampled + 256 projected skip; never 1024/2048-channel convs
+    e = EXPANSION[ENCODER_DEPTHS[name]]
+    assert [lat.conv.in_channels for lat in net.lateral] == [64, 64 * e, 128 * e, 256 * e]
+    assert net.decoder.transpconvs[0].in_channels == 512 * e  # the deepest feature enters directly
+    with torch.no_grad():
+        skips = net.skips(torch.zeros(1, 1, 64, 96), net.encoder(torch.zeros(1, 1, 64, 96)))
+    assert [tuple(s.shape[1:]) for s in skips] == [
+        (16, 64, 96), (32, 32, 48), (64, 16, 24), (128, 8, 12), (256, 4, 6), (512 * e, 2, 3)]
+
+
 def test_deep_supervision_outputs_match_scales_and_can_be_switched_off():
-    net = SEResNetUNet(1, 4, "seresnet18", strides=(1, 2, 2, (2, 1), 2), deep_supervision=True).eval()
+    net = SEResNetUNet(1, 4, "seresnet18", deep_supervision=True).eval()
     scales = net.deep_supervision_scales()
-    assert scales == [[1.0, 1.0], [0.5, 0.5], [0.25, 0.25], [0.125, 0.25]]
-    x = torch.zeros(1, 1, 32, 48)
+    assert scales == [[1.0, 1.0], [0.5, 0.5], [0.25, 0.25], [0.125, 0.125], [0.0625, 0.0625]]
+    x = torch.zeros(1, 1, 64, 96)
     with torch.no_grad():
         outs = net(x)
-    assert isinstance(outs, list) and len(outs) == len(scales) == 4
-    assert [tuple(o.shape) for o in outs] == [(1, 4, int(32 * a), int(48 * b)) for a, b in scales]
+    assert isinstance(outs, list) and len(outs) == len(scales) == 5
+    assert [tuple(o.shape) for o in outs] == [(1, 4, int(64 * a), int(96 * b)) for a, b in scales]
     net.decoder.deep_supervision = False  # what nnUNetTrainer.set_deep_supervision_enabled does
     with torch.no_grad():
-        assert tuple(net(x).shape) == (1, 4, 32, 48)
+        assert tuple(net(x).shape) == (1, 4, 64, 96)
+
+
+def test_deep_supervision_scales_are_nnunets_from_the_plans_strides():
+    """nnU-Net derives its scales from the plans' strides (pool_op_kernel_sizes); ours must agree."""
+    net = SEResNetUNet(1, 4, "seresnet18")
+    nnunet_scales = [list(row) for row in 1 / np.cumprod(np.vstack(net.strides), axis=0)][:-1]
+    assert net.deep_supervision_scales() == [[float(v) for v in row] for row in nnunet_scales]
 
 
 def test_ynet_returns_seg_and_cls_but_plain_call_returns_seg_only():
     torch.manual_seed(0)
     net = SEResNetUNet(1, 3, "seresnet18", deep_supervision=True, num_cls_classes=3).eval()
-    x = torch.randn(2, 1, 32, 32)
+    x = torch.randn(2, 1, 64, 64)
     with torch.no_grad():
         seg, cls = net(x, return_cls=True)
-        assert [tuple(s.shape) for s in seg] == [(2, 3, 32, 32), (2, 3, 16, 16), (2, 3, 8, 8), (2, 3, 4, 4)]
+        assert [tuple(s.shape) for s in seg] == [(2, 3, 64, 64), (2, 3, 32, 32), (2, 3, 16, 16), (2, 3, 8, 8),
+                                                 (2, 3, 4, 4)]
         assert tuple(cls.shape) == (2, 3)
         net.decoder.deep_supervision = False
         predictor_out = net(x)  # nnU-Net's predictor: network(x) -> one tensor
-        assert isinstance(predictor_out, torch.Tensor) and tuple(predictor_out.shape) == (2, 3, 32, 32)
-        expected_cls = net.cls_head(net.encoder(x)[-1])
+        assert isinstance(predictor_out, torch.Tensor) and tuple(predictor_out.shape) == (2, 3, 64, 64)
+        expected_cls = net.cls_head(net.encoder(x)[-1])  # the head reads the 1/32 feature
         assert torch.equal(cls, expected_cls)
+        assert tuple(net.encoder(x)[-1].shape[2:]) == (2, 2)
 
 
 def test_classifier_only_and_invalid_configurations():
     clf = SEResNetUNet(1, 0, "seresnet18", segmentation=False, num_cls_classes=3).eval()
-    assert clf.decoder is None
+    assert clf.decoder is None and clf.full_res is None and clf.lateral is None
+    assert all(k.startswith(("encoder.", "cls_head.")) for k in clf.state_dict())  # the plain SE-ResNet + head
     with torch.no_grad():
         assert tuple(clf(torch.zeros(2, 1, 32, 32)).shape) == (2, 3)
-    seg_only = SEResNetUNet(1, 3, "seresnet18")
+    seg_only = SEResNetUNet(1, 3, "seresnet18").eval()
     with pytest.raises(ValueError, match="no classification head"):
         seg_only(torch.zeros(1, 1, 32, 32), return_cls=True)
     with pytest.raises(ValueError, match="needs a classification head"):
         SEResNetUNet(1, 3, segmentation=False)
     with pytest.raises(ValueError, match="unknown encoder 'resnet18'"):
         SEResNetUNet(1, 3, "resnet18")
+    with pytest.raises(ValueError, match="full-resolution"):
+        SEResNetUNet(1, 3, strides=(2, 2, 2, 2, 2, 2))
+    with pytest.raises(ValueError, match="decoder_channels"):
+        SEResNetUNet(1, 3, decoder_channels=(16, 32, 64))
 
 
 def test_state_dict_holds_encoder_once():
     net = SEResNetUNet(1, 3, "seresnet18", num_cls_classes=3)
     keys = list(net.state_dict())
     assert not any(k.startswith("decoder.encoder.") for k in keys)
-    assert net.decoder.encoder is net.encoder
     assert sum(k.startswith("encoder.") for k in keys) == len(net.encoder.state_dict())
-    assert net.input_divisor == [16, 16]
-    assert net.compute_conv_feature_map_size([64, 64]) > 0
+    assert {k.split(".")[0] for k in keys} == {"encoder", "full_res", "lateral", "decoder", "cls_head"}
+
+
+def _count_by_hooks(module: torch.nn.Module, size) -> int:
+    """Feature-map elements counted from a real forward pass: every conv output, plus residual sums."""
+    from nnunet_joint.network.seresnet import SEBasicBlock, SEBottleneck, SEModule
+
+    se_convs = {id(c) for m in module.modules() if isinstance(m, SEModule) for c in m.modules()}
+    counted = [m for m in module.modules()
+               if (isinstance(m, torch.nn.Conv2d) and id(m) not in se_convs) or isinstance(m, (SEBasicBlock, SEBottleneck))]
+    total = []
+    hooks = [m.register_forward_hook(lambda _m, _i, o: total.append(o[0].numel())) for m in counted]
+    with torch.no_grad():
+        module.eval()(torch.zeros(1, 1, *size))
+    for h in hooks:
+        h.remove()
+    return sum(total)
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_encoder_feature_map_count_equals_a_forward_pass(depth):
+    """nnU-Net's memory model counts one unit per conv output and per residual sum: check against hooks."""
+    encoder = SEResNetEncoder(1, depth)
+    assert encoder.compute_conv_feature_map_size([64, 96]) == _count_by_hooks(encoder, (64, 96))
+
+
+def test_macs_are_a_quarter_of_a_stride_one_stem():
+    """The standard stem (stride 2) is what makes the network cheap: count multiply-adds."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def macs(net):
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            net.eval()(torch.zeros(1, 1, 128, 128))
+        return counter.get_total_flops() / 2
+
+    standard = SEResNetEncoder(1, 18)
+    stride_one_stem = SEResNetEncoder(1, 18, strides=(1, 2, 2, 2, 2))
+    assert macs(stride_one_stem) / macs(standard) == pytest.approx(4.0, rel=0.02)
 
 
 def test_classification_head_is_pool_then_linear():

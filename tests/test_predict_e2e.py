@@ -26,11 +26,12 @@ LIVER_BUDGET = {"nnUNet_joint_epochs": "1", "nnUNet_joint_iterations": "60"}
 #: Long enough for lesions to be found and typed above chance (measured on the tiny phantom, all 18 slices
 #: of which 12 trained fold 0: 23/27 found, 16/23 typed right, median diameter ratio 1.17); about 2-4 min
 #: of training on a 2-core machine.
-JOINT_BUDGET = {"nnUNet_joint_epochs": "20", "nnUNet_joint_iterations": "15", "nnUNet_joint_encoder": "seresnet18"}
+JOINT_BUDGET = {"nnUNet_joint_epochs": "20", "nnUNet_joint_iterations": "15"}
+JOINT_PLANS = "nnUNetSEResNet18Plans"  # the tiny run's preset (LiTS plans carried to 504)
 
 
-def train(run: RunFolder, dataset: int, trainer: str, fold: str, **env: str) -> None:
-    cmd = [nnunet_bin("nnUNetv2_train"), str(dataset), "2d", fold, "-tr", trainer, "-device", "cpu"]
+def train(run: RunFolder, dataset: int, trainer: str, fold: str, plans: str = "nnUNetPlans", **env: str) -> None:
+    cmd = [nnunet_bin("nnUNetv2_train"), str(dataset), "2d", fold, "-tr", trainer, "-p", plans, "-device", "cpu"]
     proc = subprocess.run(cmd, env=run.environment(**env),
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -42,7 +43,7 @@ def run(tiny_run, tmp_path_factory) -> RunFolder:
     run = copy_run(tiny_run, tmp_path_factory.mktemp("predict_e2e") / "run")
     # fold "all": the liver model sees every LiTS volume, including the one predicted below
     train(run, 501, LIVER_TRAINER, "all", **LIVER_BUDGET)
-    train(run, 504, "nnUNetTrainerJoint", "0", **JOINT_BUDGET)
+    train(run, 504, "nnUNetTrainerJoint", "0", JOINT_PLANS, **JOINT_BUDGET)
     return run
 
 

@@ -15,6 +15,7 @@ import SimpleITK as sitk
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from fake_models import write_model_folder
 from nnunet_joint.errors import InputError
 from nnunet_joint.inference import cli, models
 from nnunet_joint.inference.inputs import discover_inputs, order_dicom_series, read_case
@@ -246,14 +247,7 @@ def test_existing_output_with_our_marker_gets_past_the_output_check(tmp_path):
 
 
 def fake_model_folder(root: Path, with_checkpoint: bytes | None = None) -> Path:
-    folder = root / "Dataset501_LiTSLiver" / "nnUNetTrainer__nnUNetPlans__2d"
-    folder.mkdir(parents=True)
-    (folder / "plans.json").write_text(json.dumps({"configurations": {}}))
-    (folder / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1}}))
-    if with_checkpoint is not None:
-        (folder / "fold_0").mkdir()
-        (folder / "fold_0" / "checkpoint_final.pth").write_bytes(with_checkpoint)
-    return folder
+    return write_model_folder(root, checkpoint=with_checkpoint)
 
 
 class _RunsCode:

@@ -37,7 +37,7 @@ def test_run_folder_is_self_contained(run_dir):
     # stage 1 and the LiTS lesion model where nnunet_joint_predict looks for them
     assert (run_dir / "nnUNet_results" / DATASET_FOLDERS[501] / f"{PLAIN_TRAINER}__nnUNetPlans__2d" / "fold_0"
             / "checkpoint_final.pth").is_file()
-    assert (run_dir / "nnUNet_results" / DATASET_FOLDERS[502] / "nnUNetTrainerSEResNetSeg__nnUNetPlans__2d"
+    assert (run_dir / "nnUNet_results" / DATASET_FOLDERS[502] / "nnUNetTrainerSEResNetSeg__nnUNetSEResNet18Plans__2d"
             / "fold_0" / "checkpoint_final.pth").is_file()
 
 

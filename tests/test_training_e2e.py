@@ -25,16 +25,20 @@ pytestmark = pytest.mark.slow
 
 FRAMEWORK_DATASET = {"nnUNetTrainerSEResNetSeg": 503, "nnUNetTrainerSEResNetCls": 503,
                      "nnUNetTrainerYNet": 503, "nnUNetTrainerJoint": 504}
-BUDGET = {"nnUNet_joint_epochs": "1", "nnUNet_joint_iterations": "2", "nnUNet_joint_encoder": "seresnet18"}
+BUDGET = {"nnUNet_joint_epochs": "1", "nnUNet_joint_iterations": "2"}
+#: The tiny run's SE-ResNet preset (planned on 502, carried to 503/504); plain nnU-Net keeps nnUNetPlans.
+PLANS = "nnUNetSEResNet18Plans"
 
 
-def train(run: RunFolder, dataset: int, trainer: str, fold: int = 0, **env: str) -> Path:
+def train(run: RunFolder, dataset: int, trainer: str, fold: int = 0, plans: str | None = None, **env: str) -> Path:
     """The fold folder of ``trainer``, trained through ``nnUNetv2_train`` unless the tiny reproduce
     run already trained it (with the same budget)."""
-    fold_dir = run.results / DATASET_FOLDERS[dataset] / f"{trainer}__nnUNetPlans__2d" / f"fold_{fold}"
+    plans = plans or ("nnUNetPlans" if trainer == "nnUNetTrainer_JointBudget" else PLANS)
+    fold_dir = run.results / DATASET_FOLDERS[dataset] / f"{trainer}__{plans}__2d" / f"fold_{fold}"
     if (fold_dir / "checkpoint_final.pth").is_file():
         return fold_dir
-    cmd = [nnunet_bin("nnUNetv2_train"), str(dataset), "2d", str(fold), "-tr", trainer, "-device", "cpu"]
+    cmd = [nnunet_bin("nnUNetv2_train"), str(dataset), "2d", str(fold), "-tr", trainer, "-p", plans,
+           "-device", "cpu"]
     proc = subprocess.run(cmd, env=run.environment(**{**BUDGET, **env}), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return fold_dir
@@ -76,7 +80,10 @@ def test_lits_model_is_a_complete_nnunet_run(run, lits_checkpoint):
     assert rec["num_epochs"] == 1 and rec["num_iterations_per_epoch"] == 2
     assert "budget 1 epochs x 2 iterations" in log_text(fold_dir)
     plans = json.loads((fold_dir.parent / "plans.json").read_text(encoding="utf-8"))
-    assert plans["configurations"]["2d"]["nnunet_joint_architecture"]["encoder"] == "seresnet18"
+    assert plans["plans_name"] == PLANS
+    assert plans["configurations"]["2d"]["architecture"]["arch_kwargs"]["encoder_name"] == "seresnet18"
+    assert rec["architecture"]["plans"] == PLANS and rec["architecture"]["patch_size"] == \
+        plans["configurations"]["2d"]["patch_size"]
 
 
 # Every framework with the LiTS init (the papers' best), the ImageNet init on the Y-Net, scratch on the
@@ -125,7 +132,7 @@ def check_class_weights_match_training_fold(run: RunFolder, rec: dict, train_cas
     nnU-Net's -1 outside-the-crop marker is not a class)."""
     import blosc2
 
-    folder = run.preprocessed / "Dataset504_ShebaJoint" / "nnUNetPlans_2d"
+    folder = run.preprocessed / "Dataset504_ShebaJoint" / f"{PLANS}_2d"
     counts = np.zeros(5, dtype=np.int64)
     for case in train_cases:
         seg = np.asarray(blosc2.open(urlpath=str(folder / f"{case}_seg.b2nd"), mode="r")[:])
@@ -175,7 +182,7 @@ def test_nnunetv2_predict_with_our_trainer(run, tmp_path):
         (inp / p.name).write_bytes(p.read_bytes())
     out = tmp_path / "out"
     cmd = [nnunet_bin("nnUNetv2_predict"), "-i", str(inp), "-o", str(out), "-d", "504", "-c", "2d",
-           "-tr", "nnUNetTrainerJoint_LiTS", "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"]
+           "-tr", "nnUNetTrainerJoint_LiTS", "-p", PLANS, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"]
     proc = subprocess.run(cmd, env=run.environment(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert fold_dir.is_dir()
@@ -225,3 +232,45 @@ def test_sheba_conversion_crops_from_the_stage1_liver_model(run, tmp_path):
             assert entry["crop_source"] == "whole slice (stage 1 found no liver)"
         assert 0.0 <= entry["lesion_fraction_in_crop"] <= 1.0
     print("crop sources:", {s: sources.count(s) for s in set(sources)})
+
+
+@pytest.mark.parametrize("encoder", ["seresnet34", "seresnet50"])
+def test_each_preset_plans_trains_and_predicts_through_the_commands(run, tmp_path, encoder):
+    """Preset planned by ``nnunet_joint_plan_and_preprocess -pl``, trained by ``nnUNetv2_train -p``, and the
+    network rebuilt from the results folder's plans by ``nnUNetv2_predict -p`` and ``nnunet_joint_predict``.
+    (SE-ResNet-18, the tiny run's preset, goes the same way in the tests above.)"""
+    from nnunet_joint.planning import plans_name_of
+    from nnunet_joint.reproduce import SERESNET_PLANNER
+
+    plans = plans_name_of(encoder)
+    proc = subprocess.run([nnunet_bin("nnunet_joint_plan_and_preprocess"), "-d", "504", "-c", "2d",
+                           "-pl", SERESNET_PLANNER[encoder]], env=run.environment(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"plans {plans}" in proc.stdout
+    fold_dir = train(run, 504, "nnUNetTrainerJoint", plans=plans)
+    assert fold_dir.parent.name == f"nnUNetTrainerJoint__{plans}__2d"  # the folder says the encoder
+    saved = json.loads((fold_dir.parent / "plans.json").read_text(encoding="utf-8"))
+    assert saved["configurations"]["2d"]["architecture"]["arch_kwargs"]["encoder_name"] == encoder
+    weights = safe_torch_load(fold_dir / "checkpoint_final.pth")["network_weights"]
+    assert weights["encoder.conv1.weight"].shape == (64, 1, 7, 7)
+    assert ("encoder.layer1.0.conv3.weight" in weights) == (encoder == "seresnet50")  # bottleneck blocks
+
+    image = sorted((run.raw / "Dataset504_ShebaJoint" / "imagesTr").glob("*_0000.nii.gz"))[0]
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    (inp / image.name).write_bytes(image.read_bytes())
+    proc = subprocess.run([nnunet_bin("nnUNetv2_predict"), "-i", str(inp), "-o", str(out), "-d", "504", "-c", "2d",
+                           "-tr", "nnUNetTrainerJoint", "-p", plans, "-f", "0", "-device", "cpu", "-npp", "1",
+                           "-nps", "1"], env=run.environment(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert sitk.ReadImage(str(out / image.name.replace("_0000", ""))).GetSize() == sitk.ReadImage(str(image)).GetSize()
+
+    liver = train(run, 501, "nnUNetTrainer_JointBudget").parent
+    ct = sorted((run.phantom / "Sheba" / "slices").glob("*.nii.gz"))[0]
+    proc = subprocess.run([nnunet_bin("nnunet_joint_predict"), "-i", str(ct), "-o", str(tmp_path / "cascade"),
+                           "--liver-model", str(liver), "--lesion-model", str(fold_dir.parent), "--device", "cpu",
+                           "--quiet"], env=run.environment(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads((tmp_path / "cascade" / "lesions.json").read_text(encoding="utf-8"))
+    assert report["models"]["lesion"]["trainer"] == "nnUNetTrainerJoint"
+    assert sitk.ReadImage(str(tmp_path / "cascade" / "lesions.nii.gz")).GetSize() == sitk.ReadImage(str(ct)).GetSize()

@@ -83,52 +83,80 @@ def test_budget_from_environment(monkeypatch):
         settings.Budget.from_env()
 
 
-def test_encoder_and_lambda_validation(monkeypatch):
-    monkeypatch.setenv(settings.ENV_ENCODER, "resnet18")
-    with pytest.raises(InputError, match="unknown encoder"):
-        settings.encoder_from_env()
+def test_lambda_validation(monkeypatch):
     monkeypatch.setenv(settings.ENV_LAMBDA, "1.5")
     with pytest.raises(InputError, match=r"\[0, 1\]"):
         settings.lambda_from_env()
 
 
-def test_patch_size_rounds_up_to_the_encoder_stride():
-    from nnunet_joint.training.base import ENCODER_STRIDES_2D, encoder_patch_size
-
-    assert np.prod(np.array(ENCODER_STRIDES_2D), axis=0).tolist() == [16, 16]
-    assert encoder_patch_size([48, 48]) == [48, 48]
-    assert encoder_patch_size([56, 40]) == [64, 48]
-    assert encoder_patch_size([8, 17]) == [16, 32]
-
-
-def test_architecture_is_the_same_for_every_plans_so_weights_transfer(monkeypatch):
-    """Two datasets planned differently give networks with identical state-dict shapes."""
+def _configuration(architecture: dict, patch=(64, 96)):
     from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
+    return ConfigurationManager({"architecture": architecture, "patch_size": list(patch)})
+
+
+SERESNET_ARCHITECTURE = {"network_class_name": "nnunet_joint.network.unet.SEResNetUNet",
+                         "arch_kwargs": {"encoder_name": "seresnet34",
+                                         "strides": [[1, 1], [2, 2], [2, 2], [2, 2], [2, 2], [2, 2]],
+                                         "decoder_channels": [16, 32, 64, 128, 256], "n_conv_per_stage_decoder": 2},
+                         "_kw_requires_import": []}
+
+
+class _Plans:
+    plans_name = "nnUNetSEResNet34Plans"
+
+
+@pytest.mark.parametrize("trainer, head, decoder", [("nnUNetTrainerJoint", False, True), ("nnUNetTrainerYNet", True, True),
+                                                    ("nnUNetTrainerSEResNetCls", True, False)])
+def test_trainers_build_the_plans_network_and_add_only_their_head(monkeypatch, trainer, head, decoder):
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    monkeypatch.setenv("nnUNet_extTrainer", str(TRAINERS_DIR))
+    cls = recursive_find_trainer_class_by_name(trainer)
+    net = cls.build_network_architecture(_Plans(), _configuration(SERESNET_ARCHITECTURE), 1, 5, True)
+    assert net.encoder_name == "seresnet34" and net.encoder.depth == 34  # the encoder is the plans'
+    assert (net.cls_head is not None) == head and (net.decoder is not None) == decoder
+    if decoder:
+        assert net.decoder.deep_supervision and net.decoder.seg_layers[-1].out_channels == 5
+
+
+def test_our_trainers_refuse_plans_of_another_network(monkeypatch):
     from nnunet_joint.training.base import nnUNetTrainerSEResNetBase
 
-    monkeypatch.setenv(settings.ENV_ENCODER, "seresnet18")
+    plain = {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+             "arch_kwargs": {}, "_kw_requires_import": []}
 
-    def manager(strides, patch):
-        return ConfigurationManager({"architecture": {"network_class_name": "PlainConvUNet",
-                                                      "arch_kwargs": {"strides": strides}, "_kw_requires_import": []},
-                                     "patch_size": patch})
+    class DefaultPlans:
+        plans_name = "nnUNetPlans"
 
-    lits = manager([[1, 1], [2, 2], [1, 2]], [8, 32])
-    sheba = manager([[1, 1], [2, 2], [2, 2], [2, 2], [2, 2], [2, 2]], [128, 96])
-    nets = [nnUNetTrainerSEResNetBase.build_network_architecture(None, m, 1, 3, True) for m in (lits, sheba)]
-    shapes = [{k: tuple(v.shape) for k, v in n.state_dict().items()} for n in nets]
-    assert shapes[0] == shapes[1]
-    assert nnUNetTrainerSEResNetBase.architecture_of(lits)["patch_size"] == [16, 32]
+    with pytest.raises(RuntimeError, match=r"plans 'nnUNetPlans' configure .*PlainConvUNet.*-pl nnUNetPlannerSEResNet50"):
+        nnUNetTrainerSEResNetBase.build_network_architecture(DefaultPlans(), _configuration(plain), 1, 3, True)
 
 
-def test_safe_load_patch_restores_torch_load():
-    from nnunet_joint.training.base import safe_torch_load_in_nnunet
+def test_nnunet_loaders_are_routed_to_the_safe_loader_and_restored(tmp_path):
+    """Inside nnunet_loads_safely, nnU-Net's own loaders refuse a pickle that runs code; torch.load is untouched."""
+    import os
 
+    import nnunetv2.inference.predict_from_raw_data as predictor_module
+    import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as trainer_module
+
+    from nnunet_joint.checkpoints import nnunet_loads_safely
+
+    class RunsCode:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    hostile = tmp_path / "checkpoint_final.pth"
+    torch.save({"network_weights": {}, "x": RunsCode()}, hostile)
     original = torch.load
-    with safe_torch_load_in_nnunet():
-        assert torch.load is not original
-    assert torch.load is original
+    with nnunet_loads_safely():
+        assert torch.load is original  # global torch untouched
+        for module in (trainer_module, predictor_module):
+            with pytest.raises(InputError, match="refused: the file would run code on load"):
+                module.torch.load(str(hostile), map_location="cpu", weights_only=False)
+            assert module.torch.zeros(2).shape == (2,)  # everything else is torch's
+    assert trainer_module.torch is torch and predictor_module.torch is torch
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_nnunet_finds_every_named_variant(monkeypatch):

@@ -21,7 +21,8 @@ import SimpleITK as sitk
 from nnunet_joint import LESION_TYPES, __version__
 from nnunet_joint.crops import CropBox, largest_component, liver_bbox
 from nnunet_joint.inference.inputs import CTImage
-from nnunet_joint.inference.lesions import LIVER, analyse_lesions
+from nnunet_joint.inference.lesions import analyse_lesions
+from nnunet_joint.labels import FIRST_LESION_LABEL, JOINT_LABELS, LIVER, type_label
 from nnunet_joint.inference.models import CascadeModel
 from nnunet_joint.inference.overlays import write_overlays
 
@@ -62,11 +63,11 @@ def lesion_types_from_prediction(model: CascadeModel, segmentation: np.ndarray, 
         channels = [model.channel(t) for t in LESION_TYPES]
         type_probs = probabilities[channels]
         for i, t in enumerate(LESION_TYPES):
-            labels[segmentation == model.labels[t]] = 2 + i
+            labels[segmentation == model.labels[t]] = type_label(i)
     elif model.is_ynet and slice_type_probabilities is not None:
         type_probs = slice_type_probabilities
         lesion = segmentation == model.labels["lesion"]
-        labels[lesion] = 2 + np.argmax(type_probs, axis=0)[lesion]
+        labels[lesion] = FIRST_LESION_LABEL + np.argmax(type_probs, axis=0)[lesion]
     else:
         raise ValueError(f"{model.folder}: stage-2 model needs labels {list(LESION_TYPES)} (joint) or 'lesion' "
                          "plus a classification head (Y-Net)")
@@ -135,12 +136,12 @@ def write_case_outputs(ct: CTImage, result: CascadeResult, out_dir: Path, models
         "spacing": list(ct.image.GetSpacing()),
         "origin": list(ct.image.GetOrigin()),
         "direction": list(ct.image.GetDirection()),
-        "labels": {"background": 0, "liver": LIVER, **{t: 2 + i for i, t in enumerate(LESION_TYPES)}},
+        "labels": dict(JOINT_LABELS),
         "liver_found": bool(result.liver.any()),
         "liver_voxels": int(result.liver.sum()),
         "crop": None if result.crop is None else {"start_zyx": list(result.crop.start),
                                                   "stop_zyx": list(result.crop.stop)},
-        "typing": "each connected lesion (face connectivity, 3-D for volumes) takes the majority type of its "
+        "typing": "each connected lesion (full connectivity, 3-D for volumes) takes the majority type of its "
                   "voxels; probabilities are the mean over its voxels of the type probabilities",
         "models": models,
         "nnunet_joint_version": __version__,

@@ -132,13 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder (new, empty, or written by this command before: it is replaced)")
     p.add_argument("--liver-model", type=Path,
                    help="stage-1 nnU-Net results folder (<Trainer>__<Plans>__2d); default "
-                        "$nnUNet_results/Dataset501_LiTSLiver/nnUNetTrainer__nnUNetPlans__2d (plain nnU-Net: "
+                        "$nnUNet_results/Dataset501_LiTSLiver/nnUNetTrainer__<plans>__2d (plain nnU-Net: "
                         "the strongest simple liver segmenter), else nnUNetTrainer_JointBudget, else the only "
                         "nnUNetTrainer* folder there")
     p.add_argument("--lesion-model", type=Path,
                    help="stage-2 results folder: a joint model (pixel-wise types) or a Y-Net (types from its "
                         "classification head, per slice); default $nnUNet_results/Dataset504_ShebaJoint/"
-                        "nnUNetTrainerJoint_LiTS__nnUNetPlans__2d, else nnUNetTrainerJoint, else the only "
+                        "nnUNetTrainerJoint_LiTS__<plans>__2d, else nnUNetTrainerJoint, else the only "
                         "nnUNetTrainerJoint* folder")
     p.add_argument("--folds", nargs="+", metavar="F",
                    help="folds of both models (numbers or 'all'); default: every fold_0..fold_4 with "

@@ -1,20 +1,19 @@
 """Finding the cascade's two trained models and running them with nnU-Net's own predictor.
 
 nnU-Net's ``initialize_from_trained_model_folder`` loads checkpoints with
-``torch.load(weights_only=False)``, which runs code from a hostile file. :func:`load_model` does
-the same set-up step by step instead: ``plans.json``/``dataset.json`` from the model folder, the
-trainer class by name (nnU-Net's lookup, ``nnUNet_extTrainer`` pointed at our ``trainers/`` when
-unset), the network from the trainer's ``build_network_architecture``, the weights of every fold
-through :func:`~nnunet_joint.checkpoints.safe_torch_load`, then
-``nnUNetPredictor.manual_initialization``. Several folds are an ensemble of parameter sets, as in
-nnU-Net (logits averaged). Preprocessing, sliding-window prediction, test-time mirroring and the
-resampling back to the input grid are nnU-Net's.
+``torch.load(weights_only=False)``, which runs code from a hostile file, and builds whatever
+network class ``plans.json`` names. :func:`load_model` runs that same loader, but only after the
+plans' architecture passed the allow-list (:mod:`nnunet_joint.network.from_plans`) and with its
+``torch.load`` routed to our weights-only loader (:func:`~nnunet_joint.checkpoints.nnunet_loads_safely`,
+the path our trainers resume by too). The trainer class is found by nnU-Net's lookup
+(``nnUNet_extTrainer`` pointed at our ``trainers/`` when unset). Several folds are an ensemble of
+parameter sets, as in nnU-Net (logits averaged). Preprocessing, sliding-window prediction,
+test-time mirroring and the resampling back to the input grid are nnU-Net's.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import io
 import json
 import os
@@ -27,11 +26,12 @@ import numpy as np
 import torch
 
 from nnunet_joint import LESION_TYPES, TRAINERS_DIR
-from nnunet_joint.checkpoints import safe_torch_load
+from nnunet_joint.checkpoints import nnunet_loads_safely
 from nnunet_joint.errors import InputError
+from nnunet_joint.network.from_plans import check_architecture
 
 CHECKPOINT_NAME = "checkpoint_final.pth"
-PLANS_NAME, CONFIGURATION = "nnUNetPlans", "2d"
+CONFIGURATION = "2d"
 LIVER_DATASET = "Dataset501_LiTSLiver"
 JOINT_DATASET = "Dataset504_ShebaJoint"
 #: Stage 1 is a plain liver segmentation: nnU-Net's own trainer is the strongest, simplest choice
@@ -61,26 +61,34 @@ def _results_root(role: str) -> Path:
     root = os.environ.get("nnUNet_results")
     if not root:
         raise InputError(None, f"no {role} model given and nnUNet_results is not set; pass the model folder "
-                               f"(e.g. --{role}-model PATH/{{Trainer}}__nnUNetPlans__2d) or set nnUNet_results")
+                               f"(e.g. --{role}-model PATH/{{Trainer}}__{{Plans}}__2d) or set nnUNet_results")
     return Path(root)
 
 
 def default_model_folder(role: str, dataset: str, pattern: str, preference: Sequence[str]) -> Path:
-    """``$nnUNet_results/<dataset>/<trainer>__nnUNetPlans__2d`` chosen by ``preference``.
+    """``$nnUNet_results/<dataset>/<trainer>__<plans>__2d`` chosen by ``preference``.
 
-    A preferred trainer wins; otherwise a single match of ``pattern``; several matches are an
-    error that lists them, so the user chooses rather than getting an arbitrary model.
+    A preferred trainer wins (whatever its plans, if it was trained with one set of plans only);
+    otherwise a single match of ``pattern``; several matches are an error that lists them, so the
+    user chooses rather than getting an arbitrary model.
     """
     dataset_dir = _results_root(role) / dataset
-    suffix = f"__{PLANS_NAME}__{CONFIGURATION}"
+    suffix = f"__*__{CONFIGURATION}"
     if not dataset_dir.is_dir():
         raise InputError(dataset_dir, f"no trained {role} model: folder not found (train {dataset} first or "
                                       f"pass --{role}-model)")
+
+    def found(glob: str) -> list[Path]:
+        return sorted(p for p in dataset_dir.glob(glob) if p.is_dir() and len(p.name.split("__")) == 3)
+
     for trainer in preference:
-        candidate = dataset_dir / f"{trainer}{suffix}"
-        if candidate.is_dir():
-            return candidate
-    matches = sorted(p for p in dataset_dir.glob(f"{pattern}{suffix}") if p.is_dir())
+        candidates = found(f"{trainer}{suffix}")
+        if len(candidates) == 1:
+            return candidates[0]
+        if candidates:
+            raise InputError(dataset_dir, f"{trainer} was trained with several plans ("
+                                          f"{', '.join(p.name for p in candidates)}); choose one with --{role}-model")
+    matches = found(f"{pattern}{suffix}")
     if len(matches) == 1:
         return matches[0]
     if not matches:
@@ -268,13 +276,29 @@ class CascadeModel:
         return full.transpose([0] + [a + 1 for a in backward])
 
 
+def check_plans(plans: dict, where: Path) -> None:
+    """Every configuration's architecture must be allow-listed before nnU-Net imports anything it names."""
+    configurations = plans.get("configurations")
+    if not isinstance(configurations, dict) or not configurations:
+        raise InputError(where, "no 'configurations' in the plans")
+    for configuration in configurations.values():
+        if isinstance(configuration, dict) and "architecture" in configuration:
+            check_architecture(configuration["architecture"], where)
+
+
 def load_model(folder: str | os.PathLike, folds: Sequence[int | str] | None, device: torch.device,
                allow_tqdm: bool = False) -> CascadeModel:
-    """Load a trained nnU-Net model folder without ``weights_only=False`` anywhere.
+    """Load a trained nnU-Net model folder with nnU-Net's own loader, safely.
+
+    ``nnUNetPredictor.initialize_from_trained_model_folder`` runs under
+    :func:`~nnunet_joint.checkpoints.nnunet_loads_safely` (its ``torch.load`` is our weights-only
+    loader, the same path our trainers resume by), after the plans' architecture has passed the
+    allow-list (:func:`check_plans`).
 
     Raises:
-        InputError: missing folder, JSON or checkpoint, a checkpoint that would run code, weights
-            that do not fit the network the plans describe, or a model with other than one input channel.
+        InputError: missing folder, JSON or checkpoint, a checkpoint that would run code, plans that
+            name a class outside the allow-list, weights that do not fit the network the plans
+            describe, or a model with other than one input channel.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -285,69 +309,52 @@ def load_model(folder: str | os.PathLike, folds: Sequence[int | str] | None, dev
     if len(parts) != 3:
         raise InputError(folder, "not an nnU-Net results folder (expected a name like "
                                  "<Trainer>__<Plans>__<configuration>)")
-    trainer_name, _, configuration = parts
+    trainer_name = parts[0]
     if folds is None:
         folds = available_folds(folder)
         if not folds:
             raise InputError(folder, f"no {CHECKPOINT_NAME} in fold_0..fold_4 or fold_all: the model is not "
                                      "trained (to the end)")
-    parameters = []
-    mirror_axes = None
-    for i, fold in enumerate(folds):
+    for fold in folds:
         path = folder / f"fold_{fold}" / CHECKPOINT_NAME
         if not path.is_file():
             raise InputError(path, "checkpoint not found")
-        checkpoint = safe_torch_load(path, map_location="cpu")
-        if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("network_weights"), dict):
-            raise InputError(path, "not an nnU-Net checkpoint (no 'network_weights')")
-        if i == 0:
-            recorded = checkpoint.get("trainer_name")
-            if recorded is not None and recorded != trainer_name:
-                raise InputError(path, f"checkpoint of trainer {recorded!r} in a folder named for {trainer_name!r}")
-            init_args = checkpoint.get("init_args")
-            if isinstance(init_args, dict) and isinstance(init_args.get("configuration"), str):
-                configuration = init_args["configuration"]
-            mirror_axes = checkpoint.get("inference_allowed_mirroring_axes")
-        parameters.append(checkpoint["network_weights"])
+    # plans name the class to build: refuse anything outside the allow-list before nnU-Net imports it
+    check_plans(plans, folder / "plans.json")
+    find_trainer_class(trainer_name)  # sets nnUNet_extTrainer to our trainers when unset; clear error if unknown
 
-    with _silenced(True):
+    with _silenced(True):  # nnU-Net's CPU notice and trainer search are not for our users
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    plans_manager = PlansManager(plans)
-    try:
-        configuration_manager = plans_manager.get_configuration(configuration)
-    except (KeyError, RuntimeError):
-        raise InputError(folder / "plans.json", f"no configuration {configuration!r}") from None
-    num_input_channels = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
-    if num_input_channels != 1:
-        raise InputError(folder / "dataset.json", f"the model takes {num_input_channels} input channels; "
-                                                  "the cascade gives it one CT image")
-    label_manager = plans_manager.get_label_manager(dataset_json)
-    trainer_class = find_trainer_class(trainer_name)
-    num_outputs = label_manager.num_segmentation_heads
-    if "plans_manager" in inspect.signature(trainer_class.build_network_architecture).parameters:
-        network = trainer_class.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
-                                                           num_outputs, enable_deep_supervision=False)
-    else:  # nnU-Net's older signature, as its predictor still supports
-        network = trainer_class.build_network_architecture(
-            configuration_manager.network_arch_class_name, configuration_manager.network_arch_init_kwargs,
-            configuration_manager.network_arch_init_kwargs_req_import, num_input_channels, num_outputs,
-            enable_deep_supervision=False)
-    for fold, params in zip(folds, parameters):
-        try:
-            network.load_state_dict(params)
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[:2]
-            raise InputError(folder / f"fold_{fold}" / CHECKPOINT_NAME,
-                             f"weights do not fit the network built from plans.json ({' '.join(first)[:300]})") from None
-    network.load_state_dict(parameters[0])
-    with _silenced(True):  # its CPU notice is not for our users
         predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
                                     perform_everything_on_device=device.type == "cuda", device=device,
                                     verbose=False, allow_tqdm=allow_tqdm)
-        predictor.manual_initialization(network, plans_manager, configuration_manager, parameters, dataset_json,
-                                        trainer_name, mirror_axes)
+        first = folder / f"fold_{folds[0]}" / CHECKPOINT_NAME
+        try:
+            with nnunet_loads_safely():
+                predictor.initialize_from_trained_model_folder(str(folder), list(folds), CHECKPOINT_NAME)
+        except KeyError as e:
+            raise InputError(first, f"not an nnU-Net checkpoint (no {e} entry)") from None
+        except RuntimeError as e:
+            lines = " ".join(str(e).strip().splitlines()[:2])[:300]
+            raise InputError(folder, f"the checkpoints do not build the network plans.json describes ({lines})") \
+                from None
+    if predictor.trainer_name != trainer_name:
+        raise InputError(first, f"checkpoint of trainer {predictor.trainer_name!r} in a folder named for "
+                                f"{trainer_name!r}")
+    for fold, params in zip(folds, predictor.list_of_parameters):  # nnU-Net checks only the first fold's
+        try:
+            predictor.network.load_state_dict(params)
+        except RuntimeError as e:
+            first_lines = " ".join(str(e).strip().splitlines()[:2])[:300]
+            raise InputError(folder / f"fold_{fold}" / CHECKPOINT_NAME,
+                             f"weights do not fit the network built from plans.json ({first_lines})") from None
+    predictor.network.load_state_dict(predictor.list_of_parameters[0])
+    num_input_channels = determine_num_input_channels(predictor.plans_manager, predictor.configuration_manager,
+                                                      dataset_json)
+    if num_input_channels != 1:
+        raise InputError(folder / "dataset.json", f"the model takes {num_input_channels} input channels; "
+                                                  "the cascade gives it one CT image")
     labels = {str(k): int(v) for k, v in dataset_json["labels"].items() if isinstance(v, int)}
     return CascadeModel(folder, trainer_name, list(folds), predictor, labels, dataset_json)

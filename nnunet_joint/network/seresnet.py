@@ -19,9 +19,10 @@ level  modules                              stride
 2..4   layer2..layer4                       ``strides[2..4]`` (first block)
 ====== ==================================== ======================
 
-Strides do not change any weight shape, so ImageNet weights load whatever the strides; a
-stride of 1 keeps the resolution (the trainer uses 1 at level 0 so the decoder's output is at
-full input resolution).
+The default strides are timm's (2, 2, 2, 2, 2: total stride 32), so pretrained filters see the
+image at the scale they were trained on. Strides do not change any weight shape, so weights load
+whatever the strides; :class:`~nnunet_joint.network.unet.SEResNetUNet` gets its full-resolution
+output from a separate full-resolution level, not from a stride-1 stem.
 """
 
 from __future__ import annotations
@@ -236,12 +237,27 @@ class SEResNetEncoder(nn.Module):
                 if name and any(re.match(p, name + ".") for p in patterns)]
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
-        """Rough count of feature-map elements (one conv + one norm output per conv), as dyn-net-arch encoders offer."""
-        total = np.int64(0)
-        size = list(input_size)
-        for level, channels in enumerate(self.output_channels):
-            size = [s // st for s, st in zip(size, self.strides[level])]
-            n_convs = 1 if level == 0 else sum(
-                1 for m in getattr(self, f"layer{level}").modules() if isinstance(m, nn.Conv2d))
-            total += 2 * n_convs * np.prod([channels, *size], dtype=np.int64)
+        """Feature-map elements in dynamic-network-architectures' convention (nnU-Net's memory model).
+
+        One unit per conv/norm/nonlinearity output element and one per residual sum, as its
+        ``BasicBlockD``/``BottleneckD`` count them; the SE gates (one value per channel) are left out.
+        """
+        size = [s // st for s, st in zip(input_size, self.strides[0])]
+        total = np.prod([64, *size], dtype=np.int64)  # stem
+        size = [s // st for s, st in zip(size, self.strides[1])]  # max-pool: no conv
+        for level in range(1, 5):
+            for block in getattr(self, f"layer{level}"):
+                stride = block.conv2.stride if isinstance(block, SEBottleneck) else block.conv1.stride
+                out = [s // st for s, st in zip(size, stride)]
+                if isinstance(block, SEBottleneck):
+                    total += np.prod([block.conv1.out_channels, *size], dtype=np.int64)
+                    total += np.prod([block.conv2.out_channels, *out], dtype=np.int64)
+                    total += np.prod([block.conv3.out_channels, *out], dtype=np.int64)
+                    out_channels = block.conv3.out_channels
+                else:
+                    total += 2 * np.prod([block.conv1.out_channels, *out], dtype=np.int64)
+                    out_channels = block.conv2.out_channels
+                n_outputs = 2 if block.downsample is not None else 1  # projection shortcut, residual sum
+                total += n_outputs * np.prod([out_channels, *out], dtype=np.int64)
+                size = out
         return total

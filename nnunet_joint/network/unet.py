@@ -1,4 +1,4 @@
-"""U-Net with an SE-ResNet encoder, optionally with a classification head (Y-Net) or head only.
+"""U-Net with a standard SE-ResNet encoder, optionally with a classification head (Y-Net) or head only.
 
 One class covers the four frameworks of the study:
 
@@ -10,44 +10,107 @@ Y-Net                       True              3
 classification baseline     False             3
 =========================== ================= ===================
 
-The decoder is dynamic-network-architectures' ``UNetDecoder`` (transposed conv + two conv/BN/ReLU
-blocks per level, 1x1 seg layers), so deep supervision, ``set_deep_supervision_enabled`` and the
-predictor behave as for nnU-Net's own networks.
+Architecture decisions (the shape of the papers' U-Net/SE-ResNet, in nnU-Net's building blocks):
 
-Decision: the decoder upsamples back to the resolution of encoder level 0 (conv1's output).
-With ``strides[0] == 1`` (what the trainer uses) that is the full input resolution, at the cost
-of running conv1 at full resolution; with timm's default 2 the logits would be at half
-resolution, which nnU-Net's loss does not expect. Inputs must be divisible per axis by the
-product of the strides (:attr:`SEResNetUNet.input_divisor`), as nnU-Net's patch sizes are.
+* **The encoder downsamples as it did on ImageNet**: 7x7 stem at stride 2, max-pool at stride 2,
+  stages 1/2/2/2 (total stride 32). Pretrained filters (ImageNet or our LiTS model) therefore see
+  the image at the scale they were trained on, and the head reads the 1/32 feature.
+* **A light full-resolution level in front of the encoder** (two 3x3 conv/BN/ReLU blocks with
+  ``decoder_channels[0]`` channels on the image) gives the decoder a skip at the input resolution,
+  so the logits are at full resolution, as nnU-Net's loss and predictor expect. It is ours, not
+  part of the ImageNet key contract (``encoder.*`` keys are timm's).
+* **Light decoder widths** (default 16, 32, 64, 128, 256 from full resolution to 1/16, the widths
+  of the papers' era, e.g. segmentation_models_pytorch's U-Net): each encoder skip is first
+  projected by a 1x1 conv/BN/ReLU to the width of its decoder level (for SE-ResNet-50 1024 -> 256,
+  512 -> 128, 256 -> 64, 64 -> 32), so no decoder conv runs on 1024/2048 channels. The projected
+  skips feed dynamic-network-architectures' ``UNetDecoder`` unchanged (transposed conv, concat,
+  two conv blocks and a 1x1 seg layer per level), so deep supervision,
+  ``set_deep_supervision_enabled`` and nnU-Net's predictor behave as for nnU-Net's own networks.
+  The deepest feature (512 or 2048 channels, 1/32) enters the decoder's first transposed conv
+  directly.
+
+``strides`` has six entries, one per resolution level of the U-Net: the full-resolution level
+(always 1) and the encoder's five (stem, pool, stages 2-4). This is the list nnU-Net reads from the
+plans (``arch_kwargs['strides']``) to derive its deep-supervision scales. Inputs must be divisible
+per axis by the product of the strides (:attr:`SEResNetUNet.input_divisor`, 32), as the planned
+patch sizes are.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 import torch
+from dynamic_network_architectures.building_blocks.simple_conv_blocks import ConvDropoutNormReLU, StackedConvBlocks
 from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecoder
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from nnunet_joint.network.heads import ClassificationHead
-from nnunet_joint.network.seresnet import ENCODER_DEPTHS, SEResNetEncoder, StrideLike
+from nnunet_joint.network.seresnet import ENCODER_DEPTHS, SEResNetEncoder, StrideLike, normalize_strides
+
+#: The standard per-level strides: full-resolution level, stem, pool, stage2, stage3, stage4.
+STANDARD_STRIDES: tuple[tuple[int, int], ...] = ((1, 1), (2, 2), (2, 2), (2, 2), (2, 2), (2, 2))
+#: Decoder widths from full resolution to 1/16 (the papers' era: 16/32/64/128/256).
+DEFAULT_DECODER_CHANNELS: tuple[int, ...] = (16, 32, 64, 128, 256)
+N_LEVELS = len(STANDARD_STRIDES)
+
+
+@dataclass
+class DecoderSkips:
+    """What ``UNetDecoder`` reads from "an encoder": the widths and strides of the skips it receives.
+
+    Here the skips are the full-resolution level and the projected encoder features, so the
+    decoder's widths are ours, not the encoder's. A plain object (not a module), so the decoder
+    does not register anything twice.
+    """
+
+    output_channels: list[int]
+    strides: list[list[int]]
+    conv_op: type = nn.Conv2d
+    kernel_sizes: list[list[int]] = field(default_factory=lambda: [[3, 3]] * N_LEVELS)
+    conv_bias: bool = False
+    norm_op: type = nn.BatchNorm2d
+    norm_op_kwargs: dict = field(default_factory=lambda: {"eps": 1e-5, "affine": True})
+    dropout_op: type | None = None
+    dropout_op_kwargs: dict | None = None
+    nonlin: type = nn.ReLU
+    nonlin_kwargs: dict = field(default_factory=lambda: {"inplace": True})
+
+    def block_kwargs(self) -> dict:
+        return {"conv_bias": self.conv_bias, "norm_op": self.norm_op, "norm_op_kwargs": self.norm_op_kwargs,
+                "dropout_op": self.dropout_op, "dropout_op_kwargs": self.dropout_op_kwargs,
+                "nonlin": self.nonlin, "nonlin_kwargs": self.nonlin_kwargs}
+
+
+def init_encoder_like_timm(encoder: nn.Module) -> None:
+    """timm's ResNet initialisation (He normal, fan-out, for convs; BatchNorm 1 / 0) for scratch rows."""
+    for module in encoder.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
 
 
 class SEResNetUNet(nn.Module):
-    """SE-ResNet encoder + U-Net decoder (+ classification head on the deepest encoder feature).
+    """Standard SE-ResNet encoder + light U-Net decoder (+ classification head on the deepest feature).
 
     Args:
         input_channels: image channels.
         num_classes: segmentation output channels (ignored when ``segmentation`` is False).
         encoder_name: a key of :data:`~nnunet_joint.network.seresnet.ENCODER_DEPTHS`.
-        strides: per-level encoder strides, see :class:`SEResNetEncoder`.
+        strides: six per-level strides (module docstring); the first must be 1.
+        decoder_channels: five decoder widths, full resolution to 1/16.
+        n_conv_per_stage_decoder: conv blocks per decoder level.
         deep_supervision: return one logit map per decoder level (highest resolution first).
         num_cls_classes: size of the classification head; 0 for no head.
-        segmentation: build the decoder; False gives the classification baseline.
-        n_conv_per_stage_decoder: conv blocks per decoder level.
+        segmentation: build the decoder; False gives the classification baseline (encoder + head).
     """
 
     #: prefix of encoder keys in this network's state dict (ImageNet weights load there)
@@ -60,31 +123,44 @@ class SEResNetUNet(nn.Module):
         input_channels: int,
         num_classes: int,
         encoder_name: str = "seresnet18",
-        strides: Sequence[StrideLike] = (1, 2, 2, 2, 2),
+        strides: Sequence[StrideLike] = STANDARD_STRIDES,
+        decoder_channels: Sequence[int] = DEFAULT_DECODER_CHANNELS,
+        n_conv_per_stage_decoder: int = 2,
         deep_supervision: bool = False,
         num_cls_classes: int = 0,
         segmentation: bool = True,
-        n_conv_per_stage_decoder: int = 2,
     ):
         super().__init__()
         if encoder_name not in ENCODER_DEPTHS:
             raise ValueError(f"unknown encoder {encoder_name!r}; choose one of {sorted(ENCODER_DEPTHS)}")
         if not segmentation and num_cls_classes <= 0:
             raise ValueError("a network without segmentation needs a classification head (num_cls_classes > 0)")
+        strides = normalize_strides(strides, N_LEVELS)
+        if strides[0] != [1, 1]:
+            raise ValueError(f"the first (full-resolution) level must have stride 1, got {strides[0]}")
+        if len(decoder_channels) != N_LEVELS - 1 or min(decoder_channels) < 1:
+            raise ValueError(f"decoder_channels needs {N_LEVELS - 1} positive widths (full resolution to 1/16), "
+                             f"got {list(decoder_channels)}")
         self.encoder_name = encoder_name
-        self.encoder = SEResNetEncoder(input_channels, ENCODER_DEPTHS[encoder_name], strides, return_skips=True)
+        self.strides = strides
+        self.encoder = SEResNetEncoder(input_channels, ENCODER_DEPTHS[encoder_name], strides[1:], return_skips=True)
+        init_encoder_like_timm(self.encoder)
         #: encoder groups kept frozen (see nnunet_joint.freezing); re-applied by train()
         self.frozen_encoder_groups = 0
 
+        self.full_res: StackedConvBlocks | None = None
+        self.lateral: nn.ModuleList | None = None
         self.decoder: UNetDecoder | None = None
         if segmentation:
-            self.decoder = UNetDecoder(self.encoder, num_classes, n_conv_per_stage_decoder, deep_supervision)
-            # UNetDecoder registers the encoder as its submodule, which would put every encoder
-            # weight in the state dict twice (``decoder.encoder.*``). Keep a plain reference instead:
-            # the decoder only reads the encoder's attributes.
-            del self.decoder.encoder
-            self.decoder.__dict__["encoder"] = self.encoder
-            self.decoder.apply(InitWeights_He(1e-2))
+            skips = DecoderSkips([*decoder_channels, self.encoder.output_channels[-1]], strides)
+            block = skips.block_kwargs()
+            self.full_res = StackedConvBlocks(2, nn.Conv2d, input_channels, decoder_channels[0], 3, 1, **block)
+            self.lateral = nn.ModuleList(
+                ConvDropoutNormReLU(nn.Conv2d, c_in, c_out, 1, 1, **block)
+                for c_in, c_out in zip(self.encoder.output_channels[:-1], decoder_channels[1:]))
+            self.decoder = UNetDecoder(skips, num_classes, n_conv_per_stage_decoder, deep_supervision)
+            for module in (self.full_res, self.lateral, self.decoder):
+                module.apply(InitWeights_He(1e-2))
 
         self.cls_head: ClassificationHead | None = None
         self.last_cls_logits: torch.Tensor | None = None
@@ -94,7 +170,13 @@ class SEResNetUNet(nn.Module):
     @property
     def input_divisor(self) -> list[int]:
         """Per-axis number every input size must be divisible by (product of the strides)."""
-        return [int(v) for v in np.prod(np.array(self.encoder.strides), axis=0)]
+        return [int(v) for v in np.prod(np.array(self.strides), axis=0)]
+
+    def skips(self, x: torch.Tensor, encoder_features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The decoder's inputs: full-resolution level, projected encoder skips, deepest feature."""
+        assert self.full_res is not None and self.lateral is not None
+        projected = [lateral(f) for lateral, f in zip(self.lateral, encoder_features[:-1])]
+        return [self.full_res(x), *projected, encoder_features[-1]]
 
     def forward(self, x: torch.Tensor, return_cls: bool = False):
         """Segmentation logits; ``(seg, cls_logits)`` with ``return_cls``; cls logits for a head-only net.
@@ -104,12 +186,12 @@ class SEResNetUNet(nn.Module):
         stay in :attr:`last_cls_logits`, which is how the Y-Net loss reaches them without
         changing nnU-Net's ``train_step`` (the forward still runs through DDP's wrapper).
         """
-        skips = self.encoder(x)
-        cls_logits = self.cls_head(skips[-1]) if self.cls_head is not None else None
+        features = self.encoder(x)
+        cls_logits = self.cls_head(features[-1]) if self.cls_head is not None else None
         self.last_cls_logits = cls_logits
         if self.decoder is None:
             return cls_logits
-        seg = self.decoder(skips)
+        seg = self.decoder(self.skips(x, features))
         if not return_cls:
             return seg
         if cls_logits is None:
@@ -125,10 +207,9 @@ class SEResNetUNet(nn.Module):
     def deep_supervision_scales(self) -> list[list[float]]:
         """Downsampling factor of each decoder output, highest resolution first.
 
-        nnU-Net computes this from the plans' pool kernels, which do not describe our 5-level
-        encoder; the trainer overrides ``_get_deep_supervision_scales`` with this.
+        The same list nnU-Net derives from the plans' ``strides`` (``pool_op_kernel_sizes``).
         """
-        scales = 1 / np.cumprod(np.vstack(self.encoder.strides), axis=0)
+        scales = 1 / np.cumprod(np.vstack(self.strides), axis=0)
         return [[float(v) for v in row] for row in scales][:-1]
 
     def train(self, mode: bool = True) -> "SEResNetUNet":
@@ -146,8 +227,14 @@ class SEResNetUNet(nn.Module):
         return self
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
-        """Rough feature-map element count (encoder + decoder), for memory estimates."""
+        """Feature-map elements in dynamic-network-architectures' convention (nnU-Net's memory model)."""
         total = self.encoder.compute_conv_feature_map_size(input_size)
         if self.decoder is not None:
+            assert self.full_res is not None and self.lateral is not None
+            total += self.full_res.compute_conv_feature_map_size(list(input_size))
+            size = list(input_size)
+            for level, lateral in enumerate(self.lateral, start=1):
+                size = [s // st for s, st in zip(size, self.strides[level])]
+                total += lateral.compute_conv_feature_map_size(size)
             total += self.decoder.compute_conv_feature_map_size(input_size)
         return total

@@ -8,7 +8,6 @@ budget, initialisation report, freezing schedule, class weights) is written to
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -23,34 +22,16 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunet_joint import LESION_TYPES
-from nnunet_joint.checkpoints import load_transfer_weights, safe_torch_load
+from nnunet_joint.checkpoints import load_transfer_weights, nnunet_loads_safely
 from nnunet_joint.freezing import SCHEDULES, epoch_boundaries, frozen_groups_at, set_frozen_encoder_groups
 from nnunet_joint.io import write_json
+from nnunet_joint.network.from_plans import SERESNET_UNET, build_network
 from nnunet_joint.network.imagenet import load_imagenet_weights
 from nnunet_joint.network.unet import SEResNetUNet
 from nnunet_joint.training import settings
 from nnunet_joint.training.losses import inverse_frequency_weights, label_frequencies, set_ce_class_weights
 
-#: Key under which the architecture is recorded in the configuration of the plans (and so in the
-#: ``plans.json`` copy nnU-Net keeps in the results folder, which its predictor reads back).
-ARCHITECTURE_KEY = "nnunet_joint_architecture"
 INITS = ("scratch", "ImageNet", "LiTS")
-#: Per-level encoder strides: the standard SE-ResNet downsampling (stem, stage1..4) with the stem
-#: at full resolution so the decoder ends at the input resolution. Fixed rather than taken from
-#: each dataset's plans: the decoder's transposed convolutions have kernel = stride, so weights
-#: transfer between datasets (LiTS -> Sheba) only if every dataset uses the same strides.
-ENCODER_STRIDES_2D = [[1, 1], [2, 2], [2, 2], [2, 2], [2, 2]]
-
-
-def encoder_patch_size(patch_size, strides=ENCODER_STRIDES_2D) -> list[int]:
-    """nnU-Net's planned patch size rounded up to a multiple of the encoder's total stride.
-
-    nnU-Net pads images smaller than the patch, in training and in sliding-window inference, so
-    a larger patch only adds context; everything else of the plans (spacing, normalisation,
-    batch size, augmentation) is kept as planned.
-    """
-    divisor = np.prod(np.array(strides), axis=0)
-    return [int(-(-int(p) // int(d)) * int(d)) for p, d in zip(patch_size, divisor)]
 
 
 class nnUNetTrainerSEResNetBase(nnUNetTrainer):
@@ -72,13 +53,10 @@ class nnUNetTrainerSEResNetBase(nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.budget = settings.Budget.from_env()
         self.budget.apply(self)
-        self.architecture = self.architecture_of(self.configuration_manager)
-        # record it (and the patch our encoder needs) so that the plans.json nnU-Net copies into the
-        # results folder rebuilds this network and predicts with this patch
-        for configuration in (self.configuration_manager.configuration,
-                              self.plans_manager.plans["configurations"][self.configuration_name]):
-            configuration[ARCHITECTURE_KEY] = self.architecture
-            configuration["patch_size"] = self.architecture["patch_size"]
+        self.architecture = {"plans": self.plans_manager.plans_name,
+                             **self.configuration_manager.configuration.get("architecture", {}),
+                             "patch_size": list(self.configuration_manager.patch_size),
+                             "batch_size": self.configuration_manager.batch_size}
         self.frozen_groups: int | None = None
         self.record: dict = {"trainer": self.__class__.__name__, "framework": self.framework, "init": self.init,
                              "schedule": self.schedule, "schedule_table": SCHEDULES[self.schedule],
@@ -89,33 +67,24 @@ class nnUNetTrainerSEResNetBase(nnUNetTrainer):
     # ------------------------------------------------------------------ network
 
     @classmethod
-    def architecture_of(cls, configuration_manager: ConfigurationManager) -> dict:
-        """The recorded architecture, or (at the start of training) the one the environment asks for."""
-        recorded = configuration_manager.configuration.get(ARCHITECTURE_KEY)
-        if recorded is not None:
-            return dict(recorded)
-        if len(configuration_manager.patch_size) != 2:
-            raise RuntimeError(f"{cls.__name__} is 2-D (nnU-Net's 2d configuration); got patch size "
-                               f"{configuration_manager.patch_size}")
-        return {"encoder": settings.encoder_from_env(), "strides": ENCODER_STRIDES_2D,
-                "patch_size": encoder_patch_size(configuration_manager.patch_size),
-                "planned_patch_size": [int(p) for p in configuration_manager.patch_size],
-                "num_cls_classes": cls.num_cls_classes, "segmentation": cls.has_segmentation}
-
-    @classmethod
     def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                                    num_input_channels: int, num_output_channels: int,
                                    enable_deep_supervision: bool = True) -> SEResNetUNet:
-        arch = cls.architecture_of(configuration_manager)
-        return SEResNetUNet(num_input_channels, num_output_channels, encoder_name=arch["encoder"],
-                            strides=arch["strides"], deep_supervision=enable_deep_supervision,
-                            num_cls_classes=arch["num_cls_classes"], segmentation=arch["segmentation"])
+        """The SE-ResNet U-Net the plans describe (a preset's), plus this framework's head.
 
-    def _get_deep_supervision_scales(self):
-        # nnU-Net derives these from all pooling stages of the plans; our encoder has five levels
-        if not self.enable_deep_supervision:
-            return None
-        return list(list(i) for i in 1 / np.cumprod(np.vstack(self.architecture["strides"]), axis=0))[:-1]
+        nnU-Net's predictor calls this too, so ``nnUNetv2_predict -p <SE-ResNet plans>`` rebuilds
+        the same network from the results folder's ``plans.json``.
+        """
+        architecture = configuration_manager.configuration.get("architecture") or {}
+        name = architecture.get("network_class_name")
+        if name != SERESNET_UNET:
+            raise RuntimeError(
+                f"{cls.__name__} trains the SE-ResNet U-Net, but plans {plans_manager.plans_name!r} configure "
+                f"{name!r}: plan with 'nnunet_joint_plan_and_preprocess -pl nnUNetPlannerSEResNet50' (or 18, 34) "
+                f"and train with '-p nnUNetSEResNet50Plans'")
+        return build_network(architecture, num_input_channels, num_output_channels, enable_deep_supervision,
+                             where=f"plans {plans_manager.plans_name}", num_cls_classes=cls.num_cls_classes,
+                             segmentation=cls.has_segmentation)
 
     def plain_network(self) -> SEResNetUNet:
         """The network without DDP / torch.compile wrappers."""
@@ -157,7 +126,9 @@ class nnUNetTrainerSEResNetBase(nnUNetTrainer):
         if self.current_epoch == 0:  # a fresh run; a continued one restores its checkpoint instead
             self.initialise_weights()
         self.record["freezing_epochs"] = epoch_boundaries(SCHEDULES[self.schedule], self.num_epochs)
-        self.print_to_log_file(f"nnunet_joint: {self.__class__.__name__}, encoder {self.architecture['encoder']}, "
+        encoder = self.architecture.get("arch_kwargs", {}).get("encoder_name")
+        self.print_to_log_file(f"nnunet_joint: {self.__class__.__name__}, plans {self.architecture['plans']} "
+                               f"(encoder {encoder}, patch {self.architecture['patch_size']}), "
                                f"budget {self.num_epochs} epochs x {self.num_iterations_per_epoch} iterations "
                                f"(validation {self.num_val_iterations_per_epoch}), schedule {self.schedule} "
                                f"{SCHEDULES[self.schedule]}")
@@ -169,7 +140,7 @@ class nnUNetTrainerSEResNetBase(nnUNetTrainer):
             path = settings.imagenet_weights_path()
             report = load_imagenet_weights(net.encoder, path)
         elif self.init == "LiTS":
-            path = settings.lits_checkpoint_path()
+            path = settings.lits_checkpoint_path(self.plans_manager.plans_name)
             report = load_transfer_weights(net, path, net.head_prefixes)
         else:
             self.record["initialisation"] = {"init": "scratch"}
@@ -207,7 +178,7 @@ class nnUNetTrainerSEResNetBase(nnUNetTrainer):
         was_training = net.training
         net.eval()
         dataset = self.dataset_class(self.preprocessed_dataset_folder, list(keys))
-        total_stride = np.prod(np.array(self.architecture["strides"]), axis=0)
+        total_stride = net.input_divisor
         out = {}
         for k in dataset.identifiers:
             data = torch.from_numpy(np.asarray(dataset.load_case(k)[0][:], dtype=np.float32))
@@ -250,28 +221,9 @@ class nnUNetTrainerSEResNetBase(nnUNetTrainer):
             write_json(self.record, Path(self.output_folder) / "joint_config.json")
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
-        """nnU-Net's loader, with its ``torch.load(weights_only=False)`` replaced by our safe loader.
-
-        (nnU-Net's method only works when given a path, so we route its ``torch.load`` instead of
-        passing it a dict we loaded ourselves.)
-        """
-        with safe_torch_load_in_nnunet():
+        """nnU-Net's loader, its ``torch.load(weights_only=False)`` routed to our safe loader."""
+        with nnunet_loads_safely():
             super().load_checkpoint(filename_or_checkpoint)
-
-
-@contextlib.contextmanager
-def safe_torch_load_in_nnunet():
-    """Make ``torch.load`` calls inside the block use :func:`safe_torch_load` (weights_only=True)."""
-    original = torch.load
-
-    def _safe(f, map_location=None, **_ignored):
-        return safe_torch_load(f, map_location=map_location if map_location is not None else "cpu")
-
-    torch.load = _safe
-    try:
-        yield
-    finally:
-        torch.load = original
 
 
 def read_record(fold_folder: str | Path) -> dict:

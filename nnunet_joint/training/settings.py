@@ -9,13 +9,13 @@ style: ``nnUNet_n_proc_DA``, ``nnUNet_compile``). Every value used is written to
 |---|---|---|
 | ``nnUNet_joint_epochs`` | number of epochs | nnU-Net's (1000) |
 | ``nnUNet_joint_iterations`` | training iterations per epoch (validation: a fifth, 1..50) | nnU-Net's (250 / 50) |
-| ``nnUNet_joint_encoder`` | ``seresnet18`` / ``seresnet34`` / ``seresnet50`` | ``seresnet50`` |
 | ``nnUNet_joint_lambda`` | Y-Net weight: ``L = λ·L_seg + (1−λ)·L_cls`` | ``0.5`` |
 | ``nnUNet_joint_imagenet_weights`` | local ImageNet SE-ResNet checkpoint (.pth/.safetensors, timm layout) | required by ``*_ImageNet*`` |
-| ``nnUNet_joint_lits_checkpoint`` | ``checkpoint_final.pth`` of ``nnUNetTrainerSEResNetSeg`` on Dataset502_LiTSLesion | looked up in ``nnUNet_results`` |
+| ``nnUNet_joint_lits_checkpoint`` | ``checkpoint_final.pth`` of ``nnUNetTrainerSEResNetSeg`` on Dataset502_LiTSLesion | looked up in ``nnUNet_results`` (same plans) |
 
-The encoder is fixed at training time and recorded in the plans copy of the results folder, so
-prediction never depends on the environment of the predicting shell.
+The network is not a setting: it is the plans' (``-p nnUNetSEResNet50Plans``, see
+:mod:`nnunet_joint.planning`), so the results folder's name and ``plans.json`` say which encoder
+was trained, and prediction never depends on the environment of the predicting shell.
 """
 
 from __future__ import annotations
@@ -28,12 +28,10 @@ from nnunet_joint.errors import InputError
 
 ENV_EPOCHS = "nnUNet_joint_epochs"
 ENV_ITERATIONS = "nnUNet_joint_iterations"
-ENV_ENCODER = "nnUNet_joint_encoder"
 ENV_LAMBDA = "nnUNet_joint_lambda"
 ENV_IMAGENET = "nnUNet_joint_imagenet_weights"
 ENV_LITS = "nnUNet_joint_lits_checkpoint"
 
-DEFAULT_ENCODER = "seresnet50"
 DEFAULT_LAMBDA = 0.5
 #: Where the LiTS lesion-pretraining model is looked up when ``nnUNet_joint_lits_checkpoint`` is unset.
 LITS_DATASET = "Dataset502_LiTSLesion"
@@ -78,15 +76,6 @@ class Budget:
             trainer.num_val_iterations_per_epoch = self.val_iterations(self.iterations_per_epoch)
 
 
-def encoder_from_env() -> str:
-    from nnunet_joint.network.seresnet import ENCODER_DEPTHS
-
-    name = os.environ.get(ENV_ENCODER) or DEFAULT_ENCODER
-    if name not in ENCODER_DEPTHS:
-        raise InputError(ENV_ENCODER, f"unknown encoder {name!r}; choose one of {sorted(ENCODER_DEPTHS)}")
-    return name
-
-
 def lambda_from_env() -> float:
     raw = os.environ.get(ENV_LAMBDA)
     if raw in (None, ""):
@@ -111,8 +100,12 @@ def imagenet_weights_path() -> Path:
     return path
 
 
-def lits_checkpoint_path() -> Path:
-    """The LiTS lesion model: ``nnUNet_joint_lits_checkpoint``, else fold_all or fold_0 in nnUNet_results."""
+def lits_checkpoint_path(plans_identifier: str) -> Path:
+    """The LiTS lesion model: ``nnUNet_joint_lits_checkpoint``, else fold_all or fold_0 in nnUNet_results.
+
+    The lookup takes the LiTS model trained with the same plans (``<trainer>__<plans>__2d``): only
+    the same architecture, spacing and normalisation transfer.
+    """
     raw = os.environ.get(ENV_LITS)
     if raw:
         path = Path(raw)
@@ -120,17 +113,16 @@ def lits_checkpoint_path() -> Path:
             raise InputError(path, f"LiTS checkpoint not found (from {ENV_LITS})")
         return path
     results = os.environ.get("nnUNet_results")
+    folder = f"{LITS_TRAINER}__{plans_identifier}__2d"
     if results:
-        base = Path(results) / LITS_DATASET
-        for folder in sorted(base.glob(f"{LITS_TRAINER}__*__2d")):
-            for fold in ("fold_all", "fold_0"):
-                candidate = folder / fold / "checkpoint_final.pth"
-                if candidate.is_file():
-                    return candidate
-    raise InputError(ENV_LITS, f"is not set and no {LITS_TRAINER} checkpoint_final.pth was found under "
-                               f"$nnUNet_results/{LITS_DATASET}: train the LiTS lesion model first")
+        for fold in ("fold_all", "fold_0"):
+            candidate = Path(results) / LITS_DATASET / folder / fold / "checkpoint_final.pth"
+            if candidate.is_file():
+                return candidate
+    raise InputError(ENV_LITS, f"is not set and no $nnUNet_results/{LITS_DATASET}/{folder}/fold_all (or fold_0)/"
+                               "checkpoint_final.pth was found: train the LiTS lesion model with these plans first")
 
 
 def settings_record(budget: Budget) -> dict:
     return {"budget": asdict(budget), "environment": {k: os.environ.get(k) for k in (
-        ENV_EPOCHS, ENV_ITERATIONS, ENV_ENCODER, ENV_LAMBDA, ENV_IMAGENET, ENV_LITS)}}
+        ENV_EPOCHS, ENV_ITERATIONS, ENV_LAMBDA, ENV_IMAGENET, ENV_LITS)}}

@@ -1,0 +1,374 @@
+"""The SE-ResNet U-Net as nnU-Net plans presets, and nnU-Net's planning and preprocessing run in-process.
+
+**Presets** (nnU-Net's ResEnc idea: the architecture is plans data, the trainer stays thin):
+``nnUNetPlannerSEResNet18/34/50`` write plans ``nnUNetSEResNet18Plans`` (34, 50) whose 2d
+configuration names :class:`~nnunet_joint.network.unet.SEResNetUNet` and its kwargs (encoder,
+the six level strides, decoder widths) with a patch size divisible by the network's total stride
+(32) and a batch size from nnU-Net's memory model. Spacing, normalisation, resampling and the
+batch-size rules are nnU-Net's own (the default planner computes them; the preset replaces patch
+size, batch size and architecture). The network is 2-D: the presets write only the ``2d``
+configuration.
+
+Training then uses nnU-Net's own commands::
+
+    nnunet_joint_plan_and_preprocess -d 502 -c 2d -pl nnUNetPlannerSEResNet50
+    nnunet_joint_plan_and_preprocess -d 503 504 -c 2d --plans-from 502 -p nnUNetSEResNet50Plans
+    nnUNetv2_train 504 2d 0 -tr nnUNetTrainerJoint_LiTS_HierFreeze -p nnUNetSEResNet50Plans
+
+**Why our own command.** nnU-Net 2.8's ``nnUNetv2_plan_and_preprocess -pl NAME`` looks planners up
+only inside the nnunetv2 package (there is no ``nnUNet_extTrainer`` for planners), so it cannot
+find ours; ``nnunet_joint_plan_and_preprocess`` takes the same options and finds nnU-Net's
+planners and ours. ``--plans-from`` is nnU-Net's transfer route (``move_plans_between_datasets``,
+then preprocessing the targets with the moved plans): source and targets share spacing,
+normalisation and architecture; the same as ``nnUNetv2_move_plans_between_datasets`` followed by
+``nnUNetv2_preprocess``.
+
+**In-process.** nnU-Net's fingerprinting, integrity check and preprocessing always start a
+``spawn`` worker pool, and every worker imports torch and nnU-Net again (4-40 s each on a loaded
+2-core machine) — most of the time for a few hundred small 2-D slices. With ``-np 1`` (our default)
+the same nnU-Net code runs each case in this process instead (:func:`in_process_pools`); with
+``-np N > 1`` nnU-Net's pools are used unchanged, which pays off for many large volumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable, Iterable, Iterator, List, Sequence, Tuple, Union
+
+import numpy as np
+from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+
+from nnunet_joint.errors import InputError, cli_entry
+from nnunet_joint.network.seresnet import ENCODER_DEPTHS
+from nnunet_joint.network.unet import DEFAULT_DECODER_CHANNELS, STANDARD_STRIDES
+
+NETWORK_CLASS_NAME = "nnunet_joint.network.unet.SEResNetUNet"
+
+
+def plans_name_of(encoder: str) -> str:
+    """``seresnet50`` -> ``nnUNetSEResNet50Plans``: the plans identifier of an encoder's preset."""
+    if encoder not in ENCODER_DEPTHS:
+        raise ValueError(f"no plans preset for encoder {encoder!r}; choose one of {sorted(ENCODER_DEPTHS)}")
+    return f"nnUNetSEResNet{ENCODER_DEPTHS[encoder]}Plans"
+
+
+# ----------------------------------------------------------------------------- the presets
+
+class nnUNetPlannerSEResNet(ExperimentPlanner):
+    """nnU-Net's planner with the SE-ResNet U-Net as its 2-D network (the presets below set the encoder).
+
+    Memory model: nnU-Net's (feature-map elements per sample, ``compute_conv_feature_map_size``,
+    in dynamic-network-architectures' counting convention) with the reference value nnU-Net's
+    residual-encoder presets use for that convention (135 M elements ~ batch 12 in 8 GB), since the
+    SE-ResNet is a residual encoder too. It was not measured on a GPU here.
+    """
+
+    encoder_name = "seresnet50"
+    decoder_channels = DEFAULT_DECODER_CHANNELS
+    n_conv_per_stage_decoder = 2
+
+    def __init__(self, dataset_name_or_id: Union[str, int], gpu_memory_target_in_gb: float = 8,
+                 preprocessor_name: str = "DefaultPreprocessor", plans_name: str | None = None,
+                 overwrite_target_spacing: Union[List[float], Tuple[float, ...]] = None,
+                 suppress_transpose: bool = False):
+        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name,
+                         plans_name or plans_name_of(self.encoder_name), overwrite_target_spacing, suppress_transpose)
+        # ``UNet_class`` stays nnU-Net's: the default plan is computed first (spacing, normalisation,
+        # resampling), then patch, batch and architecture are replaced with ours.
+        self.SEResNet_reference_val_2d = 135_000_000  # nnU-Net's ResEnc presets, same counting convention
+
+    def architecture(self) -> dict:
+        """The plans' ``architecture`` entry: our network class and its kwargs (no imports needed)."""
+        return {"network_class_name": NETWORK_CLASS_NAME,
+                "arch_kwargs": {"encoder_name": self.encoder_name,
+                                "strides": [list(s) for s in STANDARD_STRIDES],
+                                "decoder_channels": list(self.decoder_channels),
+                                "n_conv_per_stage_decoder": self.n_conv_per_stage_decoder},
+                "_kw_requires_import": []}
+
+    def get_plans_for_configuration(self, spacing, median_shape, data_identifier: str,
+                                    approximate_n_voxels_dataset: float, _cache: dict) -> dict:
+        """nnU-Net's plan (spacing, normalisation, resampling) with our patch, batch and architecture."""
+        plan = super().get_plans_for_configuration(spacing, median_shape, data_identifier,
+                                                   approximate_n_voxels_dataset, _cache)
+        if len(spacing) != 2:
+            return plan  # 3-D configurations are dropped in save_plans: the network is 2-D
+        architecture = self.architecture()
+        patch_size, batch_size = self.patch_and_batch_size(spacing, median_shape, approximate_n_voxels_dataset,
+                                                           architecture)
+        plan.update(patch_size=patch_size, batch_size=batch_size, architecture=architecture)
+        return plan
+
+    def patch_and_batch_size(self, spacing, median_shape, approximate_n_voxels_dataset: float,
+                             architecture: dict) -> tuple[list[int], int]:
+        """nnU-Net's 2-D rules with our network.
+
+        Start from the median image (aspect ratio of the spacing), round each axis up to the total
+        stride (32), shrink the axis furthest above the median shape while the memory estimate
+        exceeds the target, then fill the memory with the batch, capped at 5 % of the dataset's
+        voxels per step and at least 2 (nnU-Net's ``max_dataset_covered`` and minimum).
+        """
+        divisor = np.prod(np.array(STANDARD_STRIDES), axis=0)
+        inverse = 1 / np.array(spacing, dtype=float)
+        initial = np.minimum(np.round(inverse * (2048 ** 2 / np.prod(inverse)) ** 0.5),
+                             np.asarray(median_shape[:2], dtype=float))
+        patch = [int(max(d, -(-int(p) // d) * d)) for p, d in zip(initial, divisor)]
+        num_input_channels = len(self.dataset_json["channel_names"])
+        num_labels = len(self.dataset_json["labels"])
+
+        def estimate(size: list[int]) -> float:
+            return float(self.static_estimate_VRAM_usage(
+                tuple(size), num_input_channels, num_labels, architecture["network_class_name"],
+                architecture["arch_kwargs"], architecture["_kw_requires_import"]))
+
+        reference = self.SEResNet_reference_val_2d * self.UNet_vram_target_GB / self.UNet_reference_val_corresp_GB
+        ref_bs = self.UNet_reference_val_corresp_bs_2d
+        current = estimate(patch)
+        while current / ref_bs * 2 > reference and any(p > d for p, d in zip(patch, divisor)):
+            ratios = [p / m if p > d else 0.0 for p, m, d in zip(patch, median_shape, divisor)]
+            axis = int(np.argmax(ratios))
+            patch[axis] -= int(divisor[axis])
+            current = estimate(patch)
+        batch_size = round(reference / current * ref_bs)
+        cap = round(approximate_n_voxels_dataset * self.max_dataset_covered / np.prod(patch, dtype=np.float64))
+        return patch, int(max(min(batch_size, cap), self.UNet_min_batch_size))
+
+    def save_plans(self, plans: dict) -> None:
+        plans["configurations"] = {k: v for k, v in plans["configurations"].items() if k == "2d"}
+        super().save_plans(plans)
+
+
+class nnUNetPlannerSEResNet18(nnUNetPlannerSEResNet):
+    """SE-ResNet-18 encoder; plans ``nnUNetSEResNet18Plans``."""
+
+    encoder_name = "seresnet18"
+
+
+class nnUNetPlannerSEResNet34(nnUNetPlannerSEResNet):
+    """SE-ResNet-34 encoder; plans ``nnUNetSEResNet34Plans``."""
+
+    encoder_name = "seresnet34"
+
+
+class nnUNetPlannerSEResNet50(nnUNetPlannerSEResNet):
+    """SE-ResNet-50 encoder; plans ``nnUNetSEResNet50Plans``."""
+
+    encoder_name = "seresnet50"
+
+
+PLANNERS: dict[str, type[nnUNetPlannerSEResNet]] = {
+    c.__name__: c for c in (nnUNetPlannerSEResNet18, nnUNetPlannerSEResNet34, nnUNetPlannerSEResNet50)}
+
+
+def planner_class(name: str) -> type:
+    """One of our presets, or any planner nnU-Net itself finds (``ExperimentPlanner``, ResEnc presets)."""
+    if name in PLANNERS:
+        return PLANNERS[name]
+    import nnunetv2
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+
+    found = recursive_find_python_class(str(Path(nnunetv2.__path__[0]) / "experiment_planning"), name,
+                                        current_module="nnunetv2.experiment_planning")
+    if found is None:
+        raise InputError(None, f"planner {name!r} not found (ours: {', '.join(PLANNERS)}; or one of "
+                               "nnU-Net's, e.g. ExperimentPlanner, nnUNetPlannerResEncM)")
+    return found
+
+
+# ----------------------------------------------------------------------------- in-process running
+
+class _Finished:
+    """What ``Pool.starmap_async`` returns, for a result computed already."""
+
+    def __init__(self, value: Any):
+        self._value = value
+
+    def ready(self) -> bool:
+        return True
+
+    def get(self) -> Any:
+        return self._value
+
+
+class _Alive:
+    @staticmethod
+    def is_alive() -> bool:
+        return True
+
+
+class _SerialPool:
+    """A ``multiprocessing.Pool`` stand-in that runs every task at once, in this process."""
+
+    def __init__(self, *_args, **_kwargs):
+        self._pool = [_Alive()]  # nnU-Net watches its workers through this attribute
+
+    def __enter__(self) -> "_SerialPool":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return False
+
+    @staticmethod
+    def starmap(function: Callable, iterable: Iterable) -> list:
+        return [function(*args) for args in iterable]
+
+    def starmap_async(self, function: Callable, iterable: Iterable) -> _Finished:
+        return _Finished(self.starmap(function, iterable))
+
+
+_SERIAL_MULTIPROCESSING = SimpleNamespace(get_context=lambda *_a, **_k: SimpleNamespace(Pool=_SerialPool))
+#: nnU-Net modules whose ``multiprocessing.get_context("spawn").Pool`` runs the per-case work.
+_POOLED_MODULES = (
+    "nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor",
+    "nnunetv2.experiment_planning.verify_dataset_integrity",
+    "nnunetv2.preprocessing.preprocessors.default_preprocessor",
+)
+
+
+@contextlib.contextmanager
+def in_process_pools() -> Iterator[None]:
+    """Run nnU-Net's fingerprinting, integrity check and preprocessing without worker processes."""
+    import importlib
+
+    modules = [importlib.import_module(m) for m in _POOLED_MODULES]
+    originals = [m.multiprocessing for m in modules]
+    for module in modules:
+        module.multiprocessing = _SERIAL_MULTIPROCESSING
+    try:
+        yield
+    finally:
+        for module, original in zip(modules, originals):
+            module.multiprocessing = original
+
+
+@contextlib.contextmanager
+def _quiet(enabled: bool) -> Iterator[None]:
+    import io
+
+    if not enabled:
+        yield
+        return
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+def _dataset_name(dataset_id: int | str) -> str:
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    try:
+        return maybe_convert_to_dataset_name(dataset_id)
+    except RuntimeError:
+        raise InputError(None, f"dataset {dataset_id} not found in nnUNet_raw / nnUNet_preprocessed") from None
+
+
+def plan_and_preprocess(dataset_ids: Sequence[int], planner: str = "ExperimentPlanner",
+                        configurations: Sequence[str] = ("2d",), num_processes: int = 1,
+                        verify_dataset_integrity: bool = False, plans_name: str | None = None,
+                        gpu_memory_target_in_gb: float | None = None, preprocess: bool = True,
+                        quiet: bool = True) -> str:
+    """Fingerprint, plan (with ``planner``) and preprocess datasets, as ``nnUNetv2_plan_and_preprocess``.
+
+    Returns:
+        The plans identifier written (e.g. ``nnUNetSEResNet18Plans``).
+    """
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiment_dataset
+
+    planner_cls = planner_class(planner)
+    pools = in_process_pools() if num_processes <= 1 else contextlib.nullcontext()
+    n = max(1, num_processes)
+    with pools, _quiet(quiet):
+        extract_fingerprints(list(dataset_ids), num_processes=n, check_dataset_integrity=verify_dataset_integrity,
+                             clean=True, verbose=False, show_progress_bar=not quiet)
+        identifier = None
+        for d in dataset_ids:
+            _, identifier = plan_experiment_dataset(d, planner_cls, gpu_memory_target_in_gb,
+                                                    overwrite_plans_name=plans_name)
+        if preprocess:
+            preprocess_(dataset_ids, identifier, configurations, n, quiet)
+    assert identifier is not None
+    return identifier
+
+
+def preprocess_(dataset_ids: Sequence[int], plans_identifier: str, configurations: Sequence[str],
+                num_processes: int, quiet: bool = True) -> None:
+    """nnU-Net's ``preprocess`` for some configurations (in-process when the pools are patched)."""
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess
+
+    preprocess(list(dataset_ids), plans_identifier, tuple(configurations), [num_processes] * len(configurations),
+               verbose=False, show_progress_bar=not quiet)
+
+
+def transfer_plans(source_id: int, target_ids: Sequence[int], plans_identifier: str,
+                   configurations: Sequence[str] = ("2d",), num_processes: int = 1, quiet: bool = True) -> None:
+    """nnU-Net's transfer route: the source's plans moved to each target, which is then preprocessed with them.
+
+    Pretraining and fine-tuning then share spacing, normalisation (the source's intensity
+    statistics) and architecture. The target's ``dataset.json`` is copied to its preprocessed
+    folder first, which nnU-Net's preprocessor reads (planning would have put it there).
+    """
+    from nnunetv2.experiment_planning.plans_for_pretraining.move_plans_between_datasets import (
+        move_plans_between_datasets,
+    )
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
+
+    source = _dataset_name(source_id)
+    plans_file = Path(nnUNet_preprocessed) / source / f"{plans_identifier}.json"
+    if not plans_file.is_file():
+        raise InputError(plans_file, f"not found: plan dataset {source_id} with the {plans_identifier} preset first")
+    pools = in_process_pools() if num_processes <= 1 else contextlib.nullcontext()
+    with pools, _quiet(quiet):
+        for target in target_ids:
+            name = _dataset_name(target)
+            (Path(nnUNet_preprocessed) / name).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(nnUNet_raw) / name / "dataset.json", Path(nnUNet_preprocessed) / name / "dataset.json")
+            move_plans_between_datasets(source_id, target, plans_identifier, plans_identifier)
+        preprocess_(target_ids, plans_identifier, configurations, max(1, num_processes), quiet)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nnunet_joint_plan_and_preprocess",
+        description="nnUNetv2_plan_and_preprocess that also finds our SE-ResNet plans presets "
+                    f"({', '.join(PLANNERS)}), runs in-process by default, and can carry one "
+                    "dataset's plans to others (--plans-from).")
+    p.add_argument("-d", nargs="+", type=int, required=True, help="dataset ids")
+    p.add_argument("-pl", default="ExperimentPlanner", help="planner class (ours or nnU-Net's)")
+    p.add_argument("-c", nargs="+", default=["2d"], help="configurations to preprocess (default 2d)")
+    p.add_argument("-np", type=int, default=1, help="worker processes; 1 = in this process (default)")
+    p.add_argument("-gpu_memory_target", type=float, default=None, help="GPU memory target in GB (planner)")
+    p.add_argument("-overwrite_plans_name", default=None, help="plans name instead of the planner's")
+    p.add_argument("--verify_dataset_integrity", action="store_true", help="run nnU-Net's integrity check")
+    p.add_argument("--no_pp", action="store_true", help="plan only, do not preprocess")
+    p.add_argument("--plans-from", type=int, default=None, metavar="SOURCE_ID",
+                   help="do not plan: move SOURCE_ID's plans (-p) to the -d datasets and preprocess them")
+    p.add_argument("-p", default=None, help="plans identifier for --plans-from (e.g. nnUNetSEResNet50Plans)")
+    p.add_argument("--verbose", action="store_true", help="show nnU-Net's own output")
+    return p
+
+
+@cli_entry
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.plans_from is not None:
+        if not args.p:
+            raise InputError(None, "--plans-from needs -p PLANS_IDENTIFIER (e.g. nnUNetSEResNet50Plans)")
+        transfer_plans(args.plans_from, args.d, args.p, args.c, args.np, quiet=not args.verbose)
+        print(f"moved {args.p} from dataset {args.plans_from} to {', '.join(map(str, args.d))} and preprocessed "
+              f"{', '.join(args.c)}")
+        return 0
+    identifier = plan_and_preprocess(args.d, args.pl, args.c, args.np, args.verify_dataset_integrity,
+                                     args.overwrite_plans_name, args.gpu_memory_target, not args.no_pp,
+                                     quiet=not args.verbose)
+    print(f"planned {', '.join(map(str, args.d))} with {args.pl}: plans {identifier}"
+          + ("" if args.no_pp else f"; preprocessed {', '.join(args.c)}"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

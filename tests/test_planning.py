@@ -1,0 +1,118 @@
+"""The SE-ResNet plans presets and the transfer of LiTS plans to the Sheba datasets (on the tiny run)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import pytest
+import torch
+
+from nnunet_joint.network.from_plans import SERESNET_UNET
+from nnunet_joint.planning import PLANNERS, plan_and_preprocess, plans_name_of
+from nnunet_joint.reproduce import DATASET_FOLDERS, RunFolder
+
+pytestmark = pytest.mark.slow  # shares the tiny phantom run (nnU-Net planning) with the e2e modules
+
+
+def read_plans(run: RunFolder, dataset: int, plans: str) -> dict:
+    return json.loads((run.preprocessed / DATASET_FOLDERS[dataset] / f"{plans}.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def planned(tiny_run, tmp_path_factory) -> RunFolder:
+    """A copy of the tiny run's 504 with plans of all three presets (planned, not preprocessed)."""
+    root = tmp_path_factory.mktemp("planned")
+    run = RunFolder(root)
+    for sub in ("nnUNet_raw", "nnUNet_preprocessed"):
+        (getattr(run, sub.split("_")[1])).mkdir(parents=True)
+        shutil.copytree(tiny_run.root / sub / DATASET_FOLDERS[504], root / sub / DATASET_FOLDERS[504])
+    with run.nnunet_environment():
+        for planner in PLANNERS:
+            plan_and_preprocess([504], planner, preprocess=False)
+    return run
+
+
+@pytest.mark.parametrize("planner", sorted(PLANNERS))
+def test_each_preset_writes_our_network_into_2d_plans_only(planned, planner):
+    encoder = PLANNERS[planner].encoder_name
+    plans = read_plans(planned, 504, plans_name_of(encoder))
+    assert plans["plans_name"] == plans_name_of(encoder) and plans["experiment_planner_used"] == planner
+    assert list(plans["configurations"]) == ["2d"]  # the network is 2-D
+    config = plans["configurations"]["2d"]
+    assert config["architecture"]["network_class_name"] == SERESNET_UNET
+    assert config["architecture"]["arch_kwargs"]["encoder_name"] == encoder
+    assert all(p % 32 == 0 for p in config["patch_size"])
+    assert config["batch_size"] >= 2
+    default = read_plans(planned, 504, "nnUNetPlans")["configurations"]["2d"]
+    # spacing, normalisation and resampling are nnU-Net's own
+    for key in ("spacing", "normalization_schemes", "use_mask_for_norm", "resampling_fn_data", "batch_dice"):
+        assert config[key] == default[key], key
+
+
+@pytest.mark.parametrize("planner", sorted(PLANNERS))
+def test_preset_network_from_plans_has_standard_stem_full_resolution_output_and_timm_keys(planned, planner):
+    """Built by nnU-Net's own get_network_from_plans (what a plain trainer and the predictor do)."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    encoder = PLANNERS[planner].encoder_name
+    config = read_plans(planned, 504, plans_name_of(encoder))["configurations"]["2d"]
+    arch = config["architecture"]
+    net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
+                                 1, 5, deep_supervision=False).eval()
+    assert net.encoder.conv1.stride == (2, 2) and net.encoder.maxpool.stride == (2, 2)
+    with torch.no_grad():
+        out = net(torch.zeros(2, 1, *config["patch_size"]))
+    assert tuple(out.shape) == (2, 5, *config["patch_size"])
+    timm = pytest.importorskip("timm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = timm.create_model(encoder, pretrained=False).state_dict()
+    ours = {k[len("encoder."):]: tuple(v.shape) for k, v in net.state_dict().items() if k.startswith("encoder.")}
+    theirs = {k: tuple(v.shape) for k, v in reference.items() if not k.startswith("fc.")}
+    assert list(ours) == list(theirs)  # timm's names, in timm's order: the ImageNet key contract
+    assert ours.pop("conv1.weight") == (64, 1, 7, 7) and theirs.pop("conv1.weight") == (64, 3, 7, 7)
+    assert ours == theirs
+
+
+def test_patch_and_batch_size_follow_nnunets_rules(planned):
+    """Patch: median shape rounded up to the stride 32, shrunk while over the memory target; batch:
+    round(reference / estimate * 12), at most 5 % of the dataset's voxels per step, at least 2."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    with planned.nnunet_environment():
+        planner = PLANNERS["nnUNetPlannerSEResNet18"](504)
+    arch = planner.architecture()
+
+    def estimate(patch):
+        net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], [], 1, 5, allow_init=False)
+        return float(net.compute_conv_feature_map_size(patch))
+
+    patch, batch = planner.patch_and_batch_size([1.0, 1.0], [100, 130], 1e12, arch)
+    assert patch == [128, 160]
+    assert batch == round(135_000_000 / estimate([128, 160]) * 12)
+    _, capped = planner.patch_and_batch_size([1.0, 1.0], [100, 130], 128 * 160 * 60.0, arch)
+    assert capped == 3  # 5 % of 60 patches' worth of voxels
+    _, floor = planner.patch_and_batch_size([1.0, 1.0], [100, 130], 128 * 160 * 10.0, arch)
+    assert floor == 2
+    planner.UNet_vram_target_GB = 8 * estimate([64, 96]) / 135_000_000 * 2 / 12 * 1.01  # fits 64 x 96, not more
+    small, _ = planner.patch_and_batch_size([1.0, 1.0], [100, 130], 1e12, arch)
+    assert small == [64, 96]  # the axis furthest above the median shape shrinks first, by 32
+
+
+def test_transfer_carries_lits_spacing_normalisation_and_architecture(tiny_run):
+    """The reproduce route: 502 planned with the preset, its plans moved to 503/504 and used to preprocess."""
+    plans = plans_name_of("seresnet18")
+    source = read_plans(tiny_run, 502, plans)
+    own = read_plans(tiny_run, 504, "nnUNetPlans")
+    for target in (503, 504):
+        moved = read_plans(tiny_run, target, plans)
+        assert moved["dataset_name"] == DATASET_FOLDERS[target]
+        assert moved["foreground_intensity_properties_per_channel"] == source["foreground_intensity_properties_per_channel"]
+        assert moved["configurations"] == source["configurations"]
+        data = tiny_run.preprocessed / DATASET_FOLDERS[target] / moved["configurations"]["2d"]["data_identifier"]
+        assert len(list(data.glob("*.b2nd"))) == 2 * len(list((tiny_run.raw / DATASET_FOLDERS[target] / "labelsTr")
+                                                              .glob("*.nii.gz")))
+    # the target's own default plans normalise with its own statistics: the transfer changed them
+    assert own["foreground_intensity_properties_per_channel"] != source["foreground_intensity_properties_per_channel"]
