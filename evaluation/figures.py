@@ -1,6 +1,6 @@
 """The report's figures, drawn from plain data (matplotlib, Agg, object API).
 
-Every function here takes numbers or arrays that :mod:`evaluation.report` gathered, draws one
+Every function here takes numbers or arrays that :mod:`evaluation.report.figure_set` gathered, draws one
 figure and writes it atomically as PNG (:func:`nnunet_joint.io.atomic_path`), so a killed report
 never leaves a half image. ``Figure`` + ``FigureCanvasAgg`` (never pyplot's global state) keeps
 the functions safe to call from anywhere and leaves no figure open.

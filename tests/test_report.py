@@ -200,7 +200,7 @@ def test_intervals_table_says_what_was_resampled(built):
     md = (built["out"] / "report.md").read_text(encoding="utf-8")
     rows = md_table(md, "Bootstrap intervals")
     assert rows[1:] == [
-        ["joint (LiTS)", JOINT_DS, "0.75 [0.50, 1.00]", f"{(1 + 1 + 1 + 2 / 3) / 4:.2f} [0.67, 1.00]", "4", "3 patients"],
+        ["joint (LiTS)", JOINT_DS, "0.75 [0.50, 1.00]", f"{(3 + 2 / 3) / 4:.2f} [0.67, 1.00]", "4", "3 patients"],
         ["Y-Net (LiTS)", SEG_DS, "0.75 [0.50, 1.00]", "0.75 [0.00, 1.00]", "4", "3 patients"],
         ["nnU-Net (ShebaJoint)", JOINT_DS, "1.00 [1.00, 1.00]", "1.00 [1.00, 1.00]", "4",
          "4 slices (dataset.json lists no patients)"],
@@ -308,7 +308,7 @@ def test_summary_json_and_csv_equal_inputs(built):
     assert joint["per_fold"] == summaries["joint"]["per_fold"]
     assert joint["budget"] == {"epochs": 2, "iterations": 5, "encoder": "seresnet18"}
     assert joint["training"]["used"]["budget"] == "3 x 4"
-    assert joint["training"]["folds"][1] == {"fold": 1, "joint_config": True, "epochs x iterations": [3, 4],
+    assert joint["training"]["folds"][1] == {"fold": 1, "joint_config": True, "epochs_iterations": [3, 4],
                                              "learning_curve_epochs": 3, "learning_curve_iterations": 12}
     assert (joint["intervals"]["cls_acc"]["low"], joint["intervals"]["cls_acc"]["high"]) == (0.5, 1.0)
     assert joint["intervals"]["cls_acc"]["n_patients"] == 3

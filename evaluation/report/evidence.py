@@ -34,7 +34,7 @@ TESTED_METRICS: dict[str, str] = {"cls_acc": "McNemar", "dice": "Wilcoxon"}
 METRIC_WORDS = {"cls_acc": "type accuracy", "dice": "Dice1"}
 #: Metrics each framework produces (the classifier has no Dice, the segmentation baseline no type).
 FRAMEWORK_METRICS: dict[str, tuple[str, ...]] = {"cls": ("cls_acc",), "seg": ("dice",), "ynet": ("cls_acc", "dice"),
-                                                 "joint": ("cls_acc", "dice"), "nnunet": ("cls_acc", "dice")}
+                                                 "joint": ("cls_acc", "dice")}
 FINE_TUNING_SCHEDULES = ("FreezeEnc", "HierFreeze", "HierUnfreeze")
 
 

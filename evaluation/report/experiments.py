@@ -215,7 +215,8 @@ class Experiment:
         if (self.trainer_dir / DATASET_FILE).is_file():
             try:
                 patients = _read_json(self.trainer_dir / DATASET_FILE).get("patients")
-                self.patients = None if not isinstance(patients, dict) else {str(k): str(v) for k, v in patients.items()}
+                if isinstance(patients, dict):
+                    self.patients = {str(k): str(v) for k, v in patients.items()}
             except (RecordError, AttributeError) as e:
                 notes.append(f"{self.trainer_dir / DATASET_FILE}: {e}")
         if (self.trainer_dir / PLANS_FILE).is_file():
@@ -355,7 +356,8 @@ def training_used(e: Experiment) -> TrainingUsed:
         architecture = (record.config or {}).get("architecture") or {}
         if architecture.get("encoder"):
             patch = architecture.get("patch_size")
-            networks[record.fold] = architecture["encoder"] + ("" if not patch else f", patch {' x '.join(map(str, patch))}")
+            patch_text = "" if not patch else f", patch {' x '.join(map(str, patch))}"
+            networks[record.fold] = architecture["encoder"] + patch_text
         elif e.plans_network is not None:
             networks[record.fold] = f"{e.plans_network} ({PLANS_FILE})"
         else:

@@ -46,7 +46,7 @@ def experiment_record(e: Experiment, evidence: Evidence) -> dict:
         record["training"] = {
             "used": training_used(e).to_dict(),
             "folds": [{"fold": r.fold, "joint_config": r.config is not None,
-                       "epochs x iterations": None if r.budget is None else list(r.budget),
+                       "epochs_iterations": None if r.budget is None else list(r.budget),
                        "learning_curve_epochs": None if r.curve is None else len(r.curve.epochs),
                        "learning_curve_iterations": None if r.curve is None else r.curve.final_iterations}
                       for r in e.records],

@@ -86,8 +86,8 @@ def midl_table(experiments: Sequence[Experiment], evidence: Evidence) -> Table:
                         paper_cell(published.midl_value(framework, init, metric))]
             rows.append(row)
     return Table("midl", "Table 1 (MIDL)",
-                 f"Four frameworks x three initialisations, fine-tuned without freezing. {CELL_LEGEND_SHORT} Paper: MIDL "
-                 "2020 Table 1, mean over 3 folds.", header, rows)
+                 "Four frameworks x three initialisations, fine-tuned without freezing. "
+                 f"{CELL_LEGEND_SHORT} Paper: MIDL 2020 Table 1, mean over 3 folds.", header, rows)
 
 
 def embc_table(experiments: Sequence[Experiment], evidence: Evidence) -> Table:
@@ -104,8 +104,8 @@ def embc_table(experiments: Sequence[Experiment], evidence: Evidence) -> Table:
     return Table("embc", "Fine-tuning (EMBC)",
                  "Joint model: scratch baseline and four ways to fine-tune LiTS weights. Dice1 = mean per-slice lesion "
                  "Dice, Dice2 = Dice of TP/FP/FN pooled over all validation slices of all folds, success = predicted "
-                 f"lesion overlaps the true one, accuracy = majority vote of the predicted lesion pixels. {CELL_LEGEND_SHORT} "
-                 "Paper: EMBC 2019.", header, rows)
+                 "lesion overlaps the true one, accuracy = majority vote of the predicted lesion pixels. "
+                 f"{CELL_LEGEND_SHORT} Paper: EMBC 2019.", header, rows)
 
 
 def baseline_table(experiments: Sequence[Experiment], evidence: Evidence) -> Table:
@@ -121,9 +121,10 @@ def baseline_table(experiments: Sequence[Experiment], evidence: Evidence) -> Tab
     if not plain:
         rows.insert(0, ["plain nnU-Net (nnUNetTrainer)", "–", *([NOT_LISTED] * len(BASELINE_METRICS))])
     return Table("nnunet", "Plain nnU-Net baselines",
-                 "nnU-Net's default 2d U-Net (nnUNetTrainer, its own architecture, no transfer) on the segmentation and "
-                 "joint datasets. On the joint dataset its label map carries the type, so its accuracy is the same "
-                 f"majority vote as our joint model's; on the segmentation dataset it has no type (–). {CELL_LEGEND_SHORT}",
+                 "nnU-Net's default 2d U-Net (nnUNetTrainer, its own architecture, no transfer) on the segmentation "
+                 "and joint datasets. On the joint dataset its label map carries the type, so its accuracy is the same "
+                 "majority vote as our joint model's; on the segmentation dataset it has no type (–). "
+                 f"{CELL_LEGEND_SHORT}",
                  header, rows)
 
 
@@ -145,7 +146,8 @@ def intervals_table(experiments: Sequence[Experiment], evidence: Evidence) -> Ta
         rows.append([e.label, e.dataset, *cells, n_slices, unit])
     return Table("intervals", "Bootstrap intervals",
                  "Mean over all validation slices of all folds, and its 95 % percentile bootstrap interval: patients "
-                 "(dataset.json 'patients') resampled with replacement, each patient with all its slices.", header, rows)
+                 "(dataset.json 'patients') resampled with replacement, each patient with all its slices.",
+                 header, rows)
 
 
 # ----------------------------------------------------------------------------- paired comparisons
@@ -163,9 +165,9 @@ def comparisons_table(evidence: Evidence) -> Table:
     rows = []
     for r in evidence.tested:
         t = r.test
+        paper = "–" if r.paper_effect is None else f"{r.paper_effect:+.2f}"
         rows.append([r.title, METRIC_WORDS[r.metric], t.test, str(t.n), f"{t.mean_a:.2f}", f"{t.mean_b:.2f}",
-                     f"{t.effect:+.2f}", "–" if r.paper_effect is None else f"{r.paper_effect:+.2f}", format_p(t.p_value),
-                     verdict(r)])
+                     f"{t.effect:+.2f}", paper, format_p(t.p_value), verdict(r)])
     return Table("paired", "Paired tests",
                  "The pairs the papers compare, on the validation slices both rows evaluated. Type: exact McNemar test "
                  "(two-sided binomial test on the slices only one of the two typed right); Dice1: Wilcoxon signed-rank "
