@@ -37,7 +37,12 @@ from nnunet_joint.evaluation import published
 from nnunet_joint.evaluation.evaluate import evaluate_trainer_dir
 from nnunet_joint.evaluation.metrics import format_mean_std
 from nnunet_joint.evaluation.report import NOT_LISTED, Experiment, build_report
-from nnunet_joint.evaluation.report.experiments import RecordError, read_fold_record, read_learning_curve
+from nnunet_joint.evaluation.report.experiments import (
+    RecordError,
+    read_fold_record,
+    read_learning_curve,
+    training_used,
+)
 from nnunet_joint.evaluation.report.figure_set import curve_panels
 from nnunet_joint.evaluation.report.overlays import choose_overlay_cases, overlay_rows
 
@@ -251,6 +256,18 @@ def test_budgets_come_from_what_the_folds_recorded(built):
     assert cell(budgets, "joint (ImageNet)", "budget from") == "requested (not trained)"
     assert cell(budgets, "joint (LiTS)", "slices") == "4"
     assert cell(budgets, "joint (ImageNet)", "status") == NO_IMAGENET
+
+
+def test_requested_budget_of_rows_that_did_not_train(tmp_path):
+    entry = experiment("nnU-Net", "nnunet", "-", "NoFreeze", "nnUNetTrainer_JointBudget", SEG_DS, tmp_path,
+                       status="not run: not in the demo profile")
+    entry["budget"] = {"epochs": "nnU-Net default", "iterations": "nnU-Net default", "encoder": "seresnet50"}
+    used = training_used(Experiment.from_dict(entry))
+    assert (used.budget, used.source, used.trained) == ("nnU-Net default", "requested", "–")
+    assert used.network == "nnU-Net's planned U-Net (no plans.json found)"  # never our encoder setting
+    entry.update(framework="joint", budget={"epochs": 30, "iterations": 20, "encoder": "seresnet18"})
+    used = training_used(Experiment.from_dict(entry))
+    assert (used.budget, used.network) == ("30 x 20", "seresnet18 (requested)")
 
 
 def test_learning_curve_panels(built):

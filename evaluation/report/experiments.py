@@ -345,7 +345,12 @@ def requested_network(e: Experiment) -> str:
 def training_used(e: Experiment) -> TrainingUsed:
     """What :class:`Experiment` ``e`` trained with (see :class:`TrainingUsed`)."""
     requested_epochs, requested_iterations = e.budget.get("epochs"), e.budget.get("iterations")
-    requested = "–" if requested_epochs is None else f"{requested_epochs} x {requested_iterations}"
+    if requested_epochs is None:
+        requested = "–"
+    elif isinstance(requested_epochs, str) and requested_epochs == requested_iterations:
+        requested = requested_epochs  # "nnU-Net default" for both: say it once
+    else:
+        requested = f"{requested_epochs} x {requested_iterations}"
     if not e.records:
         return TrainingUsed(requested, "requested", requested_network(e), "–")
     budgets, sources, networks, trained = {}, {}, {}, {}
