@@ -296,6 +296,9 @@ def test_learning_curve_files_are_checked(tmp_path):
     bad.write_text(json.dumps({"framework": "joint", "epochs": [{"epoch": 0, "iterations": 1.5}]}))
     with pytest.raises(RecordError, match="epoch entry 0 has no integer 'iterations'"):
         read_learning_curve(bad, 1)
+    bad.write_text('{"framework": "joint", "epochs": [')  # a half-written file
+    with pytest.raises(RecordError, match="not readable JSON"):
+        read_learning_curve(bad, 1)
     bad.write_text(json.dumps({"framework": "unet", "epochs": []}))
     with pytest.raises(RecordError, match="unknown framework 'unet'"):
         read_learning_curve(bad, 1)

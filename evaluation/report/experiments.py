@@ -64,6 +64,14 @@ class LearningCurve:
         return self.iterations[-1] if self.iterations else None
 
 
+def _read_json(path: Path) -> Any:
+    """Parse a JSON record; a broken file raises :class:`RecordError` naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RecordError(f"{path}: not readable JSON ({e})") from None
+
+
 def _number_or_none(value: Any, what: str, path: Path) -> float | None:
     if value is None:
         return None
@@ -79,10 +87,7 @@ def read_learning_curve(path: Path, fold: int) -> LearningCurve:
         RecordError: broken JSON, a framework we do not know, or an epoch without ``epoch`` /
             ``iterations`` integers or with non-numeric values.
     """
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RecordError(f"{path}: not readable JSON ({e})") from None
+    content = _read_json(path)
     if not isinstance(content, dict) or not isinstance(content.get("epochs"), list):
         raise RecordError(f"{path}: expected {{'framework': ..., 'epochs': [...]}}")
     framework = content.get("framework")
@@ -100,13 +105,6 @@ def read_learning_curve(path: Path, fold: int) -> LearningCurve:
         dice.append(_number_or_none(point.get("lesion_dice"), f"epoch {point['epoch']} lesion_dice", path))
         accuracy.append(_number_or_none(point.get("type_accuracy"), f"epoch {point['epoch']} type_accuracy", path))
     return LearningCurve(fold, framework, tuple(epochs), tuple(iterations), tuple(dice), tuple(accuracy))
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RecordError(f"{path}: not readable JSON ({e})") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,11 +212,13 @@ class Experiment:
         self.records = [read_fold_record(self.trainer_dir, fold, notes) for fold in self.folds]
         if (self.trainer_dir / DATASET_FILE).is_file():
             try:
-                patients = _read_json(self.trainer_dir / DATASET_FILE).get("patients")
-                if isinstance(patients, dict):
-                    self.patients = {str(k): str(v) for k, v in patients.items()}
-            except (RecordError, AttributeError) as e:
-                notes.append(f"{self.trainer_dir / DATASET_FILE}: {e}")
+                content = _read_json(self.trainer_dir / DATASET_FILE)
+            except RecordError as e:
+                notes.append(str(e))
+                content = None
+            patients = content.get("patients") if isinstance(content, dict) else None
+            if isinstance(patients, dict):
+                self.patients = {str(k): str(v) for k, v in patients.items()}
         if (self.trainer_dir / PLANS_FILE).is_file():
             try:
                 configuration = _read_json(self.trainer_dir / PLANS_FILE)["configurations"]["2d"]
