@@ -1,6 +1,6 @@
 """The report's figures, drawn from plain data (matplotlib, Agg, object API).
 
-Every function here takes numbers or arrays that :mod:`evaluation.report` gathered, draws one
+Every function here takes numbers or arrays that :mod:`evaluation.report.figure_set` gathered, draws one
 figure and writes it atomically as PNG (:func:`nnunet_joint.io.atomic_path`), so a killed report
 never leaves a half image. ``Figure`` + ``FigureCanvasAgg`` (never pyplot's global state) keeps
 the functions safe to call from anywhere and leaves no figure open.
@@ -228,4 +228,78 @@ def overlay_grid(rows: Sequence[OverlayRow], path: str | os.PathLike) -> Path:
         handles.append(Patch(color=UNTYPED_COLOUR, label="lesion (no type)"))
     fig.legend(handles=handles, loc="lower center", ncols=len(handles), fontsize=9, frameon=False)
     fig.tight_layout(rect=(0, 0.04 if n > 1 else 0.08, 1, 1))
+    return save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------- learning curves
+
+#: Colours of the two validation curves (colour-blind safe, Okabe-Ito).
+CURVE_COLOURS = {"lesion_dice": "#0072b2", "type_accuracy": "#d55e00"}
+CURVE_LABELS = {"lesion_dice": "validation lesion Dice", "type_accuracy": "validation type accuracy"}
+#: Markers telling the folds apart (the colour tells the metric).
+FOLD_MARKERS = ("o", "s", "^", "D", "v", "P")
+#: Accuracy of guessing among the lesion types: the line a typing curve must rise above.
+CHANCE_ACCURACY = 1.0 / len(LESION_TYPES)
+
+
+@dataclasses.dataclass
+class CurveSeries:
+    """One fold's learning curve: cumulative training iterations and the values (``None``: not produced)."""
+
+    fold: int
+    iterations: Sequence[int]
+    lesion_dice: Sequence[float | None]
+    type_accuracy: Sequence[float | None]
+
+
+@dataclasses.dataclass
+class CurvePanel:
+    """One experiment's panel: its folds overlaid, or ``message`` when it has no curve."""
+
+    title: str
+    series: Sequence[CurveSeries]
+    message: str = "no learning curve recorded"
+
+
+def learning_curves(panels: Sequence[CurvePanel], path: str | os.PathLike, columns: int = 4) -> Path:
+    """One small panel per experiment: validation lesion Dice and type accuracy vs training iterations.
+
+    Folds are overlaid (one marker per fold); the dashed line is chance accuracy (1/3), drawn in
+    panels that show a type accuracy. A panel without curves says so instead of staying blank.
+    """
+    columns = max(1, min(columns, len(panels)))
+    rows = max(1, -(-len(panels) // columns))
+    legend_height = 0.4  # inches below the panels
+    fig = new_figure(3.3 * columns, 2.6 * rows + legend_height)
+    folds_seen: set[int] = set()
+    for index, panel in enumerate(panels):
+        ax = fig.add_subplot(rows, columns, index + 1)
+        typed = False
+        for series in panel.series:
+            folds_seen.add(series.fold)
+            marker = FOLD_MARKERS[series.fold % len(FOLD_MARKERS)]
+            for key in ("lesion_dice", "type_accuracy"):
+                points = [(x, y) for x, y in zip(series.iterations, getattr(series, key)) if y is not None]
+                if points:
+                    typed |= key == "type_accuracy"
+                    ax.plot(*zip(*points), color=CURVE_COLOURS[key], marker=marker, markersize=4, lw=1.1, alpha=0.85)
+        if typed:
+            ax.axhline(CHANCE_ACCURACY, color="#666666", ls="--", lw=0.9)
+        if not panel.series:
+            ax.text(0.5, 0.5, panel.message, transform=ax.transAxes, ha="center", va="center", fontsize=8,
+                    color="#555555", wrap=True)
+            ax.set_xticks([])
+        ax.set_ylim(0, 1.02)
+        ax.set_title(panel.title, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("training iterations", fontsize=7)
+        ax.grid(alpha=0.3)
+    if not panels:
+        fig.text(0.5, 0.5, "no finished experiment", ha="center", va="center")
+    handles = [Line2D([], [], color=CURVE_COLOURS[k], lw=1.5, label=CURVE_LABELS[k]) for k in CURVE_COLOURS]
+    handles.append(Line2D([], [], color="#666666", ls="--", lw=0.9, label="chance accuracy (1/3)"))
+    handles += [Line2D([], [], color="black", marker=FOLD_MARKERS[f % len(FOLD_MARKERS)], ls="none", markersize=4,
+                       label=f"fold {f}") for f in sorted(folds_seen)]
+    fig.legend(handles=handles, loc="lower center", ncols=min(len(handles), 6), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, legend_height / (2.6 * rows + legend_height), 1, 1))
     return save_figure(fig, path)

@@ -30,9 +30,13 @@ Conventions decided here (and tested in ``tests/test_metrics.py``):
 * **Connected lesions** use full connectivity (8-neighbourhood in 2-D, 26 in 3-D): pixels that
   touch at a corner belong to one lesion, as a reader would see them.
 * **Aggregation over folds**: a fold's value is the mean over its slices (Dice2: pooled
-  TP/FP/FN over its slices); the table reports the mean and the population standard deviation
+  TP/FP/FN over its slices); the aggregate is the mean and the population standard deviation
   (numpy's default, ``ddof=0``) of the fold values, and ``n``, the number of slices the metric
   stands on in all folds together.
+* **Dice2 over folds** (DESIGN.md section 5: "pooled over all validation slices of all folds"):
+  the aggregate's Dice2 is ``pooled``, TP/FP/FN summed over every validation slice of every
+  fold, not the mean of the per-fold Dice2 values (which would weigh a small fold's lesions
+  more). The mean and std of the per-fold values stay beside it as the spread over folds.
 """
 
 from __future__ import annotations
@@ -341,7 +345,9 @@ def summarise(results: Iterable[SliceResult]) -> dict:
         "metrics": {name: {"mean", "std", "n", "n_folds"}}, "confusion_matrix", "no_call"}}``.
         ``std`` is the population std (``ddof=0``) over the folds where the metric is defined;
         ``n`` counts slices over all folds; matrices and no-call counts are summed over folds.
-        A metric defined in no fold has ``mean``/``std`` ``None``.
+        A metric defined in no fold has ``mean``/``std`` ``None``. Dice2's entry also has
+        ``pooled``: the Dice of TP/FP/FN summed over all slices of all folds, the figure tables
+        show as Dice2 (``mean``/``std`` of the per-fold values are its spread over folds).
     """
     results = list(results)
     by_fold: dict[int, list[SliceResult]] = {}
@@ -371,6 +377,8 @@ def summarise(results: Iterable[SliceResult]) -> dict:
             "n": int(sum(f["metrics"][name]["n"] for f in per_fold)),
             "n_folds": len(values),
         }
+    segmented = [r for r in results if r.dice is not None]
+    aggregate_metrics["global_dice"]["pooled"] = global_dice(segmented) if segmented else None
     n_types = len(LESION_TYPES)
     matrix = np.zeros((n_types, n_types), dtype=int)
     no_call = np.zeros(n_types, dtype=int)

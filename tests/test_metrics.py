@@ -240,10 +240,13 @@ def test_summarise_mean_std_over_folds_exact():
     assert dice_agg["n"] == 4
     assert agg["metrics"]["recall"]["n"] == 3
     gd = agg["metrics"]["global_dice"]
-    assert gd["mean"] == pytest.approx((12 / 14 + 0.4) / 2)
+    assert gd["mean"] == pytest.approx((12 / 14 + 0.4) / 2)  # spread over folds: mean and std of fold values
     assert gd["std"] == pytest.approx(abs(12 / 14 - 0.4) / 2)
+    # Dice2 itself: TP/FP/FN summed over all four slices (tp 6 + 1, fp 0, fn 2 + 3), not the mean of folds
+    assert gd["pooled"] == pytest.approx(2 * 7 / (2 * 7 + 0 + 5))
     assert agg["metrics"]["success_rate"]["mean"] == pytest.approx(1.0)
     assert agg["metrics"]["liver_dice"] == {"mean": None, "std": None, "n": 0, "n_folds": 0}
+    assert "pooled" not in agg["metrics"]["dice"]  # only Dice2 is pooled
     assert agg["confusion_matrix"] == [[1, 0, 0], [1, 0, 0], [0, 0, 1]]
     assert agg["no_call"] == [0, 0, 1]
     assert format_mean_std(dice_agg) == "0.77 ± 0.07"
@@ -275,3 +278,13 @@ def test_cases_without_segmentation_have_no_lesion_metrics():
     assert metrics["cls_acc"] == {"value": 0.5, "n": 2}
     only_cls = summarise([classified])["aggregate"]["metrics"]
     assert only_cls["global_dice"]["mean"] is None and only_cls["cls_acc"]["mean"] == 1.0
+    assert only_cls["global_dice"]["pooled"] is None  # no segmented slice: no Dice2, not 1.0
+
+
+def test_pooled_dice2_weighs_folds_by_their_lesion_pixels():
+    # fold 0: one large lesion found exactly (tp 16); fold 1: one small lesion missed (fn 1, fp 1)
+    big = grid("2222 2222 2222 2222")
+    results = [evaluate_slice("a", 0, big, big), evaluate_slice("b", 1, grid("2000"), grid("0002"))]
+    gd = summarise(results)["aggregate"]["metrics"]["global_dice"]
+    assert (gd["mean"], gd["std"]) == (pytest.approx(0.5), pytest.approx(0.5))  # folds 1.0 and 0.0
+    assert gd["pooled"] == pytest.approx(32 / 34)  # 2*16 / (2*16 + 1 + 1)

@@ -1,15 +1,22 @@
 """The experiment report on a fake run: tiny NIfTI fold folders evaluated by the real evaluator.
 
-Cases (6 x 6 liver crops, 2 x 2 lesion), two folds, fold 0 = {A, B}, fold 1 = {C, D}:
+Cases (6 x 6 liver crops), two folds, fold 0 = {A, B}, fold 1 = {C, D}; patients P1 = {A, B},
+P2 = {C}, P3 = {D}. Lesions are 2 x 2 except A's, 2 x 3:
 
 * joint LiTS: A perfect cyst; B lesion found but typed hemangioma (true metastasis); C perfect
   hemangioma; D cyst, half the lesion found. Dice folds 1 and 5/6 -> 0.92 ± 0.08; accuracy folds
-  0.5 and 1.0 -> 0.75 ± 0.25.
+  0.5 and 1.0 -> 0.75 ± 0.25; Dice2 pooled: tp 6+4+4+2, fn 2 -> 32/34.
 * Y-Net LiTS (segmentation dataset + head): A, B, D perfect, C missed; head says hemangioma for
   A (wrong), metastasis for B, hemangioma for C, cyst for D -> Dice 1.00 and 0.50, accuracy
   0.5 and 1.0.
-* plain nnU-Net on the joint dataset: perfect.
+* plain nnU-Net on the joint dataset: perfect (its dataset.json copy lists no patients).
 * joint ImageNet: not run; segmentation scratch: failed.
+
+Bootstrap intervals with three patients are known exactly: the joint model's accuracy per slice
+is P1 (1, 0), P2 1, P3 1; a resample drawing P1 k times has mean 3 / (3 + k), so the lowest
+mean, 0.5, has probability 1/27 (above 2.5 %) and mean 1 has 8/27: interval [0.50, 1.00]
+(resampling the four slices instead gives [0.25, 1.00]). Dice: all-P3 resamples (1/27) give
+2/3, P3-free ones (8/27) give 1: [0.67, 1.00].
 """
 
 from __future__ import annotations
@@ -23,19 +30,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 from PIL import Image
+from report_helpers import cell, md_table, write_joint_config, write_learning_curve, write_slice
 
 from nnunet_joint.evaluation import published
 from nnunet_joint.evaluation.evaluate import evaluate_trainer_dir
 from nnunet_joint.evaluation.metrics import format_mean_std
-from nnunet_joint.evaluation.report import NOT_LISTED, build_report, choose_overlay_cases
+from nnunet_joint.evaluation.report import NOT_LISTED, Experiment, build_report
+from nnunet_joint.evaluation.report.experiments import (
+    RecordError,
+    read_fold_record,
+    read_learning_curve,
+    training_used,
+)
+from nnunet_joint.evaluation.report.figure_set import curve_panels
+from nnunet_joint.evaluation.report.overlays import choose_overlay_cases, overlay_rows
 
 REPO = Path(__file__).resolve().parent.parent
 JOINT_DS, SEG_DS = "Dataset504_ShebaJoint", "Dataset503_ShebaSeg"
 JOINT_LABELS = {"background": 0, "liver": 1, "cyst": 2, "hemangioma": 3, "metastasis": 4}
 SEG_LABELS = {"background": 0, "liver": 1, "lesion": 2}
 TYPES = {"A": "cyst", "B": "metastasis", "C": "hemangioma", "D": "cyst"}
+PATIENTS = {"A": "P1", "B": "P1", "C": "P2", "D": "P3"}
 SPLITS = [{"train": ["C", "D"], "val": ["A", "B"]}, {"train": ["A", "B"], "val": ["C", "D"]}]
 NO_IMAGENET = "not run: no ImageNet weights given"
 
@@ -47,19 +63,12 @@ def liver_with_lesion(label: int, lesion: slice = slice(2, 4)) -> np.ndarray:
     return array
 
 
-REFERENCE = {"A": liver_with_lesion(2), "B": liver_with_lesion(4), "C": liver_with_lesion(3), "D": liver_with_lesion(2)}
-JOINT_PRED = {"A": liver_with_lesion(2), "B": liver_with_lesion(3), "C": liver_with_lesion(3),
+REFERENCE = {"A": liver_with_lesion(2, slice(2, 5)), "B": liver_with_lesion(4), "C": liver_with_lesion(3),
+             "D": liver_with_lesion(2)}
+JOINT_PRED = {"A": REFERENCE["A"], "B": liver_with_lesion(3), "C": liver_with_lesion(3),
               "D": liver_with_lesion(2, slice(2, 3))}
-YNET_PRED = {"A": liver_with_lesion(2), "B": liver_with_lesion(2), "C": liver_with_lesion(1), "D": liver_with_lesion(2)}
+YNET_PRED = {"A": REFERENCE["A"], "B": liver_with_lesion(2), "C": liver_with_lesion(1), "D": liver_with_lesion(2)}
 YNET_HEAD = {"A": [0.2, 0.7, 0.1], "B": [0.1, 0.1, 0.8], "C": [0.3, 0.6, 0.1], "D": [0.9, 0.05, 0.05]}
-
-
-def write_slice(path: Path, array: np.ndarray) -> None:
-    """A 2-D slice as nnU-Net stores it: 1 x H x W."""
-    image = sitk.GetImageFromArray(array[None])
-    image.SetSpacing((0.8, 0.8, 999.0))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(image, str(path))
 
 
 def seg_labels(joint: np.ndarray) -> np.ndarray:
@@ -67,10 +76,11 @@ def seg_labels(joint: np.ndarray) -> np.ndarray:
 
 
 def make_dataset(root: Path, name: str, labels: dict, to_labels) -> Path:
-    """Preprocessed folder (gt, dataset.json, splits); returns its gt_segmentations."""
+    """Preprocessed folder (gt, dataset.json with our lesion_types and patients, splits); returns its gt."""
     folder = root / "nnUNet_preprocessed" / name
     folder.mkdir(parents=True)
-    (folder / "dataset.json").write_text(json.dumps({"labels": labels, "file_ending": ".nii.gz", "lesion_types": TYPES}))
+    (folder / "dataset.json").write_text(json.dumps({"labels": labels, "file_ending": ".nii.gz", "lesion_types": TYPES,
+                                                     "patients": PATIENTS}))
     (folder / "splits_final.json").write_text(json.dumps(SPLITS))
     for case, array in REFERENCE.items():
         write_slice(folder / "gt_segmentations" / f"{case}.nii.gz", to_labels(array))
@@ -112,6 +122,19 @@ def built(tmp_path_factory):
     ynet_dir = make_trainer(root, SEG_DS, "nnUNetTrainerYNet_LiTS", {c: seg_labels(a) for c, a in YNET_PRED.items()},
                             YNET_HEAD)
     nnunet_dir = make_trainer(root, JOINT_DS, "nnUNetTrainer", REFERENCE)
+    # what the trainings used: the joint folds trained 3 x 4 (not the requested 2 x 5), the Y-Net's
+    # fold 1 has no record; plain nnU-Net has only nnU-Net's plans.json, and no patients
+    for fold in (0, 1):
+        write_joint_config(joint_dir / f"fold_{fold}", 3, 4, "seresnet18", (32, 32))
+        write_learning_curve(joint_dir / f"fold_{fold}", "joint", 4, [0.1, 0.3, 0.5 + 0.1 * fold], [0.3, 0.5, 0.6])
+    write_joint_config(ynet_dir / "fold_0", 3, 4, "seresnet18", (32, 32))
+    write_learning_curve(ynet_dir / "fold_0", "ynet", 4, [0.2, 0.4, 0.45], [0.33, 0.4, 0.5])
+    (nnunet_dir / "plans.json").write_text(json.dumps({"configurations": {"2d": {
+        "patch_size": [8, 8], "architecture": {
+            "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet"}}}}))
+    nnunet_json = json.loads((nnunet_dir / "dataset.json").read_text())
+    del nnunet_json["patients"]
+    (nnunet_dir / "dataset.json").write_text(json.dumps(nnunet_json))
     summaries = {
         "joint": evaluate_trainer_dir(joint_dir, joint_gt),
         "ynet": evaluate_trainer_dir(ynet_dir, seg_gt),
@@ -138,37 +161,17 @@ def built(tmp_path_factory):
     return {"out": out, "result": result, "summaries": summaries, "experiments": experiments}
 
 
-def md_table(markdown: str, title: str) -> list[list[str]]:
-    """Rows (header first) of the Markdown table under ``### title``."""
-    block = markdown.split(f"### {title}\n", 1)[1].splitlines()
-    start = next(i for i, line in enumerate(block) if line.startswith("|"))
-    lines = []
-    for line in block[start:]:
-        if not line.startswith("|"):
-            break
-        lines.append(line)
-    rows = [[c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in lines]
-    return [rows[0]] + rows[2:]
-
-
-def cell(rows: list[list[str]], first: str, column: str, second: str | None = None) -> str:
-    header = rows[0]
-    for row in rows[1:]:
-        if row[0] == first and (second is None or row[1] == second):
-            return row[header.index(column)]
-    raise AssertionError(f"no row {first!r}/{second!r}")
-
-
 def test_midl_table_cells(built):
     md = (built["out"] / "report.md").read_text(encoding="utf-8")
     rows = md_table(md, "Table 1 (MIDL)")
     joint = built["summaries"]["joint"]["aggregate"]["metrics"]
-    assert cell(rows, "joint", "LiTS: ours", "cls acc") == "0.75 ± 0.25 (n=4)" == f"{format_mean_std(joint['cls_acc'])} (n=4)"
-    assert cell(rows, "joint", "LiTS: ours", "Dice1 (seg Dice)") == "0.92 ± 0.08 (n=4)"
-    assert cell(rows, "joint", "LiTS: ours", "seg recall") == f"{format_mean_std(joint['recall'])} (n=4)"
+    assert cell(rows, "joint", "LiTS: ours", "cls acc") == "0.75 ± 0.25 (n=4) [0.50, 1.00]"
+    assert cell(rows, "joint", "LiTS: ours", "cls acc").startswith(f"{format_mean_std(joint['cls_acc'])} (n=4)")
+    assert cell(rows, "joint", "LiTS: ours", "Dice1 (seg Dice)") == "0.92 ± 0.08 (n=4) [0.67, 1.00]"
+    assert cell(rows, "joint", "LiTS: ours", "seg recall") == f"{format_mean_std(joint['recall'])} (n=4)"  # no interval
     assert cell(rows, "joint", "LiTS: paper", "cls acc") == "0.86"
-    assert cell(rows, "Y-Net", "LiTS: ours", "Dice1 (seg Dice)") == "0.75 ± 0.25 (n=4)"
-    assert cell(rows, "Y-Net", "LiTS: ours", "cls acc") == "0.75 ± 0.25 (n=4)"
+    assert cell(rows, "Y-Net", "LiTS: ours", "Dice1 (seg Dice)") == "0.75 ± 0.25 (n=4) [0.00, 1.00]"
+    assert cell(rows, "Y-Net", "LiTS: ours", "cls acc") == "0.75 ± 0.25 (n=4) [0.50, 1.00]"
     assert cell(rows, "Y-Net", "scratch: paper", "cls acc") == "0.43"
     # not run / failed: the status, never a number
     for metric in ("cls acc", "Dice1 (seg Dice)", "seg recall"):
@@ -183,17 +186,127 @@ def test_embc_and_baseline_tables(built):
     md = (built["out"] / "report.md").read_text(encoding="utf-8")
     embc = md_table(md, "Fine-tuning (EMBC)")
     row = "no freezing [joint, LiTS, NoFreeze]"
-    assert cell(embc, row, "Dice1 (seg Dice): ours") == "0.92 ± 0.08 (n=4)"
+    assert cell(embc, row, "Dice1 (seg Dice): ours") == "0.92 ± 0.08 (n=4) [0.67, 1.00]"
     assert cell(embc, row, "Dice1 (seg Dice): paper") == "0.57"
-    # Dice2 pooled per fold: fold 0 all 8 px found -> 1; fold 1 tp 6, fn 2 -> 12/14
-    assert cell(embc, row, "Dice2 (global): ours") == f"{(1 + 12 / 14) / 2:.2f} ± {(1 - 12 / 14) / 2:.2f} (n=4)"
+    # Dice2 pooled over all four slices: tp 6 + 4 + 4 + 2, fn 2 -> 32/34 = 0.94; per fold 1 and 12/14
+    assert cell(embc, row, "Dice2 (global): ours") == "0.94 pooled; folds 0.93 ± 0.07 (n=4)"
+    assert f"{32 / 34:.2f}" == "0.94" and f"{(1 + 12 / 14) / 2:.2f} ± {(1 - 12 / 14) / 2:.2f}" == "0.93 ± 0.07"
     assert cell(embc, "hierarchical unfreezing [joint, LiTS, HierUnfreeze]", "cls acc: paper") == "0.73"
     assert cell(embc, "baseline (scratch) [joint, scratch, NoFreeze]", "success rate: ours") == NOT_LISTED
 
     base = md_table(md, "Plain nnU-Net baselines")
-    assert cell(base, "plain nnU-Net (nnUNetTrainer)", "Dice1 (seg Dice)") == "1.00 ± 0.00 (n=4)"
-    assert cell(base, "plain nnU-Net (nnUNetTrainer)", "cls acc") == "1.00 ± 0.00 (n=4)"
+    assert cell(base, "plain nnU-Net (nnUNetTrainer)", "Dice1 (seg Dice)") == "1.00 ± 0.00 (n=4) [1.00, 1.00]"
+    assert cell(base, "plain nnU-Net (nnUNetTrainer)", "cls acc") == "1.00 ± 0.00 (n=4) [1.00, 1.00]"
+    assert cell(base, "plain nnU-Net (nnUNetTrainer)", "Dice2 (global)") == "1.00 pooled; folds 1.00 ± 0.00 (n=4)"
     assert cell(base, "plain nnU-Net (nnUNetTrainer)", "dataset") == JOINT_DS
+
+
+def test_intervals_table_says_what_was_resampled(built):
+    md = (built["out"] / "report.md").read_text(encoding="utf-8")
+    rows = md_table(md, "Bootstrap intervals")
+    assert rows[1:] == [
+        ["joint (LiTS)", JOINT_DS, "0.75 [0.50, 1.00]", f"{(3 + 2 / 3) / 4:.2f} [0.67, 1.00]", "4", "3 patients"],
+        ["Y-Net (LiTS)", SEG_DS, "0.75 [0.50, 1.00]", "0.75 [0.00, 1.00]", "4", "3 patients"],
+        ["nnU-Net (ShebaJoint)", JOINT_DS, "1.00 [1.00, 1.00]", "1.00 [1.00, 1.00]", "4",
+         "4 slices (dataset.json lists no patients)"],
+    ]
+    notes = built["result"]["notes"]
+    assert notes == ["nnU-Net (ShebaJoint): dataset.json lists no patients, so its intervals resample slices, "
+                     "not patients"]
+
+
+def test_paired_tests_in_table_and_words(built):
+    md = (built["out"] / "report.md").read_text(encoding="utf-8")
+    rows = md_table(md, "Paired tests")
+    # typing: joint right and Y-Net wrong on A, the reverse on B -> one discordant slice each way, p = 1
+    assert rows[1] == ["joint (LiTS) vs Y-Net (LiTS)", "type accuracy", "McNemar (exact)", "4", "0.75", "0.75",
+                       "+0.00", "+0.07", "1.000", "noise (p ≥ 0.05)"]
+    # Dice: differences +1 (C) and -1/3 (D); ranks 2 and 1 -> W+ = 2 of the possible 0..3, p = 1
+    assert rows[2] == ["joint (LiTS) vs Y-Net (LiTS)", "Dice1", "Wilcoxon signed-rank", "4", "0.92", "0.75",
+                       f"+{(2 / 3 + 3) / 4 - 0.75:.2f}", "+0.00", "1.000", "noise (p ≥ 0.05)"]
+    assert len(rows) == 3  # no other pair has both rows finished
+    comparisons = md.split("## Paired comparisons", 1)[1].split("## Figures", 1)[0]
+    assert "No tested difference is supported at p < 0.05." in comparisons
+    assert ("- joint (LiTS) vs Y-Net (LiTS), type accuracy: 0.75 vs 0.75 (+0.00 on 4 paired slices, McNemar (exact) "
+            "p = 1.000); paper: +0.07") in comparisons
+    assert "- joint (ImageNet) vs Y-Net (ImageNet): joint (ImageNet) not run: no ImageNet weights given" in comparisons
+    assert "2 tests were run without correction" in comparisons
+    saved = json.loads((built["out"] / "summary.json").read_text(encoding="utf-8"))
+    tested = [t for t in saved["paired_tests"] if t["test"] is not None]
+    assert [(t["metric"], t["test"]["detail"]) for t in tested] == [
+        ("cls_acc", {"only_a": 1, "only_b": 1}), ("dice", {"differing": 2})]
+    assert saved["statistics"]["bootstrap_resamples"] == 10_000 and saved["statistics"]["bootstrap_seed"] == 0
+
+
+def test_budgets_come_from_what_the_folds_recorded(built):
+    md = (built["out"] / "report.md").read_text(encoding="utf-8")
+    budgets = md_table(md, "Budgets per experiment")
+    joint = ("joint (LiTS)", "epochs x iterations")
+    assert cell(budgets, *joint) == "3 x 4"  # joint_config.json, not the requested 2 x 5
+    assert cell(budgets, "joint (LiTS)", "budget from") == "joint_config.json"
+    assert cell(budgets, "joint (LiTS)", "network") == "seresnet18, patch 32 x 32"
+    assert cell(budgets, "joint (LiTS)", "iterations trained (curve)") == "12"
+    assert cell(budgets, "Y-Net (LiTS)", "epochs x iterations") == "3 x 4 (fold 0); 2 x 5 (fold 1)"
+    assert cell(budgets, "Y-Net (LiTS)", "budget from") == (
+        "joint_config.json (fold 0); requested (no joint_config.json) (fold 1)")
+    assert cell(budgets, "Y-Net (LiTS)", "iterations trained (curve)") == "12 (fold 0); no curve (fold 1)"
+    assert cell(budgets, "nnU-Net (ShebaJoint)", "epochs x iterations") == "2 x 5"
+    assert cell(budgets, "nnU-Net (ShebaJoint)", "budget from") == "requested (no joint_config.json)"
+    assert cell(budgets, "nnU-Net (ShebaJoint)", "network") == "PlainConvUNet, patch 8 x 8 (plans.json)"
+    assert cell(budgets, "joint (ImageNet)", "budget from") == "requested (not trained)"
+    assert cell(budgets, "joint (LiTS)", "slices") == "4"
+    assert cell(budgets, "joint (ImageNet)", "status") == NO_IMAGENET
+
+
+def test_requested_budget_of_rows_that_did_not_train(tmp_path):
+    entry = experiment("nnU-Net", "nnunet", "-", "NoFreeze", "nnUNetTrainer_JointBudget", SEG_DS, tmp_path,
+                       status="not run: not in the demo profile")
+    entry["budget"] = {"epochs": "nnU-Net default", "iterations": "nnU-Net default", "encoder": "seresnet50"}
+    used = training_used(Experiment.from_dict(entry))
+    assert (used.budget, used.source, used.trained) == ("nnU-Net default", "requested", "–")
+    assert used.network == "nnU-Net's planned U-Net (no plans.json found)"  # never our encoder setting
+    entry.update(framework="joint", budget={"epochs": 30, "iterations": 20, "encoder": "seresnet18"})
+    used = training_used(Experiment.from_dict(entry))
+    assert (used.budget, used.network) == ("30 x 20", "seresnet18 (requested)")
+
+
+def test_learning_curve_panels(built):
+    parsed = [Experiment.from_dict(e) for e in built["experiments"]]
+    panels = {p.title: p for p in curve_panels(parsed)}
+    assert list(panels) == ["joint (LiTS)", "Y-Net (LiTS)", "nnU-Net (ShebaJoint)"]  # finished rows only
+    joint = panels["joint (LiTS)"]
+    assert [s.fold for s in joint.series] == [0, 1]
+    assert list(joint.series[1].iterations) == [4, 8, 12]
+    assert list(joint.series[1].lesion_dice) == [0.1, 0.3, pytest.approx(0.6)]
+    assert list(joint.series[0].type_accuracy) == [0.3, 0.5, 0.6]
+    assert [s.fold for s in panels["Y-Net (LiTS)"].series] == [0]
+    nnunet = panels["nnU-Net (ShebaJoint)"]
+    assert nnunet.series == [] and "no learning_curve.json in fold 0, 1" in nnunet.message
+    md = (built["out"] / "report.md").read_text(encoding="utf-8")
+    assert "Without a recorded curve: nnU-Net (ShebaJoint)." in md
+
+
+def test_learning_curve_files_are_checked(tmp_path):
+    write_learning_curve(tmp_path / "fold_0", "joint", 5, [0.2, None], [None, 0.4])
+    curve = read_learning_curve(tmp_path / "fold_0" / "learning_curve.json", 0)
+    assert (curve.iterations, curve.lesion_dice, curve.type_accuracy) == ((5, 10), (0.2, None), (None, 0.4))
+    assert curve.final_iterations == 10
+    bad = tmp_path / "fold_1" / "learning_curve.json"
+    bad.parent.mkdir()
+    bad.write_text(json.dumps({"framework": "joint", "epochs": [{"epoch": 0, "iterations": 1.5}]}))
+    with pytest.raises(RecordError, match="epoch entry 0 has no integer 'iterations'"):
+        read_learning_curve(bad, 1)
+    bad.write_text('{"framework": "joint", "epochs": [')  # a half-written file
+    with pytest.raises(RecordError, match="not readable JSON"):
+        read_learning_curve(bad, 1)
+    bad.write_text(json.dumps({"framework": "unet", "epochs": []}))
+    with pytest.raises(RecordError, match="unknown framework 'unet'"):
+        read_learning_curve(bad, 1)
+    bad.write_text(json.dumps({"framework": "seg", "epochs": [{"epoch": 0, "iterations": 2, "lesion_dice": "high"}]}))
+    notes: list[str] = []
+    record = read_fold_record(tmp_path, 1, notes)  # a broken file is a note, not a crash
+    assert record.curve is None and record.config is None
+    assert notes == [f"{bad}: epoch 0 lesion_dice must be a number or null, got 'high'"]
 
 
 def test_provenance_section(built):
@@ -202,10 +315,8 @@ def test_provenance_section(built):
     assert "nnUNetv2_train 504 2d 0 -tr nnUNetTrainerJoint_LiTS" in how and "nnunet_joint_x y" in how
     assert "| nnunetv2 | 2.8.1 |" in how and '"difficulty": 0.5' in how
     assert "3725 s (1:02:05)" in how and "not comparable to the papers' numbers" in how
-    budgets = md_table(md, "Budgets per experiment")
-    assert cell(budgets, "joint (LiTS)", "epochs x iterations") == "2 x 5"
-    assert cell(budgets, "joint (LiTS)", "slices") == "4"
-    assert cell(budgets, "joint (ImageNet)", "status") == NO_IMAGENET
+    assert "Dice2 (global): Dice of the lesion TP/FP/FN summed over all validation slices of all folds" in how
+    assert "Bootstrap interval: 10,000 resamples (numpy default_rng, seed 0)" in how
 
 
 def test_summary_json_and_csv_equal_inputs(built):
@@ -216,10 +327,15 @@ def test_summary_json_and_csv_equal_inputs(built):
     assert joint["aggregate"] == summaries["joint"]["aggregate"]
     assert joint["per_fold"] == summaries["joint"]["per_fold"]
     assert joint["budget"] == {"epochs": 2, "iterations": 5, "encoder": "seresnet18"}
+    assert joint["training"]["used"]["budget"] == "3 x 4"
+    assert joint["training"]["folds"][1] == {"fold": 1, "joint_config": True, "epochs_iterations": [3, 4],
+                                             "learning_curve_epochs": 3, "learning_curve_iterations": 12}
+    assert (joint["intervals"]["cls_acc"]["low"], joint["intervals"]["cls_acc"]["high"]) == (0.5, 1.0)
+    assert joint["intervals"]["cls_acc"]["n_patients"] == 3
     assert joint["paper"] == {"MIDL": {"cls_acc": 0.86, "dice": 0.71, "recall": 0.76},
                               "EMBC": published.EMBC_TABLE["NoFreeze"]}
     not_run = records[f"{JOINT_DS}/nnUNetTrainerJoint_ImageNet"]
-    assert not_run["status"] == NO_IMAGENET and not_run["aggregate"] is None
+    assert not_run["status"] == NO_IMAGENET and not_run["aggregate"] is None and not_run["intervals"] is None
     assert saved["published"] == json.loads(json.dumps(published.as_dict()))
     assert saved["published"]["midl_table1"]["seg"]["ImageNet"] == {"dice": 0.63, "recall": 0.67}
     assert saved["meta"]["raw_root"].endswith("nnUNet_raw")
@@ -231,24 +347,35 @@ def test_summary_json_and_csv_equal_inputs(built):
     expected = summaries["joint"]["aggregate"]["metrics"]["dice"]
     assert (float(dice["mean"]), float(dice["std"]), int(dice["n"]), int(dice["n_folds"])) == (
         expected["mean"], expected["std"], 4, 2)
+    assert (float(dice["ci_low"]), float(dice["ci_high"]), dice["pooled"]) == (pytest.approx(2 / 3), 1.0, "")
     assert (dice["paper_midl"], dice["paper_embc"]) == ("0.71", "0.57")
+    global_dice = by[("nnUNetTrainerJoint_LiTS", JOINT_DS, "global_dice")]
+    assert float(global_dice["pooled"]) == pytest.approx(32 / 34) and global_dice["ci_low"] == ""
     imagenet = by[("nnUNetTrainerJoint_ImageNet", JOINT_DS, "cls_acc")]
-    assert (imagenet["mean"], imagenet["status"], imagenet["paper_midl"]) == ("", NO_IMAGENET, "0.74")
+    assert (imagenet["mean"], imagenet["ci_low"], imagenet["status"], imagenet["paper_midl"]) == (
+        "", "", NO_IMAGENET, "0.74")
     assert by[("nnUNetTrainerYNet_LiTS", SEG_DS, "cls_acc")]["mean"] == "0.75"
 
 
 def test_html_and_figures(built):
     out, result = built["out"], built["result"]
     page = (out / "report.html").read_text(encoding="utf-8")
-    for key in ("midl", "embc", "nnunet", "budgets"):
+    for key in ("midl", "embc", "nnunet", "intervals", "paired", "budgets", "versions"):
         assert f'<table class="{key}">' in page
-    assert "<td>0.92 ± 0.08 (n=4)</td>" in page
+    assert "<td>0.92 ± 0.08 (n=4) [0.67, 1.00]</td>" in page
     assert f'<td class="status">{NO_IMAGENET}</td>' in page
+    assert '<td class="status">failed: RuntimeError: boom | see log</td>' in page
     assert "http://" not in page and "https://" not in page and "<script" not in page  # self-contained
     names = sorted(p.name for p in (out / "figures").iterdir())
-    assert names == ["bars_framework_init.png", "confusion_matrices.png", "overlay_grid.png", "per_class_recall.png"]
-    assert page.count("data:image/png;base64,") == 4
+    assert names == ["bars_framework_init.png", "confusion_matrices.png", "learning_curves.png", "overlay_grid.png",
+                     "per_class_recall.png"]
+    assert page.count("data:image/png;base64,") == 5
     md = (out / "report.md").read_text(encoding="utf-8")
+    # the two renderings walk one document: the same headings in the same order
+    md_headings = [line.lstrip("#").strip() for line in md.splitlines() if line.startswith("#")]
+    html_headings = [h.split(">", 1)[1].split("</h", 1)[0] for h in page.split("<h")[1:]
+                     if h[:1] in "123456" and not h.startswith("ead")]
+    assert [h.replace("&#x27;", "'") for h in html_headings] == md_headings
     for path in result["figures"]:
         assert f"]({Path(path).relative_to(out).as_posix()})" in md
         with Image.open(path) as image:
@@ -256,15 +383,12 @@ def test_html_and_figures(built):
         with Image.open(path) as image:
             pixels = np.asarray(image.convert("L"))
             assert image.size[0] > 300 and image.size[1] > 200 and pixels.std() > 10
-    assert result["notes"] == []
     assert sorted(p.name for p in out.iterdir()) == ["figures", "report.html", "report.md", "summary.csv", "summary.json"]
 
 
 def test_overlay_cases_and_titles(built):
     summary = built["summaries"]["joint"]
     experiments = built["experiments"]
-    from nnunet_joint.evaluation.report import Experiment, overlay_rows
-
     joint, ynet = Experiment.from_dict(experiments[0]), Experiment.from_dict(experiments[2])
     # cysts A (Dice 1) and D (2/3): median 5/6 is equally near both -> lower id A
     assert [c["case_id"] for c in choose_overlay_cases(joint)] == ["A", "C", "B"]
