@@ -26,6 +26,7 @@ from matplotlib.patches import Patch
 from nnunet_joint import LESION_TYPES
 from nnunet_joint.inference.overlays import LIVER_COLOUR, TYPE_COLOURS
 from nnunet_joint.io import atomic_path
+from nnunet_joint.labels import type_label
 
 #: Liver window of the overlay grid, as the paper's figures: width 400 HU, level 50 HU.
 GRID_WINDOW_WIDTH_LEVEL = (400.0, 50.0)
@@ -176,7 +177,7 @@ def framework_init_bars(
 class OverlayRow:
     """One row of the overlay grid: a validation case and three label maps of the same crop.
 
-    Label maps use the joint coding (0 background, 1 liver, ``2 + type index`` lesion); a lesion
+    Label maps use the joint coding (:mod:`nnunet_joint.labels`); a lesion
     whose type is unknown is ``-1`` (drawn in :data:`UNTYPED_COLOUR`). ``None`` means the model's
     prediction is not available (drawn as an empty panel saying so).
     """
@@ -193,7 +194,7 @@ class OverlayRow:
 def _overlay_rgba(labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     rgba = np.zeros((*labels.shape, 4))
     for k, name in enumerate(LESION_TYPES):
-        rgba[labels == 2 + k] = to_rgba(TYPE_COLOURS[name], alpha)
+        rgba[labels == type_label(k)] = to_rgba(TYPE_COLOURS[name], alpha)
     rgba[labels == -1] = to_rgba(UNTYPED_COLOUR, alpha)
     return rgba
 

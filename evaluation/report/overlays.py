@@ -18,6 +18,7 @@ from nnunet_joint.errors import InputError
 from nnunet_joint.evaluation import figures
 from nnunet_joint.evaluation.report.experiments import Experiment
 from nnunet_joint.io import read_image
+from nnunet_joint.labels import lesion_mask, type_label
 
 FILE_ENDING = ".nii.gz"
 
@@ -90,7 +91,7 @@ def overlay_rows(joint: Experiment, ynet: Experiment | None, raw_root: Path, ima
                 pred_type = ynet_case.get("pred_type")
                 if seg is not None:
                     typed = seg.astype(np.int16)
-                    typed[seg >= 2] = -1 if pred_type is None or pred_type < 0 else 2 + pred_type
+                    typed[lesion_mask(seg)] = -1 if pred_type is None or pred_type < 0 else type_label(pred_type)
                     ynet_map = typed
                 probs = ynet_case.get("type_probs")
                 p = f" (p={max(probs):.2f})" if probs else ""
