@@ -108,6 +108,22 @@ def storage_image(image: sitk.Image) -> sitk.Image:
     return sitk.Cast(image, sitk.sitkFloat32)
 
 
+#: Out-of-plane spacing nnU-Net expects for single-slice (2-D) images. nnU-Net puts the axis of
+#: largest spacing first and trains its 2d configuration on the remaining two; a slice thinner
+#: than its pixel size (0.6 mm slices at 0.8 mm pixels, or the tiny phantom) would otherwise be
+#: cut along the wrong axis. The crop box keeps the true geometry for mapping predictions back.
+SLICE_AXIS_SPACING_2D = 999.0
+
+
+def as_nnunet_2d(image: sitk.Image) -> sitk.Image:
+    """Give a 1 x H x W image nnU-Net's 2-D out-of-plane spacing (a copy; the input is untouched)."""
+    if image.GetDimension() == 3 and image.GetSize()[2] == 1:
+        image = sitk.Image(image)
+        sx, sy, _ = image.GetSpacing()
+        image.SetSpacing((sx, sy, SLICE_AXIS_SPACING_2D))
+    return image
+
+
 def label_image(labels: np.ndarray, reference: sitk.Image) -> sitk.Image:
     """A uint8 label map on ``reference``'s grid (same size, spacing, origin, direction)."""
     image = sitk.GetImageFromArray(np.ascontiguousarray(labels, dtype=np.uint8))

@@ -2,10 +2,11 @@
 
 * ``Dataset501_LiTSLiver``: whole volumes, background 0 / liver 1 (tumour merged into liver), for
   the stage-1 liver model of the cascade.
-* ``Dataset502_LiTSLesion``: 3-D crops around the largest liver component plus a margin (the same
-  rule as the Sheba crops, :mod:`nnunet_joint.crops`), background 0 / liver 1 / lesion 2, for the
-  lesion model whose weights initialise the Sheba models. nnU-Net's 2d configuration trains on
-  its axial slices.
+* ``Dataset502_LiTSLesion``: one 2-D case per axial slice holding liver (``lits_NNN_zZZZ``),
+  cropped to that slice's liver and lesions plus a margin — the Sheba crop rule
+  (:mod:`nnunet_joint.crops`), so pretraining sees the field of view fine-tuning sees;
+  background 0 / liver 1 / lesion 2, for the lesion model whose weights initialise the Sheba
+  models. Its folds are the volumes' folds (a volume's slices never straddle folds).
 
 Layouts: ``volume-N.nii[.gz]`` + ``segmentation-N.nii[.gz]`` (LiTS release), or
 ``imagesTr/liver_N.nii.gz`` + ``labelsTr/liver_N.nii.gz`` (MSD). Case ids are ``lits_NNN`` in both,
@@ -29,6 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_joint.dataset_conversion.common import (
+    as_nnunet_2d,
     check_target_free,
     dataset_folder_name,
     label_image,
@@ -40,7 +42,7 @@ from nnunet_joint.dataset_conversion.common import (
     write_dataset_json,
     write_splits,
 )
-from nnunet_joint.crops import crop_to_liver
+from nnunet_joint.crops import CROPS_FILE, CropBox, roi_bbox
 from nnunet_joint.errors import InputError, cli_entry
 from nnunet_joint.io import check_hu, read_image, same_geometry, write_json
 
@@ -153,6 +155,30 @@ def load_pair(pair: LitsPair) -> tuple[sitk.Image, np.ndarray]:
     return image, seg.astype(np.uint8)
 
 
+def slice_crops(image: sitk.Image, seg: np.ndarray, margin_mm: float, slice_step: int = 1) -> list[CropBox]:
+    """One crop per axial slice holding liver: the box of that slice's liver and lesions (every piece)
+    plus the margin in-plane — the Sheba crop rule, so pretraining sees the same field of view.
+
+    ``slice_step`` keeps every n-th such slice (1: all), for very large sets.
+    """
+    spacing_xy = tuple(reversed(image.GetSpacing()))[1:]
+    boxes = []
+    slices = [int(z) for z in np.flatnonzero((seg > 0).any(axis=(1, 2)))][::slice_step]
+    for z in slices:
+        y, x = roi_bbox(seg[z] > 0, spacing_xy, margin_mm, min_fraction=0.0)
+        boxes.append(CropBox.from_image(image, (slice(z, z + 1), y, x)))
+    return boxes
+
+
+def slice_splits(volume_splits: list[dict[str, list[str]]], slice_ids: dict[str, list[str]]
+                 ) -> list[dict[str, list[str]]]:
+    """The volumes' folds carried to their slices: a volume's slices never straddle folds."""
+    def expand(volumes: list[str]) -> list[str]:
+        return sorted(s for v in volumes for s in slice_ids[v])
+
+    return [{"train": expand(f["train"]), "val": expand(f["val"])} for f in volume_splits]
+
+
 def convert_lits(
     lits_dir: str | os.PathLike,
     raw_root: str | os.PathLike | None = None,
@@ -166,6 +192,7 @@ def convert_lits(
     preprocessed_root: str | os.PathLike | None = None,
     folds: int = 5,
     seed: int = 0,
+    slice_step: int = 1,
 ) -> dict:
     """Convert LiTS into the whole-volume liver dataset and the liver-crop lesion dataset.
 
@@ -174,6 +201,7 @@ def convert_lits(
         raw_root: nnU-Net raw folder (default ``$nnUNet_raw``).
         margin_mm: context kept around the liver bounding box of the lesion dataset.
         max_cases: convert only the first N cases (by case number), for quick runs.
+        slice_step: keep every n-th liver slice in the lesion dataset (1: all).
         overwrite: replace existing datasets with the same folder names.
         preprocessed_root: also write ``splits_final.json`` there (default ``$nnUNet_preprocessed`` if set).
         folds: cross-validation folds, one volume per patient (nnU-Net's 5 by default; fewer
@@ -187,6 +215,8 @@ def convert_lits(
     """
     if margin_mm < 0:
         raise InputError(None, f"--margin-mm must be >= 0, got {margin_mm}")
+    if slice_step < 1:
+        raise InputError(None, f"--slice-step must be >= 1, got {slice_step}")
     if max_cases is not None and max_cases < 1:
         raise InputError(None, f"--max-cases must be >= 1, got {max_cases}")
     if liver_id == lesion_id:
@@ -208,29 +238,38 @@ def convert_lits(
     pre_root = resolve_root(preprocessed_root, "nnUNet_preprocessed", required=False)
 
     crops: dict[str, dict] = {}
+    slice_ids: dict[str, list[str]] = {}
     with staged_datasets(destinations) as (liver_tmp, lesion_tmp):
         for pair in pairs:
             image, seg = load_pair(pair)
             stored = storage_image(image)
             write_case(liver_tmp, pair.case_id, stored, label_image(seg > 0, stored))
-            box = crop_to_liver(image, seg > 0, margin_mm)
-            cropped = box.crop_image(stored)
-            write_case(lesion_tmp, pair.case_id, cropped, label_image(box.crop_array(seg), cropped))
-            crops[pair.case_id] = {"image": str(pair.image.relative_to(Path(lits_dir))), "crop": box.to_dict()}
+            slice_ids[pair.case_id] = []
+            for box in slice_crops(image, seg, margin_mm, slice_step):
+                case_id = f"{pair.case_id}_z{box.start[0]:04d}"
+                cropped = as_nnunet_2d(box.crop_image(stored))
+                write_case(lesion_tmp, case_id, cropped, label_image(box.crop_array(seg), cropped))
+                crops[case_id] = {"image": str(pair.image.relative_to(Path(lits_dir))), "volume": pair.case_id,
+                                  "crop": box.to_dict()}
+                slice_ids[pair.case_id].append(case_id)
         source = {"format": layout, "dir": str(Path(lits_dir).resolve())}
         write_dataset_json(
             liver_tmp, LIVER_LABELS, len(pairs), liver_name, "LiTS whole volumes, tumour merged into liver",
             {"source": source},
         )
         write_dataset_json(
-            lesion_tmp, LESION_LABELS, len(pairs), lesion_name, "LiTS liver-ROI crops, labels background/liver/lesion",
-            {"source": {**source, "margin_mm": margin_mm}},
+            lesion_tmp, LESION_LABELS, len(crops), lesion_name,
+            "LiTS axial slices with liver, each cropped to its liver and lesions; labels background/liver/lesion",
+            {"source": {**source, "margin_mm": margin_mm, "slice_step": slice_step},
+             "volumes": {c: v["volume"] for c, v in crops.items()}},
         )
-        write_json({"source_dir": source["dir"], "margin_mm": margin_mm, "cases": crops}, lesion_tmp / "crops.json")
+        write_json({"source_dir": source["dir"], "margin_mm": margin_mm, "cases": crops}, lesion_tmp / CROPS_FILE)
         if splits:
-            write_splits(splits, [liver_tmp, lesion_tmp])
+            write_splits(splits, [liver_tmp])
+            write_splits(slice_splits(splits, slice_ids), [lesion_tmp])
     if splits and pre_root is not None:
-        write_splits(splits, [pre_root / f for f in folders])
+        write_splits(splits, [pre_root / folders[0]])
+        write_splits(slice_splits(splits, slice_ids), [pre_root / folders[1]])
     return {
         "liver_dataset": destinations[0],
         "lesion_dataset": destinations[1],
@@ -257,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write splits_final.json here (default $nnUNet_preprocessed when set)")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds (fewer when fewer volumes)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--slice-step", type=int, default=1, help="lesion dataset: every n-th liver slice (default 1: all)")
     p.add_argument("--overwrite", action="store_true", help="replace existing datasets")
     return p
 
@@ -277,6 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         preprocessed_root=args.preprocessed_root,
         folds=args.folds,
         seed=args.seed,
+        slice_step=args.slice_step,
     )
     print(f"wrote {result['liver_dataset']} and {result['lesion_dataset']} ({len(result['cases'])} cases, {result['layout']} layout)")
     return 0

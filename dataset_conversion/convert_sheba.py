@@ -4,10 +4,14 @@
 * ``Dataset504_ShebaJoint``: background 0 / liver 1 / cyst 2 / hemangioma 3 / metastasis 4
   (pixel-wise classification; lesion pixels take the slice's type; coding in :mod:`nnunet_joint.labels`).
 
-Both hold the same cases, cropped to the largest liver component plus a margin
-(:mod:`nnunet_joint.crops`), and the same ``splits_final.json`` (3 folds by patient, stratified by
+Both hold the same cases, cropped to the liver region plus a margin (:mod:`nnunet_joint.crops`):
+the stage-1 model's liver when one is given (the cascade, as in both papers), else the reference
+liver and lesion masks; and the same ``splits_final.json`` (3 folds by patient, stratified by
 type), written into the raw folder (nnU-Net copies it at planning) and, when known, into the
-preprocessed folder.
+preprocessed folder. Beside nnU-Net's files each dataset keeps what full-slice scoring needs:
+``crops.json`` (crop box per case, lesion coverage, stage-1 liver Dice), ``labelsFull/`` (the
+reference labels on the whole slice) and ``roiFull/`` (the liver region the cascade keeps lesions
+in).
 
 Usage::
 
@@ -25,6 +29,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_joint.dataset_conversion.common import (
+    FILE_ENDING,
+    SLICE_AXIS_SPACING_2D,
+    as_nnunet_2d,
     check_target_free,
     dataset_folder_name,
     label_image,
@@ -38,8 +45,17 @@ from nnunet_joint.dataset_conversion.common import (
 )
 from nnunet_joint.dataset_conversion.sheba_raw import PNG_HU_OFFSET_DEFAULT, PNG_SPACING_MM_DEFAULT, ShebaCase, load_raw_dataset
 from nnunet_joint import LESION_TYPES
-from nnunet_joint.crops import crop_to_liver
+from nnunet_joint.crops import (
+    CROPS_FILE,
+    FULL_LABELS_DIR,
+    MIN_COMPONENT_FRACTION,
+    ROI_DIR,
+    CropBox,
+    crop_to_roi,
+    roi_components,
+)
 from nnunet_joint.errors import InputError, cli_entry
+from nnunet_joint.evaluation.metrics import dice
 from nnunet_joint.labels import JOINT_LABELS, SEG_LABELS
 from nnunet_joint.io import write_json
 
@@ -55,22 +71,6 @@ def case_label_maps(case: ShebaCase, liver: np.ndarray) -> tuple[np.ndarray, np.
     return seg, joint
 
 
-#: Out-of-plane spacing nnU-Net expects for single-slice (2-D) images. nnU-Net puts the axis of
-#: largest spacing first and trains its 2d configuration on the remaining two; a slice thinner
-#: than its pixel size (0.6 mm slices at 0.8 mm pixels, or the tiny phantom) would otherwise be
-#: cut along the wrong axis. The crop box keeps the true geometry for mapping predictions back.
-SLICE_AXIS_SPACING_2D = 999.0
-
-
-def as_nnunet_2d(image: sitk.Image) -> sitk.Image:
-    """Give a 1 x H x W image nnU-Net's 2-D out-of-plane spacing (a copy; the input is untouched)."""
-    if image.GetDimension() == 3 and image.GetSize()[2] == 1:
-        image = sitk.Image(image)
-        sx, sy, _ = image.GetSpacing()
-        image.SetSpacing((sx, sy, SLICE_AXIS_SPACING_2D))
-    return image
-
-
 def stage1_livers(cases: Sequence[ShebaCase], liver_model: str | os.PathLike, folds, device: str) -> dict[str, np.ndarray]:
     """Liver masks of every slice predicted by the stage-1 model (the paper's cascade crop)."""
     import torch
@@ -84,6 +84,33 @@ def stage1_livers(cases: Sequence[ShebaCase], liver_model: str | os.PathLike, fo
         sx, sy = case.image.GetSpacing()[:2]
         out[case.row.case_id] = model.predict(array, (SLICE_AXIS_SPACING_2D, sy, sx)).segmentation > 0
     return out
+
+
+def crop_of_case(case: ShebaCase, stage1: np.ndarray | None, cascade: bool, margin_mm: float
+                 ) -> tuple[dict, CropBox, np.ndarray]:
+    """A case's crop: its ``crops.json`` entry, the box, and the region the cascade keeps lesions in.
+
+    Cascade (a stage-1 model was given): the box of the stage-1 liver's pieces, as at inference; a
+    lesion outside it is the cascade's error, kept in the full-slice scores. If stage 1 finds no
+    liver the whole slice is the crop and the region is empty (the cascade then finds no lesion).
+    Oracle (reference liver masks): the box of every piece of liver and lesion, so no lesion is cut.
+    """
+    lesion_pixels = int(case.lesion.sum())
+    entry: dict = {"lesion_pixels": lesion_pixels}
+    if cascade:
+        roi = roi_components(stage1) if stage1 is not None and stage1.any() else np.zeros_like(case.lesion)
+        box = crop_to_roi(case.image, roi if roi.any() else np.ones_like(roi), margin_mm, min_fraction=0.0)
+        entry["crop_source"] = "stage-1 liver model" if roi.any() else "whole slice (stage 1 found no liver)"
+        if case.liver is not None:
+            entry["stage1_liver_dice"] = dice(stage1 if stage1 is not None else roi, case.liver | case.lesion)
+    else:
+        roi = case.liver | case.lesion  # LiTS counts tumour as liver; the lesion is part of the organ
+        box = crop_to_roi(case.image, roi, margin_mm, min_fraction=0.0)
+        entry["crop_source"] = "reference liver and lesion masks (oracle)"
+    kept = int(box.crop_array(case.lesion).sum())
+    entry.update(crop=box.to_dict(), lesion_pixels_in_crop=kept, lesion_fraction_in_crop=kept / lesion_pixels,
+                 lesion_fraction_in_region=int((case.lesion & roi).sum()) / lesion_pixels)
+    return entry, box, roi
 
 
 def convert_sheba(
@@ -116,11 +143,10 @@ def convert_sheba(
         seed: shuffling seed of the folds.
         overwrite: replace existing datasets with the same folder names.
         liver_model: a stage-1 nnU-Net results folder (``<Trainer>__<Plans>__2d``); when given, the
-            crop comes from its predicted liver (largest component), as the paper did for its
-            private set, and cases need no liver mask. The liver label of the datasets is the given
-            liver mask where there is one, else the predicted liver. If stage 1 finds no liver in a
-            slice, the given liver mask (or, without one, the whole slice) is used and crops.json
-            says so.
+            crops are the cascade's (:func:`crop_of_case`), as both papers did, and cases need no
+            liver mask; without it the crops come from the reference liver and lesion masks
+            ("oracle" crops, which no user gets at inference). The liver label of the datasets is
+            the given liver mask where there is one, else the predicted liver.
         liver_folds: folds of the stage-1 model (default: every trained fold, ensembled).
         device: ``cpu`` or ``cuda`` for stage 1.
 
@@ -155,26 +181,21 @@ def convert_sheba(
     predicted = stage1_livers(cases, liver_model, liver_folds, device) if liver_model is not None else {}
     crops: dict[str, dict] = {}
     with staged_datasets(destinations) as (seg_tmp, joint_tmp):
+        for tmp in (seg_tmp, joint_tmp):
+            (tmp / FULL_LABELS_DIR).mkdir()
+            (tmp / ROI_DIR).mkdir()
         for case in cases:
             cid = case.row.case_id
-            stage1 = predicted.get(cid)
-            if stage1 is not None and stage1.any():
-                crop_mask, source = stage1, "stage-1 liver model"
-            elif case.liver is not None:
-                # The lesion is part of the organ the crop covers (LiTS merges tumour into liver).
-                crop_mask = case.liver | case.lesion
-                source = "given liver mask" + (" (stage 1 found no liver)" if liver_model else "")
-            else:
-                crop_mask, source = np.ones_like(case.lesion), "whole slice (stage 1 found no liver)"
-            box = crop_to_liver(case.image, crop_mask, margin_mm)
+            entry, box, roi = crop_of_case(case, predicted.get(cid), liver_model is not None, margin_mm)
             image = as_nnunet_2d(storage_image(box.crop_image(case.image)))
-            liver = case.liver if case.liver is not None else (stage1 if stage1 is not None else crop_mask)
+            stage1 = predicted.get(cid)
+            liver = case.liver if case.liver is not None else (stage1 if stage1 is not None else roi)
             seg, joint = case_label_maps(case, liver)
-            write_case(seg_tmp, cid, image, label_image(box.crop_array(seg), image))
-            write_case(joint_tmp, cid, image, label_image(box.crop_array(joint), image))
-            lesion_kept = float(box.crop_array(case.lesion).sum() / case.lesion.sum())
-            crops[cid] = {"image": case.row.image_rel, "crop": box.to_dict(), "crop_source": source,
-                          "lesion_fraction_in_crop": lesion_kept}
+            for tmp, full in ((seg_tmp, seg), (joint_tmp, joint)):
+                write_case(tmp, cid, image, label_image(box.crop_array(full), image))
+                sitk.WriteImage(label_image(full, case.image), str(tmp / FULL_LABELS_DIR / f"{cid}{FILE_ENDING}"), True)
+                sitk.WriteImage(label_image(roi, case.image), str(tmp / ROI_DIR / f"{cid}{FILE_ENDING}"), True)
+            crops[cid] = {"image": case.row.image_rel, **entry}
 
         extra = {
             "lesion_types": {c.row.case_id: c.row.lesion_type for c in cases},
@@ -183,13 +204,16 @@ def convert_sheba(
             "source": {"format": "sheba-raw", "raw_dir": str(raw_dir.resolve()), "margin_mm": margin_mm,
                        "liver_model": None if liver_model is None else str(Path(liver_model).resolve())},
         }
-        crops_json = {"source_dir": str(raw_dir.resolve()), "margin_mm": margin_mm, "cases": crops}
+        crops_json = {"source_dir": str(raw_dir.resolve()), "margin_mm": margin_mm,
+                      "crop_mode": "cascade" if liver_model is not None else "oracle",
+                      "min_component_fraction": MIN_COMPONENT_FRACTION if liver_model is not None else 0.0,
+                      "cases": crops}
         for tmp, labels, name, what in (
             (seg_tmp, SEG_LABELS, seg_name, "liver-ROI crops, labels background/liver/lesion"),
             (joint_tmp, JOINT_LABELS, joint_name, "liver-ROI crops, lesion pixels labelled by lesion type"),
         ):
             write_dataset_json(tmp, labels, len(cases), name, f"Sheba-like CT slices, {what}", extra)
-            write_json(crops_json, tmp / "crops.json")
+            write_json(crops_json, tmp / CROPS_FILE)
             write_splits(splits, [tmp])
 
     splits_files = [d / "splits_final.json" for d in destinations]

@@ -54,10 +54,16 @@ def evaluate_case(
     info: fold_io.DatasetInfo,
     segmentations: bool,
     classification: dict | None,
+    full: fold_io.FullSlices | None = None,
 ) -> SliceResult:
-    """One validation case: its label maps (when the fold has any) and its predicted type."""
+    """One validation case: its label maps (when the fold has any) and its predicted type.
+
+    With ``full`` (a cropped dataset), the predicted crop is pasted back into the original slice
+    and combined as the cascade does (:func:`nnunet_joint.crops.cascade_labels`), and every metric
+    compares it with the full-slice reference, so a lesion the crop lost counts as missed.
+    """
     true_type = info.true_type(case_id)
-    prediction = reference = None
+    prediction = reference = probabilities = None
     liver = None
     if segmentations:
         reference_path = gt_dir / f"{case_id}{info.file_ending}"
@@ -69,6 +75,14 @@ def evaluate_case(
         mismatch = same_geometry(reference_image, prediction_image)
         if mismatch is not None:
             raise InputError(prediction_path, f"{mismatch.replace(' the image', ' the ground truth')} ({reference_path})")
+        npz = validation / f"{case_id}.npz"
+        if info.is_joint and classification is None and npz.exists():
+            probabilities = fold_io.read_probabilities(npz, prediction.shape, N_JOINT_CLASSES)
+        if full is not None:
+            prediction = full.paste(case_id, prediction, info.file_ending)
+            reference = full.reference(case_id, info)
+            if probabilities is not None:
+                probabilities = full.paste_probabilities(case_id, probabilities)
         liver = liver_dice(prediction >= 1, reference >= 1)  # liver includes its lesions
 
     type_probs = None
@@ -78,8 +92,6 @@ def evaluate_case(
             raise InputError(validation / fold_io.CLASSIFICATION_FILE, f"no entry for validation case {case_id}")
         type_probs, pred_type = classification[case_id]
     elif segmentations and info.is_joint:
-        npz = validation / f"{case_id}.npz"
-        probabilities = fold_io.read_probabilities(npz, prediction.shape, N_JOINT_CLASSES) if npz.exists() else None
         pred_type = joint_slice_type(prediction, probabilities)
 
     lesions = segmentations and info.has_lesions
@@ -102,13 +114,15 @@ def evaluate_fold(
     info: fold_io.DatasetInfo,
     splits: list[dict] | None,
     splits_path: Path | None,
+    full: fold_io.FullSlices | None = None,
 ) -> tuple[list[SliceResult], str]:
     """All validation cases of one fold, and what the fold was evaluated as."""
     validation = fold_io.validation_dir(trainer_dir, fold)
     classification = fold_io.read_classification(validation)
     segmentations = fold_io.has_segmentations(validation, info.file_ending) or classification is None
     cases = fold_io.validation_cases(validation, fold, info.file_ending, splits, splits_path, classification)
-    results = [evaluate_case(c, fold, validation, gt_dir, info, segmentations, classification) for c in cases]
+    results = [evaluate_case(c, fold, validation, gt_dir, info, segmentations, classification, full)
+               for c in cases]
     if classification is not None:
         kind = "segmentation+head" if segmentations else "classification"
     elif info.is_joint:
@@ -124,6 +138,7 @@ def evaluate_trainer_dir(
     dataset_json: str | os.PathLike | None = None,
     folds: Sequence[int] | None = None,
     splits_file: str | os.PathLike | None = None,
+    raw_dataset: str | os.PathLike | None = None,
 ) -> dict:
     """Evaluate the cross-validation folds of one nnU-Net trainer results folder.
 
@@ -135,6 +150,10 @@ def evaluate_trainer_dir(
         splits_file: the folds' validation cases; default ``splits_final.json`` beside ``gt_dir``
             when it exists (then a missing prediction is an error), else the cases each
             validation folder holds.
+        raw_dataset: the dataset's raw folder (default ``$nnUNet_raw/<dataset>``); when it holds
+            the converter's ``crops.json`` and ``labelsFull/``, every case is scored on its full
+            original slice (predictions pasted back through the crop box), else on the files as
+            they are.
 
     Returns:
         :func:`evaluation.metrics.summarise`'s dictionary plus ``"cases"`` (one entry per case),
@@ -155,10 +174,13 @@ def evaluate_trainer_dir(
     splits_path = None if splits_file is None else Path(splits_file)
     splits = None if splits_path is None else fold_io.read_splits(splits_path)
 
+    if raw_dataset is None and os.environ.get("nnUNet_raw"):
+        raw_dataset = Path(os.environ["nnUNet_raw"]) / gt_dir.resolve().parent.name
+    full = fold_io.find_full_slices(None if raw_dataset is None else Path(raw_dataset))
     results: list[SliceResult] = []
     kinds: dict[str, str] = {}
     for fold in folds:
-        fold_results, kinds[str(fold)] = evaluate_fold(trainer_dir, fold, gt_dir, info, splits, splits_path)
+        fold_results, kinds[str(fold)] = evaluate_fold(trainer_dir, fold, gt_dir, info, splits, splits_path, full)
         results += fold_results
     summary = summarise(results)
     summary.update(
@@ -168,6 +190,8 @@ def evaluate_trainer_dir(
         splits_file=None if splits_path is None else str(splits_path.resolve()),
         folds=folds,
         fold_kinds=kinds,
+        scored_on="full slices" if full is not None else "the dataset's images as they are",
+        crop_mode=None if full is None else full.crop_mode,
         cases=[r.to_dict() for r in results],
     )
     return summary
@@ -232,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset-json", help="dataset.json (default the copy in TRAINER_DIR)")
     p.add_argument("--splits", help="splits_final.json (default beside the ground-truth folder, if present)")
     p.add_argument("--folds", type=int, nargs="+", help="folds to evaluate (default every fold_N folder)")
+    p.add_argument("--raw-dataset", help="the dataset's raw folder, for full-slice scoring of cropped datasets "
+                                         "(default $nnUNet_raw/<dataset>)")
     p.add_argument("-o", "--output", help="folder for summary.json and summary.csv (default TRAINER_DIR)")
     return p
 
@@ -239,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    summary = evaluate_trainer_dir(args.trainer_dir, args.gt, args.dataset_json, args.folds, args.splits)
+    summary = evaluate_trainer_dir(args.trainer_dir, args.gt, args.dataset_json, args.folds, args.splits,
+                                   args.raw_dataset)
     json_path, csv_path = write_summary(summary, args.output or args.trainer_dir)
     print(format_table(summary))
     print(f"{summary['aggregate']['n_slices']} cases in {len(summary['per_fold'])} fold(s); wrote {json_path} and {csv_path}")

@@ -28,6 +28,7 @@ import SimpleITK as sitk
 
 from nnunet_joint.evaluation.metrics import LESION_LABEL_OFFSET, N_JOINT_CLASSES, head_type
 from nnunet_joint import LESION_TYPES
+from nnunet_joint.crops import CROPS_FILE, FULL_LABELS_DIR, ROI_DIR, CropBox, cascade_labels
 from nnunet_joint.errors import InputError
 from nnunet_joint.io import read_image
 
@@ -239,3 +240,56 @@ def read_classification(folder: Path) -> dict[str, tuple[tuple[float, ...] | Non
         else:
             raise InputError(path, f"case {case}: neither 'probabilities' nor 'predicted'")
     return out
+
+
+# ----------------------------------------------------------------------------- full-slice scoring
+
+
+@dataclasses.dataclass(frozen=True)
+class FullSlices:
+    """What scoring a cropped dataset on its original slices needs (the converter wrote it).
+
+    Attributes:
+        folder: the raw dataset folder holding ``crops.json``, ``labelsFull/`` and ``roiFull/``.
+        cases: ``crops.json``'s per-case entries (crop box on the full slice, lesion coverage, ...).
+        crop_mode: ``cascade`` (stage-1 crops, what a user gets) or ``oracle`` (reference masks).
+    """
+
+    folder: Path
+    cases: dict[str, dict]
+    crop_mode: str
+
+    def box(self, case_id: str) -> CropBox:
+        entry = self.cases.get(case_id)
+        if entry is None or "crop" not in entry:
+            raise InputError(self.folder / CROPS_FILE, f"no crop recorded for case {case_id}")
+        return CropBox.from_dict(entry["crop"])
+
+    def reference(self, case_id: str, info: DatasetInfo) -> np.ndarray:
+        """The full-slice reference label map."""
+        return read_label_map(self.folder / FULL_LABELS_DIR / f"{case_id}{info.file_ending}", info)[0]
+
+    def roi(self, case_id: str, file_ending: str) -> np.ndarray:
+        """The liver region the cascade keeps lesions in (stage 1's, or the reference's for oracle crops)."""
+        path = self.folder / ROI_DIR / f"{case_id}{file_ending}"
+        return sitk.GetArrayFromImage(read_image(path)) > 0
+
+    def paste(self, case_id: str, prediction: np.ndarray, file_ending: str) -> np.ndarray:
+        """A crop's predicted label map on the full slice, combined as the cascade does."""
+        box = self.box(case_id)
+        pasted = box.paste(np.asarray(prediction).reshape(box.shape), fill=0)
+        return cascade_labels(pasted, self.roi(case_id, file_ending))
+
+    def paste_probabilities(self, case_id: str, probabilities: np.ndarray) -> np.ndarray:
+        box = self.box(case_id)
+        return box.paste(probabilities.reshape((probabilities.shape[0], *box.shape)), fill=0.0)
+
+
+def find_full_slices(raw_dataset: Path | None) -> FullSlices | None:
+    """The dataset's full-slice scoring data, or ``None`` when it has none (LiTS volumes, old conversions)."""
+    if raw_dataset is None or not (raw_dataset / CROPS_FILE).is_file() or not (raw_dataset / FULL_LABELS_DIR).is_dir():
+        return None
+    content = read_json_file(raw_dataset / CROPS_FILE)
+    if not isinstance(content, dict) or not isinstance(content.get("cases"), dict):
+        raise InputError(raw_dataset / CROPS_FILE, "no 'cases' mapping")
+    return FullSlices(raw_dataset, content["cases"], str(content.get("crop_mode", "unknown")))

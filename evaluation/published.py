@@ -15,16 +15,14 @@ pooled over slices), ``recall`` (lesion pixel sensitivity per slice), ``success_
 
 from __future__ import annotations
 
-#: Framework keys (the experiment's ``framework`` field) in the papers' row order, with their names.
-FRAMEWORKS: dict[str, str] = {
-    "cls": "classification baseline",
-    "seg": "segmentation baseline",
-    "ynet": "Y-Net",
-    "joint": "joint",
-}
+from nnunet_joint import experiments as vocabulary
+
+#: Framework keys (the experiment's ``framework`` field) in the papers' row order, with their names
+#: (the vocabulary of :mod:`nnunet_joint.experiments`).
+FRAMEWORKS: dict[str, str] = {key: vocabulary.FRAMEWORKS[key].name for key in vocabulary.PAPER_FRAMEWORKS}
 
 #: Weight initialisations, in the papers' column order.
-INITS: tuple[str, ...] = ("scratch", "ImageNet", "LiTS")
+INITS: tuple[str, ...] = vocabulary.INITS
 
 #: MIDL 2020 Table 1: framework -> init -> metric -> published value.
 MIDL_TABLE1: dict[str, dict[str, dict[str, float]]] = {
@@ -76,7 +74,7 @@ EMBC_TABLE: dict[str, dict[str, float]] = {
 EMBC_METRICS: tuple[str, ...] = ("dice", "global_dice", "success_rate", "cls_acc")
 
 #: The schedule of MIDL Table 1's cells (the MIDL comparison fine-tunes without freezing).
-MIDL_SCHEDULE = "NoFreeze"
+MIDL_SCHEDULE = vocabulary.NO_FREEZING
 
 SOURCES: dict[str, str] = {
     "MIDL": "Heker & Greenspan, Joint Liver Lesion Segmentation and Classification via Transfer Learning, MIDL 2020, Table 1",

@@ -1,9 +1,11 @@
 """The liver region-of-interest crop of the cascade, defined once.
 
 Stage 2 of the cascade (lesion segmentation / classification) works on the bounding box of the
-liver plus a margin in millimetres. The same rule crops training data from a reference liver mask
-(the converters) and test data from a stage-1 prediction (the cascade), so it takes a mask array
-and a spacing, not a file.
+liver plus a margin in millimetres — the box of *every* liver piece (:func:`roi_components`), so
+no lesion in a smaller piece is cut away. The same rule crops training data from a reference mask
+(the converters: liver and lesions, every component) and data at inference from a stage-1
+prediction (the cascade and cascade-cropped conversion: components of at least
+:data:`MIN_COMPONENT_FRACTION` of the largest), so it takes a mask array and a spacing, not a file.
 
 Conventions: index boxes are in **numpy array order** (``z, y, x`` for a SimpleITK image read with
 ``GetArrayFromImage``); the recorded geometry (spacing, origin, direction) is in **SimpleITK order**
@@ -21,34 +23,55 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """Return the largest connected component of a binary mask (full connectivity).
+#: Beside a converted dataset's crops (nnU-Net ignores them): ``crops.json`` (each case's crop box on
+#: its full slice), ``labelsFull/<case>.nii.gz`` (the full-slice reference labels the scores use) and
+#: ``roiFull/<case>.nii.gz`` (the liver region the cascade keeps lesions in).
+CROPS_FILE = "crops.json"
+FULL_LABELS_DIR = "labelsFull"
+ROI_DIR = "roiFull"
 
-    Full (8- / 26-) connectivity keeps liver parts that touch only diagonally together, which
-    thin liver tips on coarse slices do. Ties go to the component found first (lowest label).
+#: Components of a *predicted* liver smaller than this fraction of the largest one are dropped from
+#: the region of interest: specks of stage-1 noise would otherwise widen the crop. A real liver piece
+#: (an axial slice often cuts the liver into several) is rarely that small; one that is, and holds a
+#: lesion, is lost to the cascade, and the full-slice scores count that as the cascade's error.
+MIN_COMPONENT_FRACTION = 0.05
+
+
+def roi_components(mask: np.ndarray, min_fraction: float = MIN_COMPONENT_FRACTION) -> np.ndarray:
+    """Every connected component of a binary mask holding at least ``min_fraction`` of the largest one.
+
+    Not only the largest component: axial slices often split the liver into pieces, and a lesion in
+    a smaller piece must stay inside the crop. Full (8- / 26-) connectivity keeps liver parts that
+    touch only diagonally together. ``min_fraction=0`` keeps every component (reference masks).
 
     Raises:
-        ValueError: the mask is empty.
+        ValueError: the mask is empty, or ``min_fraction`` is outside [0, 1].
     """
+    if not 0.0 <= min_fraction <= 1.0:
+        raise ValueError(f"min_fraction must be in [0, 1], got {min_fraction}")
     binary = np.asarray(mask) > 0
     labels, n = ndimage.label(binary, structure=ndimage.generate_binary_structure(binary.ndim, binary.ndim))
     if n == 0:
         raise ValueError("mask is empty")
     sizes = np.bincount(labels.ravel())[1:]
-    return labels == (int(np.argmax(sizes)) + 1)
+    keep = np.flatnonzero(sizes >= min_fraction * sizes.max()) + 1
+    return np.isin(labels, keep)
 
 
-def liver_bbox(mask: np.ndarray, spacing: Sequence[float], margin_mm: float) -> tuple[slice, ...]:
-    """Bounding box of the largest liver component, grown by ``margin_mm`` and clipped to the array.
+def roi_bbox(mask: np.ndarray, spacing: Sequence[float], margin_mm: float,
+             min_fraction: float = MIN_COMPONENT_FRACTION) -> tuple[slice, ...]:
+    """Bounding box of the mask's region of interest (:func:`roi_components`), grown by ``margin_mm``.
 
     The margin in voxels per axis is ``ceil(margin_mm / spacing)``, so at least ``margin_mm`` of
     context is kept on every side where the image allows (anisotropic CT gets fewer slices of
-    margin along z than pixels in-plane).
+    margin along z than pixels in-plane); the box is clipped to the array.
 
     Args:
-        mask: liver mask (any non-zero value is liver), array order.
+        mask: region mask (any non-zero value counts), array order: the reference liver with its
+            lesions (conversion), or the stage-1 liver (the cascade).
         spacing: voxel size in mm per array axis (array order, i.e. reversed SimpleITK spacing).
-        margin_mm: context around the liver, in mm (>= 0).
+        margin_mm: context around the region, in mm (>= 0).
+        min_fraction: see :func:`roi_components`.
 
     Returns:
         One ``slice(start, stop)`` per array axis.
@@ -59,15 +82,15 @@ def liver_bbox(mask: np.ndarray, spacing: Sequence[float], margin_mm: float) -> 
     mask = np.asarray(mask)
     if len(spacing) != mask.ndim:
         raise ValueError(f"spacing {tuple(spacing)} has {len(spacing)} values for a {mask.ndim}-D mask")
-    if margin_mm < 0:
+    if not margin_mm >= 0:  # also refuses NaN
         raise ValueError(f"margin_mm must be >= 0, got {margin_mm}")
-    if any(s <= 0 for s in spacing):
+    if any(not s > 0 for s in spacing):
         raise ValueError(f"spacing must be positive, got {tuple(spacing)}")
-    liver = largest_component(mask)
+    region = roi_components(mask, min_fraction)
     box = []
     for axis, (size, step) in enumerate(zip(mask.shape, spacing)):
         other_axes = tuple(a for a in range(mask.ndim) if a != axis)
-        present = np.flatnonzero(liver.any(axis=other_axes))
+        present = np.flatnonzero(region.any(axis=other_axes))
         margin = math.ceil(margin_mm / float(step) - 1e-9)  # 10 mm / 0.5 mm is 20, not 21
         box.append(slice(max(0, int(present[0]) - margin), min(size, int(present[-1]) + 1 + margin)))
     return tuple(box)
@@ -103,7 +126,7 @@ class CropBox:
 
     @classmethod
     def from_image(cls, image: sitk.Image, box: Sequence[slice]) -> "CropBox":
-        """Record ``box`` (array order, as from :func:`liver_bbox`) on ``image``'s grid."""
+        """Record ``box`` (array order, as from :func:`roi_bbox`) on ``image``'s grid."""
         size = tuple(int(s) for s in reversed(image.GetSize()))
         start = tuple(int(s.indices(n)[0]) for s, n in zip(box, size))
         stop = tuple(int(s.indices(n)[1]) for s, n in zip(box, size))
@@ -176,7 +199,28 @@ class CropBox:
         )
 
 
-def crop_to_liver(image: sitk.Image, liver_mask: np.ndarray, margin_mm: float) -> CropBox:
-    """The :class:`CropBox` of ``image`` around the largest component of ``liver_mask`` (array order)."""
+def crop_to_roi(image: sitk.Image, mask: np.ndarray, margin_mm: float,
+                min_fraction: float = MIN_COMPONENT_FRACTION) -> CropBox:
+    """The :class:`CropBox` of ``image`` around the region of ``mask`` (array order), see :func:`roi_bbox`."""
     spacing_array_order = tuple(reversed(image.GetSpacing()))
-    return CropBox.from_image(image, liver_bbox(liver_mask, spacing_array_order, margin_mm))
+    return CropBox.from_image(image, roi_bbox(mask, spacing_array_order, margin_mm, min_fraction))
+
+
+def cascade_labels(stage2: np.ndarray, liver: np.ndarray) -> np.ndarray:
+    """The cascade's final label map from stage 2's labels pasted on the full image and stage 1's liver.
+
+    Lesions are kept only inside the stage-1 liver (LiTS counts tumour as liver, so the liver
+    covers the lesions; this drops stage-2 false positives in the crop's margin: kidney, bowel),
+    and the liver is stage 1's. ``nnunet_joint_predict`` and the full-slice scores both use it, so a
+    score is what a user gets.
+    """
+    from nnunet_joint.labels import BACKGROUND, FIRST_LESION_LABEL, LIVER
+
+    labels = np.array(stage2, copy=True)
+    liver = np.asarray(liver, dtype=bool)
+    if labels.shape != liver.shape:
+        raise ValueError(f"stage-2 labels {labels.shape} and stage-1 liver {liver.shape} differ in shape")
+    labels[(labels >= FIRST_LESION_LABEL) & ~liver] = BACKGROUND
+    labels[liver & (labels < FIRST_LESION_LABEL)] = LIVER
+    labels[~liver & (labels == LIVER)] = BACKGROUND
+    return labels

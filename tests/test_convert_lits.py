@@ -66,22 +66,29 @@ def test_release_layout_outputs(tmp_path):
     assert result["layout"] == "lits-release"
     assert result["cases"] == ["lits_000", "lits_001", "lits_002"]
     liver_dir, lesion_dir = out / "Dataset501_LiTSLiver", out / "Dataset502_LiTSLesion"
-    for d in (liver_dir, lesion_dir):
-        assert sorted(p.name for p in (d / "labelsTr").iterdir()) == [f"lits_00{n}.nii.gz" for n in range(3)]
-        assert sorted(p.name for p in (d / "imagesTr").iterdir()) == [f"lits_00{n}_0000.nii.gz" for n in range(3)]
+    assert sorted(p.name for p in (liver_dir / "labelsTr").iterdir()) == [f"lits_00{n}.nii.gz" for n in range(3)]
+    assert sorted(p.name for p in (liver_dir / "imagesTr").iterdir()) == [f"lits_00{n}_0000.nii.gz" for n in range(3)]
+    # one lesion-dataset case per axial slice holding liver: z 2, 3 (the block) and 5 (the speck)
+    slice_cases = [f"lits_00{n}_z000{z}" for n in range(3) for z in (2, 3, 5)]
+    assert sorted(p.name for p in (lesion_dir / "labelsTr").iterdir()) == [f"{c}.nii.gz" for c in slice_cases]
+    assert sorted(p.name for p in (lesion_dir / "imagesTr").iterdir()) == [f"{c}_0000.nii.gz" for c in slice_cases]
 
     liver_json = json.loads((liver_dir / "dataset.json").read_text())
     lesion_json = json.loads((lesion_dir / "dataset.json").read_text())
     assert liver_json["labels"] == {"background": 0, "liver": 1}
     assert lesion_json["labels"] == {"background": 0, "liver": 1, "lesion": 2}
+    assert liver_json["numTraining"] == 3 and lesion_json["numTraining"] == 9
     for d in (liver_json, lesion_json):
-        assert d["channel_names"] == {"0": "CT"} and d["numTraining"] == 3 and d["file_ending"] == ".nii.gz"
+        assert d["channel_names"] == {"0": "CT"} and d["file_ending"] == ".nii.gz"
     assert lesion_json["source"]["margin_mm"] == 2.0
+    assert lesion_json["volumes"]["lits_001_z0003"] == "lits_001"
 
     crops = json.loads((lesion_dir / "crops.json").read_text())["cases"]
-    assert crops["lits_000"]["image"] == "volume-0.nii"
-    # liver z 2..3, y 10..19, x 8..21; margin 2 mm -> 1 slice (2.5 mm), 3 pixels (0.8 mm)
-    assert crops["lits_001"]["crop"]["start"] == [1, 7, 5] and crops["lits_001"]["crop"]["stop"] == [5, 23, 25]
+    assert crops["lits_000_z0002"]["image"] == "volume-0.nii"
+    # slice 2: liver y 10..19, x 8..21; margin 2 mm -> 3 pixels (0.8 mm) in-plane, no margin across slices
+    assert crops["lits_001_z0002"]["crop"]["start"] == [2, 7, 5] and crops["lits_001_z0002"]["crop"]["stop"] == [3, 23, 25]
+    # slice 5 holds only a speck: its own small box
+    assert crops["lits_001_z0005"]["crop"]["start"] == [5, 27, 27] and crops["lits_001_z0005"]["crop"]["stop"] == [6, 32, 32]
 
     for n in range(3):
         hu, seg = volume_arrays(n)
@@ -92,12 +99,14 @@ def test_release_layout_outputs(tmp_path):
         assert liver_labels.dtype == np.uint8
         np.testing.assert_array_equal(liver_labels, (seg > 0).astype(np.uint8))  # tumour merged into liver
 
-        crop = sitk.ReadImage(str(lesion_dir / "imagesTr" / f"lits_00{n}_0000.nii.gz"))
-        np.testing.assert_array_equal(sitk.GetArrayFromImage(crop), hu[1:5, 7:23, 5:25])
-        np.testing.assert_allclose(crop.GetOrigin(), np.array(ORIGIN) + np.array([5, 7, 1]) * np.array(SPACING))
-        lesion_labels = _array(lesion_dir / "labelsTr" / f"lits_00{n}.nii.gz")
-        np.testing.assert_array_equal(lesion_labels, seg[1:5, 7:23, 5:25])
-        assert set(np.unique(lesion_labels)) == {0, 1, 2}
+        for z in (2, 3):
+            crop = sitk.ReadImage(str(lesion_dir / "imagesTr" / f"lits_00{n}_z000{z}_0000.nii.gz"))
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(crop), hu[z:z + 1, 7:23, 5:25])
+            np.testing.assert_allclose(crop.GetOrigin(), np.array(ORIGIN) + np.array([5, 7, z]) * np.array(SPACING))
+            np.testing.assert_allclose(crop.GetSpacing(), (0.8, 0.8, 999.0))  # nnU-Net's 2-D out-of-plane spacing
+            lesion_labels = _array(lesion_dir / "labelsTr" / f"lits_00{n}_z000{z}.nii.gz")
+            np.testing.assert_array_equal(lesion_labels, seg[z:z + 1, 7:23, 5:25])
+        assert set(np.unique(_array(lesion_dir / "labelsTr" / f"lits_00{n}_z0003.nii.gz"))) == {0, 1, 2}
 
 
 def test_msd_layout_gives_the_same_datasets_and_max_cases(tmp_path):
@@ -106,9 +115,9 @@ def test_msd_layout_gives_the_same_datasets_and_max_cases(tmp_path):
     assert msd["layout"] == "msd"
     assert msd["cases"] == ["lits_000", "lits_001"]
     for case in msd["cases"]:
-        for d in ("Dataset501_LiTSLiver/labelsTr", "Dataset502_LiTSLesion/labelsTr"):
+        for d, name in (("Dataset501_LiTSLiver/labelsTr", case), ("Dataset502_LiTSLesion/labelsTr", f"{case}_z0003")):
             np.testing.assert_array_equal(
-                _array(tmp_path / "b" / d / f"{case}.nii.gz"), _array(tmp_path / "a" / d / f"{case}.nii.gz")
+                _array(tmp_path / "b" / d / f"{name}.nii.gz"), _array(tmp_path / "a" / d / f"{name}.nii.gz")
             )
     assert release["cases"] == ["lits_000", "lits_001", "lits_002"]
 
@@ -238,18 +247,25 @@ def test_phantom_lits_converts(tmp_path):
     n = len(list((tmp_path / "phantom" / "LiTS").glob("volume-*.nii*")))
     assert len(result["cases"]) == n
     for case in result["cases"]:
-        labels = _array(tmp_path / "raw" / "Dataset502_LiTSLesion" / "labelsTr" / f"{case}.nii.gz")
-        assert set(np.unique(labels)) <= {0, 1, 2} and 1 in labels
+        slices = sorted((tmp_path / "raw" / "Dataset502_LiTSLesion" / "labelsTr").glob(f"{case}_z*.nii.gz"))
+        assert slices
+        for path in slices:
+            labels = _array(path)
+            assert labels.shape[0] == 1 and set(np.unique(labels)) <= {0, 1, 2} and 1 in labels
 
 
 def test_splits_one_volume_per_patient_in_raw_and_preprocessed(tmp_path):
     root = make_release(tmp_path / "lits", n_cases=3)
     result = convert_lits(root, raw_root=tmp_path / "raw", preprocessed_root=tmp_path / "pre")
     cases = sorted(result["cases"])
-    for folder in ("Dataset501_LiTSLiver", "Dataset502_LiTSLesion"):
-        for base in (tmp_path / "raw", tmp_path / "pre"):
-            splits = json.loads((base / folder / "splits_final.json").read_text())
-            assert len(splits) == 3  # min(5 folds, 3 volumes)
-            assert sorted(c for s in splits for c in s["val"]) == cases  # each volume validated once
-            for s in splits:
-                assert not set(s["train"]) & set(s["val"]) and len(s["val"]) == 1
+    for base in (tmp_path / "raw", tmp_path / "pre"):
+        volumes = json.loads((base / "Dataset501_LiTSLiver" / "splits_final.json").read_text())
+        assert len(volumes) == 3  # min(5 folds, 3 volumes)
+        assert sorted(c for s in volumes for c in s["val"]) == cases  # each volume validated once
+        for s in volumes:
+            assert not set(s["train"]) & set(s["val"]) and len(s["val"]) == 1
+        slices = json.loads((base / "Dataset502_LiTSLesion" / "splits_final.json").read_text())
+        for vol_fold, slice_fold in zip(volumes, slices):  # the slices follow their volume's fold
+            for part in ("train", "val"):
+                assert sorted({c.rsplit("_z", 1)[0] for c in slice_fold[part]}) == sorted(vol_fold[part])
+                assert len(slice_fold[part]) == 3 * len(vol_fold[part])

@@ -231,3 +231,55 @@ def test_2d_nifti_with_nnunet_probabilities_layout(tmp_path):
     summary = evaluate_trainer_dir(trainer_dir, gt_dir, folds=[0])
     case_b = next(c for c in summary["cases"] if c["case_id"] == "B")
     assert case_b["pred_type"] == 1 and case_b["liver_dice"] == pytest.approx(20 / 22)
+
+
+def build_full_slices(root: Path, lost: dict[str, tuple[int, int, int]]) -> Path:
+    """The converter's full-slice files for ``build_tree``'s cases: each 4 x 4 crop sits at rows 1..4,
+    cols 2..5 of a 6 x 8 slice; ``lost`` adds a reference lesion (row, col, label) outside the crop."""
+    raw = root / "nnUNet_raw" / DATASET
+    crops = {}
+    for case, crop_ref in REFERENCE.items():
+        full = np.zeros((6, 8), np.uint8)
+        full[1:5, 2:6] = crop_ref
+        if case in lost:
+            r, c, label = lost[case]
+            full[r, c:c + 2] = label
+        write_label_map(raw / "labelsFull" / f"{case}.nii.gz", full)
+        write_label_map(raw / "roiFull" / f"{case}.nii.gz", (full >= 1).astype(np.uint8))
+        crops[case] = {"crop": {"start": [0, 1, 2], "stop": [1, 5, 6], "original_size": [1, 6, 8],
+                                "original_spacing": [0.8, 0.8, 5.0], "original_origin": [0.0, 0.0, 0.0],
+                                "original_direction": [1, 0, 0, 0, 1, 0, 0, 0, 1]}}
+    (raw / "crops.json").write_text(json.dumps({"crop_mode": "cascade", "cases": crops}))
+    return raw
+
+
+def test_full_slice_scoring_counts_a_lesion_the_crop_lost(tmp_path):
+    """C is perfect on its crop, but its slice holds a second lesion (2 px) outside the crop: a miss."""
+    trainer_dir, gt_dir = build_tree(tmp_path)
+    on_crops = evaluate_trainer_dir(trainer_dir, gt_dir=gt_dir, raw_dataset=tmp_path / "nowhere")
+    raw = build_full_slices(tmp_path, lost={"C": (5, 0, 3)})
+    full = evaluate_trainer_dir(trainer_dir, gt_dir=gt_dir, raw_dataset=raw)
+    assert on_crops["scored_on"] != full["scored_on"] == "full slices" and full["crop_mode"] == "cascade"
+    crop_c = next(c for c in on_crops["cases"] if c["case_id"] == "C")
+    full_c = next(c for c in full["cases"] if c["case_id"] == "C")
+    assert crop_c["dice"] == 1.0 and crop_c["recall"] == 1.0
+    # by hand on the full slice: tp 2 (the cropped lesion), fn 2 (the lost one), fp 0
+    assert (full_c["tp"], full_c["fp"], full_c["fn"]) == (2, 0, 2)
+    assert full_c["dice"] == pytest.approx(2 * 2 / (2 * 2 + 0 + 2)) and full_c["recall"] == pytest.approx(0.5)
+    assert full_c["pred_type"] == 1  # typing of the cropped lesion is unaffected
+    full_a = next(c for c in full["cases"] if c["case_id"] == "A")
+    assert full_a["dice"] == pytest.approx(6 / 7)  # nothing lost: the same as on the crop
+
+
+def test_full_slice_scoring_drops_lesions_outside_the_cascade_region(tmp_path):
+    """The cascade keeps lesions only inside the stage-1 liver: a predicted lesion outside it is removed."""
+    trainer_dir, gt_dir = build_tree(tmp_path)
+    raw = build_full_slices(tmp_path, lost={})
+    roi = np.zeros((6, 8), np.uint8)
+    roi[1:5, 2:6] = REFERENCE["A"] >= 1
+    roi[2, 4] = 0  # A's predicted lesion pixel (row 1 of the crop, col 2) falls outside the region
+    write_label_map(raw / "roiFull" / "A.nii.gz", roi)
+    full = evaluate_trainer_dir(trainer_dir, gt_dir=gt_dir, raw_dataset=raw)
+    a = next(c for c in full["cases"] if c["case_id"] == "A")
+    # prediction A had lesion px at crop (1,1)=2, (1,2)=3, (2,1)=2; (1,2) -> full (2,4) is dropped
+    assert (a["tp"], a["fp"], a["fn"]) == (2, 0, 2)

@@ -1,6 +1,6 @@
 """The evidence behind the tables: a bootstrap interval per experiment, paired tests per compared pair.
 
-Which pairs are compared is the papers' questions, as data (:func:`comparisons`):
+Which pairs are compared is the papers' questions, as data (:func:`nnunet_joint.experiments.comparisons`):
 
 * joint vs Y-Net, same initialisation (MIDL: does pixel-wise typing beat a classification head?);
 * LiTS vs scratch, same framework (MIDL: does the LiTS initialisation help?);
@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+from nnunet_joint import experiments as vocabulary
 from nnunet_joint.evaluation import published
 from nnunet_joint.evaluation.report.experiments import Experiment, find
 from nnunet_joint.evaluation.statistics import (
@@ -32,12 +33,6 @@ from nnunet_joint.evaluation.statistics import (
 TESTED_METRICS: dict[str, str] = {"cls_acc": "McNemar", "dice": "Wilcoxon"}
 #: Short metric names for sentences.
 METRIC_WORDS = {"cls_acc": "type accuracy", "dice": "Dice1"}
-#: Metrics each framework produces (the classifier has no Dice, the segmentation baseline no type).
-FRAMEWORK_METRICS: dict[str, tuple[str, ...]] = {"cls": ("cls_acc",), "seg": ("dice",), "ynet": ("cls_acc", "dice"),
-                                                 "joint": ("cls_acc", "dice")}
-FINE_TUNING_SCHEDULES = ("FreezeEnc", "HierFreeze", "HierUnfreeze")
-
-
 @dataclasses.dataclass(frozen=True)
 class Side:
     """One side of a comparison: the experiment fields it needs (and the experiment, if listed)."""
@@ -72,18 +67,13 @@ class Comparison:
 
 
 def comparisons(experiments: Sequence[Experiment]) -> list[Comparison]:
-    """The papers' pairs (module docstring), whether or not their experiments ran."""
+    """The papers' pairs (:func:`nnunet_joint.experiments.comparisons`), whether or not their experiments ran."""
 
-    def side(framework: str, init: str, schedule: str = published.MIDL_SCHEDULE) -> Side:
-        return Side(framework, init, schedule, find(experiments, framework, init, schedule))
+    def side(key: tuple[str, str, str]) -> Side:
+        return Side(*key, find(experiments, *key))
 
-    out = [Comparison("joint vs Y-Net", side("joint", init), side("ynet", init), ("cls_acc", "dice"), "MIDL")
-           for init in published.INITS]
-    out += [Comparison("LiTS vs scratch", side(framework, "LiTS"), side(framework, "scratch"),
-                       FRAMEWORK_METRICS[framework], "MIDL") for framework in published.FRAMEWORKS]
-    out += [Comparison("fine-tuning vs no freezing", side("joint", "LiTS", schedule), side("joint", "LiTS"),
-                       ("cls_acc", "dice"), "EMBC") for schedule in FINE_TUNING_SCHEDULES]
-    return out
+    return [Comparison(c.name, side(c.better), side(c.baseline), tuple(m for m in c.metrics if m in TESTED_METRICS),
+                       c.paper) for c in vocabulary.comparisons()]
 
 
 @dataclasses.dataclass(frozen=True)

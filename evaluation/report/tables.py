@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+from nnunet_joint import experiments as vocabulary
 from nnunet_joint.evaluation import published
 from nnunet_joint.evaluation.metrics import format_mean_std
 from nnunet_joint.evaluation.report.document import Table
@@ -30,12 +31,7 @@ METRIC_LABELS: dict[str, str] = {
     "liver_dice": "liver Dice",
 }
 #: Which MIDL Table 1 metrics each framework has (the paper's "–" cells are left out).
-MIDL_ROWS: dict[str, tuple[str, ...]] = {
-    "cls": ("cls_acc",),
-    "seg": ("dice", "recall"),
-    "ynet": published.MIDL_METRICS,
-    "joint": published.MIDL_METRICS,
-}
+MIDL_ROWS: dict[str, tuple[str, ...]] = {f: vocabulary.FRAMEWORKS[f].metrics for f in vocabulary.PAPER_FRAMEWORKS}
 BASELINE_METRICS: tuple[str, ...] = ("dice", "global_dice", "recall", "success_rate", "cls_acc")
 NOT_LISTED = "not run: not in the experiment list"
 CELL_LEGEND = (

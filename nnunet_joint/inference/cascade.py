@@ -1,11 +1,11 @@
 """The two-stage cascade on one checked CT image, and the files it writes.
 
-Stage 1 segments the liver on the whole image; its largest connected component, grown by the
-converter's margin (:mod:`nnunet_joint.crops`, the same rule that cropped the training data),
-crops the image; stage 2 (joint or Y-Net model) runs on the crop; everything is pasted back into
-the input's grid. Lesion voxels are kept only inside the stage-1 liver: LiTS labels count tumour as
-liver, so the liver mask covers the lesions, and this drops stage-2 false positives in the crop's
-margin (kidney, bowel).
+Stage 1 segments the liver on the whole image; its pieces (every connected component of at least
+:data:`~nnunet_joint.crops.MIN_COMPONENT_FRACTION` of the largest), grown by the converter's
+margin (:mod:`nnunet_joint.crops`, the rule that cropped the training data), crop the image;
+stage 2 (joint or Y-Net model) runs on the crop; everything is pasted back into the input's grid
+and combined by :func:`~nnunet_joint.crops.cascade_labels` (lesions only inside the stage-1
+liver), the rule the full-slice scores use too.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_joint import LESION_TYPES, __version__
-from nnunet_joint.crops import CropBox, largest_component, liver_bbox
+from nnunet_joint.crops import CropBox, cascade_labels, roi_bbox, roi_components
 from nnunet_joint.inference.inputs import CTImage
 from nnunet_joint.inference.lesions import analyse_lesions
 from nnunet_joint.labels import FIRST_LESION_LABEL, JOINT_LABELS, LIVER, type_label
@@ -96,16 +96,13 @@ def run_cascade(ct: CTImage, liver_model: CascadeModel, lesion_model: CascadeMod
     type_probs = np.full((len(LESION_TYPES), *shape), 1 / len(LESION_TYPES), dtype=np.float32)
     if not foreground.any():
         return CascadeResult(np.zeros(shape, np.uint8), np.zeros(shape, np.uint8), type_probs, None)
-    liver = largest_component(foreground)
-    box = _crop_box(ct, liver_bbox(liver, ct.spacing_zyx, lesion_model.crop_margin_mm))
+    liver = roi_components(foreground)
+    box = _crop_box(ct, roi_bbox(liver, ct.spacing_zyx, lesion_model.crop_margin_mm))
     stage2 = lesion_model.predict(box.crop_array(ct.array), spacing)
     labels_crop, probs_crop = lesion_types_from_prediction(lesion_model, stage2.segmentation, stage2.probabilities,
                                                            stage2.slice_type_probabilities)
-    labels = box.paste(labels_crop, fill=0)
+    labels = cascade_labels(box.paste(labels_crop, fill=0), liver)
     type_probs = box.paste(probs_crop, fill=1 / len(LESION_TYPES)).astype(np.float32)
-    labels[(labels >= 2) & ~liver] = 0  # lesions only inside the stage-1 liver
-    labels[liver & (labels < 2)] = LIVER  # the liver is stage 1's
-    labels[~liver & (labels == LIVER)] = 0
     return CascadeResult(liver.astype(np.uint8), labels, type_probs, box)
 
 

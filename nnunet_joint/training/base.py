@@ -31,7 +31,6 @@ from nnunet_joint.network.unet import SEResNetUNet
 from nnunet_joint.training import settings
 from nnunet_joint.training.losses import inverse_frequency_weights, label_frequencies, set_ce_class_weights
 
-INITS = ("scratch", "ImageNet", "LiTS")
 
 
 class nnUNetTrainerSEResNetBase(nnUNetTrainer):

@@ -3,30 +3,17 @@
 nnU-Net picks a trainer by class name and names the results folder after it, so the name must
 carry the combination ``framework × init × fine-tuning schedule`` (nnU-Net variants cannot be
 combined at run time). Rather than writing 36 classes, each framework module calls
-:func:`named_variants` once:
-
-- ``<Framework>``                      scratch, no freezing
-- ``<Framework>_ImageNet`` / ``_LiTS``  initialised from ImageNet / the LiTS lesion model, no freezing
-- ``<Framework>_<Init>_<Schedule>``     plus a freezing schedule (``FreezeEnc``, ``HierFreeze``, ``HierUnfreeze``)
-
-e.g. ``nnUNetTrainerJoint_LiTS_HierFreeze``. Single underscores: nnU-Net splits results folder
-names on ``__``.
+:func:`named_variants` once; the names are the experiment vocabulary's
+(:func:`nnunet_joint.experiments.trainer_name`): ``<Framework>`` (scratch, no freezing),
+``<Framework>_ImageNet`` / ``_LiTS``, ``<Framework>_<Init>_<Schedule>``, e.g.
+``nnUNetTrainerJoint_LiTS_HierFreeze``.
 """
 
 from __future__ import annotations
 
-from nnunet_joint.freezing import SCHEDULES
+from nnunet_joint.experiments import NO_FREEZING, variant_names
 
-PRETRAINED_INITS = ("ImageNet", "LiTS")
-NO_FREEZING = "NoFreeze"
-
-
-def variant_names(base_name: str) -> list[str]:
-    names = []
-    for init in PRETRAINED_INITS:
-        names.append(f"{base_name}_{init}")
-        names += [f"{base_name}_{init}_{s}" for s in SCHEDULES if s != NO_FREEZING]
-    return names
+__all__ = ["named_variants", "variant_names"]
 
 
 def named_variants(base: type) -> dict[str, type]:
