@@ -3,7 +3,9 @@
 Stage 1 segments the liver on the whole image; its largest connected component, grown by the
 converter's margin (:mod:`nnunet_joint.crops`, the same rule that cropped the training data),
 crops the image; stage 2 (joint or Y-Net model) runs on the crop; everything is pasted back into
-the input's grid. Lesion voxels are kept only inside the stage-1 liver: LiTS labels count tumour as
+the input's grid. A stage-1 liver that is no plausible liver (too small, or not liver HU:
+:mod:`~nnunet_joint.inference.liver_check`) stops the cascade: no lesion is written. Lesion voxels
+are kept only inside the stage-1 liver: LiTS labels count tumour as
 liver, so the liver mask covers the lesions, and this drops stage-2 false positives in the crop's
 margin (kidney, bowel).
 """
@@ -22,6 +24,7 @@ from nnunet_joint import LESION_TYPES, __version__
 from nnunet_joint.crops import CropBox, largest_component, liver_bbox
 from nnunet_joint.inference.inputs import CTImage
 from nnunet_joint.inference.lesions import LIVER, analyse_lesions
+from nnunet_joint.inference.liver_check import implausible_liver
 from nnunet_joint.inference.models import CascadeModel
 from nnunet_joint.inference.overlays import write_overlays
 
@@ -35,12 +38,14 @@ class CascadeResult:
         labels: pixel-wise joint labels before the per-lesion vote.
         type_probabilities: ``(len(LESION_TYPES), z, y, x)`` type probabilities of lesion voxels.
         crop: the stage-2 crop, ``None`` when no liver was found.
+        no_liver: why no liver was accepted (:mod:`~nnunet_joint.inference.liver_check`), else ``None``.
     """
 
     liver: np.ndarray
     labels: np.ndarray
     type_probabilities: np.ndarray
     crop: CropBox | None
+    no_liver: str | None = None
 
 
 def _crop_box(ct: CTImage, box: tuple[slice, ...]) -> CropBox:
@@ -93,9 +98,10 @@ def run_cascade(ct: CTImage, liver_model: CascadeModel, lesion_model: CascadeMod
     foreground = stage1.segmentation > 0  # liver (and tumour, for a LiTS-style 3-label model)
     shape = ct.array.shape
     type_probs = np.full((len(LESION_TYPES), *shape), 1 / len(LESION_TYPES), dtype=np.float32)
-    if not foreground.any():
-        return CascadeResult(np.zeros(shape, np.uint8), np.zeros(shape, np.uint8), type_probs, None)
-    liver = largest_component(foreground)
+    liver = largest_component(foreground) if foreground.any() else foreground
+    no_liver = implausible_liver(liver, ct.array, ct.spacing_zyx)
+    if no_liver is not None:  # stage 2 does not run: no lesion in air
+        return CascadeResult(np.zeros(shape, np.uint8), np.zeros(shape, np.uint8), type_probs, None, no_liver)
     box = _crop_box(ct, liver_bbox(liver, ct.spacing_zyx, lesion_model.crop_margin_mm))
     stage2 = lesion_model.predict(box.crop_array(ct.array), spacing)
     labels_crop, probs_crop = lesion_types_from_prediction(lesion_model, stage2.segmentation, stage2.probabilities,
@@ -137,6 +143,7 @@ def write_case_outputs(ct: CTImage, result: CascadeResult, out_dir: Path, models
         "direction": list(ct.image.GetDirection()),
         "labels": {"background": 0, "liver": LIVER, **{t: 2 + i for i, t in enumerate(LESION_TYPES)}},
         "liver_found": bool(result.liver.any()),
+        "no_liver_reason": result.no_liver,
         "liver_voxels": int(result.liver.sum()),
         "crop": None if result.crop is None else {"start_zyx": list(result.crop.start),
                                                   "stop_zyx": list(result.crop.stop)},
