@@ -19,6 +19,7 @@ from typing import Sequence
 
 from nnunet_joint import TRAINERS_DIR
 from nnunet_joint.errors import InputError, cli_entry
+from nnunet_joint.process import lock_folder, run_tied
 
 DATASET_IDS = {"liver": 501, "lits_lesion": 502, "seg": 503, "joint": 504}
 
@@ -84,10 +85,11 @@ def run_nnunet(cmd: list[str], run: RunFolder, log: Path, **extra_env: str) -> N
     with open(log, "a") as fh:
         fh.write(f"$ {' '.join(cmd)}\n")
         fh.flush()
-        proc = subprocess.run(cmd, env=run.environment(**extra_env), stdout=fh, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
+        # run_tied: the command and its workers die with this process (kill -9 included)
+        returncode = run_tied(cmd, env=run.environment(**extra_env), stdout=fh, stderr=subprocess.STDOUT)
+    if returncode != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
-        raise RuntimeError(f"{' '.join(cmd[:2])} failed (exit {proc.returncode}); see {log}:\n" + "\n".join(tail))
+        raise RuntimeError(f"{' '.join(cmd[:2])} failed (exit {returncode}); see {log}:\n" + "\n".join(tail))
 
 
 def nnunet_bin(name: str) -> str:
@@ -205,11 +207,25 @@ PROFILES = {
 }
 
 
+def checkpoint_problem(path: Path) -> str | None:
+    """``None`` when ``path`` loads with the safe loader, else why not (missing, truncated, refused)."""
+    from nnunet_joint.checkpoints import safe_torch_load
+
+    try:
+        safe_torch_load(path)
+    except InputError as e:
+        return e.problem
+    except Exception as e:  # noqa: BLE001 - a cut-short pickle fails inside torch's weights-only unpickler
+        return f"not a readable PyTorch checkpoint ({type(e).__name__}: {str(e)[:200]})"
+    return None
+
+
 def fold_done(fold_dir: Path) -> bool:
-    """A finished fold: nnU-Net wrote its final checkpoint and the validation finished."""
+    """A finished fold: the validation finished and nnU-Net's final checkpoint is readable (a
+    half-written one, from a killed run, is not finished)."""
     validation = fold_dir / "validation"
-    return (fold_dir / "checkpoint_final.pth").is_file() and (
-        (validation / "summary.json").is_file() or (validation / "classification.json").is_file())
+    return ((validation / "summary.json").is_file() or (validation / "classification.json").is_file()) and (
+        checkpoint_problem(fold_dir / "checkpoint_final.pth") is None)
 
 
 def train_fold(run: RunFolder, trainer: str, dataset: int, fold: str, device: str, budget: dict[str, str],
@@ -221,8 +237,15 @@ def train_fold(run: RunFolder, trainer: str, dataset: int, fold: str, device: st
                     + " ".join(["nnUNetv2_train", *cmd[1:]]))
     if fold_done(fold_dir):
         return fold_dir
-    if (fold_dir / "checkpoint_final.pth").is_file():  # trained, validation interrupted
-        cmd.append("--val")
+    checkpoint = fold_dir / "checkpoint_final.pth"
+    if checkpoint.is_file():
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:  # trained, validation interrupted
+            cmd.append("--val")
+        else:  # half-written (killed while saving) or refused: not finished, train again from scratch
+            print(f"warning: {checkpoint}: {problem}; retraining fold {fold} of {trainer} from scratch",
+                  file=sys.stderr, flush=True)
+            checkpoint.unlink()
     run_nnunet(cmd, run, run.root / "logs" / f"{trainer}_{dataset}_fold{fold}.log", **budget, **extra_env)
     return fold_dir
 
@@ -256,6 +279,7 @@ def reproduce(out: Path, profile: Profile, device: str = "cpu", imagenet_weights
     from nnunet_joint.evaluation.report import build_report
 
     run = RunFolder(out.resolve())
+    lock = lock_folder(run.root, "nnunet_joint_reproduce")  # noqa: F841 - held until this function returns
     folds = tuple(folds) if folds is not None else profile.folds
     matrix = experiment_matrix()
     selected = [e for e in matrix if profile.rows is None or e.trainer in profile.rows or e.name in profile.rows]
