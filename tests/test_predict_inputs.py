@@ -564,3 +564,23 @@ def test_fold_detection_prefers_numbered_folds_then_all(tmp_path):
     assert models.parse_folds(["0", "all"]) == [0, "all"]
     with pytest.raises(InputError, match="not a fold number"):
         models.parse_folds(["x"])
+
+
+def test_a_full_disk_while_writing_outputs_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    scan = air_scan()
+    scan[:, 10:54, 10:54] = 40
+    scan[blob(scan.shape, radius=18)] = 110
+    image = write_nifti(tmp_path / "ct.nii.gz", scan, spacing=(0.8, 0.8, 5.0))
+    fake_models(monkeypatch, liver=lambda a: blob(a.shape, radius=18))
+
+    def itk_disk_full(*args, **kwargs):
+        raise RuntimeError("Exception thrown in SimpleITK ImageFileWriter_Execute: /tmp/SimpleITK-build/ITK/Modules/"
+                           "IO/NIFTI/src/itkNiftiImageIO.cxx:2386:\nITK ERROR: NiftiImageIO(0x55d0): ERROR: nifti "
+                           "library failed to write image")
+
+    monkeypatch.setattr(nj_io.sitk, "WriteImage", itk_disk_full)
+    monkeypatch.setattr(nj_io.shutil, "disk_usage", lambda p: nj_io.shutil._ntuple_diskusage(10**9, 10**9, 0))
+    err = run_cli_expect_error(capsys, ["-i", str(image), "-o", str(tmp_path / "out"), "--quiet"],
+                               "liver.nii.gz: cannot be written: no space left on device")
+    assert err == f"error: {tmp_path / 'out' / 'liver.nii.gz'}: cannot be written: no space left on device"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz"]

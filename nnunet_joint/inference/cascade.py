@@ -27,6 +27,7 @@ from nnunet_joint.inference.lesions import LIVER, analyse_lesions
 from nnunet_joint.inference.liver_check import implausible_liver
 from nnunet_joint.inference.models import CascadeModel
 from nnunet_joint.inference.overlays import write_overlays
+from nnunet_joint.io import write_image_file
 
 
 @dataclass
@@ -130,8 +131,8 @@ def write_case_outputs(ct: CTImage, result: CascadeResult, out_dir: Path, models
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     typed, lesions = analyse_lesions(result.labels, ct.image, result.type_probabilities)
-    sitk.WriteImage(image_like(result.liver, ct.image), str(out_dir / "liver.nii.gz"), True)
-    sitk.WriteImage(image_like(typed, ct.image), str(out_dir / "lesions.nii.gz"), True)
+    write_image_file(image_like(result.liver, ct.image), out_dir / "liver.nii.gz")  # OSError in words (full disk)
+    write_image_file(image_like(typed, ct.image), out_dir / "lesions.nii.gz")
     pngs = write_overlays(ct.array, typed, ct.spacing_zyx, out_dir / "overlays", lesions, ct.source.name) \
         if overlays and lesions else []
     report = {

@@ -81,10 +81,15 @@ def predict(
     single = len(cases) == 1 and not (input_path.is_dir() and not cases[0].is_dicom)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        for n, case in enumerate(cases, start=1):
-            results[case.name] = _predict_case(case, tmp if single else tmp / case.name, liver, lesion, models,
-                                               quiet, overlays, say, f"[{n}/{len(cases)}] {case.name}")
-        write_marker(tmp, input_path)
+        try:
+            for n, case in enumerate(cases, start=1):
+                results[case.name] = _predict_case(case, tmp if single else tmp / case.name, liver, lesion, models,
+                                                   quiet, overlays, say, f"[{n}/{len(cases)}] {case.name}")
+            write_marker(tmp, input_path)
+        except OSError as e:  # a full disk: name the output the user asked for, not our hidden temporary
+            if e.filename is not None and Path(e.filename).is_relative_to(tmp):
+                e.filename = str(out_dir / Path(e.filename).relative_to(tmp))
+            raise
         check_output_folder(out_dir, input_path)  # again: the user may have added files meanwhile
     return results
 
