@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -18,12 +19,15 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_joint.errors import InputError
-from nnunet_joint.io import atomic_path, write_json
+from nnunet_joint.io import atomic_path, write_image_file, write_json
 
 FILE_ENDING = ".nii.gz"
 _NAME_RE = re.compile(r"^[A-Za-z0-9]+$")
 #: nnU-Net builds file names from case identifiers; keep them to characters every tool accepts.
 CASE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: nnU-Net and we add up to ~30 characters to a case id (``_0000.nii.gz``, ``_seg.b2nd``, temporary
+#: names); file systems allow 255 bytes per name.
+CASE_ID_MAX_LENGTH = 100
 
 
 def dataset_folder_name(dataset_id: int, name: str) -> str:
@@ -36,13 +40,21 @@ def dataset_folder_name(dataset_id: int, name: str) -> str:
 
 
 def resolve_root(arg: str | os.PathLike | None, env_var: str, required: bool) -> Path | None:
-    """The folder given on the command line, else the nnU-Net environment variable."""
+    """The folder given on the command line, else the nnU-Net environment variable; refuse a file there."""
     value = arg if arg is not None else os.environ.get(env_var)
     if not value:
         if required:
             raise InputError(None, f"no output folder: pass --raw-root or set {env_var}")
         return None
-    return Path(value)
+    path = Path(value)
+    for folder in (path, *path.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                what = "--raw-root" if env_var == "nnUNet_raw" else "--preprocessed-root"
+                source = what if arg is not None else f"${env_var}"
+                raise InputError(folder, f"is not a folder ({source} {path} must be a folder or a new path)")
+            break
+    return path
 
 
 def check_target_free(root: Path, folder_name: str, overwrite: bool) -> Path:
@@ -133,8 +145,12 @@ def label_image(labels: np.ndarray, reference: sitk.Image) -> sitk.Image:
 
 def write_case(folder: Path, case_id: str, image: sitk.Image, labels: sitk.Image) -> None:
     """Write ``imagesTr/<case>_0000.nii.gz`` and ``labelsTr/<case>.nii.gz`` into a staged dataset."""
-    sitk.WriteImage(image, str(folder / "imagesTr" / f"{case_id}_0000{FILE_ENDING}"), True)
-    sitk.WriteImage(labels, str(folder / "labelsTr" / f"{case_id}{FILE_ENDING}"), True)
+    write_image_file(image, folder / "imagesTr" / f"{case_id}_0000{FILE_ENDING}", True)
+    write_image_file(labels, folder / "labelsTr" / f"{case_id}{FILE_ENDING}", True)
+
+
+#: Splits tried (seed, then seeds derived from it) before refusing folds that cannot be stratified.
+SPLIT_ATTEMPTS = 100
 
 
 def make_splits(
@@ -150,6 +166,13 @@ def make_splits(
     Uses scikit-learn's ``StratifiedGroupKFold(shuffle=True, random_state=seed)``; the result has
     nnU-Net's ``splits_final.json`` shape: one ``{"train": [...], "val": [...]}`` per fold.
     ``where`` (the case list) is named in errors.
+
+    A stratum (lesion type) with fewer patients than folds is refused: some fold would validate
+    none of it, and train on none of it when all its cases share a patient. When the split leaves a
+    type out of a fold that could hold it (scikit-learn's heuristic, with patients of several
+    types), up to :data:`SPLIT_ATTEMPTS` seeds derived from ``seed`` are tried; if none validates
+    every type in every fold, the ``seed`` split is kept and one ``warning:`` line on stderr says
+    which folds lack which type.
     """
     from sklearn.model_selection import StratifiedGroupKFold
 
@@ -158,16 +181,39 @@ def make_splits(
         raise InputError(where, f"--folds must be at least 2, got {folds}")
     if n_groups < folds:
         raise InputError(where, f"{n_groups} patient(s) cannot fill {folds} folds split by patient")
-    largest_stratum = max(Counter(strata).values())
-    if largest_stratum < folds:
-        raise InputError(
-            where, f"no lesion type has {folds} cases (largest: {largest_stratum}); {folds} folds cannot be stratified"
-        )
+    # Split by patient, a type needs at least one patient per fold, or some fold validates none of
+    # it (its recall undefined, the table silently missing a class): refuse rather than split.
+    patients_of: dict[str, set[str]] = {}
+    for group, stratum in zip(groups, strata):
+        patients_of.setdefault(stratum, set()).add(group)
+    cases_of = Counter(strata)
+    for stratum in sorted(patients_of, key=lambda s: (len(patients_of[s]), s)):
+        if len(patients_of[stratum]) < folds:
+            raise InputError(
+                where, f"lesion type {stratum!r} has {cases_of[stratum]} case(s) from {len(patients_of[stratum])} "
+                       f"patient(s), fewer than {folds} folds: folds split by patient cannot be stratified (a fold "
+                       f"would validate no {stratum}); add {stratum} patients or use fewer --folds")
     ids = np.asarray(case_ids)
-    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    splits = []
-    for train_idx, val_idx in splitter.split(np.zeros(len(ids)), np.asarray(strata), np.asarray(groups)):
-        splits.append({"train": sorted(ids[train_idx].tolist()), "val": sorted(ids[val_idx].tolist())})
+    stratum_of = dict(zip(case_ids, strata))
+    first: tuple[list[dict[str, list[str]]], list[str]] | None = None
+    for attempt in range(SPLIT_ATTEMPTS):
+        # scikit-learn's grouping heuristic can leave a type out of a fold that could hold it; then
+        # seeds derived from ``seed`` are tried in a fixed order (the same input gives the same folds).
+        state = seed if attempt == 0 else int(np.random.SeedSequence([seed, attempt]).generate_state(1)[0])
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=state)
+        splits = []
+        for train_idx, val_idx in splitter.split(np.zeros(len(ids)), np.asarray(strata), np.asarray(groups)):
+            splits.append({"train": sorted(ids[train_idx].tolist()), "val": sorted(ids[val_idx].tolist())})
+        lacking = [f"fold {i} validates no {' or '.join(missing)}"
+                   for i, split in enumerate(splits)
+                   if (missing := sorted(set(strata) - {stratum_of[c] for c in split["val"]}))]
+        if not lacking:
+            return splits
+        first = first or (splits, lacking)
+    assert first is not None
+    splits, lacking = first
+    print(f"warning: {where}: no split by patient found in which every fold validates every lesion type "
+          f"(patients with several types constrain it): {'; '.join(lacking)}", file=sys.stderr, flush=True)
     return splits
 
 

@@ -43,8 +43,9 @@ from nnunet_joint.dataset_conversion.common import (
     write_splits,
 )
 from nnunet_joint.crops import CROPS_FILE, CropBox, roi_bbox
-from nnunet_joint.errors import InputError, cli_entry
-from nnunet_joint.io import check_hu, read_image, same_geometry, write_json
+from nnunet_joint.errors import InputError, check_number, cli_entry
+from nnunet_joint.io import (check_hu, check_slice_size, pixel_digest, read_image, read_image_header, same_geometry,
+                             write_json)
 
 LIVER_LABELS = {"background": 0, "liver": 1}
 LESION_LABELS = {"background": 0, "liver": 1, "lesion": 2}
@@ -105,22 +106,14 @@ def find_pairs(lits_dir: str | os.PathLike) -> tuple[str, list[LitsPair]]:
     return layout, [LitsPair(f"lits_{n:03d}", images[n], labels[n]) for n in sorted(images)]
 
 
-def _header(path: Path) -> sitk.ImageFileReader:
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        raise InputError(path, "cannot be read as an image (corrupt or not NIfTI?)") from None
-    return reader
-
-
 def check_headers(pair: LitsPair) -> None:
-    """Header-only checks: readable, 3-D, one channel, image and segmentation on the same grid."""
-    image, label = _header(pair.image), _header(pair.label)
+    """Header-only checks: readable, within the size limit, a NIfTI voxel size, 3-D, one channel, at
+    least a CT slice in plane, image and segmentation on the same grid."""
+    image, label = read_image_header(pair.image), read_image_header(pair.label)
     for path, h in ((pair.image, image), (pair.label, label)):
         if h.GetDimension() != 3 or h.GetNumberOfComponents() != 1:
             raise InputError(path, f"is a {h.GetDimension()}-D image with {h.GetNumberOfComponents()} channel(s); a 3-D CT volume expected")
+    check_slice_size(image.GetSize(), pair.image)
     problem = _header_mismatch(image, label)
     if problem:
         raise InputError(pair.label, f"does not match {pair.image.name}: {problem}")
@@ -213,8 +206,7 @@ def convert_lits(
     Raises:
         InputError: any problem with the input or the targets (nothing is written then).
     """
-    if margin_mm < 0:
-        raise InputError(None, f"--margin-mm must be >= 0, got {margin_mm}")
+    margin_mm = check_number("--margin-mm", margin_mm, minimum=0)
     if slice_step < 1:
         raise InputError(None, f"--slice-step must be >= 1, got {slice_step}")
     if max_cases is not None and max_cases < 1:
@@ -239,9 +231,16 @@ def convert_lits(
 
     crops: dict[str, dict] = {}
     slice_ids: dict[str, list[str]] = {}
+    first_case_of_pixels: dict[str, LitsPair] = {}
     with staged_datasets(destinations) as (liver_tmp, lesion_tmp):
         for pair in pairs:
             image, seg = load_pair(pair)
+            digest = pixel_digest(image)
+            if digest in first_case_of_pixels:  # a copy or hard link under another case number
+                first = first_case_of_pixels[digest].image
+                raise InputError(pair.image, f"holds the same voxels as {first.name}: one volume under two case "
+                                             "numbers would leak between folds")
+            first_case_of_pixels[digest] = pair
             stored = storage_image(image)
             write_case(liver_tmp, pair.case_id, stored, label_image(seg > 0, stored))
             slice_ids[pair.case_id] = []

@@ -54,7 +54,7 @@ from nnunet_joint.crops import (
     crop_to_roi,
     roi_components,
 )
-from nnunet_joint.errors import InputError, cli_entry
+from nnunet_joint.errors import InputError, check_number, cli_entry
 from nnunet_joint.evaluation.metrics import dice
 from nnunet_joint.labels import JOINT_LABELS, SEG_LABELS
 from nnunet_joint.io import write_json
@@ -157,10 +157,9 @@ def convert_sheba(
     Raises:
         InputError: any problem with the input or the targets (nothing is written then).
     """
-    if margin_mm < 0:
-        raise InputError(None, f"--margin-mm must be >= 0, got {margin_mm}")
-    if png_spacing <= 0:
-        raise InputError(None, f"--png-spacing must be > 0, got {png_spacing}")
+    margin_mm = check_number("--margin-mm", margin_mm, minimum=0)
+    png_spacing = check_number("--png-spacing", png_spacing, minimum=0, strict=True)
+    png_hu_offset = check_number("--png-hu-offset", png_hu_offset)
     if folds < 2:
         raise InputError(None, f"--folds must be at least 2, got {folds}")
     if seg_id == joint_id:

@@ -19,10 +19,10 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_joint.dataset_conversion.common import CASE_ID_RE
+from nnunet_joint.dataset_conversion.common import CASE_ID_MAX_LENGTH, CASE_ID_RE
 from nnunet_joint import LESION_TYPES
 from nnunet_joint.errors import InputError
-from nnunet_joint.io import check_hu, read_image, same_geometry
+from nnunet_joint.io import check_hu, check_slice_size, pixel_digest, read_image, same_geometry
 
 REQUIRED_COLUMNS = ("case_id", "patient_id", "lesion_type", "image", "mask")
 OPTIONAL_COLUMNS = ("liver_mask",)
@@ -93,7 +93,16 @@ def read_cases_csv(raw_dir: str | os.PathLike, require_liver_mask: bool = True) 
             missing = [c for c in REQUIRED_COLUMNS if c not in columns]
             if missing:
                 raise InputError(csv_path, f"missing column(s) {', '.join(missing)}; header is {','.join(columns)}")
-            records = [({(k or "").strip(): (v or "").strip() for k, v in rec.items()}, reader.line_num) for rec in reader]
+            repeated = sorted({c for c in columns if c and columns.count(c) > 1})
+            if repeated:  # DictReader would silently keep the last column of each name
+                raise InputError(csv_path, f"column(s) {', '.join(repeated)} appear more than once in the header")
+            reader.fieldnames = columns
+            records = []
+            for rec in reader:
+                if None in rec:  # more fields than the header names
+                    raise InputError(csv_path, f"row {reader.line_num}: {len(columns) + len(rec[None])} fields, the "
+                                               f"header names {len(columns)} (an unquoted comma?)")
+                records.append(({k: (v or "").strip() for k, v in rec.items()}, reader.line_num))
     except UnicodeDecodeError as e:
         raise InputError(csv_path, f"not UTF-8 text ({e.reason})") from None
     except csv.Error as e:
@@ -108,6 +117,9 @@ def read_cases_csv(raw_dir: str | os.PathLike, require_liver_mask: bool = True) 
         case_id, patient_id, lesion_type = rec["case_id"], rec["patient_id"], rec["lesion_type"].lower()
         if not CASE_ID_RE.match(case_id):
             raise InputError(csv_path, f"row {line}: case_id {case_id!r} must be letters, digits, '_', '-', '.'")
+        if len(case_id) > CASE_ID_MAX_LENGTH:
+            raise InputError(csv_path, f"row {line}: case_id {case_id[:20]!r}... is {len(case_id)} characters long; "
+                                       f"at most {CASE_ID_MAX_LENGTH} (nnU-Net builds file names from it)")
         if case_id in first_row_of_case:
             raise InputError(csv_path, f"row {line}: duplicate case_id {case_id!r} (first in row {first_row_of_case[case_id]})")
         first_row_of_case[case_id] = line
@@ -171,10 +183,12 @@ def read_slice(path: Path, where: str, png_spacing: float, png_hu_offset: float 
 
 def _read_mask(path: Path, image: sitk.Image, where: str, png_spacing: float, what: str) -> np.ndarray:
     mask = read_slice(path, where, png_spacing, None)
-    # Compare the in-plane grid only: a lone slice's thickness depends on the reader (a DICOM file
-    # read alone reports 1 mm, a NIfTI whatever was written), and the mask takes the image's anyway.
+    # Compare everything but the slice thickness: a lone slice's thickness depends on the reader (a
+    # DICOM file read alone reports 1 mm, a NIfTI whatever was written), and the mask takes the
+    # image's anyway. The slice's position (origin along z) must agree: a mask of another slice of
+    # the same series has the same in-plane grid.
     if mask.GetSize() == image.GetSize():
-        problem = same_geometry(image[:, :, 0], mask[:, :, 0])
+        problem = same_geometry(image[:, :, 0], mask[:, :, 0]) or _slice_position_problem(image, mask)
     else:
         problem = same_geometry(image, mask)
     if problem:
@@ -189,11 +203,21 @@ def _read_mask(path: Path, image: sitk.Image, where: str, png_spacing: float, wh
     return array.astype(bool)
 
 
+def _slice_position_problem(image: sitk.Image, mask: sitk.Image, tol: float = 1e-4) -> str | None:
+    """The mask lies on another slice: same in-plane grid, different origin or direction in 3-D."""
+    for name in ("Origin", "Direction"):
+        va, vb = np.array(getattr(image, f"Get{name}")()), np.array(getattr(mask, f"Get{name}")())
+        if not np.allclose(va, vb, atol=tol, rtol=tol):
+            return f"{name.lower()} {tuple(np.round(vb, 5))} differs from the image's {tuple(np.round(va, 5))}"
+    return None
+
+
 def load_case(row: CaseRow, png_spacing: float = PNG_SPACING_MM_DEFAULT, png_hu_offset: float = PNG_HU_OFFSET_DEFAULT) -> ShebaCase:
     """Read and check one case: HU image, binary non-empty masks on its grid, lesion touching the liver."""
     where = _where(row)
     image = read_slice(row.image, where, png_spacing, png_hu_offset)
     try:
+        check_slice_size(image.GetSize(), row.image)
         check_hu(sitk.GetArrayViewFromImage(image), row.image, require_air=True)
     except InputError as e:
         raise InputError(row.image, f"{e.problem} ({where})") from None
@@ -210,5 +234,22 @@ def load_raw_dataset(
     raw_dir: str | os.PathLike, png_spacing: float = PNG_SPACING_MM_DEFAULT, png_hu_offset: float = PNG_HU_OFFSET_DEFAULT,
     require_liver_mask: bool = True,
 ) -> list[ShebaCase]:
-    """Read and validate every case of a raw folder; raises on the first problem."""
-    return [load_case(row, png_spacing, png_hu_offset) for row in read_cases_csv(raw_dir, require_liver_mask)]
+    """Read and validate every case of a raw folder; raises on the first problem.
+
+    The same pixels under two rows (a copy or a hard link under another case id or patient) are
+    refused: the slice would sit in a training and a validation fold at once.
+    """
+    cases, first_row_of_pixels = [], {}
+    for row in read_cases_csv(raw_dir, require_liver_mask):
+        case = load_case(row, png_spacing, png_hu_offset)
+        digest = pixel_digest(case.image)
+        if digest in first_row_of_pixels:
+            first = first_row_of_pixels[digest]
+            who = f"patient {first.patient_id!r}" if first.patient_id != row.patient_id else "the same patient"
+            raise InputError(row.image, f"holds the same pixels as {first.image_rel!r} (row {first.row}, case "
+                                        f"{first.case_id!r}, {who}): one slice listed twice would leak between "
+                                        f"folds ({_where(row)})")
+        first_row_of_pixels[digest] = row
+        cases.append(case)
+    return cases
+

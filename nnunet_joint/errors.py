@@ -2,12 +2,15 @@
 
 Expected problems with a user's input raise :class:`InputError`; console scripts wrap their
 ``main`` in :func:`cli_entry`, which prints ``error: <file>: <problem>`` to stderr and exits 2.
+Operating-system errors (a full disk, a folder that is a file, a name the file system refuses,
+no permission) are expected too and print the same way, with the path the system names.
 Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
 import sys
 from typing import Callable, Sequence
@@ -25,8 +28,34 @@ class InputError(Exception):
 EXIT_INPUT_ERROR = 2
 
 
+def check_number(option: str, value: float, minimum: float | None = None, strict: bool = False) -> float:
+    """Refuse a numeric option that is NaN, infinite, or below ``minimum`` (at or below it when ``strict``).
+
+    ``nan < 0`` is False, so a plain comparison lets NaN through; every float option goes through here.
+    """
+    bound = "" if minimum is None else (f" > {minimum:g}" if strict else f" >= {minimum:g}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(None, f"{option} must be a number{bound}, got {value!r}") from None
+    if not math.isfinite(number):
+        raise InputError(None, f"{option} must be a finite number{bound}, got {value}")
+    if minimum is not None and (number < minimum or (strict and number == minimum)):
+        raise InputError(None, f"{option} must be{bound}, got {value}")
+    return number
+
+
+def os_error_line(error: OSError) -> str:
+    """``<path>: <problem>`` for an operating-system error (``<path> -> <path2>`` for a rename)."""
+    problem = " ".join((error.strerror or str(error) or type(error).__name__).split())
+    if error.filename is None:
+        return problem
+    where = str(error.filename) + (f" -> {error.filename2}" if error.filename2 is not None else "")
+    return f"{where}: {problem}"
+
+
 def cli_entry(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[Sequence[str] | None], int]:
-    """Wrap a console-script ``main(argv)`` so that :class:`InputError` becomes one line and exit 2."""
+    """Wrap a console-script ``main(argv)`` so that :class:`InputError` and :class:`OSError` become one line, exit 2."""
 
     @functools.wraps(main)
     def wrapper(argv: Sequence[str] | None = None) -> int:
@@ -34,6 +63,9 @@ def cli_entry(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[S
             code = main(argv)
         except InputError as e:
             print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(EXIT_INPUT_ERROR)
+        except OSError as e:  # disk full, permissions, a file where a folder belongs: the system's words
+            print(f"error: {os_error_line(e)}", file=sys.stderr)
             raise SystemExit(EXIT_INPUT_ERROR)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

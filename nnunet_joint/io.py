@@ -2,16 +2,28 @@
 
 Everything the project writes (converted datasets, reports, predictions) goes to a temporary
 name beside its destination and is renamed when complete, so a killed run never leaves a half
-file or folder that looks whole (DESIGN.md section 7).
+file or folder that looks whole (DESIGN.md section 7). The temporary's name records the host and
+process that owns it, so the next write to the same destination removes the temporaries of
+processes that died (:func:`clean_stale_temporaries`).
+
+Images are read through :func:`read_image`, which checks the header before any voxel is read
+(size limit, NIfTI voxel size) and, for NIfTI, the stored data itself (truncation, NaN/inf):
+SimpleITK would zero-fill, zero or invent them silently (:mod:`nnunet_joint.nifti`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import json
 import os
+import re
 import shutil
+import socket
+import sys
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,8 +31,63 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_joint.errors import InputError
+from nnunet_joint.nifti import check_nifti_payload, is_nifti, read_nifti_header
 
 # ----------------------------------------------------------------------------- atomic writes
+
+
+#: This host's name as it appears in temporary names (letters and digits only).
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+
+
+def _temporary_prefix(dest: Path, kind: str) -> str:
+    """``.<name>.<kind>-<host>.<pid>.``: the owner of a temporary, read back by :func:`clean_stale_temporaries`."""
+    return f".{dest.name}.{kind}-{_HOST}.{os.getpid()}."
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process on this host (a zombie is dead: it only waits to be reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (not Linux): os.kill said it exists
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
+def clean_stale_temporaries(dest: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries of :func:`atomic_path` for ``dest`` whose owner process is dead.
+
+    Only names this module writes (``.<name>.partial-<host>.<pid>.*`` and ``.<name>.old-<host>.<pid>.*``)
+    of this host are considered; a temporary whose process still runs, or that another host owns,
+    is left alone.
+
+    Returns:
+        The removed paths.
+    """
+    dest = Path(dest)
+    pattern = re.compile(r"^\." + re.escape(dest.name) + r"\.(?:partial|old)-([A-Za-z0-9]+)\.(\d+)\.")
+    removed = []
+    try:
+        entries = list(dest.parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        m = pattern.match(entry.name)
+        if not m or m.group(1) != _HOST or _process_alive(int(m.group(2))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+        removed.append(entry)
+    return removed
 
 
 @contextlib.contextmanager
@@ -29,12 +96,14 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
 
     Works for files and folders. On an exception the temporary is removed and ``dest`` is left
     as it was. The temporary keeps ``dest``'s suffixes so writers that choose a format by the
-    file name (SimpleITK, matplotlib) still work.
+    file name (SimpleITK, matplotlib) still work; its name records this process, and stale
+    temporaries of dead processes for the same ``dest`` are removed first.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(dest)
     suffix = "".join(dest.suffixes) if dest.suffixes else ""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.partial-", suffix=suffix, dir=dest.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=_temporary_prefix(dest, "partial"), suffix=suffix, dir=dest.parent)
     os.close(fd)
     os.remove(tmp_name)  # callers create the file or folder themselves
     tmp = Path(tmp_name)
@@ -43,7 +112,7 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
         if not tmp.exists():
             raise RuntimeError(f"{dest}: nothing was written")
         if dest.is_dir() and not dest.is_symlink():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            old = dest.with_name(_temporary_prefix(dest, "old") + uuid.uuid4().hex[:8])
             os.replace(dest, old)
             os.replace(tmp, dest)
             shutil.rmtree(old, ignore_errors=True)
@@ -71,7 +140,85 @@ def write_text(text: str, dest: str | os.PathLike) -> None:
 def write_image(image: sitk.Image, dest: str | os.PathLike, compress: bool = True) -> None:
     """Write a SimpleITK image atomically (format from the file name)."""
     with atomic_path(dest) as tmp:
-        sitk.WriteImage(image, str(tmp), compress)
+        write_image_file(image, tmp, compress)
+
+
+def write_image_file(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> None:
+    """``sitk.WriteImage`` whose failure is an :class:`OSError` naming the file, in words.
+
+    ITK reports a full disk or a name the file system refuses as a ``RuntimeError`` carrying its
+    C++ source path; the command-line entry point prints an ``OSError`` as one line.
+    """
+    try:
+        with quiet_itk():
+            sitk.WriteImage(image, str(path), compress)
+    except RuntimeError as e:
+        code, problem = errno.EIO, f"cannot be written ({itk_problem(e)})"
+        with contextlib.suppress(OSError):
+            if shutil.disk_usage(Path(path).parent).free < 1 << 20:
+                code, problem = errno.ENOSPC, "cannot be written: no space left on device"
+        raise OSError(code, problem, str(path)) from None
+
+
+# ----------------------------------------------------------------------------- SimpleITK's messages
+
+_CXX_SOURCE = re.compile(r"\S+\.(?:cxx|cpp|cc|hxx|txx|h)(?::\d+)?:?")
+_ITK_PREFIX = re.compile(r"^(?:Exception thrown in SimpleITK \w+:|sitk::ERROR:|itk::ERROR:|ITK ERROR:|"
+                         r"\w+\(0x[0-9a-fA-F]+\):|ERROR:|\s)+")
+
+
+def itk_problem(error: BaseException, limit: int = 2) -> str:
+    """SimpleITK's exception text without its C++ source paths, class names and object addresses.
+
+    ``"Exception thrown in SimpleITK ImageFileReader_Execute: /src/.../sitkImageReaderBase.cxx:99:
+    sitk::ERROR: Unable to determine ImageIO reader for "x.nii.gz""`` becomes ``"no image reader
+    recognises the file (not NIfTI, MHA, NRRD, DICOM or PNG, or corrupt)"``; other messages keep
+    their first ``limit`` distinct lines, joined by "; ".
+    """
+    parts: list[str] = []
+    for line in str(error).splitlines():
+        line = _ITK_PREFIX.sub("", _CXX_SOURCE.sub("", line)).strip()
+        if line.startswith("Reason: No such file"):  # ITK's stale errno; callers checked the file exists
+            continue
+        if line and line not in parts:
+            parts.append(line)
+    text = "; ".join(parts[:limit])
+    if "Unable to determine ImageIO reader" in text:
+        return "no image reader recognises the file (not NIfTI, MHA, NRRD, DICOM or PNG, or corrupt)"
+    if text.startswith("File cannot be read"):  # MetaImage: the header or the data is incomplete
+        return "the header or the voxel data is incomplete or corrupt"
+    text = re.sub(r"\s+", " ", text).strip()
+    return (text[:300] + "...") if len(text) > 300 else (text or "unknown SimpleITK error")
+
+
+@contextlib.contextmanager
+def quiet_itk() -> Iterator[None]:
+    """Silence what ITK and its C libraries print straight to the process's stdout/stderr.
+
+    ITK warnings, the NIfTI library's ``** ERROR`` lines and MetaImage's notices bypass Python;
+    the problem they describe reaches us as an exception, which becomes the one error line.
+    """
+    previous = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    saved: list[tuple[int, int]] = []
+    try:
+        with contextlib.suppress(OSError, ValueError):
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                for fd in (1, 2):
+                    saved.append((fd, os.dup(fd)))
+                    os.dup2(devnull, fd)
+            finally:
+                os.close(devnull)
+        yield
+    finally:
+        for fd, copy in saved:
+            os.dup2(copy, fd)
+            os.close(copy)
+        sitk.ProcessObject.SetGlobalWarningDisplay(previous)
 
 
 # ----------------------------------------------------------------------------- reading CT
@@ -112,23 +259,110 @@ def check_hu(array: np.ndarray, where: str | os.PathLike, require_air: bool = Tr
             )
 
 
-def read_image(path: str | os.PathLike) -> sitk.Image:
-    """Read one image file with SimpleITK, turning reader failures into :class:`InputError`.
+#: Largest image read (voxels x components), from the header, before any voxel is read: a 1 KB
+#: header can claim 32767 x 32767 x 2 voxels and make a reader allocate gigabytes. The default is a
+#: 512 x 512 x 2048 volume (LiTS volumes reach 512 x 512 x 987); ``nnUNet_joint_max_voxels``
+#: overrides it.
+MAX_VOXELS_DEFAULT = 512 * 512 * 2048
+ENV_MAX_VOXELS = "nnUNet_joint_max_voxels"
+#: A CT slice has at least this many pixels along each in-plane axis (a smaller "image" is a
+#: thumbnail, a placeholder or a mislabelled file, and gives no liver to crop).
+MIN_SLICE_PIXELS = 16
 
-    SimpleITK applies NIfTI ``scl_slope``/``scl_inter`` (slope 0 means no scaling) and DICOM
-    RescaleSlope/RescaleIntercept, so the returned intensities are in the stored physical units.
+
+def max_voxels() -> int:
+    """The image size limit: ``$nnUNet_joint_max_voxels`` or :data:`MAX_VOXELS_DEFAULT`."""
+    raw = os.environ.get(ENV_MAX_VOXELS, "").strip()
+    if not raw:
+        return MAX_VOXELS_DEFAULT
+    try:
+        value = float(raw)  # "1e9" is accepted as well as "1000000000"
+    except ValueError:
+        value = float("nan")
+    if not np.isfinite(value) or value < 1 or value != int(value):
+        raise InputError(None, f"{ENV_MAX_VOXELS}={raw!r} must be a positive whole number of voxels")
+    return int(value)
+
+
+def check_image_size(size: tuple[int, ...], components: int, where: str | os.PathLike) -> None:
+    """Refuse an image larger than :func:`max_voxels` (from its header, before reading it)."""
+    voxels = int(np.prod([int(s) for s in size], dtype=np.int64)) * max(int(components), 1)
+    limit = max_voxels()
+    if voxels > limit:
+        raise InputError(where, f"image of {' x '.join(map(str, size))} voxels"
+                                f"{f' x {components} components' if components > 1 else ''} ({voxels:,} values) "
+                                f"exceeds the limit of {limit:,} (set {ENV_MAX_VOXELS} to raise it)")
+
+
+def check_slice_size(size_xyz: tuple[int, ...], where: str | os.PathLike) -> None:
+    """Refuse an image whose in-plane size (the first two axes of SimpleITK's size) is below a CT slice's."""
+    if len(size_xyz) >= 2 and min(size_xyz[:2]) < MIN_SLICE_PIXELS:
+        raise InputError(where, f"image of {' x '.join(map(str, size_xyz))} pixels is not a CT slice or volume "
+                                f"(at least {MIN_SLICE_PIXELS} x {MIN_SLICE_PIXELS} pixels in plane)")
+
+
+def read_image_header(path: str | os.PathLike) -> sitk.ImageFileReader:
+    """Read only the header; refuse an unreadable file, a NIfTI header that lies and an image beyond the size limit.
+
+    Returns:
+        A reader with the image information loaded (``GetSize()``, ``GetSpacing()``...);
+        :func:`read_image` reads the voxels.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(path, "file not found")
     if not path.is_file():
         raise InputError(path, "not a file")
+    header = read_nifti_header(path) if is_nifti(path) else None
+    if header is not None:  # checked before ITK sees it: ITK allocates what the header claims
+        check_image_size(header.shape[:3], int(np.prod(header.shape[3:], dtype=np.int64)), path)
+        if header.version == 2:
+            raise InputError(path, "NIfTI-2 file: SimpleITK reads NIfTI-1 only; save the image as "
+                                   "NIfTI-1 (its sizes fit: at most 32767 voxels per axis)")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        return sitk.ReadImage(str(path))
+        with quiet_itk():
+            reader.ReadImageInformation()
     except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        detail = next((line for line in first if "ERROR" in line or "Exception" in line), "")
-        raise InputError(path, f"cannot be read as an image{': ' + detail.strip() if detail else ''}") from None
+        if header is not None:  # a NIfTI header ITK refuses: a broken stream says more than ITK does
+            check_nifti_payload(path, header)
+        raise InputError(path, f"cannot be read as an image: {itk_problem(e)}") from None
+    check_image_size(reader.GetSize(), reader.GetNumberOfComponents(), path)
+    return reader
+
+
+def read_image(path: str | os.PathLike) -> sitk.Image:
+    """Read one image file with SimpleITK, turning reader failures into :class:`InputError`.
+
+    SimpleITK applies NIfTI ``scl_slope``/``scl_inter`` (slope 0 means no scaling) and DICOM
+    RescaleSlope/RescaleIntercept, so the returned intensities are in the stored physical units.
+    Before that, :func:`read_image_header` checks the header, and a NIfTI file's stored data is
+    checked for truncation and NaN/infinite values (:func:`nnunet_joint.nifti.check_nifti_payload`).
+    """
+    path = Path(path)
+    reader = read_image_header(path)
+    header = read_nifti_header(path) if is_nifti(path) else None
+    if header is not None:
+        check_nifti_payload(path, header)
+    try:
+        with quiet_itk():
+            return reader.Execute()
+    except RuntimeError as e:
+        raise InputError(path, f"cannot be read as an image: {itk_problem(e)}") from None
+
+
+def pixel_digest(image: sitk.Image) -> str:
+    """SHA-256 of an image's array shape and values (as float64, so PNG, DICOM and NIfTI copies match).
+
+    Two rows or cases with the same digest are one image listed twice (a copy or a hard link):
+    it would sit in a training and a validation fold at once.
+    """
+    array = sitk.GetArrayViewFromImage(image)
+    digest = hashlib.sha256(str(array.shape).encode())
+    for plane in array.reshape(-1, *array.shape[-2:]) if array.ndim > 2 else [array]:
+        digest.update(np.ascontiguousarray(plane, dtype=np.float64).tobytes())  # a plane at a time: no 8x copy
+    return digest.hexdigest()
 
 
 def same_geometry(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> str | None:

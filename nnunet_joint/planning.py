@@ -164,6 +164,14 @@ PLANNERS: dict[str, type[nnUNetPlannerSEResNet]] = {
     c.__name__: c for c in (nnUNetPlannerSEResNet18, nnUNetPlannerSEResNet34, nnUNetPlannerSEResNet50)}
 
 
+def planner_of(encoder: str) -> str:
+    """The planner of an encoder's preset (``seresnet50`` -> ``nnUNetPlannerSEResNet50``)."""
+    for name, cls in PLANNERS.items():
+        if cls.encoder_name == encoder:
+            return name
+    raise ValueError(f"no plans preset for encoder {encoder!r}; choose one of {sorted(ENCODER_DEPTHS)}")
+
+
 def planner_class(name: str) -> type:
     """One of our presets, or any planner nnU-Net itself finds (``ExperimentPlanner``, ResEnc presets)."""
     if name in PLANNERS:

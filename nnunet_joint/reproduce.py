@@ -1,15 +1,19 @@
 """``nnunet_joint_reproduce``: the whole pipeline in one self-contained run folder.
 
-``DIR/phantom/`` (when no raw data is given) → ``DIR/nnUNet_raw/`` (conversion) →
-``DIR/nnUNet_preprocessed/`` (nnU-Net planning and preprocessing, 2d) → ``DIR/nnUNet_results/``
-(training) → ``DIR/report/``. nnU-Net's three variables are pointed at the run folder for every
-step, so with the same variables set a user's ``nnunet_joint_predict`` finds the models.
+``DIR/phantom/`` (when no raw data is given) → LiTS datasets 501/502 (``DIR/nnUNet_raw``,
+planned and preprocessed into ``DIR/nnUNet_preprocessed``) → stage 1 (plain nnU-Net, liver, on
+501) → the Sheba slices cropped by stage 1 (the cascade; ``--oracle-crops`` for reference-mask
+crops) into 503/504, planned, with 502's SE-ResNet plans carried over → the LiTS lesion model
+(502) → the experiment matrix (``DIR/nnUNet_results``) → ``DIR/report/``. nnU-Net's three
+variables point at the run folder for every step, so with the same variables set a user's
+``nnunet_joint_predict`` finds the models.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -20,8 +24,19 @@ from typing import Iterator, Sequence
 
 from nnunet_joint import TRAINERS_DIR
 from nnunet_joint.errors import InputError, cli_entry
+from nnunet_joint.experiments import (
+    DATASET_FOLDERS,
+    DATASET_IDS,
+    DEFAULT_PLANS,
+    LITS_TRAINER,
+    PLAIN_TRAINER,
+    Experiment,
+    experiment_matrix,
+)
+from nnunet_joint.process import lock_folder, run_tied
 
-DATASET_IDS = {"liver": 501, "lits_lesion": 502, "seg": 503, "joint": 504}
+#: The experiment vocabulary (nnunet_joint.experiments), re-exported for callers of this module.
+__all__ = ["DATASET_FOLDERS", "DATASET_IDS", "DEFAULT_PLANS", "PLAIN_TRAINER", "PROFILES", "RunFolder", "reproduce"]
 
 
 @dataclass
@@ -103,10 +118,11 @@ def run_nnunet(cmd: list[str], run: RunFolder, log: Path, **extra_env: str) -> N
     with open(log, "a") as fh:
         fh.write(f"$ {' '.join(cmd)}\n")
         fh.flush()
-        proc = subprocess.run(cmd, env=run.environment(**extra_env), stdout=fh, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
+        # run_tied: the command and its workers die with this process (kill -9 included)
+        returncode = run_tied(cmd, env=run.environment(**extra_env), stdout=fh, stderr=subprocess.STDOUT)
+    if returncode != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
-        raise RuntimeError(f"{' '.join(cmd[:2])} failed (exit {proc.returncode}); see {log}:\n" + "\n".join(tail))
+        raise RuntimeError(f"{' '.join(cmd[:2])} failed (exit {returncode}); see {log}:\n" + "\n".join(tail))
 
 
 def nnunet_bin(name: str) -> str:
@@ -115,98 +131,99 @@ def nnunet_bin(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-def prepare_data(run: RunFolder, phantom_size: str, seed: int, lits_dir: Path | None, sheba_dir: Path | None,
-                 progress: Progress, max_lits_cases: int | None = None, encoder: str = "seresnet18") -> None:
-    """Phantom (unless raw data dirs are given) → four nnU-Net raw datasets → plans and preprocessed data (2d).
+def _marker(run: RunFolder, name: str) -> Path:
+    return run.root / "logs" / f"{name}.done"
 
-    Plain nnU-Net's default plans for every dataset (stage 1 and the plain baseline rows); the
-    SE-ResNet preset planned on the LiTS lesion dataset and carried to the Sheba datasets
-    (:func:`nnunet_joint.planning.transfer_plans`), so pretraining and fine-tuning share spacing,
-    normalisation and architecture. All of it in this process (no worker pools).
+
+def _mark(run: RunFolder, name: str, content: dict) -> None:
+    marker = _marker(run, name)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(content) + "\n", encoding="utf-8")
+
+
+def _marked(run: RunFolder, name: str, expected: dict) -> bool:
+    """Whether a step is done; done with other settings is an error (a run folder holds one study)."""
+    marker = _marker(run, name)
+    if not marker.is_file():
+        return False
+    try:
+        found = json.loads(marker.read_text(encoding="utf-8"))
+    except ValueError:
+        found = {}
+    for key, value in expected.items():
+        if found.get(key) != value:
+            raise InputError(run.root, f"was prepared with {key} {found.get(key)!r}, not {value!r}: use another --out")
+    return True
+
+
+def prepare_sources(run: RunFolder, phantom_size: str, seed: int, lits_dir: Path | None, sheba_dir: Path | None,
+                    progress: Progress, max_lits_cases: int | None = None, encoder: str = "seresnet18"
+                    ) -> tuple[Path, Path]:
+    """Phantom (unless raw data folders are given) → the LiTS datasets 501/502, planned and preprocessed.
+
+    501 (whole volumes, stage 1) gets nnU-Net's default plans; 502 (the LiTS lesion model's
+    slices) the SE-ResNet preset of ``encoder``, which :func:`prepare_targets` later carries to the
+    Sheba datasets. Returns the LiTS and Sheba raw folders.
     """
     from nnunet_joint.dataset_conversion.convert_lits import convert_lits
-    from nnunet_joint.dataset_conversion.convert_sheba import convert_sheba
     from nnunet_joint.phantom import generate_corpus
-    from nnunet_joint.planning import plan_and_preprocess, plans_name_of, transfer_plans
+    from nnunet_joint.planning import plan_and_preprocess, planner_of, plans_name_of
 
-    marker = run.root / "logs" / "data.done"
-    if marker.is_file():  # a rerun resumes: the datasets are converted and preprocessed already
-        progress.done += 3 if lits_dir is None or sheba_dir is None else 2
-        return
     if lits_dir is None or sheba_dir is None:
+        lits_dir, sheba_dir = run.phantom / "LiTS", run.phantom / "Sheba"
+        phantom = True
+    else:
+        phantom = False
+    settings = {"encoder": encoder, "phantom": {"size": phantom_size, "seed": seed} if phantom else None}
+    if _marked(run, "sources", settings):  # a rerun resumes
+        progress.done += 3 if phantom else 2
+        return lits_dir, sheba_dir
+    if phantom:
         progress.step(f"phantom ({phantom_size}, seed {seed})")
         if not (run.phantom / "Sheba" / "cases.csv").is_file():
             generate_corpus(run.phantom, seed=seed, size=phantom_size)
-        lits_dir = lits_dir or run.phantom / "LiTS"
-        sheba_dir = sheba_dir or run.phantom / "Sheba"
-    progress.step("conversion to nnU-Net raw datasets 501-504")
-    convert_lits(lits_dir, raw_root=run.raw, overwrite=True, max_cases=max_lits_cases,
-                 preprocessed_root=run.preprocessed)
-    convert_sheba(sheba_dir, raw_root=run.raw, preprocessed_root=run.preprocessed, overwrite=True)
-    plans = plans_name_of(encoder)
-    progress.step(f"planning and preprocessing (2d): nnUNetPlans for 501-504, {plans} for 502 carried to 503/504")
+    progress.step("LiTS conversion: Dataset501 (volumes), Dataset502 (liver slices)")
+    convert_lits(lits_dir, raw_root=run.raw, overwrite=True, max_cases=max_lits_cases, preprocessed_root=run.preprocessed)
+    progress.step(f"planning and preprocessing (2d): nnUNetPlans for 501, {plans_name_of(encoder)} for 502")
     with run.nnunet_environment():
-        plan_and_preprocess([DATASET_IDS["liver"], DATASET_IDS["seg"], DATASET_IDS["joint"]], "ExperimentPlanner",
+        plan_and_preprocess([DATASET_IDS["liver"]], "ExperimentPlanner", verify_dataset_integrity=True)
+        plan_and_preprocess([DATASET_IDS["lits_lesion"]], planner_of(encoder), verify_dataset_integrity=True)
+    _mark(run, "sources", settings)
+    return lits_dir, sheba_dir
+
+
+def prepare_targets(run: RunFolder, sheba_dir: Path, progress: Progress, encoder: str = "seresnet18",
+                    liver_model: Path | None = None) -> None:
+    """The Sheba datasets 503/504: crops by the stage-1 ``liver_model`` (the cascade) or, without one, by the
+    reference masks (oracle crops); nnU-Net's default plans (plain rows) and the LiTS plans carried over."""
+    from nnunet_joint.dataset_conversion.convert_sheba import convert_sheba
+    from nnunet_joint.planning import plan_and_preprocess, plans_name_of, transfer_plans
+
+    settings = {"crop_mode": "oracle" if liver_model is None else "cascade", "encoder": encoder}
+    if _marked(run, "targets", settings):
+        progress.done += 2
+        return
+    progress.step(f"Sheba conversion: Dataset503/504, {settings['crop_mode']} crops")
+    convert_sheba(sheba_dir, raw_root=run.raw, preprocessed_root=run.preprocessed, overwrite=True,
+                  liver_model=liver_model, liver_folds=None if liver_model is None else [0])
+    progress.step(f"planning and preprocessing (2d): nnUNetPlans for 503/504, {plans_name_of(encoder)} from 502")
+    with run.nnunet_environment():
+        plan_and_preprocess([DATASET_IDS["seg"], DATASET_IDS["joint"]], "ExperimentPlanner",
                             verify_dataset_integrity=True)
-        plan_and_preprocess([DATASET_IDS["lits_lesion"]], SERESNET_PLANNER[encoder], verify_dataset_integrity=True)
-        transfer_plans(DATASET_IDS["lits_lesion"], [DATASET_IDS["seg"], DATASET_IDS["joint"]], plans)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text("converted and preprocessed\n")
+        transfer_plans(DATASET_IDS["lits_lesion"], [DATASET_IDS["seg"], DATASET_IDS["joint"]], plans_name_of(encoder))
+    _mark(run, "targets", settings)
 
 
-DATASET_FOLDERS = {501: "Dataset501_LiTSLiver", 502: "Dataset502_LiTSLesion", 503: "Dataset503_ShebaSeg",
-                   504: "Dataset504_ShebaJoint"}
-PLAIN_TRAINER = "nnUNetTrainer_JointBudget"  # nnUNetTrainer itself, length from our budget variables
-DEFAULT_PLANS = "nnUNetPlans"
-#: The planner of each encoder's preset (nnunet_joint.planning).
-SERESNET_PLANNER = {"seresnet18": "nnUNetPlannerSEResNet18", "seresnet34": "nnUNetPlannerSEResNet34",
-                    "seresnet50": "nnUNetPlannerSEResNet50"}
-FRAMEWORK_TRAINERS = {"cls": "nnUNetTrainerSEResNetCls", "seg": "nnUNetTrainerSEResNetSeg",
-                      "ynet": "nnUNetTrainerYNet", "joint": "nnUNetTrainerJoint"}
-FRAMEWORK_ROWS = {"cls": "Classification baseline", "seg": "Segmentation baseline", "ynet": "Y-Net",
-                  "joint": "Joint", "nnunet": "Plain nnU-Net"}
-FRAMEWORK_DATASET = {"cls": 503, "seg": 503, "ynet": 503, "joint": 504}
+def prepare_data(run: RunFolder, phantom_size: str, seed: int, lits_dir: Path | None, sheba_dir: Path | None,
+                 progress: Progress, max_lits_cases: int | None = None, encoder: str = "seresnet18") -> None:
+    """All four datasets without training anything, the Sheba ones on *oracle* crops (reference masks).
 
-
-@dataclass(frozen=True)
-class Experiment:
-    """One row of the matrix: a trainer on a dataset, trained on some folds."""
-
-    framework: str  # cls | seg | ynet | joint | nnunet
-    init: str  # scratch | ImageNet | LiTS | -
-    schedule: str  # NoFreeze | FreezeEnc | HierFreeze | HierUnfreeze
-    trainer: str
-    dataset: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.trainer}@{DATASET_FOLDERS[self.dataset]}"
-
-    def plans(self, encoder: str) -> str:
-        """Plain nnU-Net rows keep nnU-Net's default plans; ours use the SE-ResNet preset."""
-        from nnunet_joint.planning import plans_name_of
-
-        return DEFAULT_PLANS if self.framework == "nnunet" else plans_name_of(encoder)
-
-    def trainer_dir(self, run: RunFolder, encoder: str) -> Path:
-        return trainer_dir(run, self.trainer, self.dataset, self.plans(encoder))
-
-
-def experiment(framework: str, init: str = "scratch", schedule: str = "NoFreeze") -> Experiment:
-    trainer = FRAMEWORK_TRAINERS[framework]
-    if init != "scratch":
-        trainer += f"_{init}"
-    if schedule != "NoFreeze":
-        trainer += f"_{schedule}"
-    return Experiment(framework, init, schedule, trainer, FRAMEWORK_DATASET[framework])
-
-
-def experiment_matrix() -> list[Experiment]:
-    """The papers' matrix: 4 frameworks x 3 inits, joint-from-LiTS x 4 schedules, plain nnU-Net rows."""
-    rows = [experiment(f, i) for f in FRAMEWORK_TRAINERS for i in ("scratch", "ImageNet", "LiTS")]
-    rows += [experiment("joint", "LiTS", s) for s in ("FreezeEnc", "HierFreeze", "HierUnfreeze")]
-    rows += [Experiment("nnunet", "-", "NoFreeze", PLAIN_TRAINER, d) for d in (503, 504)]
-    return rows
+    For tests and benchmarks that need data, not a study: :func:`reproduce` crops the Sheba slices
+    with a trained stage-1 model instead, unless asked for oracle crops.
+    """
+    lits_dir, sheba_dir = prepare_sources(run, phantom_size, seed, lits_dir, sheba_dir, progress, max_lits_cases,
+                                          encoder)
+    prepare_targets(run, sheba_dir, progress, encoder)
 
 
 @dataclass(frozen=True)
@@ -246,11 +263,25 @@ PROFILES = {
 }
 
 
+def checkpoint_problem(path: Path) -> str | None:
+    """``None`` when ``path`` loads with the safe loader, else why not (missing, truncated, refused)."""
+    from nnunet_joint.checkpoints import safe_torch_load
+
+    try:
+        safe_torch_load(path)
+    except InputError as e:
+        return e.problem
+    except Exception as e:  # noqa: BLE001 - a cut-short pickle fails inside torch's weights-only unpickler
+        return f"not a readable PyTorch checkpoint ({type(e).__name__}: {str(e)[:200]})"
+    return None
+
+
 def fold_done(fold_dir: Path) -> bool:
-    """A finished fold: nnU-Net wrote its final checkpoint and the validation finished."""
+    """A finished fold: the validation finished and nnU-Net's final checkpoint is readable (a
+    half-written one, from a killed run, is not finished)."""
     validation = fold_dir / "validation"
-    return (fold_dir / "checkpoint_final.pth").is_file() and (
-        (validation / "summary.json").is_file() or (validation / "classification.json").is_file())
+    return ((validation / "summary.json").is_file() or (validation / "classification.json").is_file()) and (
+        checkpoint_problem(fold_dir / "checkpoint_final.pth") is None)
 
 
 def trainer_dir(run: RunFolder, trainer: str, dataset: int, plans: str) -> Path:
@@ -259,16 +290,29 @@ def trainer_dir(run: RunFolder, trainer: str, dataset: int, plans: str) -> Path:
 
 
 def train_fold(run: RunFolder, trainer: str, dataset: int, fold: str, device: str, budget: dict[str, str],
-               extra_env: dict[str, str], commands: list[str], plans: str = DEFAULT_PLANS) -> Path:
-    """``nnUNetv2_train DATASET 2d FOLD -tr TRAINER -p PLANS -device DEVICE``, skipped when done (resumable)."""
+               extra_env: dict[str, str], commands: list[str], plans: str = DEFAULT_PLANS, npz: bool = False) -> Path:
+    """``nnUNetv2_train DATASET 2d FOLD -tr TRAINER -p PLANS -device DEVICE [--npz]``, skipped when done.
+
+    ``npz`` exports the validation probabilities (nnU-Net's ``--npz``): plain nnU-Net on the joint
+    dataset needs them for the same no-lesion fallback of the type vote as our joint trainer.
+    """
     fold_dir = trainer_dir(run, trainer, dataset, plans) / f"fold_{fold}"
     cmd = [nnunet_bin("nnUNetv2_train"), str(dataset), "2d", fold, "-tr", trainer, "-p", plans, "-device", device]
+    if npz:
+        cmd.append("--npz")
     commands.append(" ".join(f"{k}={v}" for k, v in budget.items()) + (" " if budget else "")
                     + " ".join(["nnUNetv2_train", *cmd[1:]]))
     if fold_done(fold_dir):
         return fold_dir
-    if (fold_dir / "checkpoint_final.pth").is_file():  # trained, validation interrupted
-        cmd.append("--val")
+    checkpoint = fold_dir / "checkpoint_final.pth"
+    if checkpoint.is_file():
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:  # trained, validation interrupted
+            cmd.append("--val")
+        else:  # half-written (killed while saving) or refused: not finished, train again from scratch
+            print(f"warning: {checkpoint}: {problem}; retraining fold {fold} of {trainer} from scratch",
+                  file=sys.stderr, flush=True)
+            checkpoint.unlink()
     run_nnunet(cmd, run, run.root / "logs" / f"{trainer}_{dataset}_fold{fold}.log", **budget, **extra_env)
     return fold_dir
 
@@ -277,7 +321,8 @@ def evaluate_dir(trainer_dir: Path, run: RunFolder, dataset: int, folds: Sequenc
     from nnunet_joint.evaluation.evaluate import evaluate_trainer_dir, write_summary
 
     summary = evaluate_trainer_dir(trainer_dir, gt_dir=run.preprocessed / DATASET_FOLDERS[dataset] / "gt_segmentations",
-                                   folds=[int(f) for f in folds if str(f).isdigit()] or None)
+                                   folds=[int(f) for f in folds if str(f).isdigit()] or None,
+                                   raw_dataset=run.raw / DATASET_FOLDERS[dataset])
     write_summary(summary, trainer_dir)
     return summary
 
@@ -297,42 +342,55 @@ def versions() -> dict[str, str]:
 
 def reproduce(out: Path, profile: Profile, device: str = "cpu", imagenet_weights: Path | None = None,
               lits_dir: Path | None = None, sheba_dir: Path | None = None, seed: int = 0,
-              folds: Sequence[int] | None = None, stop_after: str | None = None, quiet: bool = False) -> dict:
-    """Run the whole pipeline into ``out``; finished folds are skipped, so a rerun resumes."""
+              folds: Sequence[int] | None = None, stop_after: str | None = None, quiet: bool = False,
+              oracle_crops: bool = False) -> dict:
+    """Run the whole pipeline into ``out``; finished steps and folds are skipped, so a rerun resumes.
+
+    The papers' cascade: stage 1 (plain nnU-Net on the LiTS volumes) is trained first and crops
+    the Sheba slices (``oracle_crops`` crops them with the reference masks instead, which no user
+    gets at inference, and the report says so); then the LiTS lesion model, then the matrix.
+    """
+    from nnunet_joint.evaluation.coverage import cascade_coverage
     from nnunet_joint.evaluation.report import build_report
     from nnunet_joint.planning import plans_name_of
 
     run = RunFolder(out.resolve())
+    lock = lock_folder(run.root, "nnunet_joint_reproduce")  # noqa: F841 - held until this function returns
     folds = tuple(folds) if folds is not None else profile.folds
     matrix = experiment_matrix()
     selected = [e for e in matrix if profile.rows is None or e.trainer in profile.rows or e.name in profile.rows]
     runnable = [e for e in selected if e.init != "ImageNet" or imagenet_weights is not None]
-    progress = Progress(total_steps=(3 if lits_dir is None or sheba_dir is None else 2) + 2
-                        + len(runnable) * len(folds) + 1, quiet=quiet)
-    commands = [" ".join(["nnunet_joint_reproduce", "--profile", profile.name, "--out", str(out)])]
-    prepare_data(run, profile.phantom_size, seed, lits_dir, sheba_dir, progress, max_lits_cases=profile.max_lits_cases,
-                 encoder=profile.encoder)
+    own_data = lits_dir is None or sheba_dir is None
+    progress = Progress(total_steps=(3 if own_data else 2) + 1 + 2 + 1 + len(runnable) * len(folds) + 1, quiet=quiet)
+    commands = [" ".join(["nnunet_joint_reproduce", "--profile", profile.name, "--out", str(out)]
+                         + (["--oracle-crops"] if oracle_crops else []))]
     plans = plans_name_of(profile.encoder)
-    if stop_after == "data":
-        return {"run": run.root}
-
+    lits_dir, sheba_dir = prepare_sources(run, profile.phantom_size, seed, lits_dir, sheba_dir, progress,
+                                          profile.max_lits_cases, profile.encoder)
     stage_env = dict(profile.stage_budget)
+    if oracle_crops:
+        prepare_targets(run, sheba_dir, progress, profile.encoder)
+    if stop_after == "data" and oracle_crops:
+        return {"run": run.root}
     progress.step(f"stage 1: {PLAIN_TRAINER} on {DATASET_FOLDERS[501]} fold 0")
     liver_dir = train_fold(run, PLAIN_TRAINER, 501, "0", device, stage_env, {}, commands)
     liver_summary = evaluate_dir(liver_dir.parent, run, 501, ["0"])
-    progress.step(f"LiTS lesion pretraining: nnUNetTrainerSEResNetSeg on {DATASET_FOLDERS[502]} fold {profile.lits_fold}")
-    lits_dir_fold = train_fold(run, "nnUNetTrainerSEResNetSeg", 502, profile.lits_fold, device, stage_env, {}, commands,
-                               plans)
-    transfer_env = {"nnUNet_joint_lits_checkpoint": str(lits_dir_fold / "checkpoint_final.pth")}
+    if not oracle_crops:
+        prepare_targets(run, sheba_dir, progress, profile.encoder, liver_model=liver_dir.parent)
+    if stop_after == "data":
+        return {"run": run.root}
+    progress.step(f"LiTS lesion pretraining: {LITS_TRAINER} on {DATASET_FOLDERS[502]} fold {profile.lits_fold}")
+    lits_fold_dir = train_fold(run, LITS_TRAINER, 502, profile.lits_fold, device, stage_env, {}, commands, plans)
+    transfer_env = {"nnUNet_joint_lits_checkpoint": str(lits_fold_dir / "checkpoint_final.pth")}
     if imagenet_weights is not None:
         transfer_env["nnUNet_joint_imagenet_weights"] = str(Path(imagenet_weights).resolve())
 
     experiments = []
     for exp in matrix:
-        entry = {"row": FRAMEWORK_ROWS[exp.framework], "framework": exp.framework, "init": exp.init,
-                 "schedule": exp.schedule, "trainer": exp.trainer, "dataset": DATASET_FOLDERS[exp.dataset],
-                 "trainer_dir": exp.trainer_dir(run, profile.encoder), "plans": exp.plans(profile.encoder),
-                 "summary": None, "folds": list(folds),
+        directory = trainer_dir(run, exp.trainer, exp.dataset, exp.plans(plans))
+        entry = {"row": exp.row, "framework": exp.framework, "init": exp.init, "schedule": exp.schedule,
+                 "trainer": exp.trainer, "dataset": DATASET_FOLDERS[exp.dataset], "trainer_dir": directory,
+                 "plans": exp.plans(plans), "summary": None, "folds": list(folds),
                  "budget": {"epochs": int(profile.budget.get("nnUNet_joint_epochs", 0)) or "nnU-Net default",
                             "iterations": int(profile.budget.get("nnUNet_joint_iterations", 0)) or "nnU-Net default",
                             "encoder": profile.encoder if exp.framework != "nnunet" else "-"}}
@@ -345,19 +403,21 @@ def reproduce(out: Path, profile: Profile, device: str = "cpu", imagenet_weights
                 for fold in folds:
                     progress.step(f"{exp.trainer} on {DATASET_FOLDERS[exp.dataset]} fold {fold}")
                     train_fold(run, exp.trainer, exp.dataset, str(fold), device, profile.budget, transfer_env,
-                               commands, exp.plans(profile.encoder))
-                entry["summary"] = evaluate_dir(exp.trainer_dir(run, profile.encoder), run, exp.dataset, folds)
+                               commands, exp.plans(plans), npz=exp.framework == "nnunet" and exp.dataset == 504)
+                entry["summary"] = evaluate_dir(directory, run, exp.dataset, folds)
                 entry["status"] = "done"
             except (RuntimeError, InputError) as e:
                 entry["status"] = "failed: " + str(e).splitlines()[0]
         experiments.append(entry)
 
     progress.step("evaluation and report")
+    joint = run.raw / DATASET_FOLDERS[504]
     meta = {"profile": profile.name, "folds": list(folds), "commands": commands, "versions": versions(),
             "wall_time_s": time.monotonic() - progress.start, "raw_root": run.raw,
             "images_dataset": DATASET_FOLDERS[504], "stage1": {"trainer": PLAIN_TRAINER, "summary": liver_summary},
+            "cascade": cascade_coverage(joint, run.preprocessed / DATASET_FOLDERS[504] / "splits_final.json", folds),
             "stage_budget": profile.stage_budget, "device": device,
-            "phantom": None if lits_dir and sheba_dir else {"size": profile.phantom_size, "seed": seed}}
+            "phantom": None if not own_data else {"size": profile.phantom_size, "seed": seed}}
     report = build_report(experiments, run.report, meta)
     if not quiet:
         print(f"report: {run.report / 'report.md'} ({(time.monotonic() - progress.start) / 60:.1f} min)")
@@ -377,7 +437,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sheba", type=Path, help="Sheba-format raw folder instead of the phantom's")
     p.add_argument("--imagenet-weights", type=Path, help="local ImageNet SE-ResNet checkpoint (timm layout); "
                                                          "without it the ImageNet rows are reported as not run")
-    p.add_argument("--stop-after", choices=("data",), default=None, help="stop after preparing the data")
+    p.add_argument("--stop-after", choices=("data",), default=None,
+                   help="stop after preparing the data (with cascade crops: after stage 1 cropped the Sheba slices)")
+    p.add_argument("--oracle-crops", action="store_true",
+                   help="crop the Sheba slices with their reference liver masks instead of the stage-1 model "
+                        "(the cascade, both papers' protocol and the default); the report says which was used")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -396,5 +460,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     reproduce(args.out, PROFILES[args.profile], device, args.imagenet_weights, args.lits, args.sheba, args.seed,
-              args.folds, args.stop_after, args.quiet)
+              args.folds, args.stop_after, args.quiet, args.oracle_crops)
     return 0

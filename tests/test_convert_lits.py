@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +58,10 @@ def make_msd(root: Path, n_cases: int = 3) -> Path:
     (root / "imagesTr" / "._liver_0.nii.gz").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
     (root / "imagesTs").mkdir()
     return root
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def _array(path: Path) -> np.ndarray:
@@ -202,9 +210,66 @@ def bad_empty_folder(root):
     return "lits", "no LiTS volumes found"
 
 
+def bad_truncated_gz(root):
+    data = (root / "volume-1.nii.gz").read_bytes()
+    (root / "volume-1.nii.gz").write_bytes(data[: len(data) // 2])
+    return "volume-1.nii.gz", "truncated or corrupt"
+
+
+def bad_truncated_nii(root):
+    data = (root / "volume-0.nii").read_bytes()
+    (root / "volume-0.nii").write_bytes(data[:-700])  # uncompressed: the last slices missing
+    return "volume-0.nii", "file is truncated"
+
+
+def bad_nan_voxels(root):
+    hu, _ = volume_arrays(2)
+    hu = hu.astype(np.float32)
+    hu[4, 6, 6] = np.nan
+    hu[5, 6, 6] = np.inf
+    _write(hu, root / "volume-2.nii.gz")
+    return "volume-2.nii.gz", "2 voxel(s) are NaN or infinite"
+
+
+def bad_pixdim_zero(root):
+    data = bytearray((root / "volume-0.nii").read_bytes())
+    struct.pack_into("<f", data, 76 + 4 * 3, 0.0)  # pixdim[3]: slice spacing 0
+    (root / "volume-0.nii").write_bytes(bytes(data))
+    return "volume-0.nii", "voxel size of 0 mm along z"
+
+
+def bad_header_bomb(root):
+    data = bytearray((root / "volume-0.nii").read_bytes()[:352])
+    struct.pack_into("<8h", data, 40, 3, 32767, 32767, 2, 1, 1, 1, 1)
+    (root / "volume-0.nii").write_bytes(bytes(data))
+    return "volume-0.nii", "image of 32767 x 32767 x 2 voxels"
+
+
+def bad_one_pixel_slices(root):
+    _write(np.full((6, 1, 1), -1000, np.int16), root / "volume-1.nii.gz")
+    _write(np.ones((6, 1, 1), np.uint8), root / "segmentation-1.nii.gz")
+    return "volume-1.nii.gz", "1 x 1 x 6 pixels is not a CT slice"
+
+
+def bad_same_volume_copied(root):
+    shutil.copyfile(root / "volume-1.nii.gz", root / "volume-2.nii.gz")
+    shutil.copyfile(root / "segmentation-1.nii.gz", root / "segmentation-2.nii.gz")
+    return "volume-2.nii.gz", "holds the same voxels as volume-1.nii.gz"
+
+
+def bad_same_volume_hard_linked_and_uncompressed(root):
+    (root / "volume-2.nii.gz").unlink()
+    os.link(root / "volume-0.nii", root / "volume-2.nii")  # one file, two case numbers
+    hu, seg = volume_arrays(0)
+    _write(seg, root / "segmentation-2.nii.gz")
+    return "volume-2.nii", "holds the same voxels as volume-0.nii"
+
+
 BAD_INPUTS = [
     bad_label_values, bad_geometry, bad_size, bad_no_liver, bad_not_hu, bad_unreadable, bad_missing_segmentation,
     bad_missing_volume, bad_duplicate_case, bad_2d_image, bad_empty_folder,
+    bad_truncated_gz, bad_truncated_nii, bad_nan_voxels, bad_pixdim_zero, bad_header_bomb, bad_one_pixel_slices,
+    bad_same_volume_copied, bad_same_volume_hard_linked_and_uncompressed,
 ]
 
 
@@ -212,6 +277,7 @@ BAD_INPUTS = [
 def test_bad_input_exits_2_naming_the_file_and_writes_nothing(tmp_path, capsys, spoil):
     root = make_release(tmp_path / "lits")
     file_name, problem = spoil(root)
+    before = tree_digest(root)
     out = tmp_path / "raw"
     with pytest.raises(SystemExit) as e:
         main([str(root), "--raw-root", str(out)])
@@ -219,7 +285,47 @@ def test_bad_input_exits_2_naming_the_file_and_writes_nothing(tmp_path, capsys, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: ")
     assert file_name in err and problem in err
+    assert ".cxx" not in err and "sitk::" not in err and "ITK ERROR" not in err
     assert not out.exists() or list(out.iterdir()) == []  # no dataset, no partial folders
+    assert tree_digest(root) == before  # inputs untouched
+
+
+def test_header_bomb_limit_is_a_setting(tmp_path, capsys, monkeypatch):
+    root = make_release(tmp_path / "lits")
+    file_name, _ = bad_header_bomb(root)
+    monkeypatch.setenv("nnUNet_joint_max_voxels", "100")  # even ordinary volumes exceed this
+    with pytest.raises(SystemExit):
+        main([str(root), "--raw-root", str(tmp_path / "raw")])
+    assert "exceeds the limit of 100 (set nnUNet_joint_max_voxels to raise it)" in capsys.readouterr().err
+    monkeypatch.setenv("nnUNet_joint_max_voxels", str(32767 * 32767 * 2))  # raised: the size passes, the
+    with pytest.raises(SystemExit):                                           # lie does not
+        main([str(root), "--raw-root", str(tmp_path / "raw")])
+    assert "does not match volume-0.nii: size (32, 32, 6) differs from the image's (32767, 32767, 2)" in (
+        capsys.readouterr().err)
+    monkeypatch.delenv("nnUNet_joint_max_voxels")
+    (root / "volume-0.nii").unlink()
+    (root / "segmentation-0.nii").unlink()
+    assert main([str(root), "--raw-root", str(tmp_path / "raw")]) == 0  # the default limit passes real sizes
+
+
+@pytest.mark.parametrize("value,problem", [("nan", "finite number >= 0, got nan"), ("inf", "finite number >= 0, got inf")])
+def test_margin_that_is_not_finite_is_refused(tmp_path, capsys, value, problem):
+    root = make_release(tmp_path / "lits")
+    with pytest.raises(SystemExit) as e:
+        main([str(root), "--raw-root", str(tmp_path / "raw"), "--margin-mm", value])
+    assert e.value.code == 2 and capsys.readouterr().err == f"error: --margin-mm must be a {problem}\n"
+    assert not (tmp_path / "raw").exists()
+
+
+def test_raw_root_that_is_a_file_is_refused(tmp_path, capsys):
+    root = make_release(tmp_path / "lits")
+    a_file = tmp_path / "raw"
+    a_file.write_text("x")
+    with pytest.raises(SystemExit) as e:
+        main([str(root), "--raw-root", str(a_file)])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.startswith(f"error: {a_file}: is not a folder (--raw-root")
+    assert a_file.read_text() == "x"
 
 
 def test_existing_dataset_needs_overwrite(tmp_path, capsys):

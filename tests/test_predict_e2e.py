@@ -108,9 +108,13 @@ def test_cascade_on_a_volume_and_a_slice_keeps_the_input_geometry(env, tmp_path)
         check_lesions_json(report, lesions, is_slice)
         for png in report["overlays"]:
             assert (out / name / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # a rerun replaces our own output folder; the input folder is untouched
+    # a rerun replaces our own output folder, but not a file the user put there; the input is untouched
     before = {p.name: p.read_bytes() for p in inputs.iterdir()}
-    (out / "volume-2" / "stale.txt").write_text("from the last run")
+    (out / "volume-2" / "my_notes.txt").write_text("the user's")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["-i", str(volume), "-o", str(out), "--quiet", "--no-overlays"])
+    assert e.value.code == 2 and (out / "volume-2" / "my_notes.txt").read_text() == "the user's"
+    (out / "volume-2" / "my_notes.txt").unlink()
     assert cli.main(["-i", str(volume), "-o", str(out), "--quiet", "--no-overlays"]) == 0
     assert not (out / "volume-2").exists() and (out / "lesions.nii.gz").is_file()
     assert {p.name: p.read_bytes() for p in inputs.iterdir()} == before

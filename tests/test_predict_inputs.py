@@ -6,6 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +19,9 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from fake_models import write_model_folder
+from nnunet_joint import io as nj_io
 from nnunet_joint.errors import InputError
-from nnunet_joint.inference import cli, models
+from nnunet_joint.inference import cli, models, output_folder
 from nnunet_joint.inference.inputs import discover_inputs, order_dicom_series, read_case
 
 # ----------------------------------------------------------------------------- tiny CT
@@ -210,6 +214,35 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     write_nifti(bad_in_folder / "good.nii.gz", ct_array((16, 16)))
     write_nifti(bad_in_folder / "zraw.nii.gz", (ct_array((16, 16)) + 1024).astype(np.int16))
     out["one bad file in a folder"] = (bad_in_folder, "zraw.nii.gz: no air")
+    # corrupt data SimpleITK would accept silently
+    whole = write_nifti(tmp_path / "cut.nii.gz", ct_array((4, 16, 16))).read_bytes()
+    (tmp_path / "cut.nii.gz").write_bytes(whole[: len(whole) // 2])
+    out["truncated gz"] = (tmp_path / "cut.nii.gz", "cut.nii.gz: compressed data is truncated or corrupt")
+    plain = write_nifti(tmp_path / "short.nii", ct_array((4, 16, 16))).read_bytes()
+    (tmp_path / "short.nii").write_bytes(plain[:-100])
+    out["truncated nii"] = (tmp_path / "short.nii", "short.nii: file is truncated")
+    nan = ct_array((2, 16, 16)).astype(np.float32)
+    nan[1, 8, 8] = np.nan
+    out["NaN voxel"] = (write_nifti(tmp_path / "nan.nii.gz", nan), "1 voxel(s) are NaN or infinite")
+    zero = bytearray(write_nifti(tmp_path / "pix0.nii", ct_array((2, 16, 16))).read_bytes())
+    struct.pack_into("<f", zero, 80, 0.0)  # pixdim[1]
+    (tmp_path / "pix0.nii").write_bytes(bytes(zero))
+    out["pixdim 0"] = (tmp_path / "pix0.nii", "voxel size of 0 mm along x")
+    out["1 x 1 image"] = (write_nifti(tmp_path / "dot.nii.gz", np.full((1, 1), -1000, np.int16)),
+                          "1 x 1 pixels is not a CT slice")
+    out["thin strip"] = (write_nifti(tmp_path / "strip.nii.gz", ct_array((3, 16, 16))[:, :, :6]),
+                         "6 x 16 x 3 pixels is not a CT slice")
+    # resource bombs: sizes from the header, nothing allocated
+    bomb = bytearray(plain[:352])
+    struct.pack_into("<8h", bomb, 40, 3, 32767, 32767, 2, 1, 1, 1, 1)
+    (tmp_path / "bomb.nii").write_bytes(bytes(bomb))
+    out["header bomb"] = (tmp_path / "bomb.nii", "32767 x 32767 x 2 voxels")
+    series = dicom_series(tmp_path / "dicom_bomb", [0.0, 2.0])
+    for f in series.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.Rows = ds.Columns = 32767  # the pixel data stays 16 x 16: nothing may be read before the check
+        ds.save_as(f)
+    out["DICOM header bomb"] = (series, "image of 32767 x 32767 x 2 voxels")
     return out
 
 
@@ -217,11 +250,22 @@ def test_every_bad_input_is_one_line_exit_2_nothing_written_input_untouched(tmp_
     for name, (path, problem) in bad_inputs(tmp_path).items():
         before = tree_digest(path) if path.exists() else None
         out = tmp_path / f"out_{name.replace(' ', '_')}"
-        run_cli_expect_error(capsys, ["-i", str(path), "-o", str(out), "--quiet"], problem)
+        err = run_cli_expect_error(capsys, ["-i", str(path), "-o", str(out), "--quiet"], problem)
+        assert ".cxx" not in err and "sitk::" not in err and "ITK ERROR" not in err, name
         assert not out.exists(), name
         assert not list(tmp_path.glob(f".{out.name}*")), name  # no temporary left behind
         if before is not None:
             assert tree_digest(path) == before, name
+
+
+def test_image_size_limit_is_a_setting(tmp_path, capsys, monkeypatch):
+    image = write_nifti(tmp_path / "ct.nii.gz", ct_array((4, 16, 16)))
+    monkeypatch.setenv("nnUNet_joint_max_voxels", "1000")
+    run_cli_expect_error(capsys, ["-i", str(image), "-o", str(tmp_path / "out")],
+                         "image of 16 x 16 x 4 voxels (1,024 values) exceeds the limit of 1,000 (set "
+                         "nnUNet_joint_max_voxels to raise it)")
+    monkeypatch.setenv("nnUNet_joint_max_voxels", "1024")
+    assert read_case(discover_inputs(image)[0]).array.shape == (4, 16, 16)
 
 
 # ----------------------------------------------------------------------------- output folder and models
@@ -237,13 +281,214 @@ def test_output_folder_we_did_not_write_is_refused(tmp_path, capsys):
     run_cli_expect_error(capsys, ["-i", str(tmp_path), "-o", str(tmp_path / "sub")], "overlaps the input")
 
 
-def test_existing_output_with_our_marker_gets_past_the_output_check(tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / cli.MARKER).write_text("ours")
-    (out / "lesions.json").write_text("{}")
+def our_output(out: Path, input_path: Path) -> Path:
+    """An output folder as predict leaves it: two cases with their files, then the marker listing them."""
+    for case in ("a", "b"):
+        (out / case / "overlays").mkdir(parents=True)
+        (out / case / "lesions.json").write_text('{"lesions": []}')
+        (out / case / "liver.nii.gz").write_bytes(b"\x1f\x8b labels")
+        (out / case / "overlays" / "slice_000.png").write_bytes(b"\x89PNG")
+    output_folder.write_marker(out, input_path)
+    return out
+
+
+def test_existing_output_with_only_our_files_gets_past_the_output_check(tmp_path):
+    out = our_output(tmp_path / "out", tmp_path / "ct.nii.gz")
     cli.check_output_folder(out, tmp_path / "ct.nii.gz")  # no error
     cli.check_output_folder(tmp_path / "new", tmp_path / "ct.nii.gz")
+    (tmp_path / "empty").mkdir()
+    cli.check_output_folder(tmp_path / "empty", tmp_path / "ct.nii.gz")
+
+
+def _add_notes(out: Path) -> str:
+    (out / "my_notes.txt").write_text("keep me")
+    return "my_notes.txt"
+
+
+def _add_folder(out: Path) -> str:
+    (out / "mine").mkdir()
+    return "mine/"
+
+
+def _add_file_in_case_folder(out: Path) -> str:
+    (out / "a" / "overlays" / "annotated.png").write_bytes(b"mine")
+    return "a/overlays/annotated.png"
+
+
+def _edit_our_file(out: Path) -> str:
+    (out / "b" / "lesions.json").write_text('{"lesions": [], "reviewed": true}')
+    return "b/lesions.json (changed since it was written)"
+
+
+def _add_symlink(out: Path) -> str:
+    (out / "link").symlink_to(out.parent)
+    return "link"
+
+
+def _old_text_marker(out: Path) -> str:
+    (out / cli.MARKER).write_text("written by nnunet_joint_predict from /somewhere\n")
+    return "marker lists no outputs"
+
+
+@pytest.mark.parametrize("spoil", [_add_notes, _add_folder, _add_file_in_case_folder, _edit_our_file, _add_symlink,
+                                   _old_text_marker])
+def test_our_output_folder_holding_anything_else_is_refused_and_nothing_deleted(tmp_path, capsys, spoil):
+    image = write_nifti(tmp_path / "ct.nii.gz", ct_array((16, 16)))
+    out = our_output(tmp_path / "out", image)
+    problem = spoil(out)
+    before = tree_digest(out)
+    run_cli_expect_error(capsys, ["-i", str(image), "-o", str(out)], problem)
+    assert tree_digest(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz", "out"]
+
+
+def test_files_added_while_predict_runs_stop_the_replacement(tmp_path, monkeypatch):
+    """The check runs again just before the old folder is replaced: nothing added meanwhile is lost."""
+    image = write_nifti(tmp_path / "ct.nii.gz", ct_array((16, 16)))
+    out = our_output(tmp_path / "out", image)
+    fake_models(monkeypatch, liver=lambda a: np.zeros(a.shape, np.uint8))
+
+    def stage1_and_user(case, target, *args):
+        (out / "added_meanwhile.txt").write_text("mine")
+        target.mkdir(parents=True, exist_ok=True)
+        return []
+
+    monkeypatch.setattr(cli, "_predict_case", stage1_and_user)
+    with pytest.raises(InputError, match="added_meanwhile.txt"):
+        cli.predict(image, out, quiet=True)
+    assert (out / "added_meanwhile.txt").read_text() == "mine" and (out / "a" / "lesions.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz", "out"]
+
+
+def test_a_killed_predict_leaves_a_temporary_the_next_run_removes(tmp_path, capsys, monkeypatch):
+    image = write_nifti(tmp_path / "ct.nii.gz", ct_array((16, 16)))
+    out = tmp_path / "out"
+    code = ("import sys, time; from pathlib import Path; from nnunet_joint.io import atomic_path\n"
+            "with atomic_path(Path(sys.argv[1])) as tmp:\n"
+            "    (tmp / 'case').mkdir(parents=True); (tmp / 'case' / 'liver.nii.gz').write_bytes(b'half')\n"
+            "    print('ready', flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.stdout.readline().strip() == "ready"
+    proc.kill()  # kill -9, as a user or the OOM killer would
+    proc.wait()
+    (stale,) = list(tmp_path.glob(".out.partial-*"))
+    live = tmp_path / f".out.partial-{nj_io._HOST}.{os.getpid()}.live01"  # a run still going: kept
+    live.mkdir()
+    monkeypatch.delenv("nnUNet_results", raising=False)
+    run_cli_expect_error(capsys, ["-i", str(image), "-o", str(out)], "nnUNet_results is not set")
+    assert not stale.exists() and live.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ct.nii.gz", live.name])
+
+
+# ----------------------------------------------------------------------------- no plausible liver
+
+
+class FakeModel:
+    """Stands in for a loaded nnU-Net model: ``predict`` applies ``segment`` to the array."""
+
+    def __init__(self, segment, labels: dict[str, int], margin: float = 10.0):
+        self.segment = segment
+        self.labels = labels
+        self.calls = 0
+        self.crop_margin_mm = margin
+        self.folds = [0]
+
+    is_joint = property(lambda self: "cyst" in self.labels)
+    is_ynet = property(lambda self: False)
+
+    def describe(self) -> dict:
+        return {"folder": "fake", "trainer": "Fake", "folds": self.folds}
+
+    def channel(self, name: str) -> int:
+        return sorted(self.labels.values()).index(self.labels[name])
+
+    def predict(self, array, spacing):
+        self.calls += 1
+        seg = self.segment(array).astype(np.uint8)
+        probs = np.stack([(seg == v).astype(np.float32) for v in sorted(self.labels.values())])
+        return models.Prediction(seg, probs)
+
+
+JOINT_LABELS = {"background": 0, "liver": 1, "cyst": 2, "hemangioma": 3, "metastasis": 4}
+
+
+def fake_models(monkeypatch, liver, lesion=None) -> tuple[FakeModel, FakeModel]:
+    """Make predict load two fake models (stage 2 finds one cyst where stage 1 said liver, by default)."""
+    liver_model = FakeModel(liver, {"background": 0, "liver": 1})
+    lesion_model = FakeModel(lesion or (lambda a: np.where(a > 0, 2, 0)), JOINT_LABELS)
+    monkeypatch.setattr(models, "liver_model_folder", lambda given: Path("liver_model"))
+    monkeypatch.setattr(models, "lesion_model_folder", lambda given: Path("lesion_model"))
+    monkeypatch.setattr(models, "load_model", lambda folder, *a, **k: liver_model if folder.name == "liver_model"
+                        else lesion_model)
+    return liver_model, lesion_model
+
+
+def air_scan(shape=(3, 64, 64)) -> np.ndarray:
+    return (-1000 + np.random.default_rng(1).integers(-20, 20, shape)).astype(np.int16)
+
+
+def blob(shape, centre=(32, 32), radius=15) -> np.ndarray:
+    rr, cc = np.mgrid[:shape[-2], :shape[-1]]
+    disc = (rr - centre[0]) ** 2 + (cc - centre[1]) ** 2 <= radius ** 2
+    return np.broadcast_to(disc, shape)
+
+
+def test_scan_without_liver_reports_no_liver_and_writes_no_lesions(tmp_path, capsys, monkeypatch):
+    """All air: stage 1 still labels a 709-pixel disc per slice; the cascade says no liver, stage 2 never runs."""
+    image = write_nifti(tmp_path / "air.nii.gz", air_scan(), spacing=(0.8, 0.8, 5.0))
+    liver_model, lesion_model = fake_models(monkeypatch, liver=lambda a: blob(a.shape))
+    out = tmp_path / "out"
+    assert cli.main(["-i", str(image), "-o", str(out), "--quiet", "--no-overlays"]) == 0
+    assert liver_model.calls == 1 and lesion_model.calls == 0
+    report = json.loads((out / "lesions.json").read_text())
+    assert report["liver_found"] is False and report["lesions"] == [] and report["crop"] is None
+    assert report["no_liver_reason"].startswith("no plausible liver: stage 1's liver (2127 voxels) has median -1001 "
+                                                "HU (a liver has -70..300 HU) and largest cross-section 454 mm²")
+    for name in ("liver.nii.gz", "lesions.nii.gz"):
+        assert not sitk.GetArrayFromImage(sitk.ReadImage(str(out / name))).any()
+    err = capsys.readouterr().err
+    assert err == f"warning: {image}: {report['no_liver_reason']}; no lesions written (lesions.json says so)\n"
+
+
+@pytest.mark.parametrize("hu,radius,spacing,plausible,problem", [
+    (-1000, 15, 0.8, False, "median -1000 HU"),  # air
+    (-100, 15, 0.8, False, "median -100 HU"),  # fat
+    (700, 15, 0.8, False, "median 700 HU"),  # bone
+    (100, 5, 0.8, False, "largest cross-section 52 mm²"),  # a speck of liver HU: 81 pixels
+    (100, 15, 0.8, False, "largest cross-section 454 mm²"),  # 709 pixels at 0.8 mm: under 5 cm²
+    (100, 15, 1.0, True, None),  # the same pixels at 1 mm: 709 mm²
+    (100, 20, 0.8, True, None),  # portal-venous liver, 8 cm²
+    (-40, 20, 0.8, True, None),  # severe steatosis
+    (250, 20, 0.8, True, None),
+])
+def test_liver_plausibility_criteria(hu, radius, spacing, plausible, problem):
+    from nnunet_joint.inference.liver_check import implausible_liver
+
+    shape = (2, 64, 64)
+    liver = blob(shape, radius=radius).copy()
+    array = np.where(liver, hu, -1000).astype(np.float32)
+    reason = implausible_liver(liver, array, (5.0, spacing, spacing))
+    if plausible:
+        assert reason is None
+    else:
+        assert reason is not None and problem in reason
+
+
+def test_plausible_liver_runs_stage_two(tmp_path, monkeypatch):
+    scan = air_scan()
+    scan[:, 10:54, 10:54] = 40  # body
+    liver = blob(scan.shape, radius=18)
+    scan[liver] = 110
+    scan[:, 30:34, 30:34] = 15  # a cyst
+    image = write_nifti(tmp_path / "ct.nii.gz", scan, spacing=(0.8, 0.8, 5.0))
+    liver_model, lesion_model = fake_models(monkeypatch, liver=lambda a: blob(a.shape, radius=18),
+                                            lesion=lambda a: np.where((a > 0) & (a < 30), 2, (a > 60).astype(int)))
+    results = cli.predict(image, tmp_path / "out", quiet=True, overlays=False)
+    assert lesion_model.calls == 1
+    report = json.loads((tmp_path / "out" / "lesions.json").read_text())
+    assert report["liver_found"] is True and report["no_liver_reason"] is None
+    assert [e["type"] for e in results["ct"]] == ["cyst"] and results["ct"][0]["voxels"] == 3 * 16
 
 
 def fake_model_folder(root: Path, with_checkpoint: bytes | None = None) -> Path:
@@ -313,3 +558,23 @@ def test_fold_detection_prefers_numbered_folds_then_all(tmp_path):
     assert models.parse_folds(["0", "all"]) == [0, "all"]
     with pytest.raises(InputError, match="not a fold number"):
         models.parse_folds(["x"])
+
+
+def test_a_full_disk_while_writing_outputs_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    scan = air_scan()
+    scan[:, 10:54, 10:54] = 40
+    scan[blob(scan.shape, radius=18)] = 110
+    image = write_nifti(tmp_path / "ct.nii.gz", scan, spacing=(0.8, 0.8, 5.0))
+    fake_models(monkeypatch, liver=lambda a: blob(a.shape, radius=18))
+
+    def itk_disk_full(*args, **kwargs):
+        raise RuntimeError("Exception thrown in SimpleITK ImageFileWriter_Execute: /tmp/SimpleITK-build/ITK/Modules/"
+                           "IO/NIFTI/src/itkNiftiImageIO.cxx:2386:\nITK ERROR: NiftiImageIO(0x55d0): ERROR: nifti "
+                           "library failed to write image")
+
+    monkeypatch.setattr(nj_io.sitk, "WriteImage", itk_disk_full)
+    monkeypatch.setattr(nj_io.shutil, "disk_usage", lambda p: nj_io.shutil._ntuple_diskusage(10**9, 10**9, 0))
+    err = run_cli_expect_error(capsys, ["-i", str(image), "-o", str(tmp_path / "out"), "--quiet"],
+                               "liver.nii.gz: cannot be written: no space left on device")
+    assert err == f"error: {tmp_path / 'out' / 'liver.nii.gz'}: cannot be written: no space left on device"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz"]

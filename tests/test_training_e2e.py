@@ -200,7 +200,7 @@ def test_sheba_conversion_crops_from_the_stage1_liver_model(run, tmp_path):
     import shutil
 
     from nnunet_joint.dataset_conversion.convert_sheba import SLICE_AXIS_SPACING_2D, convert_sheba
-    from nnunet_joint.crops import crop_to_liver
+    from nnunet_joint.crops import crop_to_roi
     from nnunet_joint.inference.models import load_model
 
     fold_dir = train(run, 501, "nnUNetTrainer_JointBudget")  # the tiny reproduce run's stage 1
@@ -227,7 +227,7 @@ def test_sheba_conversion_crops_from_the_stage1_liver_model(run, tmp_path):
         sources.append(entry["crop_source"])
         if liver.any():
             assert entry["crop_source"] == "stage-1 liver model"
-            assert entry["crop"] == crop_to_liver(image, liver, 10.0).to_dict()
+            assert entry["crop"] == crop_to_roi(image, liver, 10.0).to_dict()  # every sizeable stage-1 piece
         else:
             assert entry["crop_source"] == "whole slice (stage 1 found no liver)"
         assert 0.0 <= entry["lesion_fraction_in_crop"] <= 1.0
@@ -239,12 +239,11 @@ def test_each_preset_plans_trains_and_predicts_through_the_commands(run, tmp_pat
     """Preset planned by ``nnunet_joint_plan_and_preprocess -pl``, trained by ``nnUNetv2_train -p``, and the
     network rebuilt from the results folder's plans by ``nnUNetv2_predict -p`` and ``nnunet_joint_predict``.
     (SE-ResNet-18, the tiny run's preset, goes the same way in the tests above.)"""
-    from nnunet_joint.planning import plans_name_of
-    from nnunet_joint.reproduce import SERESNET_PLANNER
+    from nnunet_joint.planning import planner_of, plans_name_of
 
     plans = plans_name_of(encoder)
     proc = subprocess.run([nnunet_bin("nnunet_joint_plan_and_preprocess"), "-d", "504", "-c", "2d",
-                           "-pl", SERESNET_PLANNER[encoder]], env=run.environment(), capture_output=True, text=True)
+                           "-pl", planner_of(encoder)], env=run.environment(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert f"plans {plans}" in proc.stdout
     fold_dir = train(run, 504, "nnUNetTrainerJoint", plans=plans)

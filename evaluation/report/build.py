@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from nnunet_joint.evaluation.coverage import coverage_lines
 from nnunet_joint.evaluation import published, statistics
 from nnunet_joint.evaluation.metrics import format_mean_std
 from nnunet_joint.evaluation.report import document as doc
@@ -114,7 +115,8 @@ def build_document(experiments: Sequence[Experiment], evidence: Evidence, figure
     return doc.Document(TITLE, [
         doc.Paragraph(f"Profile {profile}, wall time {wall_time}. {tables.CELL_LEGEND}"),
         doc.Paragraph(CAVEAT, kind="caveat"),
-        doc.Section("Results", [tables.midl_table(experiments, evidence), tables.embc_table(experiments, evidence),
+        doc.Section("Results", [doc.BulletList(coverage_lines(meta.get("cascade")), "The cascade's crops:"),
+                                tables.midl_table(experiments, evidence), tables.embc_table(experiments, evidence),
                                 tables.baseline_table(experiments, evidence),
                                 tables.intervals_table(experiments, evidence)], "results"),
         doc.Section("Paired comparisons", comparison_blocks(evidence), "comparisons"),

@@ -5,7 +5,9 @@ Stage 1 segments the liver on the whole image; its pieces (every connected compo
 margin (:mod:`nnunet_joint.crops`, the rule that cropped the training data), crop the image;
 stage 2 (joint or Y-Net model) runs on the crop; everything is pasted back into the input's grid
 and combined by :func:`~nnunet_joint.crops.cascade_labels` (lesions only inside the stage-1
-liver), the rule the full-slice scores use too.
+liver), the rule the full-slice scores use too. A stage-1 liver that is no plausible liver (too
+small, or not liver HU: :mod:`~nnunet_joint.inference.liver_check`) stops the cascade: no lesion is
+written.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from nnunet_joint import LESION_TYPES, __version__
 from nnunet_joint.crops import CropBox, cascade_labels, roi_bbox, roi_components
 from nnunet_joint.inference.inputs import CTImage
 from nnunet_joint.inference.lesions import analyse_lesions
+from nnunet_joint.inference.liver_check import implausible_liver
 from nnunet_joint.labels import FIRST_LESION_LABEL, JOINT_LABELS, LIVER, type_label
 from nnunet_joint.inference.models import CascadeModel
 from nnunet_joint.inference.overlays import write_overlays
+from nnunet_joint.io import write_image_file
 
 
 @dataclass
@@ -36,12 +40,14 @@ class CascadeResult:
         labels: pixel-wise joint labels before the per-lesion vote.
         type_probabilities: ``(len(LESION_TYPES), z, y, x)`` type probabilities of lesion voxels.
         crop: the stage-2 crop, ``None`` when no liver was found.
+        no_liver: why no liver was accepted (:mod:`~nnunet_joint.inference.liver_check`), else ``None``.
     """
 
     liver: np.ndarray
     labels: np.ndarray
     type_probabilities: np.ndarray
     crop: CropBox | None
+    no_liver: str | None = None
 
 
 def _crop_box(ct: CTImage, box: tuple[slice, ...]) -> CropBox:
@@ -94,9 +100,10 @@ def run_cascade(ct: CTImage, liver_model: CascadeModel, lesion_model: CascadeMod
     foreground = stage1.segmentation > 0  # liver (and tumour, for a LiTS-style 3-label model)
     shape = ct.array.shape
     type_probs = np.full((len(LESION_TYPES), *shape), 1 / len(LESION_TYPES), dtype=np.float32)
-    if not foreground.any():
-        return CascadeResult(np.zeros(shape, np.uint8), np.zeros(shape, np.uint8), type_probs, None)
-    liver = roi_components(foreground)
+    liver = roi_components(foreground) if foreground.any() else foreground
+    no_liver = implausible_liver(liver, ct.array, ct.spacing_zyx)
+    if no_liver is not None:  # stage 2 does not run: no lesion in air
+        return CascadeResult(np.zeros(shape, np.uint8), np.zeros(shape, np.uint8), type_probs, None, no_liver)
     box = _crop_box(ct, roi_bbox(liver, ct.spacing_zyx, lesion_model.crop_margin_mm))
     stage2 = lesion_model.predict(box.crop_array(ct.array), spacing)
     labels_crop, probs_crop = lesion_types_from_prediction(lesion_model, stage2.segmentation, stage2.probabilities,
@@ -122,8 +129,8 @@ def write_case_outputs(ct: CTImage, result: CascadeResult, out_dir: Path, models
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     typed, lesions = analyse_lesions(result.labels, ct.image, result.type_probabilities)
-    sitk.WriteImage(image_like(result.liver, ct.image), str(out_dir / "liver.nii.gz"), True)
-    sitk.WriteImage(image_like(typed, ct.image), str(out_dir / "lesions.nii.gz"), True)
+    write_image_file(image_like(result.liver, ct.image), out_dir / "liver.nii.gz")  # OSError in words (full disk)
+    write_image_file(image_like(typed, ct.image), out_dir / "lesions.nii.gz")
     pngs = write_overlays(ct.array, typed, ct.spacing_zyx, out_dir / "overlays", lesions, ct.source.name) \
         if overlays and lesions else []
     report = {
@@ -135,6 +142,7 @@ def write_case_outputs(ct: CTImage, result: CascadeResult, out_dir: Path, models
         "direction": list(ct.image.GetDirection()),
         "labels": dict(JOINT_LABELS),
         "liver_found": bool(result.liver.any()),
+        "no_liver_reason": result.no_liver,
         "liver_voxels": int(result.liver.sum()),
         "crop": None if result.crop is None else {"start_zyx": list(result.crop.start),
                                                   "stop_zyx": list(result.crop.stop)},

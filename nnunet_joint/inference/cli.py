@@ -2,7 +2,9 @@
 
 Thin command line over :func:`predict`. Every input is read and checked before a model is loaded;
 outputs go to a temporary folder beside ``OUT_DIR`` that is renamed when everything is written,
-so a failure or a killed run leaves no partial output, and the input is never touched.
+so a failure or a killed run leaves no partial output (the next run removes a killed run's hidden
+temporary), and the input is never touched. An existing ``OUT_DIR`` is replaced only when all it
+holds was written by this command (:mod:`nnunet_joint.inference.output_folder`).
 """
 
 from __future__ import annotations
@@ -19,23 +21,8 @@ from typing import Sequence
 
 from nnunet_joint.errors import InputError, cli_entry
 from nnunet_joint.inference.inputs import InputCase, discover_inputs, read_case
-from nnunet_joint.io import atomic_path
-
-#: Written into every output folder of this command; a non-empty OUT_DIR without it is refused.
-MARKER = ".nnunet_joint_predict"
-
-
-def check_output_folder(out_dir: Path, input_path: Path) -> None:
-    """Refuse an output that would overwrite what we did not write, or that lies in the input."""
-    out_res, in_res = out_dir.resolve(), input_path.resolve()
-    if out_res == in_res or in_res in out_res.parents or (in_res.is_dir() and out_res in in_res.parents):
-        raise InputError(out_dir, f"output folder overlaps the input {input_path}; choose a separate folder")
-    if out_dir.exists() or out_dir.is_symlink():
-        if not out_dir.is_dir():
-            raise InputError(out_dir, "output exists and is not a folder")
-        if any(out_dir.iterdir()) and not (out_dir / MARKER).is_file():
-            raise InputError(out_dir, f"output folder holds files this command did not write (no {MARKER} "
-                                      "marker); choose an empty or new folder")
+from nnunet_joint.inference.output_folder import MARKER, check_output_folder, write_marker  # noqa: F401 (cli.MARKER)
+from nnunet_joint.io import atomic_path, clean_stale_temporaries
 
 
 def _device(name: str | None):
@@ -74,6 +61,7 @@ def predict(
 
     input_path, out_dir = Path(input_path), Path(out_dir)
     check_output_folder(out_dir, input_path)
+    clean_stale_temporaries(out_dir)  # hidden .OUT.partial-* folders of killed runs
     cases = discover_inputs(input_path)
     for case in cases:  # check every input before any model runs
         read_case(case)
@@ -93,10 +81,16 @@ def predict(
     single = len(cases) == 1 and not (input_path.is_dir() and not cases[0].is_dicom)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        (tmp / MARKER).write_text(f"written by nnunet_joint_predict from {input_path.resolve()}\n")
-        for n, case in enumerate(cases, start=1):
-            results[case.name] = _predict_case(case, tmp if single else tmp / case.name, liver, lesion, models,
-                                               quiet, overlays, say, f"[{n}/{len(cases)}] {case.name}")
+        try:
+            for n, case in enumerate(cases, start=1):
+                results[case.name] = _predict_case(case, tmp if single else tmp / case.name, liver, lesion, models,
+                                                   quiet, overlays, say, f"[{n}/{len(cases)}] {case.name}")
+            write_marker(tmp, input_path)
+        except OSError as e:  # a full disk: name the output the user asked for, not our hidden temporary
+            if e.filename is not None and Path(e.filename).is_relative_to(tmp):
+                e.filename = str(out_dir / Path(e.filename).relative_to(tmp))
+            raise
+        check_output_folder(out_dir, input_path)  # again: the user may have added files meanwhile
     return results
 
 
@@ -111,8 +105,9 @@ def _predict_case(case: InputCase, out: Path, liver, lesion, models: dict, quiet
     with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
         result = run_cascade(ct, liver, lesion)
     lesions = write_case_outputs(ct, result, out, models, overlays=overlays)
-    if not result.liver.any():
-        say(f"{label}: warning: no liver found; empty label maps written")
+    if result.no_liver is not None:  # printed even with --quiet: the empty result needs its reason
+        print(f"warning: {case.path}: {result.no_liver}; no lesions written (lesions.json says so)",
+              file=sys.stderr, flush=True)
     say(f"{label}: {len(lesions)} lesion(s) "
         f"{', '.join(lesion_entry['type'] for lesion_entry in lesions)} in {time.monotonic() - start:.1f} s")
     return lesions
@@ -129,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="NIfTI/MHA/NRRD volume or slice (HxW or 1xHxW), DICOM series folder, or a folder of "
                         "these (one output subfolder each, named after the input)")
     p.add_argument("-o", "--output", required=True, type=Path,
-                   help="output folder (new, empty, or written by this command before: it is replaced)")
+                   help="output folder (new, empty, or written by this command before and holding nothing "
+                        "else: it is replaced)")
     p.add_argument("--liver-model", type=Path,
                    help="stage-1 nnU-Net results folder (<Trainer>__<Plans>__2d); default "
                         "$nnUNet_results/Dataset501_LiTSLiver/nnUNetTrainer__<plans>__2d (plain nnU-Net: "
@@ -147,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lesion-folds", nargs="+", metavar="F", help="folds of the lesion model (overrides --folds)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
     p.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
-    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
     return p
 
 

@@ -2,8 +2,10 @@
 
 Accepted: a NIfTI (or MHA/NRRD) volume, a single slice (``H x W`` or ``1 x H x W``), a DICOM
 series folder, or a folder of such files / series folders. Everything is checked before any
-model runs: unreadable files, 4-D or vector (RGB) images, intensities that are not HU, and DICOM
-series with gaps, duplicated positions, mixed orientations or uneven spacing. DICOM slices are
+model runs: unreadable, truncated or oversized files, NIfTI files with NaN voxels or no voxel size
+(:func:`nnunet_joint.io.read_image`), images smaller than a CT slice, 4-D or vector (RGB) images,
+intensities that are not HU, and DICOM series with gaps, duplicated positions, mixed orientations
+or uneven spacing. DICOM slices are
 ordered by their position along the slice normal (``ImagePositionPatient`` projected on the
 cross product of the ``ImageOrientationPatient`` axes), never by ``InstanceNumber``, which
 scanners and anonymisers renumber freely.
@@ -19,7 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_joint.errors import InputError
-from nnunet_joint.io import check_hu, read_image
+from nnunet_joint.io import check_hu, check_image_size, check_slice_size, itk_problem, quiet_itk, read_image
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
 #: A step between neighbouring DICOM slices above this multiple of the median step is a gap.
@@ -156,6 +158,9 @@ def order_dicom_series(folder: str | os.PathLike) -> list[Path]:
     series = {str(h.get("SeriesInstanceUID", "")) for h in headers}
     if len(series) > 1:
         raise InputError(folder, f"holds {len(series)} DICOM series; put each series in its own folder")
+    rows_columns = {(int(h.get("Rows", 0) or 0), int(h.get("Columns", 0) or 0)) for h in headers}
+    for rows, columns in rows_columns:  # from the headers, before any pixel is read
+        check_image_size((columns, rows, len(headers)), int(headers[0].get("SamplesPerPixel", 1) or 1), folder)
     if len(headers) == 1:
         return files
     for f, h in zip(files, headers):
@@ -201,10 +206,10 @@ def read_dicom_series(folder: str | os.PathLike) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(f) for f in files])
     try:
-        return reader.Execute()
+        with quiet_itk():
+            return reader.Execute()
     except RuntimeError as e:
-        detail = next((ln.strip() for ln in str(e).splitlines() if "ERROR" in ln or "Exception" in ln), "")
-        raise InputError(folder, f"DICOM series cannot be read{': ' + detail if detail else ''}") from None
+        raise InputError(folder, f"DICOM series cannot be read: {itk_problem(e)}") from None
 
 
 # ----------------------------------------------------------------------------- checks
@@ -219,11 +224,10 @@ def check_ct_image(image: sitk.Image, where: str | os.PathLike) -> CTImage:
     dim = image.GetDimension()
     if dim not in (2, 3):
         raise InputError(where, f"{dim}-D image; expected a 3-D CT volume or a 2-D slice")
+    check_slice_size(image.GetSize(), where)
     array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
     if dim == 2:
         array = array[None]
-    if min(array.shape[1:]) < 2:
-        raise InputError(where, f"image of {image.GetSize()} voxels is not a CT slice or volume")
     check_hu(array, where, require_air=True)
     spacing_xyz = list(image.GetSpacing()) + ([1.0] if dim == 2 else [])
     spacing_zyx = tuple(float(abs(s)) for s in reversed(spacing_xyz))

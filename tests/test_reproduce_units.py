@@ -1,0 +1,214 @@
+"""``nnunet_joint_reproduce`` against what a killed or concurrent run leaves: unreadable final
+checkpoints are retrained, children die with reproduce (``kill -9`` included), and a run folder
+admits one reproduce at a time. No nnU-Net training here: the commands are stand-ins."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from nnunet_joint import reproduce
+from nnunet_joint.process import LOCK_NAME, lock_folder
+from nnunet_joint.reproduce import DATASET_FOLDERS, RunFolder, fold_done, train_fold
+
+TRAINER = "nnUNetTrainerJoint"
+
+
+def fold_dir(run: RunFolder, fold: str = "0") -> Path:
+    return run.results / DATASET_FOLDERS[504] / f"{TRAINER}__nnUNetPlans__2d" / f"fold_{fold}"
+
+
+def good_checkpoint(path: Path) -> bytes:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"network_weights": {"w": torch.ones(64, 64)}, "current_epoch": 5}, path)
+    return path.read_bytes()
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def truncated(path: Path) -> None:  # killed while nnU-Net's torch.save wrote it
+    data = good_checkpoint(path)
+    path.write_bytes(data[: len(data) // 2])
+
+
+def empty(path: Path) -> None:
+    good_checkpoint(path)
+    path.write_bytes(b"")
+
+
+def garbage(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"PK\x03\x04 not really a zip" * 10)
+
+
+def legacy_pickle_cut_short(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = pickle.dumps({"network_weights": {"w": [1.0] * 100}}, protocol=2)
+    path.write_bytes(data[: len(data) - 20])
+
+
+def hostile(path: Path) -> None:  # refused by the safe loader: not finished either, never unpickled
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"network_weights": {}, "x": _RunsCode()}, path, pickle_protocol=2)
+
+
+UNREADABLE = [truncated, empty, garbage, legacy_pickle_cut_short, hostile]
+
+
+@pytest.fixture
+def calls(monkeypatch) -> list[list[str]]:
+    recorded: list[list[str]] = []
+    monkeypatch.setattr(reproduce, "run_nnunet", lambda cmd, run, log, **env: recorded.append(cmd))
+    return recorded
+
+
+@pytest.mark.parametrize("spoil", UNREADABLE, ids=[f.__name__ for f in UNREADABLE])
+@pytest.mark.parametrize("validated", [True, False], ids=["validated", "validation-interrupted"])
+def test_unreadable_final_checkpoint_means_retrain_from_scratch(tmp_path, calls, capsys, spoil, validated):
+    run = RunFolder(tmp_path / "run")
+    checkpoint = fold_dir(run) / "checkpoint_final.pth"
+    spoil(checkpoint)
+    if validated:
+        (fold_dir(run) / "validation").mkdir()
+        (fold_dir(run) / "validation" / "summary.json").write_text(json.dumps({"foreground_mean": {}}))
+    assert not fold_done(fold_dir(run))
+    train_fold(run, TRAINER, 504, "0", "cpu", {}, {}, [])  # no traceback
+    (cmd,) = calls
+    assert cmd[-9:] == ["504", "2d", "0", "-tr", TRAINER, "-p", "nnUNetPlans", "-device", "cpu"]  # from scratch: no --val, no --c
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"warning: {checkpoint}: ") and err.rstrip().endswith(
+        f"; retraining fold 0 of {TRAINER} from scratch")
+    assert not checkpoint.exists()  # nothing unreadable left for a resume (--c/--val) to load
+
+
+def test_readable_checkpoint_is_skipped_or_only_validated(tmp_path, calls, capsys):
+    run = RunFolder(tmp_path / "run")
+    checkpoint = fold_dir(run) / "checkpoint_final.pth"
+    data = good_checkpoint(checkpoint)
+    train_fold(run, TRAINER, 504, "0", "cpu", {}, {}, [])
+    assert calls[-1][-1] == "--val"  # trained, validation interrupted
+    (fold_dir(run) / "validation").mkdir()
+    (fold_dir(run) / "validation" / "summary.json").write_text("{}")
+    assert fold_done(fold_dir(run))
+    train_fold(run, TRAINER, 504, "0", "cpu", {}, {}, [])
+    assert len(calls) == 1  # finished: skipped
+    assert checkpoint.read_bytes() == data and capsys.readouterr().err == ""
+
+
+# ----------------------------------------------------------------------------- children die with reproduce
+
+_PARENT = """
+import sys
+from pathlib import Path
+from nnunet_joint.reproduce import RunFolder, run_nnunet
+root = Path(sys.argv[1])
+# a stand-in for nnUNetv2_train: it starts a worker (like nnU-Net's augmentation processes), records both pids
+child = ("import os, subprocess, sys, time; w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+         "open(sys.argv[1] + '.tmp', 'w').write(f'{os.getpid()} {w.pid}'); os.replace(sys.argv[1] + '.tmp', sys.argv[1]); "
+         "time.sleep(120)")
+run_nnunet([sys.executable, "-c", child, str(root / "pids")], RunFolder(root), root / "logs" / "train.log")
+"""
+
+
+def alive(pid: int) -> bool:
+    """A process that runs (a zombie waiting to be reaped has ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def wait_for(condition, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killing_reproduce_kills_its_nnunet_child_and_the_childs_workers(tmp_path, sig):
+    root = tmp_path / "run"
+    root.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT, str(root)], env=env)
+    try:
+        assert wait_for(lambda: (root / "pids").is_file(), 60), "the stand-in command did not start"
+        child, worker = (int(p) for p in (root / "pids").read_text().split())
+        assert alive(child) and alive(worker)
+        parent.send_signal(sig)
+        parent.wait(10)
+        assert wait_for(lambda: not alive(child) and not alive(worker), 5), "a child outlived reproduce"
+    finally:
+        parent.kill()
+        for pid in [int(p) for p in (root / "pids").read_text().split()] if (root / "pids").is_file() else []:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_run_nnunet_reports_the_commands_exit_status(tmp_path):
+    run = RunFolder(tmp_path)
+    reproduce.run_nnunet([sys.executable, "-c", "print('fine')"], run, tmp_path / "ok.log")
+    assert (tmp_path / "ok.log").read_text().endswith("fine\n")
+    with pytest.raises(RuntimeError, match=r"failed \(exit 3\)"):
+        reproduce.run_nnunet([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], run, tmp_path / "x.log")
+
+
+# ----------------------------------------------------------------------------- one reproduce per run folder
+
+
+def test_second_reproduce_on_the_same_folder_exits_2_with_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    holder = lock_folder(out, "nnunet_joint_reproduce")  # as the first reproduce holds it
+    try:
+        with pytest.raises(SystemExit) as e:
+            reproduce.main(["--profile", "tiny", "--out", str(out), "--device", "cpu", "--quiet"])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert err == (f"error: {out}: another nnunet_joint_reproduce is running on this folder (pid {os.getpid()}); "
+                       "wait for it to finish or choose another folder\n")
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # nothing started
+    finally:
+        holder.close()
+    again = lock_folder(out, "nnunet_joint_reproduce")  # released with its holder, however it ended
+    again.close()
+
+
+def test_lock_of_a_killed_reproduce_does_not_block_the_rerun(tmp_path):
+    out = tmp_path / "run"
+    code = ("import sys, time; from pathlib import Path; from nnunet_joint.process import lock_folder\n"
+            "h = lock_folder(Path(sys.argv[1]), 'nnunet_joint_reproduce'); print('locked', flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.stdout.readline().strip() == "locked"
+    with pytest.raises(Exception, match=f"another nnunet_joint_reproduce is running on this folder \\(pid {proc.pid}\\)"):
+        lock_folder(out, "nnunet_joint_reproduce")
+    proc.kill()
+    proc.wait()
+    lock_folder(out, "nnunet_joint_reproduce").close()
+
+
+def test_out_that_is_a_file_is_refused(tmp_path, capsys):
+    a_file = tmp_path / "run"
+    a_file.write_text("x")
+    with pytest.raises(SystemExit) as e:
+        reproduce.main(["--profile", "tiny", "--out", str(a_file), "--quiet"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == f"error: {a_file}: is not a folder (the run folder must be a folder or a new path)\n"
+    assert a_file.read_text() == "x"
