@@ -55,20 +55,29 @@ def built_once(tmp_path_factory, worker_id: str, name: str, build: Callable[[Pat
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, worker_id) -> RunFolder:
-    """A reproduce run folder with the tiny phantom, datasets 501-504 converted and preprocessed (2d).
+    """A reproduce run folder with the tiny phantom, datasets 501-504 converted and preprocessed (2d),
+    the Sheba ones on oracle crops (no stage 1 is trained here).
 
     Tests must not modify it; ones that train copy it first with :func:`copy_run`.
     """
     def build(folder: Path) -> None:
-        prepare_data(RunFolder(folder), "tiny", 0, None, None, Progress(3, quiet=True))
+        prepare_data(RunFolder(folder), "tiny", 0, None, None, Progress(5, quiet=True))
 
     return RunFolder(built_once(tmp_path_factory, worker_id, "tiny_run", build))
 
 
-def copy_run(source: RunFolder, dest: Path) -> RunFolder:
-    """Copy a prepared run's data (phantom, raw, preprocessed, the data marker) to ``dest``."""
+def copy_run(source: RunFolder, dest: Path, targets: bool = True) -> RunFolder:
+    """Copy a prepared run's data (phantom, raw, preprocessed, the step markers) to ``dest``.
+
+    ``targets=False`` copies the LiTS side only (501/502, planned), so that a reproduce run crops
+    the Sheba slices itself with its stage-1 model (the cascade) instead of the oracle crops here.
+    """
+    from nnunet_joint.experiments import DATASET_FOLDERS
+
+    sheba = {DATASET_FOLDERS[503], DATASET_FOLDERS[504], "targets.done"}
+    ignore = None if targets else (lambda _dir, names: [n for n in names if n in sheba])
     for sub in ("phantom", "nnUNet_raw", "nnUNet_preprocessed", "logs"):
-        shutil.copytree(source.root / sub, dest / sub)
+        shutil.copytree(source.root / sub, dest / sub, ignore=ignore)
     return RunFolder(dest)
 
 
@@ -83,7 +92,7 @@ def tiny_reproduced(tiny_run, tmp_path_factory, worker_id) -> RunFolder:
     from nnunet_joint.reproduce import main
 
     def build(folder: Path) -> None:
-        run = copy_run(tiny_run, folder / "run")
+        run = copy_run(tiny_run, folder / "run", targets=False)  # reproduce crops the Sheba slices by stage 1
         assert main(["--profile", "tiny", "--out", str(run.root), "--device", "cpu", "--quiet"]) == 0
 
     return RunFolder(built_once(tmp_path_factory, worker_id, "tiny_reproduced", build) / "run")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from nnunet_joint import TRAINERS_DIR
 from nnunet_joint.errors import InputError
 from nnunet_joint.training import settings
-from nnunet_joint.training.losses import (ClassificationTargetLoss, YNetLoss, inverse_frequency_weights,
+from nnunet_joint.training.losses import (ClassificationTargetLoss, YNetLoss, lesion_in_patch, inverse_frequency_weights,
                                           label_frequencies, set_ce_class_weights)
 
 
@@ -52,16 +52,42 @@ def test_weighted_ce_inside_nnunet_loss_matches_torch():
     assert abs(expected.item() - unweighted.item()) > 1e-3  # the weights really change the loss
 
 
-def test_ynet_loss_is_lambda_mix_of_seg_and_cls():
+def _patches_with_lesion(flags: list[bool]) -> torch.Tensor:
+    """(B, 1, 4, 4) segmentation targets: liver everywhere, one lesion pixel where the flag is set."""
+    target = torch.ones(len(flags), 1, 4, 4)
+    for i, flag in enumerate(flags):
+        if flag:
+            target[i, 0, 1, 2] = 2
+    return target
+
+
+def test_ynet_loss_is_lambda_mix_of_seg_and_cls_on_lesion_patches_only():
     torch.manual_seed(0)
     logits = torch.randn(4, 3)
-    target = torch.tensor([0, 2, 1, 2])
+    types = torch.tensor([0, 2, 1, 2])
     seg_loss = lambda out, tgt: (out - tgt).abs().mean()  # noqa: E731 - any seg loss
     loss = YNetLoss(seg_loss, lam=0.3, logits_of=lambda: logits)
-    loss.cls_target = target
-    seg_out, seg_tgt = torch.ones(2, 2), torch.zeros(2, 2)
-    expected = 0.3 * 1.0 + 0.7 * F.cross_entropy(logits, target).item()
-    assert loss(seg_out, seg_tgt).item() == pytest.approx(expected, rel=1e-6)
+    loss.cls_target = types
+    target = _patches_with_lesion([True, False, True, False])  # samples 1 and 3 show only liver
+    by_hand = -(torch.log_softmax(logits[0], 0)[0] + torch.log_softmax(logits[2], 0)[1]).item() / 2
+    seg = (torch.ones_like(target) * 3 - target).abs().mean().item()
+    assert loss(torch.ones_like(target) * 3, target).item() == pytest.approx(0.3 * seg + 0.7 * by_hand, rel=1e-6)
+    assert loss.cls_loss.last_counts == (2, 4)
+    # deep supervision: the target is a list, the full-resolution one decides
+    assert lesion_in_patch([target, target[:, :, ::2, ::2] * 0]).tolist() == [True, False, True, False]
+
+
+def test_classification_loss_masks_patches_without_lesion_and_keeps_a_graph_when_none_has():
+    logits = torch.randn(3, 3, requires_grad=True)
+    loss = ClassificationTargetLoss()
+    loss.cls_target = torch.tensor([0, 1, 2])
+    masked = loss(logits, _patches_with_lesion([False, True, False]))
+    assert masked.item() == pytest.approx(F.cross_entropy(logits[1:2], torch.tensor([1])).item(), rel=1e-6)
+    none = loss(logits, _patches_with_lesion([False, False, False]))
+    assert none.item() == 0.0 and loss.last_counts == (0, 3)
+    none.backward()  # a batch without lesion patches still steps (a zero gradient)
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+    assert loss(logits).item() == pytest.approx(F.cross_entropy(logits, torch.tensor([0, 1, 2])).item(), rel=1e-6)
 
 
 def test_classification_loss_needs_a_target():

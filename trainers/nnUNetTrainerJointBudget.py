@@ -6,16 +6,18 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_joint.checkpoints import nnunet_loads_safely
 from nnunet_joint.network.from_plans import check_architecture
+from nnunet_joint.training.curves import LearningCurveMixin
 from nnunet_joint.training.settings import Budget
 
 
-class nnUNetTrainer_JointBudget(nnUNetTrainer):
+class nnUNetTrainer_JointBudget(LearningCurveMixin, nnUNetTrainer):
     """``nnUNetTrainer`` unchanged (default architecture, loss, augmentation) except that
     ``nnUNet_joint_epochs`` / ``nnUNet_joint_iterations`` set its length, so plain nnU-Net and our
     trainers can be compared at the same budget. With neither variable set it *is* nnUNetTrainer.
 
-    Like our own trainers it loads checkpoints safely (``--c``/``--val`` never unpickle code) and
-    builds only allow-listed networks from the plans (:mod:`nnunet_joint.network.from_plans`)."""
+    Like our own trainers it loads checkpoints safely (``--c``/``--val`` never unpickle code), builds
+    only allow-listed networks from the plans (:mod:`nnunet_joint.network.from_plans`) and writes
+    ``learning_curve.json`` (:mod:`nnunet_joint.training.curves`)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):

@@ -5,22 +5,24 @@ import torch
 
 from nnunet_joint import LESION_TYPES
 from nnunet_joint.training.base import nnUNetTrainerSEResNetBase
-from nnunet_joint.training.losses import ClassificationTargetLoss
+from nnunet_joint.training.losses import ClassificationTargetLoss, lesion_in_patch
 from nnunet_joint.training.variants import named_variants
 
 
 class nnUNetTrainerSEResNetCls(nnUNetTrainerSEResNetBase):
     """SE-ResNet encoder + global pooling + linear head, trained with CE on the case's lesion type
-    (``dataset.json['lesion_types']``) on nnU-Net's augmented patches.
+    (``dataset.json['lesion_types']``) on nnU-Net's augmented patches that show lesion
+    (lesion-centred sampling, masked loss: :mod:`nnunet_joint.training.sampling`).
 
-    nnU-Net's "pseudo Dice" in the training log and progress.png is the validation accuracy here
-    (tp = correct, fp = fn = wrong gives 2tp/(2tp+fp+fn) = accuracy). Final validation writes
-    ``validation/classification.json`` instead of segmentations.
+    nnU-Net's "pseudo Dice" in the training log and progress.png is the validation accuracy over
+    patches that show lesion (tp = correct, fp = fn = wrong gives 2tp/(2tp+fp+fn) = accuracy).
+    Final validation writes ``validation/classification.json`` instead of segmentations.
     """
 
     framework = "cls"
     num_cls_classes = len(LESION_TYPES)
     has_segmentation = False
+    lesion_centred_sampling = True
 
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
@@ -40,9 +42,10 @@ class nnUNetTrainerSEResNetCls(nnUNetTrainerSEResNetBase):
         target = self.lesion_type_targets(batch["keys"])
         self.loss.cls_target = target
         logits = self.network(batch["data"].to(self.device, non_blocking=True))
-        loss = self.loss(logits)
-        correct = int((logits.argmax(1) == target).sum())
-        wrong = len(target) - correct
+        loss = self.loss(logits, batch["target"])
+        shows_lesion = lesion_in_patch(batch["target"]).to(target.device)
+        correct = int(((logits.argmax(1) == target) & shows_lesion).sum())
+        wrong = int(shows_lesion.sum()) - correct
         return {"loss": loss.detach().cpu().numpy(), "tp_hard": np.array([correct]),
                 "fp_hard": np.array([wrong]), "fn_hard": np.array([wrong])}
 

@@ -8,12 +8,14 @@ from nnunet_joint.training.variants import named_variants
 
 
 class nnUNetTrainerYNet(nnUNetTrainerSEResNetBase):
-    """Loss ``λ·L_seg + (1−λ)·L_cls`` (λ from ``nnUNet_joint_lambda``, default 0.5); the slice's
-    lesion type is the argmax of the head. Validation writes nnU-Net's segmentations and
-    ``validation/classification.json``."""
+    """Loss ``λ·L_seg + (1−λ)·L_cls`` (λ from ``nnUNet_joint_lambda``, default 0.5), the
+    classification term on the patches that show lesion only (:mod:`nnunet_joint.training.sampling`);
+    the slice's lesion type is the argmax of the head. Validation writes nnU-Net's segmentations
+    and ``validation/classification.json``."""
 
     framework = "ynet"
     num_cls_classes = len(LESION_TYPES)
+    lesion_centred_sampling = True  # the head's loss counts only patches that show lesion
 
     def _build_loss(self):
         lam = lambda_from_env()

@@ -29,11 +29,14 @@ from nnunet_joint.network.from_plans import SERESNET_UNET, build_network
 from nnunet_joint.network.imagenet import load_imagenet_weights
 from nnunet_joint.network.unet import SEResNetUNet
 from nnunet_joint.training import settings
+from nnunet_joint.training.curves import LearningCurveMixin, patch_counts
 from nnunet_joint.training.losses import inverse_frequency_weights, label_frequencies, set_ce_class_weights
+from nnunet_joint.training.recipes import RECIPES, RecipeLRScheduler, recipe_name
+from nnunet_joint.training.sampling import lesion_centred
 
 
 
-class nnUNetTrainerSEResNetBase(nnUNetTrainer):
+class nnUNetTrainerSEResNetBase(LearningCurveMixin, nnUNetTrainer):
     """Base of our trainers; subclasses set the class attributes below and, where needed, the loss."""
 
     #: seg | cls | ynet | joint
@@ -46,6 +49,8 @@ class nnUNetTrainerSEResNetBase(nnUNetTrainer):
     num_cls_classes: ClassVar[int] = 0
     #: whether the network has a segmentation decoder
     has_segmentation: ClassVar[bool] = True
+    #: centre forced-foreground patches on lesion (trainers of a slice-level type: nnunet_joint.training.sampling)
+    lesion_centred_sampling: ClassVar[bool] = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -56,12 +61,45 @@ class nnUNetTrainerSEResNetBase(nnUNetTrainer):
                              **self.configuration_manager.configuration.get("architecture", {}),
                              "patch_size": list(self.configuration_manager.patch_size),
                              "batch_size": self.configuration_manager.batch_size}
+        self.recipe_name = recipe_name(self.init)
+        self.recipe = settings.recipe_with_overrides(RECIPES[self.recipe_name])
+        self.initial_lr = self.recipe.peak_lr
         self.frozen_groups: int | None = None
         self.record: dict = {"trainer": self.__class__.__name__, "framework": self.framework, "init": self.init,
                              "schedule": self.schedule, "schedule_table": SCHEDULES[self.schedule],
                              "architecture": self.architecture, **settings.settings_record(self.budget),
                              "num_epochs": self.num_epochs, "num_iterations_per_epoch": self.num_iterations_per_epoch,
-                             "num_val_iterations_per_epoch": self.num_val_iterations_per_epoch}
+                             "num_val_iterations_per_epoch": self.num_val_iterations_per_epoch,
+                             "learning_rate": {"recipe": self.recipe_name, **self.recipe.as_dict(),
+                                               "warmup_epochs": self.recipe.warmup_epochs(self.num_epochs)},
+                             "lesion_centred_sampling": self.lesion_centred_sampling}
+
+    def initialize(self):
+        super().initialize()
+        if self.lesion_centred_sampling:
+            self.dataset_class = lesion_centred(self.dataset_class)
+
+    def configure_optimizers(self):
+        """nnU-Net's SGD with the learning-rate recipe of this initialisation (:mod:`nnunet_joint.training.recipes`)."""
+        optimizer, _ = super().configure_optimizers()
+        return optimizer, RecipeLRScheduler(optimizer, self.recipe, self.num_epochs)
+
+    # ------------------------------------------------------------------ learning curves
+
+    def curve_framework(self) -> str:
+        return self.framework
+
+    def curve_types(self) -> bool:
+        return self.num_cls_classes > 0 or super().curve_types()
+
+    def curve_segments(self) -> bool:
+        return self.has_segmentation
+
+    def curve_counts(self, batch: dict, output) -> dict[str, int]:
+        head = self.plain_network().last_cls_logits if self.num_cls_classes > 0 else None
+        seg = self.curve_seg_logits(output) if self.has_segmentation else None
+        return patch_counts(seg, self.curve_target(batch), self.curve_true_types(batch), head,
+                            joint=self.framework == "joint")
 
     # ------------------------------------------------------------------ network
 
@@ -130,7 +168,7 @@ class nnUNetTrainerSEResNetBase(nnUNetTrainer):
                                f"(encoder {encoder}, patch {self.architecture['patch_size']}), "
                                f"budget {self.num_epochs} epochs x {self.num_iterations_per_epoch} iterations "
                                f"(validation {self.num_val_iterations_per_epoch}), schedule {self.schedule} "
-                               f"{SCHEDULES[self.schedule]}")
+                               f"{SCHEDULES[self.schedule]}, learning rate {self.recipe_name} {self.recipe.as_dict()}")
         self.write_record()
 
     def initialise_weights(self) -> None:

@@ -17,6 +17,8 @@ from torch import nn
 
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 
+from nnunet_joint.labels import FIRST_LESION_LABEL
+
 
 def label_frequencies(segmentations: Iterable[np.ndarray], num_classes: int) -> np.ndarray:
     """Voxel count per label over a set of label maps (negative labels, e.g. nnU-Net's -1 padding, are ignored)."""
@@ -53,23 +55,41 @@ def set_ce_class_weights(loss: nn.Module, weights: torch.Tensor) -> nn.Module:
     return loss
 
 
+def lesion_in_patch(segmentation_target) -> torch.Tensor:
+    """Per sample: does the patch's reference hold lesion pixels (label >= 2)? (deep supervision: full resolution)"""
+    target = segmentation_target[0] if isinstance(segmentation_target, (list, tuple)) else segmentation_target
+    return (target >= FIRST_LESION_LABEL).flatten(1).any(1)
+
+
 class ClassificationTargetLoss(nn.Module):
-    """Cross-entropy of class logits against the targets of the current batch.
+    """Cross-entropy of class logits against the slice types of the current batch, on lesion patches only.
 
     nnU-Net's ``train_step`` calls ``loss(output, target)`` with the segmentation target; the
     slice's lesion type is not in it, so the trainer sets :attr:`cls_target` from the batch keys
-    before each step and this loss ignores the segmentation target.
+    before each step. A slice's type is a valid target only for a patch that shows lesion
+    (:mod:`nnunet_joint.training.sampling`): given the segmentation target, samples without lesion
+    pixels are left out (mean over the rest); a batch without any gives 0, with a gradient path, and
+    :attr:`last_counts` says how many samples counted.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.ce = nn.CrossEntropyLoss()
+        self.ce = nn.CrossEntropyLoss(reduction="none")
         self.cls_target: torch.Tensor | None = None
+        self.last_counts: tuple[int, int] = (0, 0)  # (samples that counted, samples in the batch)
 
-    def forward(self, cls_logits: torch.Tensor, _segmentation_target=None) -> torch.Tensor:
+    def forward(self, cls_logits: torch.Tensor, segmentation_target=None) -> torch.Tensor:
         if self.cls_target is None:
             raise RuntimeError("classification target was not set for this batch")
-        return self.ce(cls_logits, self.cls_target)
+        per_sample = self.ce(cls_logits, self.cls_target)
+        if segmentation_target is None:
+            mask = torch.ones_like(per_sample, dtype=torch.bool)
+        else:
+            mask = lesion_in_patch(segmentation_target).to(per_sample.device)
+        self.last_counts = (int(mask.sum()), int(mask.numel()))
+        if not bool(mask.any()):
+            return (per_sample * 0.0).sum()
+        return per_sample[mask].mean()
 
 
 class YNetLoss(nn.Module):
@@ -97,5 +117,5 @@ class YNetLoss(nn.Module):
 
     def forward(self, seg_output, seg_target) -> torch.Tensor:
         seg = self.seg_loss(seg_output, seg_target)
-        cls = self.cls_loss(self.logits_of())
+        cls = self.cls_loss(self.logits_of(), seg_target)
         return self.lam * seg + (1.0 - self.lam) * cls

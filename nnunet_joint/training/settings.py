@@ -9,6 +9,7 @@ style: ``nnUNet_n_proc_DA``, ``nnUNet_compile``). Every value used is written to
 |---|---|---|
 | ``nnUNet_joint_epochs`` | number of epochs | nnU-Net's (1000) |
 | ``nnUNet_joint_iterations`` | training iterations per epoch (validation: a fifth, 1..50) | nnU-Net's (250 / 50) |
+| ``nnUNet_joint_peak_lr`` | peak learning rate of the run's recipe (:mod:`nnunet_joint.training.recipes`) | the recipe's (1e-2) |
 | ``nnUNet_joint_lambda`` | Y-Net weight: ``L = λ·L_seg + (1−λ)·L_cls`` | ``0.5`` |
 | ``nnUNet_joint_imagenet_weights`` | local ImageNet SE-ResNet checkpoint (.pth/.safetensors, timm layout) | required by ``*_ImageNet*`` |
 | ``nnUNet_joint_lits_checkpoint`` | ``checkpoint_final.pth`` of ``nnUNetTrainerSEResNetSeg`` on Dataset502_LiTSLesion | looked up in ``nnUNet_results`` (same plans) |
@@ -31,6 +32,7 @@ ENV_ITERATIONS = "nnUNet_joint_iterations"
 ENV_LAMBDA = "nnUNet_joint_lambda"
 ENV_IMAGENET = "nnUNet_joint_imagenet_weights"
 ENV_LITS = "nnUNet_joint_lits_checkpoint"
+ENV_PEAK_LR = "nnUNet_joint_peak_lr"
 
 DEFAULT_LAMBDA = 0.5
 #: Where the LiTS lesion-pretraining model is looked up when ``nnUNet_joint_lits_checkpoint`` is unset.
@@ -74,6 +76,23 @@ class Budget:
         if self.iterations_per_epoch is not None:
             trainer.num_iterations_per_epoch = self.iterations_per_epoch
             trainer.num_val_iterations_per_epoch = self.val_iterations(self.iterations_per_epoch)
+
+
+def recipe_with_overrides(recipe):
+    """The learning-rate recipe with ``nnUNet_joint_peak_lr`` applied (a positive number), if set."""
+    import dataclasses
+    import math
+
+    raw = os.environ.get(ENV_PEAK_LR)
+    if raw in (None, ""):
+        return recipe
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InputError(ENV_PEAK_LR, f"must be a positive number, got {raw!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise InputError(ENV_PEAK_LR, f"must be a positive number, got {raw!r}")
+    return dataclasses.replace(recipe, peak_lr=value)
 
 
 def lambda_from_env() -> float:
@@ -125,4 +144,4 @@ def lits_checkpoint_path(plans_identifier: str) -> Path:
 
 def settings_record(budget: Budget) -> dict:
     return {"budget": asdict(budget), "environment": {k: os.environ.get(k) for k in (
-        ENV_EPOCHS, ENV_ITERATIONS, ENV_LAMBDA, ENV_IMAGENET, ENV_LITS)}}
+        ENV_EPOCHS, ENV_ITERATIONS, ENV_LAMBDA, ENV_IMAGENET, ENV_LITS, ENV_PEAK_LR)}}
