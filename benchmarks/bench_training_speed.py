@@ -3,8 +3,8 @@
 Same preprocessed dataset, same process, interleaved rounds (plain, ours, plain, ours, ...) so that
 machine noise hits every contender alike. Each trainer uses its own plans as a user would: plain
 nnU-Net ``nnUNetPlans``, ours ``nnUNetSEResNet18Plans`` / ``nnUNetSEResNet50Plans`` planned on the same
-dataset with our presets (spacing and normalisation are nnU-Net's in both), so patch and batch
-size differ; throughput is therefore compared as pixels per second (batch x patch area / step
+dataset with our presets (as ``nnUNetSEResNet18PlansBench`` etc., so plans carried from LiTS are not
+mixed in; spacing and normalisation are nnU-Net's in both), so patch and batch size differ; throughput is therefore compared as pixels per second (batch x patch area / step
 time). Also printed: parameters and multiply-adds per sample at the planned patch (torch's
 ``FlopCounterMode``: FLOPs / 2), forward and backward counted once each, for one sample.
 
@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nnunet_joint.planning import PLANNERS, plan_and_preprocess, plans_name_of  # noqa: E402
+from nnunet_joint.planning import plan_and_preprocess, planner_of, plans_name_of  # noqa: E402
 from nnunet_joint.reproduce import DATASET_FOLDERS, Progress, RunFolder, prepare_data  # noqa: E402
 
 
@@ -93,14 +93,17 @@ def main() -> None:
     os.environ.update(RunFolder(run.root).environment(nnUNet_results=results_tmp.name))
     device = torch.device(args.device)
     dataset_folder = run.preprocessed / DATASET_FOLDERS[args.dataset]
-    planner_of = {cls.encoder_name: name for name, cls in PLANNERS.items()}
-    for encoder in args.encoders:  # the preset planned on this dataset itself, as a user would
-        if not (dataset_folder / f"{plans_name_of(encoder)}.json").is_file():
-            plan_and_preprocess([args.dataset], planner_of[encoder])
+    # every preset planned on this dataset itself (not plans carried from LiTS), under a name of the
+    # benchmark's own, so all contenders are planned from the same fingerprint by the same rules
+    bench_plans = {enc: f"{plans_name_of(enc)}Bench" for enc in args.encoders}
+    with run.nnunet_environment():
+        for encoder, plans in bench_plans.items():
+            if not (dataset_folder / f"{plans}.json").is_file():
+                plan_and_preprocess([args.dataset], planner_of(encoder), plans_name=plans)
     framework = "nnUNetTrainerJoint" if args.dataset == 504 else "nnUNetTrainerSEResNetSeg"
 
     contenders = [("nnUNetTrainer (plain)", "nnUNetTrainer", "nnUNetPlans")]
-    contenders += [(f"{framework} {enc}", framework, plans_name_of(enc)) for enc in args.encoders]
+    contenders += [(f"{framework} {enc}", framework, bench_plans[enc]) for enc in args.encoders]
     trainers = {label: make_trainer(name, dataset_folder, plans, device) for label, name, plans in contenders}
     batches = {}
     for label, trainer in trainers.items():

@@ -228,36 +228,36 @@ def prepare_data(run: RunFolder, phantom_size: str, seed: int, lits_dir: Path | 
 
 @dataclass(frozen=True)
 class Profile:
-    """What a profile runs, and how long each training is."""
+    """What a profile runs, and how long each training is (our budget variables; {} = nnU-Net's length)."""
 
     name: str
     folds: tuple[int, ...]
     phantom_size: str
     encoder: str  # the SE-ResNet preset of our rows and the LiTS pretraining
-    budget: dict[str, str]  # our budget variables for Sheba trainings ({} = nnU-Net's standard length)
-    stage_budget: dict[str, str]  # for stage 1 and LiTS pretraining
+    budget: dict[str, str]  # every Sheba row, plain nnU-Net included: one budget for all
+    stage1_budget: dict[str, str]  # stage 1 (liver) on the LiTS volumes
+    lits_budget: dict[str, str]  # the LiTS lesion model (pretraining)
     lits_fold: str  # fold of the LiTS lesion model our LiTS init loads
     max_lits_cases: int | None
     rows: tuple[str, ...] | None  # trainers (every dataset) or TRAINER@DatasetXXX_Name to run (None = all)
+    jobs: int = 1  # trainings at a time
+
+
+def _budget(epochs: int, iterations: int) -> dict[str, str]:
+    return {"nnUNet_joint_epochs": str(epochs), "nnUNet_joint_iterations": str(iterations)}
 
 
 PROFILES = {
     # Fits the 15-minute budget of a 2-core CPU machine (measured: 16.5 min with six rows at 6 x 10 and
     # stage budgets 4 x 10, hence these): the small phantom, fold 0, five rows (Y-Net from LiTS, joint
     # from scratch, from LiTS and with hierarchical freezing, plain nnU-Net on 504).
-    "demo": Profile("demo", (0,), "small", "seresnet18",
-                    {"nnUNet_joint_epochs": "5", "nnUNet_joint_iterations": "10"},
-                    {"nnUNet_joint_epochs": "2", "nnUNet_joint_iterations": "10"},
-                    "0", None,
+    "demo": Profile("demo", (0,), "small", "seresnet18", _budget(5, 10), _budget(2, 10), _budget(2, 10), "0", None,
                     ("nnUNetTrainerYNet_LiTS", "nnUNetTrainerJoint", "nnUNetTrainerJoint_LiTS",
                      "nnUNetTrainerJoint_LiTS_HierFreeze", f"{PLAIN_TRAINER}@{DATASET_FOLDERS[504]}")),
     # The papers' protocol: 3 folds, nnU-Net's standard training length, every row.
-    "full": Profile("full", (0, 1, 2), "default", "seresnet50", {}, {}, "all", None, None),
+    "full": Profile("full", (0, 1, 2), "default", "seresnet50", {}, {}, {}, "all", None, None),
     # For tests: the tiny phantom and a minimal budget.
-    "tiny": Profile("tiny", (0,), "tiny", "seresnet18",
-                    {"nnUNet_joint_epochs": "1", "nnUNet_joint_iterations": "2"},
-                    {"nnUNet_joint_epochs": "1", "nnUNet_joint_iterations": "2"},
-                    "0", None,
+    "tiny": Profile("tiny", (0,), "tiny", "seresnet18", _budget(1, 2), _budget(1, 2), _budget(1, 2), "0", None,
                     ("nnUNetTrainerSEResNetCls_LiTS", "nnUNetTrainerSEResNetSeg_LiTS", "nnUNetTrainerYNet_LiTS",
                      "nnUNetTrainerJoint_LiTS", PLAIN_TRAINER)),
 }
@@ -340,15 +340,60 @@ def versions() -> dict[str, str]:
     return out
 
 
+@dataclass
+class Training:
+    """One fold to train: what it runs and where; ``train_fold``'s arguments."""
+
+    what: str
+    trainer: str
+    dataset: int
+    fold: str
+    budget: dict[str, str]
+    plans: str = DEFAULT_PLANS
+    env: dict[str, str] = field(default_factory=dict)
+    npz: bool = False
+
+
+def run_trainings(run: RunFolder, trainings: Sequence[Training], device: str, jobs: int, commands: list[str],
+                  progress: Progress) -> dict[int, str | None]:
+    """Train folds, ``jobs`` at a time; returns each training's failure (``None`` when it finished).
+
+    Every training is its own ``nnUNetv2_train`` process; with ``jobs > 1`` each gets
+    ``cpu_count // jobs`` torch threads (``nnUNet_joint_threads``) so that the processes share the
+    machine instead of overbooking it, and the single-threaded parts of one (start-up, data loading,
+    validation export) overlap the training of another.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    extra = {"nnUNet_joint_threads": str(threads)} if jobs > 1 else {}
+
+    def one(index: int) -> tuple[int, str | None]:
+        t = trainings[index]
+        progress.step(t.what)
+        try:
+            train_fold(run, t.trainer, t.dataset, t.fold, device, t.budget, {**t.env, **extra}, commands, t.plans,
+                       t.npz)
+        except (RuntimeError, InputError) as e:
+            return index, str(e).splitlines()[0]
+        return index, None
+
+    if jobs <= 1:
+        return dict(one(i) for i in range(len(trainings)))
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return dict(pool.map(one, range(len(trainings))))
+
+
 def reproduce(out: Path, profile: Profile, device: str = "cpu", imagenet_weights: Path | None = None,
               lits_dir: Path | None = None, sheba_dir: Path | None = None, seed: int = 0,
               folds: Sequence[int] | None = None, stop_after: str | None = None, quiet: bool = False,
-              oracle_crops: bool = False) -> dict:
+              oracle_crops: bool = False, jobs: int | None = None) -> dict:
     """Run the whole pipeline into ``out``; finished steps and folds are skipped, so a rerun resumes.
 
     The papers' cascade: stage 1 (plain nnU-Net on the LiTS volumes) is trained first and crops
     the Sheba slices (``oracle_crops`` crops them with the reference masks instead, which no user
-    gets at inference, and the report says so); then the LiTS lesion model, then the matrix.
+    gets at inference, and the report says so); the LiTS lesion model trains beside stage 1; then
+    the matrix. ``jobs`` trainings run at a time (default: the profile's).
     """
     from nnunet_joint.evaluation.coverage import cascade_coverage
     from nnunet_joint.evaluation.report import build_report
@@ -357,33 +402,48 @@ def reproduce(out: Path, profile: Profile, device: str = "cpu", imagenet_weights
     run = RunFolder(out.resolve())
     lock = lock_folder(run.root, "nnunet_joint_reproduce")  # noqa: F841 - held until this function returns
     folds = tuple(folds) if folds is not None else profile.folds
+    jobs = profile.jobs if jobs is None else jobs
     matrix = experiment_matrix()
     selected = [e for e in matrix if profile.rows is None or e.trainer in profile.rows or e.name in profile.rows]
     runnable = [e for e in selected if e.init != "ImageNet" or imagenet_weights is not None]
     own_data = lits_dir is None or sheba_dir is None
-    progress = Progress(total_steps=(3 if own_data else 2) + 1 + 2 + 1 + len(runnable) * len(folds) + 1, quiet=quiet)
+    progress = Progress(total_steps=(3 if own_data else 2) + 2 + 2 + len(runnable) * len(folds) + 1, quiet=quiet)
     commands = [" ".join(["nnunet_joint_reproduce", "--profile", profile.name, "--out", str(out)]
                          + (["--oracle-crops"] if oracle_crops else []))]
     plans = plans_name_of(profile.encoder)
     lits_dir, sheba_dir = prepare_sources(run, profile.phantom_size, seed, lits_dir, sheba_dir, progress,
                                           profile.max_lits_cases, profile.encoder)
-    stage_env = dict(profile.stage_budget)
     if oracle_crops:
         prepare_targets(run, sheba_dir, progress, profile.encoder)
     if stop_after == "data" and oracle_crops:
         return {"run": run.root}
-    progress.step(f"stage 1: {PLAIN_TRAINER} on {DATASET_FOLDERS[501]} fold 0")
-    liver_dir = train_fold(run, PLAIN_TRAINER, 501, "0", device, stage_env, {}, commands)
-    liver_summary = evaluate_dir(liver_dir.parent, run, 501, ["0"])
+    stage1 = Training(f"stage 1: {PLAIN_TRAINER} on {DATASET_FOLDERS[501]} fold 0", PLAIN_TRAINER, 501, "0",
+                      dict(profile.stage1_budget))
+    lits = Training(f"LiTS lesion pretraining: {LITS_TRAINER} on {DATASET_FOLDERS[502]} fold {profile.lits_fold}",
+                    LITS_TRAINER, 502, profile.lits_fold, dict(profile.lits_budget), plans)
+    failures = run_trainings(run, [stage1, lits], device, jobs, commands, progress)
+    for index, failure in failures.items():
+        if failure is not None:
+            raise RuntimeError(f"{[stage1, lits][index].what} failed: {failure}")
+    liver_dir = trainer_dir(run, PLAIN_TRAINER, 501, DEFAULT_PLANS)
+    liver_summary = evaluate_dir(liver_dir, run, 501, ["0"])
     if not oracle_crops:
-        prepare_targets(run, sheba_dir, progress, profile.encoder, liver_model=liver_dir.parent)
+        prepare_targets(run, sheba_dir, progress, profile.encoder, liver_model=liver_dir)
     if stop_after == "data":
         return {"run": run.root}
-    progress.step(f"LiTS lesion pretraining: {LITS_TRAINER} on {DATASET_FOLDERS[502]} fold {profile.lits_fold}")
-    lits_fold_dir = train_fold(run, LITS_TRAINER, 502, profile.lits_fold, device, stage_env, {}, commands, plans)
-    transfer_env = {"nnUNet_joint_lits_checkpoint": str(lits_fold_dir / "checkpoint_final.pth")}
+    transfer_env = {"nnUNet_joint_lits_checkpoint": str(trainer_dir(run, LITS_TRAINER, 502, plans)
+                                                        / f"fold_{profile.lits_fold}" / "checkpoint_final.pth")}
     if imagenet_weights is not None:
         transfer_env["nnUNet_joint_imagenet_weights"] = str(Path(imagenet_weights).resolve())
+
+    trainings, owner = [], []
+    for exp in runnable:
+        for fold in folds:
+            trainings.append(Training(f"{exp.trainer} on {DATASET_FOLDERS[exp.dataset]} fold {fold}", exp.trainer,
+                                      exp.dataset, str(fold), dict(profile.budget), exp.plans(plans), transfer_env,
+                                      npz=exp.framework == "nnunet" and exp.dataset == 504))
+            owner.append(exp)
+    failures = run_trainings(run, trainings, device, jobs, commands, progress)
 
     experiments = []
     for exp in matrix:
@@ -394,16 +454,15 @@ def reproduce(out: Path, profile: Profile, device: str = "cpu", imagenet_weights
                  "budget": {"epochs": int(profile.budget.get("nnUNet_joint_epochs", 0)) or "nnU-Net default",
                             "iterations": int(profile.budget.get("nnUNet_joint_iterations", 0)) or "nnU-Net default",
                             "encoder": profile.encoder if exp.framework != "nnunet" else "-"}}
+        mine = [failures[i] for i, o in enumerate(owner) if o == exp]
         if exp.init == "ImageNet" and imagenet_weights is None:
             entry["status"] = "not run: no ImageNet weights given"
         elif exp not in selected:
             entry["status"] = f"not run: not in the {profile.name} profile"
+        elif any(mine):
+            entry["status"] = "failed: " + next(f for f in mine if f)
         else:
             try:
-                for fold in folds:
-                    progress.step(f"{exp.trainer} on {DATASET_FOLDERS[exp.dataset]} fold {fold}")
-                    train_fold(run, exp.trainer, exp.dataset, str(fold), device, profile.budget, transfer_env,
-                               commands, exp.plans(plans), npz=exp.framework == "nnunet" and exp.dataset == 504)
                 entry["summary"] = evaluate_dir(directory, run, exp.dataset, folds)
                 entry["status"] = "done"
             except (RuntimeError, InputError) as e:
@@ -413,11 +472,11 @@ def reproduce(out: Path, profile: Profile, device: str = "cpu", imagenet_weights
     progress.step("evaluation and report")
     joint = run.raw / DATASET_FOLDERS[504]
     meta = {"profile": profile.name, "folds": list(folds), "commands": commands, "versions": versions(),
-            "wall_time_s": time.monotonic() - progress.start, "raw_root": run.raw,
+            "wall_time_s": time.monotonic() - progress.start, "raw_root": run.raw, "jobs": jobs,
             "images_dataset": DATASET_FOLDERS[504], "stage1": {"trainer": PLAIN_TRAINER, "summary": liver_summary},
             "cascade": cascade_coverage(joint, run.preprocessed / DATASET_FOLDERS[504] / "splits_final.json", folds),
-            "stage_budget": profile.stage_budget, "device": device,
-            "phantom": None if not own_data else {"size": profile.phantom_size, "seed": seed}}
+            "stage_budget": {"stage 1": profile.stage1_budget, "LiTS pretraining": profile.lits_budget},
+            "device": device, "phantom": None if not own_data else {"size": profile.phantom_size, "seed": seed}}
     report = build_report(experiments, run.report, meta)
     if not quiet:
         print(f"report: {run.report / 'report.md'} ({(time.monotonic() - progress.start) / 60:.1f} min)")
@@ -442,6 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--oracle-crops", action="store_true",
                    help="crop the Sheba slices with their reference liver masks instead of the stage-1 model "
                         "(the cascade, both papers' protocol and the default); the report says which was used")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="trainings at a time (default: the profile's); each gets cpu_count // jobs torch threads")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -454,11 +515,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise InputError(given, "not found")
     if (args.lits is None) != (args.sheba is None):
         raise InputError(args.lits or args.sheba, "give both --lits and --sheba, or neither (phantom)")
+    if args.jobs is not None and args.jobs < 1:
+        raise InputError(None, f"--jobs must be at least 1, got {args.jobs}")
     device = args.device
     if device is None:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     reproduce(args.out, PROFILES[args.profile], device, args.imagenet_weights, args.lits, args.sheba, args.seed,
-              args.folds, args.stop_after, args.quiet, args.oracle_crops)
+              args.folds, args.stop_after, args.quiet, args.oracle_crops, args.jobs)
     return 0

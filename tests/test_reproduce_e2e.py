@@ -47,7 +47,8 @@ def test_summary_matches_the_fold_folders(run_dir):
     assert set(PROFILES["tiny"].rows) <= trained  # every row of the profile ran
     for e in done:
         fresh = evaluate_trainer_dir(Path(e["trainer_dir"]), gt_dir=run_dir / "nnUNet_preprocessed" / e["dataset"]
-                                     / "gt_segmentations", folds=[0])
+                                     / "gt_segmentations", folds=[0], raw_dataset=run_dir / "nnUNet_raw" / e["dataset"])
+        assert fresh["scored_on"] == "full slices"
         for metric, value in fresh["aggregate"]["metrics"].items():
             assert e["aggregate"]["metrics"][metric]["n"] == value["n"], (e["key"], metric)
             if value["mean"] is not None:
@@ -80,3 +81,26 @@ def test_report_states_the_stage1_liver_dice(run_dir):
     line = f"liver Dice per validation volume {format_mean_std(dice)} (n={dice['n']} volumes)"
     assert line in (run_dir / "report" / "report.md").read_text(encoding="utf-8")
     assert line in (run_dir / "report" / "report.html").read_text(encoding="utf-8")
+
+
+def test_the_cascade_crops_the_sheba_slices_and_the_report_says_so(run_dir):
+    """Stage 1 cropped 503/504 (no reference liver mask), every crop is recorded, and the report names it."""
+    for dataset in (DATASET_FOLDERS[503], DATASET_FOLDERS[504]):
+        crops = json.loads((run_dir / "nnUNet_raw" / dataset / "crops.json").read_text(encoding="utf-8"))
+        assert crops["crop_mode"] == "cascade"
+        assert {c["crop_source"] for c in crops["cases"].values()} <= {
+            "stage-1 liver model", "whole slice (stage 1 found no liver)"}
+        assert all(0.0 <= c["lesion_fraction_in_crop"] <= 1.0 for c in crops["cases"].values())
+    report = (run_dir / "report" / "report.md").read_text(encoding="utf-8")
+    assert "Crops: cascade" in report and "fold 0 (" in report
+
+
+def test_every_row_writes_a_learning_curve_and_plain_nnunet_exports_probabilities(run_dir):
+    done = [e for e in experiments(run_dir).values() if e["status"] == "done"]
+    for e in done:
+        curve = json.loads((Path(e["trainer_dir"]) / "fold_0" / "learning_curve.json").read_text(encoding="utf-8"))
+        assert [row["epoch"] for row in curve["epochs"]] == [0]  # the tiny profile trains one epoch
+    plain = next(e for e in done if e["trainer"] == PLAIN_TRAINER and e["dataset"] == DATASET_FOLDERS[504])
+    validation = Path(plain["trainer_dir"]) / "fold_0" / "validation"
+    assert sorted(p.stem for p in validation.glob("*.npz")) == sorted(
+        p.name[:-len(".nii.gz")] for p in validation.glob("*.nii.gz"))  # the same vote fallback as our joint model

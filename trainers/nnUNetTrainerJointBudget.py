@@ -7,7 +7,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_joint.checkpoints import nnunet_loads_safely
 from nnunet_joint.network.from_plans import check_architecture
 from nnunet_joint.training.curves import LearningCurveMixin
-from nnunet_joint.training.settings import Budget
+from nnunet_joint.training.settings import Budget, apply_threads
 
 
 class nnUNetTrainer_JointBudget(LearningCurveMixin, nnUNetTrainer):
@@ -23,6 +23,7 @@ class nnUNetTrainer_JointBudget(LearningCurveMixin, nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         Budget.from_env().apply(self)
+        apply_threads()
         self.print_to_log_file(f"budget {self.num_epochs} epochs x {self.num_iterations_per_epoch} iterations "
                                f"(validation {self.num_val_iterations_per_epoch})")
 

@@ -57,6 +57,7 @@ class nnUNetTrainerSEResNetBase(LearningCurveMixin, nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.budget = settings.Budget.from_env()
         self.budget.apply(self)
+        settings.apply_threads()
         self.architecture = {"plans": self.plans_manager.plans_name,
                              **self.configuration_manager.configuration.get("architecture", {}),
                              "patch_size": list(self.configuration_manager.patch_size),

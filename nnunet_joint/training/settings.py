@@ -9,6 +9,7 @@ style: ``nnUNet_n_proc_DA``, ``nnUNet_compile``). Every value used is written to
 |---|---|---|
 | ``nnUNet_joint_epochs`` | number of epochs | nnU-Net's (1000) |
 | ``nnUNet_joint_iterations`` | training iterations per epoch (validation: a fifth, 1..50) | nnU-Net's (250 / 50) |
+| ``nnUNet_joint_threads`` | torch threads of the training process (nnU-Net sets the CPU count on ``-device cpu``) | nnU-Net's |
 | ``nnUNet_joint_peak_lr`` | peak learning rate of the run's recipe (:mod:`nnunet_joint.training.recipes`) | the recipe's (1e-2) |
 | ``nnUNet_joint_lambda`` | Y-Net weight: ``L = λ·L_seg + (1−λ)·L_cls`` | ``0.5`` |
 | ``nnUNet_joint_imagenet_weights`` | local ImageNet SE-ResNet checkpoint (.pth/.safetensors, timm layout) | required by ``*_ImageNet*`` |
@@ -33,6 +34,7 @@ ENV_LAMBDA = "nnUNet_joint_lambda"
 ENV_IMAGENET = "nnUNet_joint_imagenet_weights"
 ENV_LITS = "nnUNet_joint_lits_checkpoint"
 ENV_PEAK_LR = "nnUNet_joint_peak_lr"
+ENV_THREADS = "nnUNet_joint_threads"
 
 DEFAULT_LAMBDA = 0.5
 #: Where the LiTS lesion-pretraining model is looked up when ``nnUNet_joint_lits_checkpoint`` is unset.
@@ -76,6 +78,17 @@ class Budget:
         if self.iterations_per_epoch is not None:
             trainer.num_iterations_per_epoch = self.iterations_per_epoch
             trainer.num_val_iterations_per_epoch = self.val_iterations(self.iterations_per_epoch)
+
+
+def apply_threads() -> int | None:
+    """``torch.set_num_threads(nnUNet_joint_threads)`` when set: several trainings sharing one machine
+    (``nnunet_joint_reproduce --jobs``) would otherwise each take every core."""
+    threads = _positive_int(ENV_THREADS)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    return threads
 
 
 def recipe_with_overrides(recipe):
@@ -144,4 +157,4 @@ def lits_checkpoint_path(plans_identifier: str) -> Path:
 
 def settings_record(budget: Budget) -> dict:
     return {"budget": asdict(budget), "environment": {k: os.environ.get(k) for k in (
-        ENV_EPOCHS, ENV_ITERATIONS, ENV_LAMBDA, ENV_IMAGENET, ENV_LITS, ENV_PEAK_LR)}}
+        ENV_EPOCHS, ENV_ITERATIONS, ENV_LAMBDA, ENV_IMAGENET, ENV_LITS, ENV_PEAK_LR, ENV_THREADS)}}
