@@ -54,6 +54,7 @@ from nnunet_joint.crops import (
     crop_to_roi,
     roi_components,
 )
+from nnunet_joint.cpu import passive_openmp
 from nnunet_joint.errors import InputError, check_number, cli_entry
 from nnunet_joint.evaluation.metrics import dice
 from nnunet_joint.labels import JOINT_LABELS, SEG_LABELS
@@ -258,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
+    passive_openmp()  # before torch is imported (stage 1 runs here with --liver-model): see nnunet_joint.cpu
     args = build_parser().parse_args(argv)
     from nnunet_joint.inference.models import parse_folds  # torch/nnU-Net only when needed
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from nnunet_joint import TRAINERS_DIR
+from nnunet_joint.cpu import WAIT_POLICY, passive_openmp
 from nnunet_joint.errors import InputError, cli_entry
 from nnunet_joint.experiments import (
     DATASET_FOLDERS,
@@ -90,6 +91,7 @@ class RunFolder:
                    nnUNet_results=str(self.results), nnUNet_extTrainer=str(TRAINERS_DIR))
         env.setdefault("nnUNet_n_proc_DA", "1")
         env.setdefault("nnUNet_def_n_proc", "1")
+        env.setdefault(WAIT_POLICY, "PASSIVE")  # idle OpenMP threads sleep: see nnunet_joint.cpu
         env.update(extra)
         return env
 
@@ -509,6 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
+    passive_openmp()  # before torch is imported (stage 1 runs in this process while cropping)
     args = build_parser().parse_args(argv)
     for given in (args.lits, args.sheba, args.imagenet_weights):
         if given is not None and not given.exists():

@@ -13,14 +13,21 @@ other worker while that chain builds, then the modules that only wait for the sh
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-from typing import Callable
+import os
 
-import pytest
-from filelock import FileLock
+# Before torch is imported anywhere in the worker: idle OpenMP threads sleep instead of spinning, so
+# two test workers (and the nnU-Net processes they start, which inherit it) share 2 cores without
+# slowing each other down tenfold (nnunet_joint.cpu).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from nnunet_joint.reproduce import Progress, RunFolder, prepare_data
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Callable  # noqa: E402
+
+import pytest  # noqa: E402
+from filelock import FileLock  # noqa: E402
+
+from nnunet_joint.reproduce import Progress, RunFolder, prepare_data  # noqa: E402
 
 
 #: Module order for the xdist scheduler (unlisted modules: 1).

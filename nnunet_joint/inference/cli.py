@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
+from nnunet_joint.cpu import passive_openmp
 from nnunet_joint.errors import InputError, cli_entry
 from nnunet_joint.inference.inputs import InputCase, discover_inputs, read_case
 from nnunet_joint.inference.output_folder import MARKER, check_output_folder, write_marker  # noqa: F401 (cli.MARKER)
@@ -149,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
+    passive_openmp()  # before torch is imported: see nnunet_joint.cpu
     from nnunet_joint.inference.models import parse_folds
 
     args = build_parser().parse_args(argv)
