@@ -89,7 +89,7 @@ def stage1_livers(cases: Sequence[ShebaCase], liver_model: str | os.PathLike, fo
 
 def crop_of_case(case: ShebaCase, stage1: np.ndarray | None, cascade: bool, margin_mm: float
                  ) -> tuple[dict, CropBox, np.ndarray]:
-    """A case's crop: its ``crops.json`` entry, the box, and the region the cascade keeps lesions in.
+    """A case's crop: its ``crops.json`` entry, the box, and the liver region the box was made from.
 
     Cascade (a stage-1 model was given): the box of the stage-1 liver's pieces, as at inference; a
     lesion outside it is the cascade's error, kept in the full-slice scores. If stage 1 finds no

@@ -1,10 +1,11 @@
 """How much of the lesions the cascade's crops keep, and how well stage 1 segments the liver, per fold.
 
 Read from the converter's ``crops.json`` (per case: lesion pixels, lesion pixels inside the crop
-and inside the liver region the cascade keeps lesions in, stage-1 liver Dice against the
-reference liver where one was given) and the validation cases of each fold. These numbers say what
-the cascade costs before any lesion model runs: a lesion outside the crop or the region cannot be
-found, and the full-slice scores count it as missed.
+and inside the stage-1 liver region, stage-1 liver Dice against the reference liver where one was
+given) and the validation cases of each fold. These numbers say what the cascade costs before any
+lesion model runs: a lesion outside the crop cannot be found, and the full-slice scores count it
+as missed. (Inside the stage-1 liver is information only: lesions are not cut to it, see
+:func:`nnunet_joint.crops.cascade_labels`.)
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def cascade_coverage(raw_dataset: Path, splits_file: Path, folds: Sequence[int])
 
     Returns:
         ``{"crop_mode": ..., "per_fold": [{"fold", "n_slices", "lesion_in_crop", "lesion_in_region",
-        "slices_losing_lesion", "stage1_liver_dice": {"mean", "std", "n"} | None}, ...]}``;
+        "slices_losing_lesion" (to the crop), "stage1_liver_dice": {"mean", "std", "n"} | None}, ...]}``;
         coverages are lesion pixels kept / all lesion pixels of the fold's validation slices.
     """
     crops_path = raw_dataset / CROPS_FILE
@@ -41,8 +42,7 @@ def cascade_coverage(raw_dataset: Path, splits_file: Path, folds: Sequence[int])
         total = sum(e.get("lesion_pixels", 0) for e in entries)
         in_crop = sum(e.get("lesion_pixels_in_crop", e.get("lesion_pixels", 0)) for e in entries)
         in_region = sum(round(e.get("lesion_fraction_in_region", 1.0) * e.get("lesion_pixels", 0)) for e in entries)
-        losing = sum(1 for e in entries if e.get("lesion_fraction_in_region", 1.0) < 1.0
-                     or e.get("lesion_fraction_in_crop", 1.0) < 1.0)
+        losing = sum(1 for e in entries if e.get("lesion_fraction_in_crop", 1.0) < 1.0)
         dices = [e["stage1_liver_dice"] for e in entries if e.get("stage1_liver_dice") is not None]
         per_fold.append({
             "fold": int(fold), "n_slices": len(entries),
@@ -65,12 +65,13 @@ def coverage_lines(coverage: dict | None) -> list[str]:
     else:
         lines = ["Crops: cascade — the Sheba slices were cropped by the stage-1 liver model, as in both papers "
                  "and as nnunet_joint_predict does; every metric is computed on the full slice, so a lesion the "
-                 "crop or the stage-1 liver lost counts as missed."]
+                 "crop lost counts as missed."]
     for f in coverage["per_fold"]:
         parts = [f"fold {f['fold']} ({f['n_slices']} slices):"]
         if f["lesion_in_crop"] is not None:
-            parts.append(f"lesion pixels inside the crop {f['lesion_in_crop']:.1%}, inside the cascade's liver "
-                         f"region {f['lesion_in_region']:.1%}; {f['slices_losing_lesion']} slice(s) lost lesion")
+            parts.append(f"lesion pixels inside the crop {f['lesion_in_crop']:.1%} "
+                         f"({f['slices_losing_lesion']} slice(s) lost lesion to the crop); inside stage 1's liver "
+                         f"{f['lesion_in_region']:.1%}")
         dice = f["stage1_liver_dice"]
         if dice is not None:
             parts.append(f"; stage-1 liver Dice on these slices {dice['mean']:.3f} ± {dice['std']:.3f} "

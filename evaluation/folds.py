@@ -270,7 +270,7 @@ class FullSlices:
         return read_label_map(self.folder / FULL_LABELS_DIR / f"{case_id}{info.file_ending}", info)[0]
 
     def roi(self, case_id: str, file_ending: str) -> np.ndarray:
-        """The liver region the cascade keeps lesions in (stage 1's, or the reference's for oracle crops)."""
+        """The liver region of the crop (stage 1's liver for cascade crops, the reference's for oracle crops)."""
         path = self.folder / ROI_DIR / f"{case_id}{file_ending}"
         return sitk.GetArrayFromImage(read_image(path)) > 0
 

@@ -271,15 +271,28 @@ def test_full_slice_scoring_counts_a_lesion_the_crop_lost(tmp_path):
     assert full_a["dice"] == pytest.approx(6 / 7)  # nothing lost: the same as on the crop
 
 
-def test_full_slice_scoring_drops_lesions_outside_the_cascade_region(tmp_path):
-    """The cascade keeps lesions only inside the stage-1 liver: a predicted lesion outside it is removed."""
+def test_full_slice_scoring_keeps_stage2_lesions_and_takes_the_liver_from_stage1(tmp_path):
+    """Stage 2's lesions stay even outside the stage-1 liver; the liver label is stage 1's region."""
     trainer_dir, gt_dir = build_tree(tmp_path)
     raw = build_full_slices(tmp_path, lost={})
     roi = np.zeros((6, 8), np.uint8)
-    roi[1:5, 2:6] = REFERENCE["A"] >= 1
-    roi[2, 4] = 0  # A's predicted lesion pixel (row 1 of the crop, col 2) falls outside the region
-    write_label_map(raw / "roiFull" / "A.nii.gz", roi)
+    roi[1:5, 2:6] = REFERENCE["B"] >= 1
+    roi[2, 4] = 0  # a hole in stage 1's liver where B's reference has liver
+    roi[0, 0] = 1  # and stage-1 liver outside the crop
+    write_label_map(raw / "roiFull" / "B.nii.gz", roi)
+    write_label_map(raw / "roiFull" / "A.nii.gz", np.zeros((6, 8), np.uint8))  # stage 1 found no liver for A
     full = evaluate_trainer_dir(trainer_dir, gt_dir=gt_dir, raw_dataset=raw)
-    a = next(c for c in full["cases"] if c["case_id"] == "A")
-    # prediction A had lesion px at crop (1,1)=2, (1,2)=3, (2,1)=2; (1,2) -> full (2,4) is dropped
-    assert (a["tp"], a["fp"], a["fn"]) == (2, 0, 2)
+    cases = {c["case_id"]: c for c in full["cases"]}
+    assert (cases["A"]["tp"], cases["A"]["fp"], cases["A"]["fn"]) == (3, 0, 1)  # A's 3 found lesion px all kept
+    # B: reference liver (label >= 1) 12 px in the crop; predicted liver = stage 1's region: 11 of them + (0, 0)
+    assert cases["B"]["liver_dice"] == pytest.approx(2 * 11 / (12 + 12))
+
+
+def test_cascade_labels_by_hand():
+    from nnunet_joint.crops import cascade_labels
+
+    stage2 = np.array([[0, 1, 3], [4, 1, 0]])
+    liver = np.array([[True, False, False], [False, True, True]])
+    np.testing.assert_array_equal(cascade_labels(stage2, liver), [[1, 0, 3], [4, 1, 1]])
+    with pytest.raises(ValueError, match="differ in shape"):
+        cascade_labels(stage2, liver[:1])

@@ -212,3 +212,19 @@ def test_out_that_is_a_file_is_refused(tmp_path, capsys):
     assert e.value.code == 2
     assert capsys.readouterr().err == f"error: {a_file}: is not a folder (the run folder must be a folder or a new path)\n"
     assert a_file.read_text() == "x"
+
+
+def test_the_study_profile_runs_both_sides_of_every_question_the_papers_ask_without_imagenet():
+    from nnunet_joint.experiments import comparisons, experiment, experiment_matrix
+    from nnunet_joint.reproduce import PROFILES
+
+    study = PROFILES["study"]
+    assert study.folds == (0, 1, 2)
+    selected = {e for e in experiment_matrix() if e.trainer in study.rows}
+    for c in comparisons():
+        for framework, init, schedule in (c.better, c.baseline):
+            if init != "ImageNet":
+                assert experiment(framework, init, schedule) in selected, (c.name, framework, init, schedule)
+    assert {e.dataset for e in selected if e.framework == "nnunet"} == {503, 504}  # plain nnU-Net on both
+    assert len(selected) == 13
+    assert set(study.budget) == {"nnUNet_joint_epochs", "nnUNet_joint_iterations"}  # one budget for every row

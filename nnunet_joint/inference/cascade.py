@@ -4,8 +4,8 @@ Stage 1 segments the liver on the whole image; its pieces (every connected compo
 :data:`~nnunet_joint.crops.MIN_COMPONENT_FRACTION` of the largest), grown by the converter's
 margin (:mod:`nnunet_joint.crops`, the rule that cropped the training data), crop the image;
 stage 2 (joint or Y-Net model) runs on the crop; everything is pasted back into the input's grid
-and combined by :func:`~nnunet_joint.crops.cascade_labels` (lesions only inside the stage-1
-liver), the rule the full-slice scores use too. A stage-1 liver that is no plausible liver (too
+and combined by :func:`~nnunet_joint.crops.cascade_labels` (stage 2's lesions, stage 1's liver),
+the rule the full-slice scores use too. A stage-1 liver that is no plausible liver (too
 small, or not liver HU: :mod:`~nnunet_joint.inference.liver_check`) stops the cascade: no lesion is
 written.
 """

@@ -10,6 +10,7 @@ style: ``nnUNet_n_proc_DA``, ``nnUNet_compile``). Every value used is written to
 | ``nnUNet_joint_epochs`` | number of epochs | nnU-Net's (1000) |
 | ``nnUNet_joint_iterations`` | training iterations per epoch (validation: a fifth, 1..50) | nnU-Net's (250 / 50) |
 | ``nnUNet_joint_threads`` | torch threads of the training process (nnU-Net sets the CPU count on ``-device cpu``) | nnU-Net's |
+| ``nnUNet_joint_warmup_fraction`` | fraction of the epochs the learning rate warms up over (:mod:`nnunet_joint.training.recipes`) | the recipe's |
 | ``nnUNet_joint_peak_lr`` | peak learning rate of the run's recipe (:mod:`nnunet_joint.training.recipes`) | the recipe's (1e-2) |
 | ``nnUNet_joint_lambda`` | Y-Net weight: ``L = λ·L_seg + (1−λ)·L_cls`` | ``0.5`` |
 | ``nnUNet_joint_imagenet_weights`` | local ImageNet SE-ResNet checkpoint (.pth/.safetensors, timm layout) | required by ``*_ImageNet*`` |
@@ -35,6 +36,7 @@ ENV_IMAGENET = "nnUNet_joint_imagenet_weights"
 ENV_LITS = "nnUNet_joint_lits_checkpoint"
 ENV_PEAK_LR = "nnUNet_joint_peak_lr"
 ENV_THREADS = "nnUNet_joint_threads"
+ENV_WARMUP = "nnUNet_joint_warmup_fraction"
 
 DEFAULT_LAMBDA = 0.5
 #: Where the LiTS lesion-pretraining model is looked up when ``nnUNet_joint_lits_checkpoint`` is unset.
@@ -91,21 +93,30 @@ def apply_threads() -> int | None:
     return threads
 
 
-def recipe_with_overrides(recipe):
-    """The learning-rate recipe with ``nnUNet_joint_peak_lr`` applied (a positive number), if set."""
-    import dataclasses
+def _number_in(name: str, low: float, high: float, low_open: bool) -> float | None:
     import math
 
-    raw = os.environ.get(ENV_PEAK_LR)
+    raw = os.environ.get(name)
     if raw in (None, ""):
-        return recipe
+        return None
     try:
         value = float(raw)
     except ValueError:
-        raise InputError(ENV_PEAK_LR, f"must be a positive number, got {raw!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise InputError(ENV_PEAK_LR, f"must be a positive number, got {raw!r}")
-    return dataclasses.replace(recipe, peak_lr=value)
+        value = math.nan
+    if not (math.isfinite(value) and (value > low if low_open else value >= low) and value < high):
+        interval = f"{'(' if low_open else '['}{low}, {high})"
+        raise InputError(name, f"must be a number in {interval}, got {raw!r}")
+    return value
+
+
+def recipe_with_overrides(recipe):
+    """The learning-rate recipe with ``nnUNet_joint_peak_lr`` / ``nnUNet_joint_warmup_fraction`` applied, if set."""
+    import dataclasses
+
+    peak = _number_in(ENV_PEAK_LR, 0.0, float("inf"), low_open=True)
+    warmup = _number_in(ENV_WARMUP, 0.0, 1.0, low_open=False)
+    return dataclasses.replace(recipe, **({"peak_lr": peak} if peak is not None else {}),
+                               **({"warmup_fraction": warmup} if warmup is not None else {}))
 
 
 def lambda_from_env() -> float:
@@ -157,4 +168,4 @@ def lits_checkpoint_path(plans_identifier: str) -> Path:
 
 def settings_record(budget: Budget) -> dict:
     return {"budget": asdict(budget), "environment": {k: os.environ.get(k) for k in (
-        ENV_EPOCHS, ENV_ITERATIONS, ENV_LAMBDA, ENV_IMAGENET, ENV_LITS, ENV_PEAK_LR, ENV_THREADS)}}
+        ENV_EPOCHS, ENV_ITERATIONS, ENV_LAMBDA, ENV_IMAGENET, ENV_LITS, ENV_PEAK_LR, ENV_WARMUP, ENV_THREADS)}}
