@@ -8,12 +8,14 @@ unset), the network from the trainer's ``build_network_architecture``, the weigh
 through :func:`~nnunet_joint.checkpoints.safe_torch_load`, then
 ``nnUNetPredictor.manual_initialization``. Several folds are an ensemble of parameter sets, as in
 nnU-Net (logits averaged). Preprocessing, sliding-window prediction, test-time mirroring and the
-resampling back to the input grid are nnU-Net's.
+resampling back to the input grid are nnU-Net's; :class:`BatchedPredictor` only runs the
+sliding-window tiles several at a time (one network call per batch of tiles instead of per tile).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import io
 import json
@@ -21,7 +23,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -163,19 +165,125 @@ def has_classification_head(network: torch.nn.Module) -> bool:
     return getattr(network, "cls_head", None) is not None or callable(getattr(network, "classify", None))
 
 
+# ----------------------------------------------------------------------------- predictor settings
+
+
+def cpu_threads() -> int:
+    """CPU cores this process may run on (its affinity mask, which containers and ``taskset`` narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class PredictorSettings:
+    """How nnU-Net's predictor runs a model (what ``nnUNetv2_predict`` sets with its options).
+
+    Attributes:
+        tta: test-time mirroring over the axes the trainer allows (``--disable_tta`` in nnU-Net is
+            ``tta=False``): 4 network passes per tile for a 2-D model instead of 1.
+        tile_step_size: nnU-Net's ``-step_size`` (0.5: tiles overlap by half).
+        tile_pixels: tiles per network call = this // pixels of one tile (at least 1): small 2-D
+            tiles are batched, a 512 x 512 tile runs alone. Memory grows with it.
+        threads: torch CPU threads (default: the cores this process may use). nnU-Net caps the
+            threads of its sliding window at ``nnUNet_def_n_proc``; the predictor here does not.
+        progress: tqdm progress bars.
+        slab_slices: the cascade predicts a 2-D model's image this many slices at a time (nnU-Net's
+            preprocessing, sliding window and resampling on each slab), so memory is bounded by
+            the slab, not the scan.
+    """
+
+    tta: bool = True
+    tile_step_size: float = 0.5
+    tile_pixels: int = 512 * 512
+    threads: int | None = None
+    progress: bool = False
+    slab_slices: int = 32
+
+
+@functools.lru_cache(maxsize=None)
+def _batched_predictor_class():
+    """:class:`nnUNetPredictor` with batched sliding-window tiles (built lazily: importing nnU-Net is slow)."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+    from nnunetv2.utilities.helpers import empty_cache
+    from tqdm import tqdm
+
+    class BatchedPredictor(nnUNetPredictor):
+        """nnU-Net's predictor; its sliding window runs ``tiles_per_batch`` tiles per network call.
+
+        :meth:`_internal_predict_sliding_window_return_logits` is nnU-Net 2.8's loop with the tiles
+        of one batch stacked: the same tiles (nnU-Net's slicers and step size), the same Gaussian
+        weights, the same mirroring (``_internal_maybe_mirror_and_predict``, which flips a batch as
+        it flips one tile) and the same float16 accumulation in the same tile order. Only the
+        network sees a batch instead of single tiles, which changes its float32 arithmetic in the
+        last bits at most.
+        """
+
+        tiles_per_batch = 1
+        threads: int | None = None
+        #: label of the tile progress bar; no bar without one (the cascade shows one per slab of slices)
+        progress_label: str | None = None
+
+        @torch.inference_mode()
+        def _internal_predict_sliding_window_return_logits(self, data: torch.Tensor, slicers,
+                                                           do_on_device: bool = True):
+            results_device = self.device if do_on_device else torch.device("cpu")
+            predicted_logits = n_predictions = None
+            if self.threads:  # predict_logits_from_preprocessed_data caps them at nnUNet_def_n_proc
+                torch.set_num_threads(self.threads)
+            try:
+                empty_cache(self.device)
+                data = data.to(results_device)
+                predicted_logits = torch.zeros((self.label_manager.num_segmentation_heads, *data.shape[1:]),
+                                               dtype=torch.half, device=results_device)
+                n_predictions = torch.zeros(data.shape[1:], dtype=torch.half, device=results_device)
+                gaussian = compute_gaussian(tuple(self.configuration_manager.patch_size), sigma_scale=1. / 8,
+                                            value_scaling_factor=10, device=results_device) \
+                    if self.use_gaussian else 1
+                batch = max(1, int(self.tiles_per_batch))
+                with tqdm(desc=self.progress_label, total=len(slicers), unit="tile", leave=False,
+                          disable=not (self.allow_tqdm and self.progress_label)) as bar:
+                    for start in range(0, len(slicers), batch):
+                        group = slicers[start:start + batch]
+                        tiles = torch.stack([data[sl] for sl in group]).to(self.device)
+                        prediction = self._internal_maybe_mirror_and_predict(tiles).to(results_device)
+                        for tile_prediction, sl in zip(prediction, group):
+                            if self.use_gaussian:
+                                tile_prediction *= gaussian
+                            predicted_logits[sl] += tile_prediction
+                            n_predictions[sl[1:]] += gaussian
+                        bar.update(len(group))
+                torch.div(predicted_logits, n_predictions, out=predicted_logits)
+                if torch.any(torch.isinf(predicted_logits)):
+                    raise RuntimeError("Encountered inf in predicted array. Aborting... If this problem persists, "
+                                       "reduce value_scaling_factor in compute_gaussian or increase the dtype of "
+                                       "predicted_logits to fp32")
+                return predicted_logits
+            except Exception:
+                del predicted_logits, n_predictions
+                empty_cache(self.device)
+                empty_cache(results_device)
+                raise
+
+    return BatchedPredictor
+
+
 @dataclass
 class Prediction:
     """One model's output on one image, on the image's own grid (array order).
 
     Attributes:
         segmentation: ``(z, y, x)`` label map with the model's label values.
-        probabilities: ``(num_labels, z, y, x)`` softmax, channels in ``label_values`` order.
+        probabilities: ``(num_labels, z, y, x)`` softmax, channels in ``label_values`` order
+            (``None`` when not asked for).
         slice_type_probabilities: Y-Net only: ``(len(LESION_TYPES), z, y, x)``, each slice's
             head probabilities broadcast over the slice.
     """
 
     segmentation: np.ndarray
-    probabilities: np.ndarray
+    probabilities: np.ndarray | None
     slice_type_probabilities: np.ndarray | None = None
 
 
@@ -183,13 +291,14 @@ class CascadeModel:
     """A trained nnU-Net model folder, safely loaded, ready to predict arrays."""
 
     def __init__(self, folder: Path, trainer_name: str, folds: list[int | str], predictor, labels: dict[str, int],
-                 dataset_json: dict):
+                 dataset_json: dict, settings: PredictorSettings | None = None):
         self.folder = folder
         self.trainer_name = trainer_name
         self.folds = folds
         self.predictor = predictor
         self.labels = labels
         self.dataset_json = dataset_json
+        self.settings = settings or PredictorSettings()
 
     @property
     def label_values(self) -> list[int]:
@@ -213,28 +322,68 @@ class CascadeModel:
             return float(source["margin_mm"])
         return DEFAULT_MARGIN_MM
 
+    @property
+    def slab_axis(self) -> int | None:
+        """For a 2-D configuration, the array axis nnU-Net cuts the image into slices along
+        (``transpose_forward[0]``): slabs along it predict independently. ``None`` for 3-D."""
+        p = self.predictor
+        if len(p.configuration_manager.patch_size) != 2:
+            return None
+        return int(p.plans_manager.transpose_forward[0])
+
     def channel(self, label_name: str) -> int:
         """Probability channel of a named label."""
         return self.label_values.index(self.labels[label_name])
 
     def describe(self) -> dict:
-        return {"folder": str(self.folder), "trainer": self.trainer_name, "folds": self.folds}
+        return {"folder": str(self.folder), "trainer": self.trainer_name, "folds": self.folds,
+                "tta": self.settings.tta, "tile_step_size": self.settings.tile_step_size}
 
-    def predict(self, image_zyx: np.ndarray, spacing_zyx: Sequence[float]) -> Prediction:
-        """Run nnU-Net's preprocessing, sliding window (ensemble over folds) and resampling back."""
+    def predict(self, image_zyx: np.ndarray, spacing_zyx: Sequence[float], probabilities: bool = True,
+                timer: Callable[[str], contextlib.AbstractContextManager] | None = None,
+                progress_label: str | None = None) -> Prediction:
+        """Run nnU-Net's preprocessing, sliding window (ensemble over folds) and resampling back.
+
+        Args:
+            image_zyx: the image in array order (not modified).
+            spacing_zyx: its voxel size (array order).
+            probabilities: also return the softmax on the image grid (``False``: segmentation only,
+                nnU-Net's faster path that takes the argmax of the resampled logits).
+            timer: ``timer(name)`` is a context manager timing one step ("preprocess", "network",
+                "resample back").
+            progress_label: label of a progress bar over the sliding window's tiles (none without).
+        """
         from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 
+        step = timer or (lambda name: contextlib.nullcontext())
         p = self.predictor
-        preprocessor = p.configuration_manager.preprocessor_class(verbose=False)
-        data, _, props = preprocessor.run_case_npy(image_zyx[None].astype(np.float32), None,
-                                                   {"spacing": [float(s) for s in spacing_zyx]},
-                                                   p.plans_manager, p.configuration_manager, p.dataset_json)
-        data_t = torch.from_numpy(data)
-        logits = p.predict_logits_from_preprocessed_data(data_t).cpu()
-        segmentation, probabilities = convert_predicted_logits_to_segmentation_with_correct_shape(
-            logits, p.plans_manager, p.configuration_manager, p.label_manager, props, return_probabilities=True)
-        slice_types = self._slice_type_probabilities(data_t, props) if self.is_ynet else None
-        return Prediction(np.asarray(segmentation), np.asarray(probabilities, dtype=np.float32), slice_types)
+        threads = self.settings.threads or cpu_threads()
+        previous_threads = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        p.threads = threads
+        try:
+            with step("preprocess"):
+                preprocessor = p.configuration_manager.preprocessor_class(verbose=False)
+                # run_case_npy converts to float32 with a copy: the caller's array is not touched
+                data, _, props = preprocessor.run_case_npy(image_zyx[None], None,
+                                                           {"spacing": [float(s) for s in spacing_zyx]},
+                                                           p.plans_manager, p.configuration_manager, p.dataset_json)
+                data_t = torch.from_numpy(data)
+            with step("network"):
+                p.progress_label = progress_label
+                logits = p.predict_logits_from_preprocessed_data(data_t).cpu()
+                slice_types = self._slice_type_probabilities(data_t, props) if self.is_ynet else None
+            del data, data_t
+            with step("resample back"):
+                exported = convert_predicted_logits_to_segmentation_with_correct_shape(
+                    logits, p.plans_manager, p.configuration_manager, p.label_manager, props,
+                    return_probabilities=probabilities, num_threads_torch=threads)
+        finally:
+            torch.set_num_threads(previous_threads)
+        if probabilities:
+            segmentation, probs = exported
+            return Prediction(np.asarray(segmentation), np.asarray(probs, dtype=np.float32), slice_types)
+        return Prediction(np.asarray(exported), None, slice_types)
 
     @torch.inference_mode()
     def _slice_type_probabilities(self, data: torch.Tensor, props: dict) -> np.ndarray:
@@ -269,8 +418,11 @@ class CascadeModel:
 
 
 def load_model(folder: str | os.PathLike, folds: Sequence[int | str] | None, device: torch.device,
-               allow_tqdm: bool = False) -> CascadeModel:
+               allow_tqdm: bool = False, settings: PredictorSettings | None = None) -> CascadeModel:
     """Load a trained nnU-Net model folder without ``weights_only=False`` anywhere.
+
+    ``settings`` (default: nnU-Net's own: mirroring on, step 0.5) set up nnU-Net's predictor;
+    ``allow_tqdm`` is a shortcut for ``settings.progress``.
 
     Raises:
         InputError: missing folder, JSON or checkpoint, a checkpoint that would run code, weights
@@ -311,7 +463,6 @@ def load_model(folder: str | os.PathLike, folds: Sequence[int | str] | None, dev
         parameters.append(checkpoint["network_weights"])
 
     with _silenced(True):
-        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -343,11 +494,14 @@ def load_model(folder: str | os.PathLike, folds: Sequence[int | str] | None, dev
             raise InputError(folder / f"fold_{fold}" / CHECKPOINT_NAME,
                              f"weights do not fit the network built from plans.json ({' '.join(first)[:300]})") from None
     network.load_state_dict(parameters[0])
+    settings = settings or PredictorSettings(progress=allow_tqdm)
     with _silenced(True):  # its CPU notice is not for our users
-        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
-                                    perform_everything_on_device=device.type == "cuda", device=device,
-                                    verbose=False, allow_tqdm=allow_tqdm)
+        predictor = _batched_predictor_class()(
+            tile_step_size=settings.tile_step_size, use_gaussian=True, use_mirroring=settings.tta,
+            perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
+            allow_tqdm=settings.progress or allow_tqdm)
         predictor.manual_initialization(network, plans_manager, configuration_manager, parameters, dataset_json,
                                         trainer_name, mirror_axes)
+    predictor.tiles_per_batch = max(1, settings.tile_pixels // int(np.prod(configuration_manager.patch_size)))
     labels = {str(k): int(v) for k, v in dataset_json["labels"].items() if isinstance(v, int)}
-    return CascadeModel(folder, trainer_name, list(folds), predictor, labels, dataset_json)
+    return CascadeModel(folder, trainer_name, list(folds), predictor, labels, dataset_json, settings)
