@@ -125,11 +125,11 @@ def predict(
         tmp.mkdir()
         (tmp / MARKER).write_text(f"written by nnunet_joint_predict from {input_path.resolve()}\n")
         for n, case in enumerate(cases, start=1):
-            label = f"[{n}/{len(cases)}] {case.name}"
-            case_timer = timer if len(cases) == 1 else (lambda name, _p=case.name: timer(f"{_p}: {name}"))
-            results[case.name], case_slices = _predict_case(
-                case, first if n == 1 else None, tmp if single else tmp / case.name, liver, lesion,
-                models, quiet, overlays, say, label, case_timer)
+            ct, first = (first, None) if n == 1 else (None, None)  # not held past its case
+            results[case.name], case_slices = _predict_case(  # stages add up over the inputs in one table
+                case, ct, tmp if single else tmp / case.name, liver, lesion, models, quiet, overlays, say,
+                f"[{n}/{len(cases)}] {case.name}", timer)
+            del ct
             slices += case_slices
     if verbose:
         print(timer.report(f"nnunet_joint_predict: time and peak memory (RSS) by stage, {threads} thread(s), "

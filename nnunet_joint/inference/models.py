@@ -15,6 +15,7 @@ sliding-window tiles several at a time (one network call per batch of tiles inst
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import inspect
 import io
@@ -331,6 +332,33 @@ class CascadeModel:
             return None
         return int(p.plans_manager.transpose_forward[0])
 
+    def resampling_configuration(self, spacing_zyx: Sequence[float]):
+        """nnU-Net's configuration, with nnU-Net's own ``force_separate_z`` resampling option where that is
+        the same computation: a 2-D model keeps the spacing between its slices, so resampling each slice
+        in-plane equals nnU-Net's 3-D resampling (B-splines evaluated at their own nodes along that axis)
+        up to float rounding, at a fraction of the cost (order 3 on 32 slices of 512 x 512: about 7x less
+        time). Used only when the slices' axis is the one nnU-Net itself would pick as low-resolution
+        (the largest spacing, alone), with nnU-Net's default resampling functions; otherwise unchanged.
+        """
+        from nnunetv2.preprocessing.resampling.default_resampling import get_lowres_axis
+        from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+
+        p = self.predictor
+        cm = p.configuration_manager
+        if self.slab_axis is None:
+            return cm
+        transposed = [float(spacing_zyx[i]) for i in p.plans_manager.transpose_forward]
+        if [int(a) for a in get_lowres_axis(transposed)] != [0]:
+            return cm
+        configuration = copy.deepcopy(cm.configuration)
+        for kind in ("data", "seg", "probabilities"):
+            kwargs = configuration.get(f"resampling_fn_{kind}_kwargs")
+            if configuration.get(f"resampling_fn_{kind}") != "resample_data_or_seg_to_shape" or \
+                    not isinstance(kwargs, dict) or kwargs.get("force_separate_z", "absent") is not None:
+                return cm  # not nnU-Net's default resampling, or already decided by the plans
+            kwargs["force_separate_z"] = True
+        return ConfigurationManager(configuration)
+
     def channel(self, label_name: str) -> int:
         """Probability channel of a named label."""
         return self.label_values.index(self.labels[label_name])
@@ -363,11 +391,12 @@ class CascadeModel:
         p.threads = threads
         try:
             with step("preprocess"):
-                preprocessor = p.configuration_manager.preprocessor_class(verbose=False)
+                configuration = self.resampling_configuration(spacing_zyx)
+                preprocessor = configuration.preprocessor_class(verbose=False)
                 # run_case_npy converts to float32 with a copy: the caller's array is not touched
                 data, _, props = preprocessor.run_case_npy(image_zyx[None], None,
                                                            {"spacing": [float(s) for s in spacing_zyx]},
-                                                           p.plans_manager, p.configuration_manager, p.dataset_json)
+                                                           p.plans_manager, configuration, p.dataset_json)
                 data_t = torch.from_numpy(data)
             with step("network"):
                 p.progress_label = progress_label
@@ -376,7 +405,7 @@ class CascadeModel:
             del data, data_t
             with step("resample back"):
                 exported = convert_predicted_logits_to_segmentation_with_correct_shape(
-                    logits, p.plans_manager, p.configuration_manager, p.label_manager, props,
+                    logits, p.plans_manager, configuration, p.label_manager, props,
                     return_probabilities=probabilities, num_threads_torch=threads)
         finally:
             torch.set_num_threads(previous_threads)
