@@ -236,6 +236,15 @@ def test_output_folder_we_did_not_write_is_refused(tmp_path, capsys):
     run_cli_expect_error(capsys, ["-i", str(tmp_path), "-o", str(tmp_path / "sub")], "overlaps the input")
 
 
+def test_bad_predictor_settings_are_one_line_errors(tmp_path, capsys):
+    image = write_nifti(tmp_path / "ct.nii.gz", ct_array((16, 16)))
+    out = tmp_path / "out"
+    run_cli_expect_error(capsys, ["-i", str(image), "-o", str(out), "--step-size", "1.5"], "--step-size 1.5")
+    run_cli_expect_error(capsys, ["-i", str(image), "-o", str(out), "--step-size", "0"], "must be in (0, 1]")
+    run_cli_expect_error(capsys, ["-i", str(image), "-o", str(out), "--threads", "0"], "--threads 0")
+    assert not out.exists()
+
+
 def test_existing_output_with_our_marker_gets_past_the_output_check(tmp_path):
     out = tmp_path / "out"
     out.mkdir()

@@ -337,8 +337,12 @@ class CascadeModel:
         the same computation: a 2-D model keeps the spacing between its slices, so resampling each slice
         in-plane equals nnU-Net's 3-D resampling (B-splines evaluated at their own nodes along that axis)
         up to float rounding, at a fraction of the cost (order 3 on 32 slices of 512 x 512: about 7x less
-        time). Used only when the slices' axis is the one nnU-Net itself would pick as low-resolution
-        (the largest spacing, alone), with nnU-Net's default resampling functions; otherwise unchanged.
+        time). One difference: skimage clips each resized image to its input's range, per slice here,
+        per slab in 3-D; it shows only at a spline overshoot in a slice that lacks the slab's extreme
+        values, which CT after nnU-Net's CT normalisation (clipped to two foreground percentiles, so
+        air/fat and bone hit the limits) nearly never does. Used only when the slices' axis is the one
+        nnU-Net itself would pick as low-resolution (the largest spacing, alone), with nnU-Net's default
+        resampling functions and plans that leave ``force_separate_z`` to nnU-Net; otherwise unchanged.
         """
         from nnunetv2.preprocessing.resampling.default_resampling import get_lowres_axis
         from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
