@@ -23,3 +23,12 @@ def passive_openmp() -> bool:
     (torch not imported yet). Children started afterwards inherit it either way."""
     os.environ.setdefault(WAIT_POLICY, "PASSIVE")
     return "torch" not in sys.modules
+
+
+def cpu_threads() -> int:
+    """CPU cores this process may run on (its affinity mask, which containers and ``taskset`` narrow;
+    ``os.cpu_count`` counts the machine's)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)

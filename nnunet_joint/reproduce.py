@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from nnunet_joint import TRAINERS_DIR
-from nnunet_joint.cpu import WAIT_POLICY, passive_openmp
+from nnunet_joint.cpu import WAIT_POLICY, cpu_threads, passive_openmp
 from nnunet_joint.errors import InputError, cli_entry
 from nnunet_joint.experiments import (
     DATASET_FOLDERS,
@@ -32,7 +32,6 @@ from nnunet_joint.experiments import (
     DEFAULT_PLANS,
     LITS_TRAINER,
     PLAIN_TRAINER,
-    Experiment,
     experiment_matrix,
 )
 from nnunet_joint.process import lock_folder, run_tied
@@ -386,7 +385,7 @@ def run_trainings(run: RunFolder, trainings: Sequence[Training], device: str, jo
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    threads = max(1, cpu_threads() // max(1, jobs))
     extra = {"nnUNet_joint_threads": str(threads)} if jobs > 1 else {}
 
     def one(index: int) -> tuple[int, str | None]:

@@ -149,3 +149,57 @@ def test_ynet_output_types_lesion_pixels_by_their_slice_head():
     labels, type_probs = lesion_types_from_prediction(model, seg, np.zeros((3, 2, 1, 3)), head)
     assert labels.tolist() == [[[3, 1, 3]], [[4, 0, 0]]]
     np.testing.assert_allclose(type_probs[:, 1, 0, 0], [0.1, 0.1, 0.8])
+
+
+def _reference_analysis(label_map: np.ndarray, spacing_zyx, probabilities: np.ndarray) -> list[tuple]:
+    """Per-lesion votes, voxel count, mean probabilities, slices and diameter computed on full-size masks
+    (the straightforward way: one whole-image mask per lesion), largest first."""
+    from scipy import ndimage
+
+    components, n = ndimage.label(label_map >= 2, structure=np.ones((3, 3, 3)))  # full connectivity
+    out = []
+    for index in range(1, n + 1):
+        mask = components == index
+        votes = np.bincount(label_map[mask] - 2, minlength=3)
+        zs = np.flatnonzero(mask.any(axis=(1, 2)))
+        diameter = 0.0
+        for z in zs:
+            edge = mask[z] & ~ndimage.binary_erosion(mask[z], border_value=0)
+            pts = np.argwhere(edge) * np.asarray(spacing_zyx[1:])
+            if len(pts) > 1:
+                diameter = max(diameter, float(np.max(np.linalg.norm(pts[:, None] - pts[None], axis=2))))
+        out.append((int(mask.sum()), votes.tolist(), probabilities[:, mask].mean(axis=1), zs.tolist(), diameter,
+                    np.argwhere(mask).mean(axis=0)))
+    return sorted(out, key=lambda e: -e[0])
+
+
+def test_many_lesions_in_a_volume_match_a_whole_image_computation_with_probabilities_on_a_box():
+    """Lesions are measured inside their bounding boxes and probabilities may cover only a box (the
+    cascade's crop): same numbers as full-size masks over whole-image probabilities."""
+    rng = np.random.default_rng(3)
+    shape = (12, 60, 70)
+    labels = np.ones(shape, dtype=np.uint8)
+    noise = rng.random(shape)
+    labels[2:11, 8:55, 10:64] = np.where(noise[2:11, 8:55, 10:64] > 0.93, rng.integers(2, 5, (9, 47, 54)), 1)
+    labels[4:8, 20:30, 20:32] = METASTASIS  # one large lesion among many small ones
+    probs = rng.random((3, *shape)).astype(np.float32)
+    probs /= probs.sum(axis=0, keepdims=True)
+    box = (slice(1, 12), slice(5, 58), slice(8, 66))  # holds every lesion voxel
+    ref = sitk.Image(shape[2], shape[1], shape[0], sitk.sitkInt16)
+    ref.SetSpacing((0.7, 0.8, 2.0))
+    typed, lesions = analyse_lesions(labels, ref, probs[(slice(None), *box)], box)
+    _, lesions_full = analyse_lesions(labels, ref, probs)
+    assert lesions == lesions_full and len(lesions) > 50
+    expected = _reference_analysis(labels, (2.0, 0.8, 0.7), probs)
+    assert [e["voxels"] for e in lesions] == [e[0] for e in expected]
+    by_size_and_slices = {(e[0], tuple(e[3]), tuple(np.round(e[5], 3))): e for e in expected}
+    for lesion in lesions:
+        index_zyx = tuple(np.round(lesion["centroid_index"][::-1], 3))
+        count, votes, mean_probs, slices, diameter, _ = by_size_and_slices[(lesion["voxels"], tuple(lesion["slices"]),
+                                                                            index_zyx)]
+        assert list(lesion["type_votes"].values()) == votes
+        assert list(lesion["probabilities"].values()) == pytest.approx(mean_probs, abs=1e-4)
+        assert lesion["longest_diameter_mm"] == pytest.approx(diameter, abs=1e-3)
+        assert np.all(typed[labels >= 2] >= 2)
+    with pytest.raises(ValueError, match="outside"):
+        analyse_lesions(labels, ref, probs[:, 3:, 5:58, 8:66], (slice(3, 12), slice(5, 58), slice(8, 66)))

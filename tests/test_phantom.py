@@ -245,3 +245,22 @@ def test_difficulty_scales_noise_and_atypical_share() -> None:
     assert [atypical_fraction(d) for d in (0.0, 1.0, 2.0, 3.0)] == pytest.approx([0.0, 0.15, 0.30, 0.45])
     textbook = [render_sheba_case(easy, case) for case in easy.sheba[:6]]
     assert not any(lesion.atypical for case in textbook for lesion in case.lesions)
+
+
+def test_clinical_volume_has_the_asked_grid_lesions_in_the_liver_and_is_deterministic(tmp_path: Path) -> None:
+    """The prediction benchmark's input: a 512-matrix LiTS-like scan (here 12 slices, to stay fast)."""
+    from nnunet_joint.phantom.corpus import CLINICAL_SPACING, render_clinical_volume, write_clinical_volume
+
+    record = write_clinical_volume(tmp_path / "a", seed=0, slices=12)
+    vol = sitk.ReadImage(str(tmp_path / "a" / record["volume"]))
+    seg = _array(tmp_path / "a" / record["segmentation"])
+    assert vol.GetSize() == (512, 512, 12) and vol.GetPixelID() == sitk.sitkInt16
+    assert np.allclose(vol.GetSpacing()[::-1], CLINICAL_SPACING)
+    assert record["shape_zyx"] == [12, 512, 512] and (seg == 1).sum() > 10_000
+    hu = sitk.GetArrayFromImage(vol)
+    assert hu.min() <= -900 and 60 < np.median(hu[seg == 1]) < 160  # air around the body; liver HU
+    for lesion in record["lesions"]:
+        assert seg[tuple(lesion["centre_zyx"])] == 2
+    assert record["lesions"] and (seg == 2).any()
+    again = render_clinical_volume(seed=0, slices=12)
+    assert np.array_equal(again.image, hu)

@@ -1,6 +1,7 @@
 """nnunet_joint_predict end to end (slow): tiny phantom → nnU-Net planning → plain nnU-Net liver model
 (``nnUNetTrainer_JointBudget``, fold ``all``) and our joint model → the cascade on a phantom LiTS volume
-and on Sheba slices, checked against the inputs' geometry and ``phantom_truth.json``."""
+and on Sheba slices, checked against the inputs' geometry and ``phantom_truth.json``; the fast path
+(slabs, per-slice resampling, no softmax volume) against nnU-Net's own predictor run the previous way."""
 
 from __future__ import annotations
 
@@ -73,6 +74,7 @@ def check_lesions_json(report: dict, lesions_map: np.ndarray, is_slice: bool) ->
     assert report["kind"] == ("slice" if is_slice else "volume")
     assert report["models"]["liver"]["trainer"] == LIVER_TRAINER and report["models"]["liver"]["folds"] == ["all"]
     assert report["models"]["lesion"]["kind"] == "joint" and report["models"]["lesion"]["folds"] == [0]
+    assert report["models"]["lesion"]["tta"] is False  # no test-time mirroring by default on the CPU
     size_key = "area_mm2" if is_slice else "volume_mm3"
     total = 0
     for i, lesion in enumerate(report["lesions"], start=1):
@@ -86,7 +88,7 @@ def check_lesions_json(report: dict, lesions_map: np.ndarray, is_slice: bool) ->
     assert len(report["overlays"]) == len({z for e in report["lesions"] for z in e["slices"]})
 
 
-def test_cascade_on_a_volume_and_a_slice_keeps_the_input_geometry(env, tmp_path):
+def test_cascade_on_a_volume_and_a_slice_keeps_the_input_geometry(env, tmp_path, capsys):
     run = env
     inputs = tmp_path / "inputs"
     inputs.mkdir()
@@ -95,7 +97,11 @@ def test_cascade_on_a_volume_and_a_slice_keeps_the_input_geometry(env, tmp_path)
     for p in (volume, sheba):
         (inputs / p.name).write_bytes(p.read_bytes())
     out = tmp_path / "out"
-    assert cli.main(["-i", str(inputs), "-o", str(out), "--device", "cpu", "--quiet"]) == 0
+    assert cli.main(["-i", str(inputs), "-o", str(out), "--device", "cpu", "--quiet", "--verbose"]) == 0
+    timings = capsys.readouterr().err  # --verbose: time and memory per stage, even with --quiet
+    for stage in ("load models", "stage 1 (liver): network", "stage 2 (lesions): resample back", "crop",
+                  "paste back", "lesion analysis", "write NIfTI", "overlays", "s per slice, 9 slices"):
+        assert stage in timings, timings
     assert (out / cli.MARKER).is_file()
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["sheba_0001", "volume-2"]
     for name, source_path, is_slice in (("volume-2", volume, False), ("sheba_0001", sheba, True)):
@@ -158,3 +164,64 @@ def test_detected_sheba_lesions_agree_with_the_phantom_truth(env, tmp_path):
     # sizes: the longest diameter of detected lesions agrees with the truth within a factor 2.5
     # (the short-trained model tends to over-segment: measured median ratio 1.17, range 0.24-2.51)
     assert 0.5 <= float(np.median(ratios)) <= 2.5
+
+
+def _previous_path(ct, liver_dir: Path, lesion_dir: Path, lesion_fold: int, tta: bool, margin_mm: float):
+    """The cascade as it ran before the fast path, written out independently: nnU-Net's own
+    ``nnUNetPredictor`` (initialised by nnU-Net from the model folder, the whole image at once,
+    one tile per network call) on the image, the crop rule, nnU-Net again on the crop, paste back."""
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    from nnunet_joint.crops import roi_bbox, roi_components
+    from nnunet_joint.inference.cascade import model_spacing
+
+    predictors = []
+    for folder, folds in ((liver_dir, ("all",)), (lesion_dir, (lesion_fold,))):
+        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=tta,
+                                    perform_everything_on_device=False, device=torch.device("cpu"), allow_tqdm=False)
+        predictor.initialize_from_trained_model_folder(str(folder), folds, "checkpoint_final.pth")  # our own file
+        predictors.append(predictor)
+    spacing = {"spacing": list(model_spacing(ct))}
+    liver = roi_components(predictors[0].predict_single_npy_array(ct.array[None].copy(), spacing, None, None,
+                                                                  False) > 0)
+    box = roi_bbox(liver, ct.spacing_zyx, margin_mm)
+    lesion_seg = predictors[1].predict_single_npy_array(ct.array[box][None].copy(), spacing, None, None, False)
+    names = json.loads((lesion_dir / "dataset.json").read_text())["labels"]
+    crop = np.zeros(lesion_seg.shape, np.uint8)
+    crop[lesion_seg == names["liver"]] = 1
+    for i, name in enumerate(LESION_TYPES):
+        crop[lesion_seg == names[name]] = 2 + i
+    labels = np.zeros(ct.array.shape, np.uint8)
+    labels[box] = crop
+    lesion = labels >= 2  # stage 2's lesions stay; the liver label is stage 1's
+    labels[liver & ~lesion] = 1
+    labels[~liver & ~lesion] = 0
+    return liver, labels
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_fast_path_gives_the_previous_paths_label_maps(env, tta):
+    """Slabs of 3 slices and our predictor settings against nnU-Net's predictor run the
+    old way on a phantom volume, TTA and folds set alike: label maps identical or < 0.1 % voxels apart."""
+    import torch
+
+    from nnunet_joint.inference.cascade import run_cascade
+    from nnunet_joint.inference.inputs import InputCase, read_case
+    from nnunet_joint.inference.models import PredictorSettings, lesion_model_folder, liver_model_folder, load_model
+
+    run = env
+    volume = run.phantom / "LiTS" / "volume-2.nii.gz"
+    ct = read_case(InputCase("volume-2", volume, False))
+    settings = PredictorSettings(tta=tta, slab_slices=3)  # 8 slices: slabs of 3, 3 and 2
+    liver_dir, lesion_dir = liver_model_folder(None), lesion_model_folder(None)
+    liver_model = load_model(liver_dir, None, torch.device("cpu"), settings=settings)
+    lesion_model = load_model(lesion_dir, [0], torch.device("cpu"), settings=settings)
+    assert lesion_model.predictor.use_mirroring is tta
+    fast = run_cascade(ct, liver_model, lesion_model)
+    liver, labels = _previous_path(ct, liver_dir, lesion_dir, 0, tta, lesion_model.crop_margin_mm)
+    assert liver.sum() > 500 and (labels >= 2).sum() > 20  # a real comparison: liver and lesions found
+    liver_diff = float(np.mean(fast.liver.astype(bool) != liver))
+    label_diff = float(np.mean(fast.labels != labels))
+    print(f"\ntta={tta}: liver differs on {liver_diff:.2e}, joint labels on {label_diff:.2e} of the voxels")
+    assert liver_diff < 1e-3 and label_diff < 1e-3

@@ -281,6 +281,15 @@ def test_output_folder_we_did_not_write_is_refused(tmp_path, capsys):
     run_cli_expect_error(capsys, ["-i", str(tmp_path), "-o", str(tmp_path / "sub")], "overlaps the input")
 
 
+def test_bad_predictor_settings_are_one_line_errors(tmp_path, capsys):
+    image = write_nifti(tmp_path / "ct.nii.gz", ct_array((16, 16)))
+    out = tmp_path / "out"
+    run_cli_expect_error(capsys, ["-i", str(image), "-o", str(out), "--step-size", "1.5"], "--step-size 1.5")
+    run_cli_expect_error(capsys, ["-i", str(image), "-o", str(out), "--step-size", "0"], "must be in (0, 1]")
+    run_cli_expect_error(capsys, ["-i", str(image), "-o", str(out), "--threads", "0"], "--threads 0")
+    assert not out.exists()
+
+
 def our_output(out: Path, input_path: Path) -> Path:
     """An output folder as predict leaves it: two cases with their files, then the marker listing them."""
     for case in ("a", "b"):
@@ -348,10 +357,10 @@ def test_files_added_while_predict_runs_stop_the_replacement(tmp_path, monkeypat
     out = our_output(tmp_path / "out", image)
     fake_models(monkeypatch, liver=lambda a: np.zeros(a.shape, np.uint8))
 
-    def stage1_and_user(case, target, *args):
+    def stage1_and_user(case, ct, target, *args):
         (out / "added_meanwhile.txt").write_text("mine")
         target.mkdir(parents=True, exist_ok=True)
-        return []
+        return [], 1
 
     monkeypatch.setattr(cli, "_predict_case", stage1_and_user)
     with pytest.raises(InputError, match="added_meanwhile.txt"):
@@ -396,6 +405,7 @@ class FakeModel:
 
     is_joint = property(lambda self: "cyst" in self.labels)
     is_ynet = property(lambda self: False)
+    slab_axis = None  # the whole image in one call, as a 3-D model
 
     def describe(self) -> dict:
         return {"folder": "fake", "trainer": "Fake", "folds": self.folds}
@@ -403,7 +413,7 @@ class FakeModel:
     def channel(self, name: str) -> int:
         return sorted(self.labels.values()).index(self.labels[name])
 
-    def predict(self, array, spacing):
+    def predict(self, array, spacing, probabilities=True, timer=None):
         self.calls += 1
         seg = self.segment(array).astype(np.uint8)
         probs = np.stack([(seg == v).astype(np.float32) for v in sorted(self.labels.values())])

@@ -12,10 +12,11 @@ written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import SimpleITK as sitk
@@ -26,7 +27,7 @@ from nnunet_joint.inference.inputs import CTImage
 from nnunet_joint.inference.lesions import analyse_lesions
 from nnunet_joint.inference.liver_check import implausible_liver
 from nnunet_joint.labels import FIRST_LESION_LABEL, JOINT_LABELS, LIVER, type_label
-from nnunet_joint.inference.models import CascadeModel
+from nnunet_joint.inference.models import CascadeModel, Prediction
 from nnunet_joint.inference.overlays import write_overlays
 from nnunet_joint.io import write_image_file
 
@@ -38,14 +39,16 @@ class CascadeResult:
     Attributes:
         liver: 0/1 stage-1 liver (largest connected component).
         labels: pixel-wise joint labels before the per-lesion vote.
-        type_probabilities: ``(len(LESION_TYPES), z, y, x)`` type probabilities of lesion voxels.
+        type_probabilities: ``(len(LESION_TYPES), *crop.shape)`` type probabilities on the stage-2
+            crop (every lesion voxel lies in it), ``None`` when no liver was found. Kept on the crop,
+            not the whole image: three float32 volumes of a 512 x 512 x 300 scan would be 0.9 GB.
         crop: the stage-2 crop, ``None`` when no liver was found.
         no_liver: why no liver was accepted (:mod:`~nnunet_joint.inference.liver_check`), else ``None``.
     """
 
     liver: np.ndarray
     labels: np.ndarray
-    type_probabilities: np.ndarray
+    type_probabilities: np.ndarray | None
     crop: CropBox | None
     no_liver: str | None = None
 
@@ -79,7 +82,7 @@ def lesion_types_from_prediction(model: CascadeModel, segmentation: np.ndarray, 
                          "plus a classification head (Y-Net)")
     total = type_probs.sum(axis=0, keepdims=True)
     type_probs = np.divide(type_probs, total, out=np.full_like(type_probs, 1 / len(LESION_TYPES)), where=total > 0)
-    return labels, type_probs.astype(np.float32)
+    return labels, type_probs.astype(np.float32, copy=False)
 
 
 def model_spacing(ct: CTImage) -> tuple[float, float, float]:
@@ -93,24 +96,81 @@ def model_spacing(ct: CTImage) -> tuple[float, float, float]:
     return ct.spacing_zyx
 
 
-def run_cascade(ct: CTImage, liver_model: CascadeModel, lesion_model: CascadeModel) -> CascadeResult:
-    """Stage 1 on the whole image, stage 2 on the liver crop, both back on the input grid."""
+Timer = Callable[[str], contextlib.AbstractContextManager]
+
+
+def _no_timer(name: str) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
+
+
+def predict_in_slabs(model: CascadeModel, image_zyx: np.ndarray, spacing_zyx: tuple[float, float, float],
+                     consume: Callable[[tuple[slice, ...], Prediction], None], probabilities: bool = True,
+                     timer: Timer | None = None, label: str = "", progress: bool = False) -> None:
+    """``model.predict`` on slabs of ``model.settings.slab_slices`` slices; ``consume(where, prediction)``
+    gets each slab's prediction and where it lies in ``image_zyx`` (array-order slices).
+
+    A 2-D model predicts every slice on its own (nnU-Net keeps the spacing between slices and
+    tiles each slice), so slabs give its output at a fraction of the memory. What can differ is
+    float rounding where nnU-Net's resampling is 3-D (spacing less than 3x anisotropic) and its
+    crop to the non-zero region, which is taken per slab (CT has no zero background, so it
+    keeps every slice whole). A 3-D model predicts the whole image at once.
+    """
+    timer = timer or _no_timer
+    axis = model.slab_axis
+    size = 1 if axis is None else image_zyx.shape[axis]
+    step = size if axis is None else max(1, int(model.settings.slab_slices))
+    from tqdm import tqdm
+
+    with tqdm(total=size, desc=label, unit="slice", disable=not progress, leave=False) as bar:
+        for start in range(0, size, step):
+            where = [slice(None)] * image_zyx.ndim
+            if axis is not None:
+                where[axis] = slice(start, min(size, start + step))
+            where_t = tuple(where)
+            consume(where_t, model.predict(image_zyx[where_t], spacing_zyx, probabilities=probabilities,
+                                           timer=lambda name: timer(f"{label}: {name}")))
+            bar.update(min(size, start + step) - start)
+
+
+def run_cascade(ct: CTImage, liver_model: CascadeModel, lesion_model: CascadeModel,
+                timer: Timer | None = None, progress: bool = False) -> CascadeResult:
+    """Stage 1 on the whole image, stage 2 on the liver crop, both back on the input grid.
+
+    Both stages run slab by slab (:func:`predict_in_slabs`). Stage 1 keeps only its label map
+    (nnU-Net's argmax of the resampled logits, no softmax volume); stage 2 runs on the liver's slab
+    and box only and its type probabilities stay on that crop. ``timer(name)`` (e.g. a
+    :class:`~nnunet_joint.inference.timing.StageTimer`) times each step; ``progress`` shows a
+    progress bar per stage.
+    """
+    timer = timer or _no_timer
     spacing = model_spacing(ct)
-    stage1 = liver_model.predict(ct.array, spacing)
-    foreground = stage1.segmentation > 0  # liver (and tumour, for a LiTS-style 3-label model)
     shape = ct.array.shape
-    type_probs = np.full((len(LESION_TYPES), *shape), 1 / len(LESION_TYPES), dtype=np.float32)
-    liver = roi_components(foreground) if foreground.any() else foreground
-    no_liver = implausible_liver(liver, ct.array, ct.spacing_zyx)
-    if no_liver is not None:  # stage 2 does not run: no lesion in air
-        return CascadeResult(np.zeros(shape, np.uint8), np.zeros(shape, np.uint8), type_probs, None, no_liver)
-    box = _crop_box(ct, roi_bbox(liver, ct.spacing_zyx, lesion_model.crop_margin_mm))
-    stage2 = lesion_model.predict(box.crop_array(ct.array), spacing)
-    labels_crop, probs_crop = lesion_types_from_prediction(lesion_model, stage2.segmentation, stage2.probabilities,
-                                                           stage2.slice_type_probabilities)
-    labels = cascade_labels(box.paste(labels_crop, fill=0), liver)
-    type_probs = box.paste(probs_crop, fill=1 / len(LESION_TYPES)).astype(np.float32)
-    return CascadeResult(liver.astype(np.uint8), labels, type_probs, box)
+    foreground = np.zeros(shape, dtype=bool)
+
+    def liver_slab(where: tuple[slice, ...], prediction: Prediction) -> None:
+        foreground[where] = prediction.segmentation > 0  # liver (and tumour, for a LiTS-style 3-label model)
+
+    predict_in_slabs(liver_model, ct.array, spacing, liver_slab, probabilities=False, timer=timer,
+                     label="stage 1 (liver)", progress=progress)
+    with timer("crop"):
+        liver = roi_components(foreground) if foreground.any() else foreground
+        no_liver = implausible_liver(liver, ct.array, ct.spacing_zyx)
+        if no_liver is not None:  # stage 2 does not run: no lesion in air
+            return CascadeResult(np.zeros(shape, np.uint8), np.zeros(shape, np.uint8), None, None, no_liver)
+        box = _crop_box(ct, roi_bbox(liver, ct.spacing_zyx, lesion_model.crop_margin_mm))
+        crop = box.crop_array(ct.array)
+    labels_crop = np.zeros(crop.shape, dtype=np.uint8)
+    probs_crop = np.empty((len(LESION_TYPES), *crop.shape), dtype=np.float32)
+
+    def lesion_slab(where: tuple[slice, ...], prediction: Prediction) -> None:
+        labels_crop[where], probs_crop[(slice(None), *where)] = lesion_types_from_prediction(
+            lesion_model, prediction.segmentation, prediction.probabilities, prediction.slice_type_probabilities)
+
+    predict_in_slabs(lesion_model, crop, spacing, lesion_slab, timer=timer, label="stage 2 (lesions)",
+                     progress=progress)
+    with timer("paste back"):
+        labels = cascade_labels(box.paste(labels_crop, fill=0), liver)
+    return CascadeResult(liver.astype(np.uint8), labels, probs_crop, box)
 
 
 def image_like(array_zyx: np.ndarray, reference: sitk.Image) -> sitk.Image:
@@ -122,17 +182,23 @@ def image_like(array_zyx: np.ndarray, reference: sitk.Image) -> sitk.Image:
 
 
 def write_case_outputs(ct: CTImage, result: CascadeResult, out_dir: Path, models: dict[str, Any],
-                       overlays: bool = True) -> list[dict[str, Any]]:
+                       overlays: bool = True, timer: Timer | None = None,
+                       progress: bool = False) -> list[dict[str, Any]]:
     """Write ``liver.nii.gz``, ``lesions.nii.gz``, ``lesions.json`` and ``overlays/`` into ``out_dir``.
 
     ``out_dir`` is inside the caller's temporary output folder, so plain writes are atomic as a whole.
     """
+    timer = timer or _no_timer
     out_dir.mkdir(parents=True, exist_ok=True)
-    typed, lesions = analyse_lesions(result.labels, ct.image, result.type_probabilities)
-    write_image_file(image_like(result.liver, ct.image), out_dir / "liver.nii.gz")  # OSError in words (full disk)
-    write_image_file(image_like(typed, ct.image), out_dir / "lesions.nii.gz")
-    pngs = write_overlays(ct.array, typed, ct.spacing_zyx, out_dir / "overlays", lesions, ct.source.name) \
-        if overlays and lesions else []
+    with timer("lesion analysis"):
+        typed, lesions = analyse_lesions(result.labels, ct.image, result.type_probabilities,
+                                         None if result.crop is None else result.crop.slices)
+    with timer("write NIfTI"):  # OSError in words (full disk)
+        write_image_file(image_like(result.liver, ct.image), out_dir / "liver.nii.gz")
+        write_image_file(image_like(typed, ct.image), out_dir / "lesions.nii.gz")
+    with timer("overlays"):
+        pngs = write_overlays(ct.array, typed, ct.spacing_zyx, out_dir / "overlays", lesions, ct.source.name,
+                              progress=progress) if overlays and lesions else []
     report = {
         "input": str(ct.source),
         "kind": "slice" if ct.is_slice else "volume",

@@ -46,11 +46,22 @@ def predict(
     device: str | None = None,
     quiet: bool = False,
     overlays: bool = True,
+    tta: bool | None = None,
+    step_size: float = 0.5,
+    threads: int | None = None,
+    verbose: bool = False,
 ) -> dict[str, list[dict]]:
     """Run the cascade on every image under ``input_path`` and write the outputs to ``out_dir``.
 
     One input (a file or a DICOM series) writes into ``out_dir`` itself; a folder of inputs writes
     one subfolder per input, named after it.
+
+    Args:
+        tta: nnU-Net's test-time mirroring (``None``: on for CUDA, off for the CPU, where it costs
+            4 network passes per tile of a 2-D model).
+        step_size: nnU-Net's sliding-window step (fraction of the patch size).
+        threads: torch CPU threads (default: the cores this process may use).
+        verbose: print the time and peak memory of every stage to stderr.
 
     Returns:
         Input name -> its ``lesions.json`` lesion entries.
@@ -58,60 +69,88 @@ def predict(
     Raises:
         InputError: any bad input, output folder or model (nothing is written then).
     """
-    from nnunet_joint.inference.models import lesion_model_folder, liver_model_folder, load_model
+    from nnunet_joint.cpu import cpu_threads
+    from nnunet_joint.inference.models import PredictorSettings, lesion_model_folder, liver_model_folder, load_model
+    from nnunet_joint.inference.timing import StageTimer
 
+    if not 0 < step_size <= 1:
+        raise InputError(None, f"--step-size {step_size}: must be in (0, 1]")
+    if threads is not None and threads < 1:
+        raise InputError(None, f"--threads {threads}: must be at least 1")
+    timer = StageTimer()
     input_path, out_dir = Path(input_path), Path(out_dir)
     check_output_folder(out_dir, input_path)
     clean_stale_temporaries(out_dir)  # hidden .OUT.partial-* folders of killed runs
     cases = discover_inputs(input_path)
-    for case in cases:  # check every input before any model runs
-        read_case(case)
+    with timer("read and check input" + ("s" if len(cases) > 1 else "")):
+        # every input is checked before any model runs; the first is kept (a single input is read
+        # once), the others are read again in turn rather than all held in memory
+        first = read_case(cases[0])
+        for case in cases[1:]:
+            read_case(case)
     torch_device = _device(device)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    liver_dir, lesion_dir = liver_model_folder(liver_model), lesion_model_folder(lesion_model)
-    liver = load_model(liver_dir, liver_folds, torch_device, allow_tqdm=not quiet)
-    lesion = load_model(lesion_dir, lesion_folds, torch_device, allow_tqdm=not quiet)
+    threads = threads or cpu_threads()
+    settings = PredictorSettings(tta=torch_device.type == "cuda" if tta is None else bool(tta),
+                                 tile_step_size=float(step_size), threads=threads, progress=not quiet)
+    with timer("load models"):
+        import torch
+
+        torch.set_num_threads(threads)
+        liver_dir, lesion_dir = liver_model_folder(liver_model), lesion_model_folder(lesion_model)
+        liver = load_model(liver_dir, liver_folds, torch_device, settings=settings)
+        lesion = load_model(lesion_dir, lesion_folds, torch_device, settings=settings)
     if not (lesion.is_joint or lesion.is_ynet):
         raise InputError(lesion_dir, "not a stage-2 model: needs labels cyst/hemangioma/metastasis (joint) or "
                                      "'lesion' with a classification head (Y-Net)")
     models = {"liver": liver.describe(), "lesion": {**lesion.describe(), "kind": "joint" if lesion.is_joint
                                                     else "ynet", "crop_margin_mm": lesion.crop_margin_mm}}
     say(f"liver model: {liver_dir} (folds {liver.folds}); lesion model: {lesion_dir} (folds {lesion.folds}); "
-        f"device {torch_device}")
+        f"device {torch_device}, {threads} thread(s), test-time mirroring {'on' if settings.tta else 'off'}")
     results: dict[str, list[dict]] = {}
+    slices = 0
     single = len(cases) == 1 and not (input_path.is_dir() and not cases[0].is_dicom)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         try:
             for n, case in enumerate(cases, start=1):
-                results[case.name] = _predict_case(case, tmp if single else tmp / case.name, liver, lesion, models,
-                                                   quiet, overlays, say, f"[{n}/{len(cases)}] {case.name}")
+                ct, first = (first, None) if n == 1 else (None, None)  # not held past its case
+                results[case.name], case_slices = _predict_case(  # stages add up over the inputs in one table
+                    case, ct, tmp if single else tmp / case.name, liver, lesion, models, quiet, overlays, say,
+                    f"[{n}/{len(cases)}] {case.name}", timer)
+                del ct
+                slices += case_slices
             write_marker(tmp, input_path)
         except OSError as e:  # a full disk: name the output the user asked for, not our hidden temporary
             if e.filename is not None and Path(e.filename).is_relative_to(tmp):
                 e.filename = str(out_dir / Path(e.filename).relative_to(tmp))
             raise
         check_output_folder(out_dir, input_path)  # again: the user may have added files meanwhile
+    if verbose:
+        print(timer.report(f"nnunet_joint_predict: time and peak memory (RSS) by stage, {threads} thread(s), "
+                           f"test-time mirroring {'on' if settings.tta else 'off'}", slices), file=sys.stderr)
     return results
 
 
-def _predict_case(case: InputCase, out: Path, liver, lesion, models: dict, quiet: bool, overlays: bool, say,
-                  label: str) -> list[dict]:
+def _predict_case(case: InputCase, ct, out: Path, liver, lesion, models: dict, quiet: bool, overlays: bool, say,
+                  label: str, timer) -> tuple[list[dict], int]:
     from nnunet_joint.inference.cascade import run_cascade, write_case_outputs
 
     start = time.monotonic()
-    ct = read_case(case)
+    if ct is None:
+        with timer("read input"):
+            ct = read_case(case)
     say(f"{label}: {'slice' if ct.is_slice else 'volume'} {ct.image.GetSize()}, stage 1 (liver) then stage 2 "
         "(lesions) on the liver crop")
     with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
-        result = run_cascade(ct, liver, lesion)
-    lesions = write_case_outputs(ct, result, out, models, overlays=overlays)
+        result = run_cascade(ct, liver, lesion, timer=timer, progress=not quiet)
+    lesions = write_case_outputs(ct, result, out, models, overlays=overlays, timer=timer, progress=not quiet)
     if result.no_liver is not None:  # printed even with --quiet: the empty result needs its reason
         print(f"warning: {case.path}: {result.no_liver}; no lesions written (lesions.json says so)",
               file=sys.stderr, flush=True)
     say(f"{label}: {len(lesions)} lesion(s) "
         f"{', '.join(lesion_entry['type'] for lesion_entry in lesions)} in {time.monotonic() - start:.1f} s")
-    return lesions
+    return lesions, int(ct.array.shape[0])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,8 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--liver-folds", nargs="+", metavar="F", help="folds of the liver model (overrides --folds)")
     p.add_argument("--lesion-folds", nargs="+", metavar="F", help="folds of the lesion model (overrides --folds)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="nnU-Net's test-time augmentation (mirroring; 4 network passes per tile of a 2-D model); "
+                        "default: on with cuda, off on the CPU")
+    p.add_argument("--step-size", type=float, default=0.5,
+                   help="nnU-Net's sliding-window step as a fraction of the patch size (default 0.5, nnU-Net's)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: the CPU cores this process may use)")
     p.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
-    p.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings (no progress bars)")
+    p.add_argument("--verbose", action="store_true",
+                   help="print the time and peak memory of every stage (reading, model loading, preprocessing, "
+                        "network, resampling back, crop, paste-back, lesion analysis, writing)")
     return p
 
 
@@ -160,7 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = predict(args.input, args.output, args.liver_model, args.lesion_model,
                       liver_folds=parse_folds(args.liver_folds) or folds,
                       lesion_folds=parse_folds(args.lesion_folds) or folds,
-                      device=args.device, quiet=args.quiet, overlays=not args.no_overlays)
+                      device=args.device, quiet=args.quiet, overlays=not args.no_overlays, tta=args.tta,
+                      step_size=args.step_size, threads=args.threads, verbose=args.verbose)
     if not args.quiet:
         total = sum(len(v) for v in results.values())
         print(f"{len(results)} input(s), {total} lesion(s): {args.output}", file=sys.stderr)

@@ -24,10 +24,15 @@ from nnunet_joint import LESION_TYPES
 from nnunet_joint.labels import FIRST_LESION_LABEL, lesion_components, lesion_mask, majority_type, type_label
 
 
-def _slice_diameter(mask_2d: np.ndarray, spacing_yx: tuple[float, float]) -> float:
-    """Longest distance (mm) between centres of two boundary pixels of a 2-D mask."""
+def _slice_diameter(mask_2d: np.ndarray, spacing_yx: tuple[float, float],
+                    origin_yx: tuple[int, int] = (0, 0)) -> float:
+    """Longest distance (mm) between centres of two boundary pixels of a 2-D mask.
+
+    ``mask_2d`` may be cut out of a larger slice at ``origin_yx``; the points get their place in
+    the slice back, so the number is the one the whole slice gives.
+    """
     boundary = mask_2d & ~ndimage.binary_erosion(mask_2d, border_value=0)
-    points = np.argwhere(boundary) * np.asarray(spacing_yx, dtype=float)
+    points = (np.argwhere(boundary) + np.asarray(origin_yx)) * np.asarray(spacing_yx, dtype=float)
     if len(points) < 2:
         return 0.0
     if len(points) > 3:
@@ -38,21 +43,24 @@ def _slice_diameter(mask_2d: np.ndarray, spacing_yx: tuple[float, float]) -> flo
     return float(pdist(points).max())
 
 
-def longest_diameter_mm(mask_zyx: np.ndarray, spacing_zyx: tuple[float, float, float]) -> float:
+def longest_diameter_mm(mask_zyx: np.ndarray, spacing_zyx: tuple[float, float, float],
+                        origin_zyx: tuple[int, int, int] = (0, 0, 0)) -> float:
     """Longest in-plane diameter: max over slices of the max pairwise distance of boundary pixels.
 
     Distances are between pixel centres (a disc of radius ``r`` pixels measures ``2 r`` pixels),
-    in-plane only as in RECIST, which measures on axial slices.
+    in-plane only as in RECIST, which measures on axial slices. ``mask_zyx`` may be a box cut
+    out of a larger mask at ``origin_zyx`` holding the whole lesion (the result is the same).
     """
     spacing_yx = (float(spacing_zyx[1]), float(spacing_zyx[2]))
     zs = np.flatnonzero(mask_zyx.any(axis=(1, 2)))
-    return max((_slice_diameter(mask_zyx[z], spacing_yx) for z in zs), default=0.0)
+    return max((_slice_diameter(mask_zyx[z], spacing_yx, tuple(origin_zyx[1:])) for z in zs), default=0.0)
 
 
 def analyse_lesions(
     label_map: np.ndarray,
     reference: sitk.Image,
     type_probabilities: np.ndarray | None = None,
+    probabilities_box: tuple[slice, ...] | None = None,
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Describe each connected lesion and give all its voxels the lesion's voted type.
 
@@ -63,6 +71,12 @@ def analyse_lesions(
             others are volumes (volume, 3-D connectivity).
         type_probabilities: ``(len(LESION_TYPES), z, y, x)`` per-voxel probability of each type
             given that the voxel is a lesion (rows sum to 1 on lesion voxels), or ``None``.
+        probabilities_box: where ``type_probabilities`` lies in the label map (array-order slices,
+            e.g. the cascade's crop), when it covers a box rather than the whole map; every lesion
+            voxel must lie inside it.
+
+    Each lesion is measured inside its own bounding box, so the time grows with the lesions'
+    size, not with the number of lesions times the image size.
 
     Returns:
         The label map with every lesion's voxels set to its voted type, and one entry per lesion,
@@ -85,31 +99,42 @@ def analyse_lesions(
     components, n = lesion_components(lesions[0] if is_slice else lesions)
     if is_slice:
         components = components[None]
+    box_start = [0, 0, 0] if probabilities_box is None else [int(b.start or 0) for b in probabilities_box]
+    if type_probabilities is not None:
+        box_shape = tuple(type_probabilities.shape[1:])
+        expected = label_map.shape if probabilities_box is None else tuple(
+            len(range(*b.indices(n))) for b, n in zip(probabilities_box, label_map.shape))
+        if box_shape != expected:
+            raise ValueError(f"type_probabilities cover {box_shape}, not the box {expected}")
     typed = label_map.copy()
     entries = []
     for index, objects in enumerate(ndimage.find_objects(components), start=1):
         if objects is None:
             continue
-        mask = np.zeros(label_map.shape, dtype=bool)
-        mask[objects] = components[objects] == index
-        types = label_map[mask].astype(np.int64) - FIRST_LESION_LABEL
+        mask = components[objects] == index  # the lesion inside its bounding box
+        types = label_map[objects][mask].astype(np.int64) - FIRST_LESION_LABEL
         votes = np.bincount(types, minlength=len(LESION_TYPES))[: len(LESION_TYPES)]
         probabilities = None
         if type_probabilities is not None:
-            probabilities = type_probabilities[:, mask].mean(axis=1)
+            local = tuple(slice(o.start - b, o.stop - b) for o, b in zip(objects, box_start))
+            if any(s.start < 0 or s.stop > n for s, n in zip(local, type_probabilities.shape[1:])):
+                raise ValueError(f"lesion at {objects} lies outside the probabilities' box {probabilities_box}")
+            probabilities = type_probabilities[(slice(None), *local)][:, mask].mean(axis=1)
         winner = majority_type(types, probabilities)  # the mean ranks ties as the sum does
-        typed[mask] = type_label(winner)
-        entries.append(_entry(mask, votes, probabilities, winner, reference, spacing_zyx, is_slice))
+        typed[objects][mask] = type_label(winner)  # a view: writes into typed
+        origin = tuple(int(o.start) for o in objects)
+        entries.append(_entry(mask, origin, votes, probabilities, winner, reference, spacing_zyx, is_slice))
     entries.sort(key=lambda e: -e["voxels"])
     for i, e in enumerate(entries, start=1):
         e["id"] = i
     return typed, [{"id": e.pop("id"), **e} for e in entries]
 
 
-def _entry(mask: np.ndarray, votes: np.ndarray, probabilities: np.ndarray | None, winner: int,
-           reference: sitk.Image, spacing_zyx: tuple[float, ...], is_slice: bool) -> dict[str, Any]:
+def _entry(mask: np.ndarray, origin_zyx: tuple[int, int, int], votes: np.ndarray, probabilities: np.ndarray | None,
+           winner: int, reference: sitk.Image, spacing_zyx: tuple[float, ...], is_slice: bool) -> dict[str, Any]:
+    """One lesion's entry; ``mask`` is the lesion inside its bounding box, which starts at ``origin_zyx``."""
     count = int(mask.sum())
-    centroid_zyx = np.argwhere(mask).mean(axis=0)
+    centroid_zyx = (np.argwhere(mask) + np.asarray(origin_zyx)).mean(axis=0)
     index_xyz = [float(v) for v in reversed(centroid_zyx)]
     if reference.GetDimension() == 2:
         index_xyz = index_xyz[:2]
@@ -126,8 +151,8 @@ def _entry(mask: np.ndarray, votes: np.ndarray, probabilities: np.ndarray | None
         entry["area_mm2"] = round(count * pixel_area, 4)
     else:
         entry["volume_mm3"] = round(count * pixel_area * float(spacing_zyx[0]), 4)
-    entry["longest_diameter_mm"] = round(longest_diameter_mm(mask, spacing_zyx), 3)
-    entry["slices"] = [int(z) for z in np.flatnonzero(mask.any(axis=(1, 2)))]
+    entry["longest_diameter_mm"] = round(longest_diameter_mm(mask, spacing_zyx, origin_zyx), 3)
+    entry["slices"] = [int(z) + origin_zyx[0] for z in np.flatnonzero(mask.any(axis=(1, 2)))]
     entry["centroid_mm"] = [round(float(c), 3) for c in centroid]
     entry["centroid_index"] = [round(v, 3) for v in index_xyz]
     return entry

@@ -6,6 +6,7 @@ to call from any thread and leaves no figures open.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,11 +21,13 @@ from nnunet_joint.labels import LIVER, type_label
 #: Liver window (level 60 HU, width 160 HU): parenchyma mid-grey, cysts dark, enhancement bright.
 LIVER_WINDOW = (60.0, 160.0)
 LIVER_COLOUR = "#f0e442"
+#: Lesions named in a slice's title at most (the rest are counted).
+MAX_TITLE_LESIONS = 8
 TYPE_COLOURS = {"cyst": "#56b4e9", "hemangioma": "#e69f00", "metastasis": "#d55e00"}  # colour-blind safe
 
 
 def write_overlays(ct_zyx: np.ndarray, typed_zyx: np.ndarray, spacing_zyx: Sequence[float], out_dir: Path,
-                   lesions: list[dict[str, Any]], title: str = "") -> list[Path]:
+                   lesions: list[dict[str, Any]], title: str = "", progress: bool = False) -> list[Path]:
     """One PNG per slice holding a lesion (``slice_<z>.png``), returning the paths written.
 
     Args:
@@ -34,7 +37,10 @@ def write_overlays(ct_zyx: np.ndarray, typed_zyx: np.ndarray, spacing_zyx: Seque
         out_dir: folder to write into (created).
         lesions: the entries of ``lesions.json``; each slice's title lists its lesions.
         title: prefix of each figure's title (the input's name).
+        progress: show a tqdm progress bar.
     """
+    from tqdm import tqdm
+
     out_dir.mkdir(parents=True, exist_ok=True)
     by_slice: dict[int, list[dict]] = {}
     for lesion in lesions:
@@ -43,10 +49,17 @@ def write_overlays(ct_zyx: np.ndarray, typed_zyx: np.ndarray, spacing_zyx: Seque
     level, width = LIVER_WINDOW
     aspect = float(spacing_zyx[1]) / float(spacing_zyx[2])
     written = []
-    for z in sorted(by_slice):
-        fig = Figure(figsize=(6, 6.4), dpi=100)
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot(1, 1, 1)
+    # one figure, cleared per slice: a new Figure per slice is freed only by the cycle collector, and
+    # a volume with lesions on 150 slices held about 1 GB of them
+    # a fixed layout rather than bbox_inches="tight" (which draws every figure twice) and fast PNG
+    # compression: about 1.5x less time per slice
+    fig = Figure(figsize=(6, 6.4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.95)
+    for z in tqdm(sorted(by_slice), desc="overlays", unit="slice", disable=not progress, leave=False):
+        ax.clear()
+        ax.set_axis_off()  # before drawing: no tick layout
         ax.imshow(ct_zyx[z], cmap="gray", vmin=level - width / 2, vmax=level + width / 2, aspect=aspect,
                   interpolation="nearest")
         labels = typed_zyx[z]
@@ -60,10 +73,12 @@ def write_overlays(ct_zyx: np.ndarray, typed_zyx: np.ndarray, spacing_zyx: Seque
                 ax.contour(mask, levels=[0.5], colors=[TYPE_COLOURS[name]], linewidths=1.5)
                 handles.append(Line2D([], [], color=TYPE_COLOURS[name], label=name))
         ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.7)
-        names = ", ".join(f"#{lesion['id']} {lesion['type']}" for lesion in by_slice[z])
-        ax.set_title(f"{title + ' ' if title else ''}slice {z}: {names}", fontsize=9)
-        ax.set_axis_off()
+        names = [f"#{lesion['id']} {lesion['type']}" for lesion in by_slice[z]]
+        if len(names) > MAX_TITLE_LESIONS:  # the figure has a fixed width
+            names = names[:MAX_TITLE_LESIONS] + [f"{len(names) - MAX_TITLE_LESIONS} more"]
+        ax.set_title(textwrap.fill(f"{title + ' ' if title else ''}slice {z}: {', '.join(names)}", 100), fontsize=9)
         path = out_dir / f"slice_{z:04d}.png"
-        fig.savefig(path, bbox_inches="tight")
+        fig.savefig(path, pil_kwargs={"compress_level": 1})
         written.append(path)
+    fig.clear()
     return written

@@ -36,7 +36,7 @@ import SimpleITK as sitk
 
 from nnunet_joint import LESION_TYPES
 from nnunet_joint.errors import InputError
-from nnunet_joint.io import atomic_path, write_json
+from nnunet_joint.io import atomic_path, write_image, write_json
 from nnunet_joint.phantom.acquisition import Acquisition, apply_acquisition, sample_acquisition
 from nnunet_joint.phantom.anatomy import LIVER_CODES, Grid, Patient, render_anatomy, sample_patient
 from nnunet_joint.phantom.lesions import Lesion, lesion_count, paint_lesion, place_lesions, sample_lesion
@@ -244,6 +244,62 @@ def render_lits_volume(plan: CorpusPlan, volume: LitsVolumePlan) -> RenderedCase
     lesions = [sample_lesion(rng, t, patient, plan.difficulty, min_r) for t in volume.lesion_types]
     lesions = place_lesions(rng, lesions, np.isin(organ, LIVER_CODES), grid, min_r, pad_z=True)
     return _finish(patient, acq, grid, organ, lesions, rng)
+
+
+#: Random stream of the clinical-resolution benchmark volume (not part of any corpus).
+_CLINICAL = 5
+#: A LiTS-like scan at clinical resolution: 512 x 512 pixels of 0.75 mm, 150 slices of 1 mm
+#: (LiTS: 0.56-1.0 mm pixels, median slice spacing about 1 mm), dome to tip of the liver.
+CLINICAL_SHAPE = (150, 512, 512)
+CLINICAL_SPACING = (1.0, 0.75, 0.75)
+CLINICAL_LESIONS = ("cyst", "hemangioma", "metastasis", "metastasis", "metastasis")
+
+
+def render_clinical_volume(seed: int = 0, slices: int = CLINICAL_SHAPE[0], matrix: int = CLINICAL_SHAPE[1],
+                           spacing_zyx: tuple[float, float, float] = CLINICAL_SPACING,
+                           lesion_types: tuple[str, ...] = CLINICAL_LESIONS,
+                           difficulty: float = DEFAULT_DIFFICULTY) -> RenderedCase:
+    """One LiTS-like volume at clinical resolution (the prediction benchmark's input).
+
+    The same generator as the corpus volumes (anatomy, lesions, scanner), on a grid a user's scan
+    has rather than the corpus's small training grids; its own random stream, so the corpus's bytes
+    do not change. The slab is centred on the liver (which spans about -78..82 mm).
+    """
+    _check_args(seed, "default", difficulty)
+    rng = _rng(seed, _CLINICAL, slices, matrix)
+    patient = sample_patient(rng)
+    dz, dy, dx = (float(s) for s in spacing_zyx)
+    acq = sample_acquisition(rng, matrix, difficulty, (dz, dz))
+    acq = Acquisition(dy, dz, acq.blur_mm, acq.noise_sd)
+    grid = Grid((int(slices), int(matrix), int(matrix)), (dz, dy, dx), 2.0 - (slices - 1) * dz / 2,
+                x_shift=rng.uniform(-8, 8), y_shift=rng.uniform(-15, 0))
+    organ = render_anatomy(patient, grid)
+    min_r = max(3.0, 2.5 * dy)
+    lesions = [sample_lesion(rng, t, patient, difficulty, min_r) for t in lesion_types]
+    lesions = place_lesions(rng, lesions, np.isin(organ, LIVER_CODES), grid, min_r, pad_z=True)
+    return _finish(patient, acq, grid, organ, lesions, rng)
+
+
+def write_clinical_volume(out_dir: str | os.PathLike, seed: int = 0, slices: int = CLINICAL_SHAPE[0],
+                          matrix: int = CLINICAL_SHAPE[1],
+                          spacing_zyx: tuple[float, float, float] = CLINICAL_SPACING) -> dict:
+    """Write ``volume-clinical.nii.gz`` / ``segmentation-clinical.nii.gz`` (LiTS layout) and its truth.
+
+    Returns:
+        The truth record (paths relative to ``out_dir``, shape, spacing, lesions), also written as
+        ``clinical_truth.json``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    case = render_clinical_volume(seed, slices, matrix, spacing_zyx)
+    seg = case.liver.astype(np.uint8)
+    seg[case.lesion] = 2
+    record = {"volume": "volume-clinical.nii.gz", "segmentation": "segmentation-clinical.nii.gz", "seed": seed,
+              **case.truth()}
+    for array, name in ((case.image, record["volume"]), (seg, record["segmentation"])):
+        write_image(case.to_sitk(array), out / name)
+    write_json(record, out / "clinical_truth.json")
+    return record
 
 
 def sheba_patient(plan: CorpusPlan, patient_index: int) -> tuple[Patient, Acquisition, dict[str, float]]:

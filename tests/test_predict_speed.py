@@ -1,0 +1,128 @@
+"""The prediction fast path's pieces against nnU-Net's own code (fast: a small random U-Net, no training).
+
+- per-slice resampling (nnU-Net's ``force_separate_z``) is chosen only where it equals nnU-Net's
+  3-D resampling of a 2-D model's slab, and then gives the same numbers (on clipped intensities, as
+  CT is after nnU-Net's normalisation; see ``CascadeModel.resampling_configuration``);
+- the stage timer adds up stages run slab by slab.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nnunet_joint.inference.models import CascadeModel, PredictorSettings
+from nnunet_joint.inference.timing import StageTimer
+
+KWARGS = {"order_z": 0, "force_separate_z": None}
+PLANS = {
+    "dataset_name": "Dataset999_Test", "plans_name": "nnUNetPlans", "original_median_spacing_after_transp": [2, 1, 1],
+    "original_median_shape_after_transp": [8, 80, 96], "image_reader_writer": "SimpleITKIO",
+    "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2], "experiment_planner_used": "ExperimentPlanner",
+    "label_manager": "LabelManager",
+    "foreground_intensity_properties_per_channel": {"0": {"max": 200.0, "mean": 100.0, "median": 100.0, "min": -10.0,
+                                                          "percentile_00_5": 0.0, "percentile_99_5": 180.0,
+                                                          "std": 30.0}},
+    "configurations": {"2d": {
+        "data_identifier": "nnUNetPlans_2d", "preprocessor_name": "DefaultPreprocessor", "batch_size": 2,
+        "patch_size": [32, 48], "median_image_size_in_voxels": [80, 96], "spacing": [1.7, 1.7],
+        "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
+        "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_seg": "resample_data_or_seg_to_shape",
+        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+        "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, **KWARGS},
+        "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, **KWARGS},
+        "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, **KWARGS},
+        "architecture": {
+            "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+            "arch_kwargs": {"n_stages": 3, "features_per_stage": [8, 16, 32], "conv_op": "torch.nn.modules.conv.Conv2d",
+                            "kernel_sizes": [[3, 3]] * 3, "strides": [[1, 1], [2, 2], [2, 2]],
+                            "n_conv_per_stage": [2, 2, 2], "n_conv_per_stage_decoder": [2, 2], "conv_bias": True,
+                            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm2d",
+                            "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None,
+                            "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
+                            "nonlin_kwargs": {"inplace": True}},
+            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
+        "batch_dice": True}},
+}
+DATASET_JSON = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1, "lesion": 2},
+                "numTraining": 1, "file_ending": ".nii.gz"}
+
+
+def _predictor(cls, tta: bool, plans: dict = PLANS):
+    """A predictor set up by nnU-Net's ``manual_initialization`` with a random U-Net built from the plans."""
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans_manager = PlansManager(copy.deepcopy(plans))
+    configuration = plans_manager.get_configuration("2d")
+    torch.manual_seed(0)
+    network = PlainConvUNet(1, 3, [8, 16, 32], torch.nn.Conv2d, 3, [1, 2, 2], [2, 2, 2], 3, [2, 2], conv_bias=True,
+                            norm_op=torch.nn.InstanceNorm2d, norm_op_kwargs={"eps": 1e-5, "affine": True},
+                            nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True})
+    params = [copy.deepcopy(network.state_dict())]
+    predictor = cls(tile_step_size=0.5, use_gaussian=True, use_mirroring=tta, perform_everything_on_device=False,
+                    device=torch.device("cpu"), allow_tqdm=False)
+    predictor.manual_initialization(network, plans_manager, configuration, params, DATASET_JSON, "nnUNetTrainer",
+                                    (0, 1))
+    return predictor
+
+
+def _model(plans: dict = PLANS) -> CascadeModel:
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = _predictor(nnUNetPredictor, False, plans)
+    return CascadeModel(Path("unused"), "nnUNetTrainer", [0], predictor, {"background": 0, "liver": 1, "lesion": 2},
+                        DATASET_JSON, PredictorSettings(tta=False))
+
+
+@pytest.mark.parametrize("spacing,separate", [((2.0, 0.8, 0.8), True), ((1.0, 0.75, 0.7), True),
+                                              ((0.5, 0.8, 0.8), False), ((0.8, 0.9, 0.8), False),
+                                              ((0.8, 0.8, 0.8), False)])
+def test_slice_by_slice_resampling_only_where_it_equals_nnunets_3d_resampling(spacing, separate):
+    model = _model()
+    configuration = model.resampling_configuration(spacing)
+    assert (configuration is not model.predictor.configuration_manager) is separate
+    if not separate:
+        return
+    for kind in ("data", "seg", "probabilities"):
+        assert configuration.configuration[f"resampling_fn_{kind}_kwargs"]["force_separate_z"] is True
+    assert model.predictor.configuration_manager.configuration["resampling_fn_data_kwargs"]["force_separate_z"] is None
+    rng = np.random.default_rng(2)
+    # like nnU-Net's CT normalisation (clipped to two percentiles): every slice holds both clip limits,
+    # so skimage clipping each resized image to its input's range clips a slice as it clips the slab
+    slab = np.clip(rng.normal(size=(1, 6, 40, 50)) * 1.5, -2.0, 2.0)
+    target = [spacing[0], 1.7, 1.7]
+    shape = [6, 19, 24]
+    down = configuration.resampling_fn_data(slab, shape, list(spacing), target)
+    down_3d = model.predictor.configuration_manager.resampling_fn_data(slab, shape, list(spacing), target)
+    np.testing.assert_allclose(down, down_3d, atol=1e-5)
+    logits = rng.normal(size=(3, 6, 19, 24)).astype(np.float32)
+    up = configuration.resampling_fn_probabilities(logits, [6, 40, 50], target, list(spacing))
+    up_3d = model.predictor.configuration_manager.resampling_fn_probabilities(logits, [6, 40, 50], target,
+                                                                              list(spacing))
+    np.testing.assert_allclose(up, up_3d, atol=1e-5)
+
+
+def test_plans_that_decide_separate_z_themselves_are_left_alone():
+    plans = copy.deepcopy(PLANS)
+    plans["configurations"]["2d"]["resampling_fn_data_kwargs"]["force_separate_z"] = False
+    model = _model(plans)
+    assert model.resampling_configuration((2.0, 0.8, 0.8)) is model.predictor.configuration_manager
+
+
+def test_stage_timer_adds_up_stages_of_the_same_name_and_reports_per_slice():
+    timer = StageTimer()
+    for _ in range(3):
+        with timer("stage 1: network"):
+            time.sleep(0.01)
+    with timer("crop"):
+        pass
+    assert [name for name, _, _ in timer.rows] == ["stage 1: network", "crop"]
+    assert timer.rows[0][1] >= 0.03 and timer.rows[0][2] > 0
+    report = timer.report("title", slices=10)
+    assert "stage 1: network" in report and "per slice, 10 slices" in report
