@@ -76,14 +76,18 @@ def stage1_livers(cases: Sequence[ShebaCase], liver_model: str | os.PathLike, fo
     """Liver masks of every slice predicted by the stage-1 model (the paper's cascade crop)."""
     import torch
 
-    from nnunet_joint.inference.models import load_model
+    from nnunet_joint.inference.models import PredictorSettings, load_model
 
-    model = load_model(liver_model, folds, torch.device(device))
+    torch_device = torch.device(device)
+    # nnunet_joint_predict's default settings: the crops are those a user's prediction makes
+    model = load_model(liver_model, folds, torch_device, settings=PredictorSettings(
+        tta=PredictorSettings.tta_default(torch_device)))
     out = {}
     for case in cases:
         array = sitk.GetArrayFromImage(case.image).astype(np.float32)  # 1 x H x W
         sx, sy = case.image.GetSpacing()[:2]
-        out[case.row.case_id] = model.predict(array, (SLICE_AXIS_SPACING_2D, sy, sx)).segmentation > 0
+        prediction = model.predict(array, (SLICE_AXIS_SPACING_2D, sy, sx), probabilities=False)
+        out[case.row.case_id] = prediction.segmentation > 0
     return out
 
 

@@ -91,7 +91,7 @@ def predict(
     torch_device = _device(device)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     threads = threads or cpu_threads()
-    settings = PredictorSettings(tta=torch_device.type == "cuda" if tta is None else bool(tta),
+    settings = PredictorSettings(tta=PredictorSettings.tta_default(torch_device) if tta is None else bool(tta),
                                  tile_step_size=float(step_size), threads=threads, progress=not quiet)
     with timer("load models"):
         import torch
