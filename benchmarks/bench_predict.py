@@ -24,8 +24,7 @@ Usage::
 
 ``RUN_DIR`` is a run folder (``nnunet_joint_reproduce`` or the layout of ``tests/test_predict_e2e.py``)
 with a trained liver model on Dataset501 and a joint model on Dataset504. ``--prepare`` builds one
-first from the tiny phantom (plain ``nnUNetTrainer_JointBudget`` fold all, 1 x 60 iterations; joint model
-fold 0, 6 x 12 iterations: the budgets of ``tests/test_predict_e2e.py``). The models' planned spacing
+first: ``nnunet_joint_reproduce --profile tiny`` (tiny phantom, a few iterations per model). The models' planned spacing
 and patch size decide the network's share of the time; these numbers measure speed, not accuracy.
 """
 
@@ -41,28 +40,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from nnunet_joint.reproduce import RunFolder, nnunet_bin, run_nnunet
+from nnunet_joint.reproduce import RunFolder, nnunet_bin
 
 LIVER_DATASET, JOINT_DATASET = "Dataset501_LiTSLiver", "Dataset504_ShebaJoint"
 
 
 def prepare(run: RunFolder) -> None:
-    """Tiny phantom → datasets 501/504 → plain liver model (fold all) and joint model (fold 0)."""
-    from nnunet_joint.dataset_conversion.convert_lits import convert_lits
-    from nnunet_joint.dataset_conversion.convert_sheba import convert_sheba
-    from nnunet_joint.phantom import generate_corpus
+    """A run folder with both models: ``nnunet_joint_reproduce --profile tiny`` (tiny phantom, cascade)."""
+    from nnunet_joint.reproduce import PROFILES, reproduce
 
-    generate_corpus(run.phantom, seed=0, size="tiny")
-    convert_lits(run.phantom / "LiTS", raw_root=run.raw, overwrite=True)
-    convert_sheba(run.phantom / "Sheba", raw_root=run.raw, preprocessed_root=run.preprocessed, overwrite=True)
-    logs = run.root / "logs"
-    run_nnunet([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", "501", "504", "-c", "2d", "-np", "2"], run,
-               logs / "plan_and_preprocess.log")
-    run_nnunet([nnunet_bin("nnUNetv2_train"), "501", "2d", "all", "-tr", "nnUNetTrainer_JointBudget", "-device",
-                "cpu"], run, logs / "train_501.log", nnUNet_joint_epochs="1", nnUNet_joint_iterations="60")
-    run_nnunet([nnunet_bin("nnUNetv2_train"), "504", "2d", "0", "-tr", "nnUNetTrainerJoint", "-device", "cpu"],
-               run, logs / "train_504.log", nnUNet_joint_epochs="6", nnUNet_joint_iterations="12",
-               nnUNet_joint_encoder="seresnet18")
+    reproduce(run.root, PROFILES["tiny"], quiet=True)
 
 
 def benchmark_volume(run: RunFolder, name: str, slices: int) -> Path:
@@ -79,7 +66,7 @@ def benchmark_volume(run: RunFolder, name: str, slices: int) -> Path:
 
 
 def model_folder(run: RunFolder, dataset: str, trainer: str | None) -> Path:
-    folders = sorted((run.results / dataset).glob(f"{trainer or '*'}__nnUNetPlans__2d"))
+    folders = sorted((run.results / dataset).glob(f"{trainer or '*'}__*__2d"))
     if len(folders) != 1:
         raise SystemExit(f"expected one model folder in {run.results / dataset}, found "
                          f"{[f.name for f in folders]}; pass --liver-trainer / --lesion-trainer")

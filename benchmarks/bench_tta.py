@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--seed", type=int, default=1, help="phantom seed of the test data (not the training seed 0)")
     p.add_argument("--size", default="small", help="phantom size of the test data")
+    p.add_argument("--lesion-trainer", help="trainer of the Dataset504 model folder (default: the only one)")
     p.add_argument("--lesion-folds", nargs="+", default=None)
     p.add_argument("--rounds", type=int, default=1, help="timing rounds per setting (alternating)")
     args = p.parse_args(argv)
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     for key, value in run.environment().items():
         if key.startswith("nnUNet"):
             os.environ[key] = value
-    liver, lesion = model_folder(run, LIVER_DATASET, None), model_folder(run, JOINT_DATASET, None)
+    liver, lesion = model_folder(run, LIVER_DATASET, None), model_folder(run, JOINT_DATASET, args.lesion_trainer)
     phantom = run.root / f"phantom_seed{args.seed}_{args.size}"
     if not (phantom / "phantom_truth.json").is_file():
         generate_corpus(phantom, seed=args.seed, size=args.size)

@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,13 +106,18 @@ class Progress:
     done: int = 0
     start: float = field(default_factory=time.monotonic)
 
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
     def step(self, what: str) -> None:
-        elapsed = time.monotonic() - self.start
-        eta = "?" if self.done == 0 else f"{elapsed / self.done * (self.total_steps - self.done) / 60:.1f} min"
-        if not self.quiet:
-            print(f"[{self.done + 1}/{self.total_steps}] {what} (elapsed {elapsed / 60:.1f} min, left ~{eta})",
-                  flush=True)
-        self.done += 1
+        """Called from the training threads too: one whole line, one number per step."""
+        with self.lock:
+            elapsed = time.monotonic() - self.start
+            eta = "?" if self.done == 0 else f"{elapsed / self.done * (self.total_steps - self.done) / 60:.1f} min"
+            self.done += 1
+            if not self.quiet:
+                sys.stdout.write(f"[{self.done}/{self.total_steps}] {what} (elapsed {elapsed / 60:.1f} min, "
+                                 f"left ~{eta})\n")
+                sys.stdout.flush()
 
 
 def run_nnunet(cmd: list[str], run: RunFolder, log: Path, **extra_env: str) -> None:
