@@ -66,7 +66,9 @@ def benchmark_volume(run: RunFolder, name: str, slices: int) -> Path:
 
 
 def model_folder(run: RunFolder, dataset: str, trainer: str | None) -> Path:
-    folders = sorted((run.results / dataset).glob(f"{trainer or '*'}__*__2d"))
+    """The model folder of ``trainer`` (default: the only one; on the joint dataset the only joint model)."""
+    default = "nnUNetTrainerJoint*" if dataset == JOINT_DATASET else "*"
+    folders = sorted((run.results / dataset).glob(f"{trainer or default}__*__2d"))
     if len(folders) != 1:
         raise SystemExit(f"expected one model folder in {run.results / dataset}, found "
                          f"{[f.name for f in folders]}; pass --liver-trainer / --lesion-trainer")
@@ -148,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
             ours.append(seconds)
             ours_cpu.append(cpu)
             ours_rss.append(rss)
-            stages = stderr[stderr.find("nnunet_joint_predict: time"):].strip()
+            marker = stderr.find("nnunet_joint_predict: time")
+            stages = stderr[marker:].strip() if marker >= 0 else "(no --verbose table in the output)"
             runs = [timed(cmd, env) for cmd in nnunet_cmds]
             theirs.append(sum(r[0] for r in runs))
             theirs_cpu.append(sum(r[1] for r in runs))

@@ -73,6 +73,7 @@ def score(phantom: Path, out: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     from nnunet_joint.inference.cli import predict
+    from nnunet_joint.inference.models import parse_folds
     from nnunet_joint.phantom import generate_corpus
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     phantom = run.root / f"phantom_seed{args.seed}_{args.size}"
     if not (phantom / "phantom_truth.json").is_file():
         generate_corpus(phantom, seed=args.seed, size=args.size)
-    work = run.root / "bench_tta"
+    work = run.root / f"bench_tta_seed{args.seed}_{args.size}"  # one folder per test corpus
     seconds: dict[bool, list[float]] = {False: [], True: []}
     cpu: dict[bool, list[float]] = {False: [], True: []}
     scores = {}
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
                         link = inputs / volume.name
                         if not link.exists():
                             link.symlink_to(volume)
-                predict(inputs, work / f"tta_{tta}" / kind, liver, lesion, lesion_folds=args.lesion_folds,
+                predict(inputs, work / f"tta_{tta}" / kind, liver, lesion, lesion_folds=parse_folds(args.lesion_folds),
                         device="cpu", quiet=True, overlays=False, tta=tta)
             seconds[tta].append(time.perf_counter() - start)
             cpu[tta].append(time.process_time() - start_cpu)

@@ -200,6 +200,17 @@ def test_many_lesions_in_a_volume_match_a_whole_image_computation_with_probabili
         assert list(lesion["type_votes"].values()) == votes
         assert list(lesion["probabilities"].values()) == pytest.approx(mean_probs, abs=1e-4)
         assert lesion["longest_diameter_mm"] == pytest.approx(diameter, abs=1e-3)
-        assert np.all(typed[labels >= 2] >= 2)
+    # every lesion's voxels carry its own vote (most voxels, then larger mean probability, then earlier
+    # type), written into the full map; other voxels are untouched
+    from scipy import ndimage
+
+    components, n = ndimage.label(labels >= 2, structure=np.ones((3, 3, 3)))
+    for index in range(1, n + 1):
+        mask = components == index
+        votes = np.bincount(labels[mask] - 2, minlength=3)
+        mean_probs = probs[:, mask].mean(axis=1)
+        winner = max(range(3), key=lambda t: (votes[t], mean_probs[t], -t))
+        assert np.all(typed[mask] == 2 + winner)
+    assert np.array_equal(typed[labels < 2], labels[labels < 2])
     with pytest.raises(ValueError, match="outside"):
         analyse_lesions(labels, ref, probs[:, 3:, 5:58, 8:66], (slice(3, 12), slice(5, 58), slice(8, 66)))

@@ -108,6 +108,16 @@ def test_slice_by_slice_resampling_only_where_it_equals_nnunets_3d_resampling(sp
     np.testing.assert_allclose(up, up_3d, atol=1e-5)
 
 
+def test_no_slice_by_slice_resampling_when_the_way_back_has_another_low_resolution_axis():
+    """Planned in-plane spacing [1.7, 1.2] with 1 mm slices: back to the input grid nnU-Net would resample
+    from [1.0, 1.7, 1.2], whose coarsest axis alone is y, so forcing separate-z would resample along y."""
+    plans = copy.deepcopy(PLANS)
+    plans["configurations"]["2d"]["spacing"] = [1.7, 1.2]
+    model = _model(plans)
+    assert model.resampling_configuration((1.0, 0.75, 0.7)) is model.predictor.configuration_manager
+    assert model.resampling_configuration((2.0, 0.75, 0.7)) is not model.predictor.configuration_manager
+
+
 def test_plans_that_decide_separate_z_themselves_are_left_alone():
     plans = copy.deepcopy(PLANS)
     plans["configurations"]["2d"]["resampling_fn_data_kwargs"]["force_separate_z"] = False

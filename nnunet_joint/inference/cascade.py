@@ -37,7 +37,7 @@ class CascadeResult:
     """Cascade output on the input grid (array order ``(z, y, x)``).
 
     Attributes:
-        liver: 0/1 stage-1 liver (largest connected component).
+        liver: 0/1 stage-1 liver (its pieces: :func:`~nnunet_joint.crops.roi_components`).
         labels: pixel-wise joint labels before the per-lesion vote.
         type_probabilities: ``(len(LESION_TYPES), *crop.shape)`` type probabilities on the stage-2
             crop (every lesion voxel lies in it), ``None`` when no liver was found. Kept on the crop,
@@ -127,8 +127,10 @@ def predict_in_slabs(model: CascadeModel, image_zyx: np.ndarray, spacing_zyx: tu
             if axis is not None:
                 where[axis] = slice(start, min(size, start + step))
             where_t = tuple(where)
-            consume(where_t, model.predict(image_zyx[where_t], spacing_zyx, probabilities=probabilities,
-                                           timer=lambda name: timer(f"{label}: {name}")))
+            prediction = model.predict(image_zyx[where_t], spacing_zyx, probabilities=probabilities,
+                                       timer=lambda name: timer(f"{label}: {name}"))
+            with timer(f"{label}: collect"):  # e.g. stage 2's per-voxel lesion types
+                consume(where_t, prediction)
             bar.update(min(size, start + step) - start)
 
 

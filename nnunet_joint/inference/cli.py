@@ -92,11 +92,8 @@ def predict(
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     threads = threads or cpu_threads()
     settings = PredictorSettings(tta=PredictorSettings.tta_default(torch_device) if tta is None else bool(tta),
-                                 tile_step_size=float(step_size), threads=threads, progress=not quiet)
-    with timer("load models"):
-        import torch
-
-        torch.set_num_threads(threads)
+                                 tile_step_size=float(step_size), threads=threads)
+    with timer("load models"):  # CascadeModel.predict sets the threads and restores them
         liver_dir, lesion_dir = liver_model_folder(liver_model), lesion_model_folder(lesion_model)
         liver = load_model(liver_dir, liver_folds, torch_device, settings=settings)
         lesion = load_model(lesion_dir, lesion_folds, torch_device, settings=settings)

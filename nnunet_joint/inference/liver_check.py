@@ -1,8 +1,8 @@
 """Is stage 1's liver a liver? Size and HU criteria before stage 2 runs on its crop.
 
 A liver model shown a scan without liver (all air, a head, the pelvis) still labels something;
-stage 2 on that crop would type "lesions" in air. The largest connected component of stage 1 is
-accepted as liver only when
+stage 2 on that crop would type "lesions" in air. Stage 1's liver (its pieces, as the crop
+takes them) is accepted as liver only when
 
 * its largest cross-section in one slice is at least :data:`MIN_LIVER_AREA_MM2` (5 cm²; the
   liver's cross-section at the level of a lesion is typically 50-250 cm², a few cm² at its tip),

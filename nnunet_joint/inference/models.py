@@ -186,7 +186,6 @@ class PredictorSettings:
         tile_step_size: nnU-Net's ``-step_size`` (0.5: tiles overlap by half).
         threads: torch CPU threads (default: the cores this process may use); nnU-Net's sliding
             window caps them at ``nnUNet_def_n_proc`` (8 unless set).
-        progress: tqdm progress bars.
         slab_slices: the cascade predicts a 2-D model's image this many slices at a time (nnU-Net's
             preprocessing, sliding window and resampling on each slab), so memory is bounded by
             the slab, not the scan.
@@ -195,7 +194,6 @@ class PredictorSettings:
     tta: bool = True
     tile_step_size: float = 0.5
     threads: int | None = None
-    progress: bool = False
     slab_slices: int = 32
 
     @staticmethod
@@ -275,7 +273,8 @@ class CascadeModel:
         per slab in 3-D; it shows only at a spline overshoot in a slice that lacks the slab's extreme
         values, which CT after nnU-Net's CT normalisation (clipped to two foreground percentiles, so
         air/fat and bone hit the limits) nearly never does. Used only when the slices' axis is the one
-        nnU-Net itself would pick as low-resolution (the largest spacing, alone), with nnU-Net's default
+        nnU-Net itself would pick as low-resolution (the largest spacing, alone) on the way in and is not
+        outranked by another single axis on the way back, with nnU-Net's default
         resampling functions and plans that leave ``force_separate_z`` to nnU-Net; otherwise unchanged.
         """
         from nnunetv2.preprocessing.resampling.default_resampling import get_lowres_axis
@@ -287,6 +286,12 @@ class CascadeModel:
             return cm
         transposed = [float(spacing_zyx[i]) for i in p.plans_manager.transpose_forward]
         if [int(a) for a in get_lowres_axis(transposed)] != [0]:
+            return cm
+        # back to the input grid, nnU-Net resamples from [slice spacing, *planned in-plane spacing]: forced
+        # separate-z there takes that grid's low-resolution axis, which must be the slices' one as well (two
+        # or three tied axes make nnU-Net resample in 3-D, forced or not)
+        back_axes = [int(a) for a in get_lowres_axis([transposed[0], *[float(v) for v in cm.spacing]])]
+        if len(back_axes) == 1 and back_axes != [0]:
             return cm
         configuration = copy.deepcopy(cm.configuration)
         for kind in ("data", "seg", "probabilities"):
@@ -391,7 +396,7 @@ def check_plans(plans: dict, where: Path) -> None:
 
 
 def load_model(folder: str | os.PathLike, folds: Sequence[int | str] | None, device: torch.device,
-               allow_tqdm: bool = False, settings: PredictorSettings | None = None) -> CascadeModel:
+               settings: PredictorSettings | None = None) -> CascadeModel:
     """Load a trained nnU-Net model folder with nnU-Net's own loader, safely.
 
     ``nnUNetPredictor.initialize_from_trained_model_folder`` runs under
@@ -399,8 +404,7 @@ def load_model(folder: str | os.PathLike, folds: Sequence[int | str] | None, dev
     loader, the same path our trainers resume by), after the plans' architecture has passed the
     allow-list (:func:`check_plans`).
 
-    ``settings`` (default: nnU-Net's own: mirroring on, step 0.5) set up nnU-Net's predictor;
-    ``allow_tqdm`` is a shortcut for ``settings.progress``.
+    ``settings`` (default: nnU-Net's own: mirroring on, step 0.5) set up nnU-Net's predictor.
 
     Raises:
         InputError: missing folder, JSON or checkpoint, a checkpoint that would run code, plans that
@@ -434,10 +438,11 @@ def load_model(folder: str | os.PathLike, folds: Sequence[int | str] | None, dev
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
-        settings = settings or PredictorSettings(progress=allow_tqdm)
+        settings = settings or PredictorSettings()
         predictor = nnUNetPredictor(tile_step_size=settings.tile_step_size, use_gaussian=True,
                                     use_mirroring=settings.tta, perform_everything_on_device=device.type == "cuda",
-                                    device=device, verbose=False, allow_tqdm=settings.progress or allow_tqdm)
+                                    device=device, verbose=False,
+                                    allow_tqdm=False)  # the cascade shows one bar per stage, not one per slab
         first = folder / f"fold_{folds[0]}" / CHECKPOINT_NAME
         try:
             with nnunet_loads_safely():
