@@ -202,3 +202,31 @@ def test_nnunet_finds_every_named_variant(monkeypatch):
     assert (hier.framework, hier.init, hier.schedule) == ("joint", "LiTS", "HierFreeze")
     lits = recursive_find_trainer_class_by_name("nnUNetTrainerSEResNetSeg_LiTS")
     assert (lits.init, lits.schedule) == ("LiTS", "NoFreeze")
+
+
+def test_every_trainer_we_ship_resumes_through_the_safe_loader(tmp_path, monkeypatch):
+    """``--c`` / ``--val`` call the trainer's ``load_checkpoint``: for each of the 37 classes (36
+    variants and the plain-nnU-Net budget wrapper) a hostile checkpoint is refused and runs nothing."""
+    import os
+
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    from nnunet_joint.training.variants import variant_names
+
+    monkeypatch.setenv("nnUNet_extTrainer", str(TRAINERS_DIR))
+    bases = ["nnUNetTrainerSEResNetSeg", "nnUNetTrainerSEResNetCls", "nnUNetTrainerYNet", "nnUNetTrainerJoint"]
+    names = [n for b in bases for n in [b, *variant_names(b)]] + ["nnUNetTrainer_JointBudget"]
+
+    class RunsCode:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    hostile = tmp_path / "checkpoint_latest.pth"
+    torch.save({"network_weights": {}, "init_args": {}, "current_epoch": 3, "x": RunsCode()}, hostile)
+    for name in names:
+        cls = recursive_find_trainer_class_by_name(name)
+        trainer = object.__new__(cls)  # nnU-Net's load_checkpoint needs only these before it loads
+        trainer.was_initialized, trainer.device = True, torch.device("cpu")
+        with pytest.raises(InputError, match="would run code"):
+            trainer.load_checkpoint(str(hostile))
+    assert len(names) == 37 and not (tmp_path / "pwned").exists()
