@@ -71,3 +71,32 @@ def test_learning_curve_rows_and_resume(tmp_path):
     assert [r["epoch"] for r in resumed.epochs] == [0]
     resumed.start_epoch()
     assert resumed.end_epoch(1, 20, None, None, segments=False, types=False)["lesion_dice"] is None
+
+
+def test_classifier_validation_steps_feed_its_learning_curve(tmp_path, monkeypatch):
+    """The classifier replaces nnU-Net's validation_step; its type accuracy still reaches the curve:
+    counted on the patches that show lesion, against each case's type, from the head's argmax."""
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    from nnunet_joint import LESION_TYPES, TRAINERS_DIR
+    from nnunet_joint.network import SEResNetUNet
+    from nnunet_joint.training.losses import ClassificationTargetLoss
+
+    monkeypatch.setenv("nnUNet_extTrainer", str(TRAINERS_DIR))
+    cls = recursive_find_trainer_class_by_name("nnUNetTrainerSEResNetCls")
+    trainer = object.__new__(cls)  # what validation needs, without nnU-Net's dataset set-up
+    torch.manual_seed(0)
+    trainer.network = SEResNetUNet(1, 3, "seresnet18", num_cls_classes=3, segmentation=False)
+    trainer.device, trainer.loss, trainer.output_folder = torch.device("cpu"), ClassificationTargetLoss(), tmp_path
+    keys = ["a", "b", "c", "d"]
+    trainer.dataset_json = {"lesion_types": dict(zip(keys, ["cyst", "metastasis", "hemangioma", "cyst"]))}
+    data = torch.randn(4, 1, 64, 64)
+    target = torch.ones(4, 1, 64, 64)
+    target[:3, :, 20:30, 20:30] = 2  # d shows no lesion: not typed
+    trainer.on_validation_epoch_start()
+    trainer.validation_step({"data": data, "target": target, "keys": keys})
+    with torch.no_grad():
+        predicted = trainer.network.eval()(data).argmax(1)
+    truth = torch.tensor([LESION_TYPES.index(t) for t in ["cyst", "metastasis", "hemangioma", "cyst"]])
+    counts = trainer._learning_curve().counts
+    assert counts["typed"] == 3 and counts["correct"] == int((predicted == truth)[:3].sum())

@@ -46,6 +46,7 @@ class nnUNetTrainerSEResNetCls(nnUNetTrainerSEResNetBase):
         shows_lesion = lesion_in_patch(batch["target"]).to(target.device)
         correct = int(((logits.argmax(1) == target) & shows_lesion).sum())
         wrong = int(shows_lesion.sum()) - correct
+        self.record_curve(batch)  # the learning curve's type accuracy (this step replaces nnU-Net's)
         return {"loss": loss.detach().cpu().numpy(), "tp_hard": np.array([correct]),
                 "fp_hard": np.array([wrong]), "fn_hard": np.array([wrong])}
 

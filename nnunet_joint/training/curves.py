@@ -174,9 +174,14 @@ class LearningCurveMixin:
 
     def validation_step(self, batch: dict) -> dict:
         out = super().validation_step(batch)
+        self.record_curve(batch)
+        return out
+
+    def record_curve(self, batch: dict) -> None:
+        """Add one validation batch to the epoch's counts (from the output the forward hook kept).
+        A trainer whose ``validation_step`` does not call nnU-Net's (the classifier) calls this itself."""
         if self._curve_output is not None:
             self._learning_curve().add(self.curve_counts(batch, self._curve_output))
-        return out
 
     def curve_counts(self, batch: dict, output) -> dict[str, int]:
         """Counts of one validation batch; subclasses with a classification head pass its logits."""
