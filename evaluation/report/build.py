@@ -113,7 +113,8 @@ def build_document(experiments: Sequence[Experiment], evidence: Evidence, figure
         doc.Paragraph("Synthetic CT phantom, generated with these parameters:"),
         doc.Code(json.dumps(phantom, indent=2, default=outputs.json_default, sort_keys=True), "json")])
     return doc.Document(TITLE, [
-        doc.Paragraph(f"Profile {profile}, wall time {wall_time}. {tables.CELL_LEGEND}"),
+        doc.Paragraph(f"Profile {profile}, wall time {wall_time} (of the reproduce call that wrote this report; a "
+                      f"resumed run counts only what that call did). {tables.CELL_LEGEND}"),
         doc.Paragraph(CAVEAT, kind="caveat"),
         doc.Section("Results", [doc.BulletList(coverage_lines(meta.get("cascade")), "The cascade's crops:"),
                                 tables.midl_table(experiments, evidence), tables.embc_table(experiments, evidence),
@@ -122,7 +123,8 @@ def build_document(experiments: Sequence[Experiment], evidence: Evidence, figure
         doc.Section("Paired comparisons", comparison_blocks(evidence), "comparisons"),
         doc.Section("Figures", figures_section, "figures"),
         doc.Section("How these numbers were made", [
-            doc.BulletList([f"profile: {profile}", f"wall time of the run: {wall_time}",
+            doc.BulletList([f"profile: {profile}",
+                            f"wall time of the reproduce call that wrote this report: {wall_time}",
                             f"stage 1 (liver): {stage1_line(meta.get('stage1'))}"]),
             tables.budget_table(experiments),
             doc.Section("Definitions", [doc.BulletList([*DEFINITIONS, *statistics_definitions()])]),
