@@ -201,7 +201,7 @@ def test_sheba_conversion_crops_from_the_stage1_liver_model(run, tmp_path):
 
     from nnunet_joint.dataset_conversion.convert_sheba import SLICE_AXIS_SPACING_2D, convert_sheba
     from nnunet_joint.crops import crop_to_roi
-    from nnunet_joint.inference.models import load_model
+    from nnunet_joint.inference.models import PredictorSettings, load_model
 
     fold_dir = train(run, 501, "nnUNetTrainer_JointBudget")  # the tiny reproduce run's stage 1
     raw = tmp_path / "sheba"
@@ -216,7 +216,8 @@ def test_sheba_conversion_crops_from_the_stage1_liver_model(run, tmp_path):
                   liver_folds=[0])
     crops = json.loads((tmp_path / "raw" / "Dataset603_ShebaSeg" / "crops.json").read_text(encoding="utf-8"))["cases"]
     assert sorted(crops) == sorted(r["case_id"] for r in rows)
-    model = load_model(fold_dir.parent, [0], torch.device("cpu"))
+    # the converter predicts with nnunet_joint_predict's CPU default (no test-time mirroring): the same here
+    model = load_model(fold_dir.parent, [0], torch.device("cpu"), settings=PredictorSettings(tta=False))
     sources = []
     for row in rows:
         image = sitk.ReadImage(str(raw / row["image"]))
