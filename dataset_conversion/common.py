@@ -1,7 +1,7 @@
 """What every converter shares: dataset naming, atomic staging of raw datasets, dataset.json, splits.
 
 A converted dataset is written into a hidden temporary folder beside its destination in
-``nnUNet_raw`` and renamed only when every case has been written (DESIGN.md section 7), so a
+``nnUNet_raw`` and renamed only when every case has been written (nothing half-written is ever visible), so a
 failed or killed conversion never leaves a ``DatasetXXX_Name`` folder that nnU-Net would pick up.
 """
 

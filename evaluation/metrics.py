@@ -1,4 +1,4 @@
-"""The project's metrics, defined once (DESIGN.md section 5).
+"""The project's metrics, defined once (README, "Metrics").
 
 Every table in the project is computed from these functions, so a number means the same thing
 in a benchmark, a fold summary and a report.
@@ -33,7 +33,7 @@ Conventions decided here (and tested in ``tests/test_metrics.py``):
   TP/FP/FN over its slices); the aggregate is the mean and the population standard deviation
   (numpy's default, ``ddof=0``) of the fold values, and ``n``, the number of slices the metric
   stands on in all folds together.
-* **Dice2 over folds** (DESIGN.md section 5: "pooled over all validation slices of all folds"):
+* **Dice2 over folds** (the papers' global Dice, pooled over all validation slices of all folds):
   the aggregate's Dice2 is ``pooled``, TP/FP/FN summed over every validation slice of every
   fold, not the mean of the per-fold Dice2 values (which would weigh a small fold's lesions
   more). The mean and std of the per-fold values stay beside it as the spread over folds.

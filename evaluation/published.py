@@ -1,4 +1,4 @@
-"""The two papers' published numbers, as data (DESIGN.md section 1).
+"""The two papers' published numbers (MIDL 2020 Table 1, EMBC 2019), as data.
 
 Kept as plain dictionaries so the report, its ``summary.json`` and the tests read the same
 numbers, and a reader can check them against the papers line by line.

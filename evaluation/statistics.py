@@ -1,7 +1,7 @@
 """Uncertainty of the report's numbers: bootstrap intervals over patients and paired tests.
 
 Three folds give three numbers per metric, so "mean ± std over folds" alone cannot tell a real
-difference between two methods from noise (DESIGN.md section 8: intervals and paired tests
+difference between two methods from noise (so intervals and paired tests come
 before any claim). This module holds the two tools the report uses, numpy/scipy only:
 
 * :func:`patient_bootstrap`: a 95 % percentile interval of a per-slice mean (type accuracy,

@@ -2,7 +2,7 @@
 
 Everything the project writes (converted datasets, reports, predictions) goes to a temporary
 name beside its destination and is renamed when complete, so a killed run never leaves a half
-file or folder that looks whole (DESIGN.md section 7). The temporary's name records the host and
+file or folder that looks whole. The temporary's name records the host and
 process that owns it, so the next write to the same destination removes the temporaries of
 processes that died (:func:`clean_stale_temporaries`).
 

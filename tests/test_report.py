@@ -405,14 +405,14 @@ def test_overlay_cases_and_titles(built):
     assert summary["cases"]  # the evaluator's per-case list is what the grid is chosen from
 
 
-# DESIGN.md section 1, copied verbatim: the published numbers are typed twice, so a typo in one copy fails.
-DESIGN_MIDL = """
+# The papers' tables, copied verbatim: the published numbers are typed twice, so a typo in one copy fails.
+PAPER_MIDL = """
 | classification baseline | scratch / ImageNet / LiTS | 0.55 / 0.63 / 0.76 | – | – |
 | segmentation baseline | scratch / ImageNet / LiTS | – | 0.59 / 0.63 / 0.71 | 0.59 / 0.67 / 0.72 |
 | Y-Net | scratch / ImageNet / LiTS | 0.43 / 0.68 / 0.79 | 0.49 / 0.67 / 0.71 | 0.43 / 0.65 / 0.68 |
 | joint | scratch / ImageNet / LiTS | 0.63 / 0.74 / 0.86 | 0.57 / 0.64 / 0.71 | 0.60 / 0.70 / 0.76 |
 """
-DESIGN_EMBC = """baseline 0.49 / 0.44 / 0.89 / 0.56; no freezing
+PAPER_EMBC = """baseline 0.49 / 0.44 / 0.89 / 0.56; no freezing
 0.57 / 0.55 / 0.94 / 0.64; hierarchical freezing 0.65 / 0.60 / 0.93 / 0.68; freeze encoder
 0.57 / 0.54 / 0.94 / 0.63; hierarchical unfreezing 0.64 / 0.60 / 0.94 / 0.73"""
 
@@ -420,14 +420,14 @@ DESIGN_EMBC = """baseline 0.49 / 0.44 / 0.89 / 0.56; no freezing
 def test_published_numbers_match_the_design_brief():
     names = {v: k for k, v in published.FRAMEWORKS.items()}
     midl: dict = {}
-    for line in DESIGN_MIDL.strip().splitlines():
+    for line in PAPER_MIDL.strip().splitlines():
         framework, _, *columns = [c.strip() for c in line.strip("|").split("|")]
         for metric, column in zip(published.MIDL_METRICS, columns):
             if column != "–":
                 for init, value in zip(published.INITS, column.split(" / ")):
                     midl.setdefault(names[framework], {}).setdefault(init, {})[metric] = float(value)
     assert midl == published.MIDL_TABLE1
-    text = " ".join(DESIGN_EMBC.split())
+    text = " ".join(PAPER_EMBC.split())
     embc = {}
     for key, (row, _, _) in published.EMBC_STRATEGIES.items():
         name = row.split(" (")[0]
