@@ -7,7 +7,7 @@ import resource
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Iterator
 
 
 def peak_rss_gb() -> float:
@@ -38,10 +38,6 @@ class StageTimer:
                     break
             else:
                 self.rows.append((name, seconds, rss))
-
-    def prefixed(self, prefix: str) -> Callable[[str], contextlib.AbstractContextManager]:
-        """A timer whose stage names start with ``prefix: ``."""
-        return lambda name: self(f"{prefix}: {name}")
 
     @property
     def total(self) -> float:
