@@ -56,6 +56,7 @@ DATASET_JSON = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver
 def _predictor(tta: bool, plans: dict = PLANS):
     """A predictor set up by nnU-Net's ``manual_initialization`` with a random U-Net built from the plans."""
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     plans_manager = PlansManager(copy.deepcopy(plans))
@@ -65,10 +66,8 @@ def _predictor(tta: bool, plans: dict = PLANS):
                             norm_op=torch.nn.InstanceNorm2d, norm_op_kwargs={"eps": 1e-5, "affine": True},
                             nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True})
     params = [copy.deepcopy(network.state_dict())]
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=tta, perform_everything_on_device=False,
-                    device=torch.device("cpu"), allow_tqdm=False)
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=tta,
+                                perform_everything_on_device=False, device=torch.device("cpu"), allow_tqdm=False)
     predictor.manual_initialization(network, plans_manager, configuration, params, DATASET_JSON, "nnUNetTrainer",
                                     (0, 1))
     return predictor
