@@ -6,14 +6,23 @@ loader use — executes whatever a pickle asks for, so a hostile checkpoint runs
 plus an explicit allow-list of the few plain types nnU-Net 2.8 checkpoints contain (numpy
 scalars in the training log). A refused file is never retried unsafely: an attacker can always
 make the safe load fail. Weights we export are written as safetensors, which cannot carry code.
+
+A refused checkpoint in a run folder is evidence, not rubbish: :func:`set_aside_refused_checkpoint`
+moves it beside itself under a name that says why, and one that would have run code is recorded
+in the run folder's :data:`SECURITY_EVENTS` (docs/reliability.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import pickle
-import zipfile
+import sys
+import threading
+import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -23,7 +32,7 @@ import torch
 from torch import nn
 
 from nnunet_joint.errors import InputError
-from nnunet_joint.io import atomic_path
+from nnunet_joint.io import atomic_path, write_json
 
 TORCH_SUFFIXES = (".pth", ".pt", ".model", ".bin", ".ckpt")
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -75,28 +84,122 @@ def _refusal_detail(message: str) -> str:
     return "content outside the allow-list"
 
 
+#: ``warnings.catch_warnings`` swaps process-wide state; trainings load checkpoints from several threads.
+_LOAD_WARNINGS_LOCK = threading.Lock()
+
+
+class UnsafeCheckpoint(InputError):
+    """The safe loader refused a checkpoint because loading it needs more than the allow-list: code could run."""
+
+
 def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
     """``torch.load`` with ``weights_only=True`` and only :data:`SAFE_GLOBALS` allowed.
 
+    torch's warnings during the load (e.g. about an unusual pickle protocol) are held back: after
+    a refusal they would print before, and distract from, the one ``error:`` line; after a
+    successful load they are issued as usual.
+
     Raises:
-        InputError: the file is missing, is not a PyTorch checkpoint, or would need anything
-            beyond tensors, plain containers and numeric numpy scalars (e.g. a pickled object
-            whose reconstruction calls a function). There is deliberately no unsafe fallback.
+        UnsafeCheckpoint: the file would need anything beyond tensors, plain containers and
+            numeric numpy scalars (e.g. a pickled object whose reconstruction calls a function).
+            There is deliberately no unsafe fallback.
+        InputError: the file is missing or is not a readable PyTorch checkpoint (empty, cut short,
+            corrupt).
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "checkpoint file not found" if not path.exists() else "not a file")
+    with _LOAD_WARNINGS_LOCK, warnings.catch_warnings(record=True) as held:
+        warnings.simplefilter("always")
+        try:
+            with torch.serialization.safe_globals(SAFE_GLOBALS):
+                loaded = torch.load(path, map_location=map_location, weights_only=True)
+        except MemoryError:
+            raise
+        except pickle.UnpicklingError as e:
+            raise UnsafeCheckpoint(
+                path,
+                f"refused: the file would run code on load ({_refusal_detail(str(e))}) "
+                "— only plain tensors/containers are allowed",
+            ) from None
+        except Exception as e:  # noqa: BLE001 - a cut-short or corrupt file fails anywhere in torch or pickle
+            raise InputError(path, f"not a readable PyTorch checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+    for warning in held:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return loaded
+
+
+#: The run folder's record of checkpoints that would have run code on load (a JSON list).
+SECURITY_EVENTS = "security_events.json"
+#: ``nnunet_joint_reproduce``'s exit status when it finished but met such a checkpoint.
+EXIT_SECURITY_EVENT = 3
+_SECURITY_EVENTS_LOCK = threading.Lock()  # trainings run in threads (``--jobs``); one writer at a time
+
+
+def security_events(run_root: str | os.PathLike) -> list[dict[str, Any]]:
+    """The events recorded in ``run_root``'s :data:`SECURITY_EVENTS` (none when there is no file)."""
+    path = Path(run_root) / SECURITY_EVENTS
+    if not path.is_file():
+        return []
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise InputError(
-            path,
-            f"refused: the file would run code on load ({_refusal_detail(str(e))}) "
-            "— only plain tensors/containers are allowed",
-        ) from None
-    except (EOFError, KeyError, RuntimeError, ValueError, zipfile.BadZipFile, OSError) as e:
-        raise InputError(path, f"not a readable PyTorch checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+        events = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise InputError(path, f"not a readable event list ({e})") from None
+    if not isinstance(events, list):
+        raise InputError(path, "not a readable event list (expected a JSON list)")
+    return events
+
+
+def set_aside_refused_checkpoint(path: str | os.PathLike, run_root: str | os.PathLike) -> tuple[Path, str] | None:
+    """Move a checkpoint the safe loader refuses out of the way, keeping it as evidence.
+
+    The file is renamed in its folder to ``<name>.refused-unsafe-<UTC time>`` (it would have run
+    code on load) or ``<name>.refused-unreadable-<UTC time>`` (empty, cut short by a killed run,
+    corrupt); its bytes are not touched and nothing is deleted. An unsafe one is also appended to
+    ``run_root``'s :data:`SECURITY_EVENTS` with its SHA-256, because someone other than this
+    program wrote it: the folder is not to be trusted blindly any more.
+
+    Returns:
+        Where the file went and why it was refused, or ``None`` when it loads (nothing is moved).
+    """
+    path = Path(path)
+    try:
+        safe_torch_load(path)
+    except UnsafeCheckpoint as e:
+        kind, problem = "unsafe", e.problem
+    except InputError as e:
+        kind, problem = "unreadable", e.problem
+    else:
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    kept = path.with_name(f"{path.name}.refused-{kind}-{stamp}")
+    n = 1
+    while kept.exists():  # two refusals within a second: never overwrite earlier evidence
+        n += 1
+        kept = path.with_name(f"{path.name}.refused-{kind}-{stamp}-{n}")
+    os.replace(path, kept)
+    if kind == "unsafe":
+        event = {"time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "file": str(path),
+                 "kept_as": str(kept), "sha256": hashlib.sha256(kept.read_bytes()).hexdigest(),
+                 "bytes": kept.stat().st_size, "problem": problem}
+        with _SECURITY_EVENTS_LOCK:
+            write_json(security_events(run_root) + [event], Path(run_root) / SECURITY_EVENTS)
+    return kept, problem
+
+
+def security_exit_code(run_root: str | os.PathLike, events_before: int) -> int:
+    """0, or :data:`EXIT_SECURITY_EVENT` with a closing ``warning:`` line when this run recorded events.
+
+    ``events_before`` is the number of events recorded before the run started (a resumed run's
+    earlier events were reported by the run that met them).
+    """
+    new = security_events(run_root)[events_before:]
+    if not new:
+        return 0
+    print(f"warning: {Path(run_root) / SECURITY_EVENTS}: {len(new)} checkpoint(s) would have run code on load and "
+          f"were refused, kept as evidence ({', '.join(e['kept_as'] for e in new)}) and retrained; the run finished, "
+          f"exit status {EXIT_SECURITY_EVENT}", file=sys.stderr, flush=True)
+    return EXIT_SECURITY_EVENT
 
 
 class _TorchLoadingSafely:

@@ -333,13 +333,14 @@ def train_fold(run: RunFolder, trainer: str, dataset: int, fold: str, device: st
         return fold_dir
     checkpoint = fold_dir / "checkpoint_final.pth"
     if checkpoint.is_file():
-        problem = checkpoint_problem(checkpoint)
-        if problem is None:  # trained, validation interrupted
+        from nnunet_joint.checkpoints import set_aside_refused_checkpoint
+
+        refused = set_aside_refused_checkpoint(checkpoint, run.root)
+        if refused is None:  # trained, validation interrupted
             cmd.append("--val")
-        else:  # half-written (killed while saving) or refused: not finished, train again from scratch
-            print(f"warning: {checkpoint}: {problem}; retraining fold {fold} of {trainer} from scratch",
-                  file=sys.stderr, flush=True)
-            checkpoint.unlink()
+        else:  # half-written (killed while saving) or refused: kept as evidence, train again from scratch
+            print(f"warning: {checkpoint}: {refused[1]}; kept as {refused[0]}; retraining fold {fold} of {trainer} "
+                  "from scratch", file=sys.stderr, flush=True)
     run_nnunet(cmd, run, run.root / "logs" / f"{trainer}_{dataset}_fold{fold}.log", **budget, **extra_env)
     return fold_dir
 
@@ -558,6 +559,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.nnunet_length:
         profile = dataclasses.replace(profile, name=f"{profile.name}-nnunet-length", budget=NNUNET_LENGTH,
                                       stage1_budget=NNUNET_LENGTH, lits_budget=NNUNET_LENGTH)
+    from nnunet_joint.checkpoints import security_events, security_exit_code
+
+    events_before = len(security_events(args.out))
     reproduce(args.out, profile, device, args.imagenet_weights, args.lits, args.sheba, args.seed,
               args.folds, args.stop_after, args.quiet, args.oracle_crops, args.jobs)
-    return 0
+    return security_exit_code(args.out, events_before)  # 3 when a checkpoint would have run code (docs/reliability.md)

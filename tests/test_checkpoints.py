@@ -276,3 +276,103 @@ def test_allow_list_has_no_code_running_globals():
     names = {getattr(g, "__name__", str(g)) for g in checkpoints.SAFE_GLOBALS if not isinstance(g, tuple)}
     assert "ObjectDType" not in names and "_reconstruct" not in names
     assert {"scalar", "dtype", "Float64DType", "Float32DType"} <= names
+
+
+# ----------------------------------------------------------------------------- refused files kept as evidence
+
+
+def _hostile_checkpoint(path: Path, marker: Path) -> bytes:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"network_weights": {"w": torch.zeros(2)}, "init_args": _CreatesMarker(marker)}, path)
+    return path.read_bytes()
+
+
+def _truncated_checkpoint(path: Path, marker: Path) -> bytes:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"network_weights": {"w": torch.ones(64, 64)}}, path)
+    path.write_bytes(path.read_bytes()[:3000])  # killed while torch.save wrote it
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("spoil,kind", [(_hostile_checkpoint, "unsafe"), (_truncated_checkpoint, "unreadable")])
+def test_refused_checkpoint_met_on_resume_is_kept_aside_unchanged(tmp_path, monkeypatch, capsys, spoil, kind):
+    """A resumed reproduce run moves a refused final checkpoint aside (same folder, a name saying why), never
+    deletes or alters it, runs nothing from it, and names the new place; an unsafe one is a security event."""
+    import hashlib
+    import json
+    import re
+
+    from nnunet_joint import reproduce
+
+    launched: list[list[str]] = []  # the nnUNetv2_train command, not run: only the resume decision is tested
+    monkeypatch.setattr(reproduce, "run_nnunet", lambda cmd, run, log, **env: launched.append(cmd))
+    run = reproduce.RunFolder(tmp_path / "run")
+    fold_dir = run.results / "Dataset504_ShebaJoint" / "nnUNetTrainerJoint__nnUNetPlans__2d" / "fold_0"
+    marker = tmp_path / "pwned"
+    original = spoil(fold_dir / "checkpoint_final.pth", marker)
+
+    reproduce.train_fold(run, "nnUNetTrainerJoint", 504, "0", "cpu", {}, {}, [])
+
+    assert not marker.exists()  # nothing in the file ran
+    (kept,) = [p for p in fold_dir.iterdir()]  # moved, not copied; nothing else written there
+    assert re.fullmatch(rf"checkpoint_final\.pth\.refused-{kind}-\d{{8}}T\d{{6}}Z", kept.name), kept.name
+    assert kept.read_bytes() == original
+    (warning,) = capsys.readouterr().err.splitlines()
+    assert warning.startswith(f"warning: {fold_dir / 'checkpoint_final.pth'}: ")
+    assert f"; kept as {kept}; retraining fold 0 of nnUNetTrainerJoint from scratch" in warning
+    assert "--val" not in launched[0]  # trained again from scratch
+    events = checkpoints.security_events(run.root)
+    if kind == "unsafe":
+        (event,) = events
+        assert event["kept_as"] == str(kept) and event["file"] == str(fold_dir / "checkpoint_final.pth")
+        assert event["sha256"] == hashlib.sha256(original).hexdigest() and event["bytes"] == len(original)
+        assert "would run code on load" in event["problem"]
+        assert json.loads((run.root / checkpoints.SECURITY_EVENTS).read_text()) == events
+    else:  # a killed run's half file is routine, not a security event
+        assert events == [] and not (run.root / checkpoints.SECURITY_EVENTS).exists()
+
+
+def test_evidence_is_never_overwritten_and_a_loadable_checkpoint_stays(tmp_path):
+    marker = tmp_path / "pwned"
+    first = _hostile_checkpoint(tmp_path / "c.pth", marker)
+    kept_first, _ = checkpoints.set_aside_refused_checkpoint(tmp_path / "c.pth", tmp_path)
+    torch.save({"x": _RunsShell(marker)}, tmp_path / "c.pth")  # a second one within the same second
+    second = (tmp_path / "c.pth").read_bytes()
+    kept_second, problem = checkpoints.set_aside_refused_checkpoint(tmp_path / "c.pth", tmp_path)
+    assert kept_second != kept_first and kept_first.read_bytes() == first and kept_second.read_bytes() == second
+    assert "posix.system" in problem and not marker.exists()
+    assert [e["kept_as"] for e in checkpoints.security_events(tmp_path)] == [str(kept_first), str(kept_second)]
+    torch.save({"network_weights": {"w": torch.ones(2)}}, tmp_path / "good.pth")
+    assert checkpoints.set_aside_refused_checkpoint(tmp_path / "good.pth", tmp_path) is None
+    assert (tmp_path / "good.pth").is_file()
+
+
+def test_a_run_that_met_an_unsafe_checkpoint_finishes_with_exit_3(tmp_path, capsys):
+    """Exit 3 only for events recorded during this run; a later resume of the same folder exits 0."""
+    assert checkpoints.security_exit_code(tmp_path, 0) == 0 and capsys.readouterr().err == ""
+    _hostile_checkpoint(tmp_path / "fold_0" / "checkpoint_final.pth", tmp_path / "pwned")
+    kept, _ = checkpoints.set_aside_refused_checkpoint(tmp_path / "fold_0" / "checkpoint_final.pth", tmp_path)
+    assert checkpoints.security_exit_code(tmp_path, 0) == checkpoints.EXIT_SECURITY_EVENT == 3
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"warning: {tmp_path / checkpoints.SECURITY_EVENTS}: 1 checkpoint(s) would have run code")
+    assert str(kept) in line
+    assert checkpoints.security_exit_code(tmp_path, 1) == 0
+
+
+def test_torch_warnings_are_held_back_on_refusal_and_issued_on_success(tmp_path, recwarn):
+    """torch warns about pickle protocols above 2; a refused file's warning would precede the error line."""
+    import io
+    import warnings
+
+    with open(tmp_path / "plain.pth", "wb") as f:
+        pickle.dump({"x": _RunsShell(tmp_path / "pwned")}, f, protocol=4)
+    with pytest.raises(checkpoints.UnsafeCheckpoint):
+        safe_torch_load(tmp_path / "plain.pth")
+    assert [str(w.message) for w in recwarn] == []
+    buffer = io.BytesIO()
+    torch.save({"w": torch.ones(2)}, buffer, pickle_protocol=3)
+    (tmp_path / "p3.pth").write_bytes(buffer.getvalue())
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        with pytest.warns(UserWarning, match="pickle protocol 3"):
+            assert torch.equal(safe_torch_load(tmp_path / "p3.pth")["w"], torch.ones(2))
