@@ -3,7 +3,9 @@
 Expected problems with a user's input raise :class:`InputError`; console scripts wrap their
 ``main`` in :func:`cli_entry`, which prints ``error: <file>: <problem>`` to stderr and exits 2.
 Operating-system errors (a full disk, a folder that is a file, a name the file system refuses,
-no permission) are expected too and print the same way, with the path the system names.
+no permission) are expected too and print the same way, with the path the system names; a write
+through :func:`nnunet_joint.io.atomic_path` names its destination even when the system names
+nothing (a full disk fails in ``write()``, which carries no file name).
 Anything else is a bug and keeps its traceback.
 """
 

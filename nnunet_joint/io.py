@@ -108,7 +108,11 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     os.remove(tmp_name)  # callers create the file or folder themselves
     tmp = Path(tmp_name)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as e:  # a full disk: say where, in the names the caller asked for
+            _name_destination(e, tmp, dest)
+            raise
         if not tmp.exists():
             raise RuntimeError(f"{dest}: nothing was written")
         if dest.is_dir() and not dest.is_symlink():
@@ -123,6 +127,22 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def _name_destination(error: OSError, tmp: Path, dest: Path) -> None:
+    """Make ``error`` name ``dest`` instead of :func:`atomic_path`'s hidden temporary, or name it at all.
+
+    A failed ``write()`` (e.g. "No space left on device") carries no file name; a failed call on the
+    temporary names ``.x.partial-host.pid.*``, which the user never asked for and which is gone by
+    the time they read the message.
+    """
+    if error.filename is None:
+        error.filename = str(dest)
+        return
+    for attribute in ("filename", "filename2"):
+        name = getattr(error, attribute)
+        if isinstance(name, (str, os.PathLike)) and Path(name).is_relative_to(tmp):
+            setattr(error, attribute, str(dest / Path(name).relative_to(tmp)) if Path(name) != tmp else str(dest))
 
 
 def write_json(obj: Any, dest: str | os.PathLike, **kwargs: Any) -> None:

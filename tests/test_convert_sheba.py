@@ -622,7 +622,7 @@ def _itk_disk_full(*args, **kwargs):
                        "failed to write image")
 
 
-@pytest.mark.parametrize("where", ["image writer", "json writer"])
+@pytest.mark.parametrize("where", ["image writer", "json writer", "low-level write"])
 def test_a_full_disk_is_one_line_naming_the_file_and_leaves_nothing(dirs, capsys, monkeypatch, where):
     from nnunet_joint import io as nj_io
 
@@ -630,6 +630,13 @@ def test_a_full_disk_is_one_line_naming_the_file_and_leaves_nothing(dirs, capsys
         monkeypatch.setattr(nj_io.sitk, "WriteImage", _itk_disk_full)
         monkeypatch.setattr(nj_io.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 0))
         expected = "_0000.nii.gz: cannot be written: no space left on device"
+    elif where == "low-level write":  # the kernel's ENOSPC from write(2), which names no file
+        def to_full_device(self, data, *args, **kwargs):
+            with open("/dev/full", "w", encoding="utf-8") as f:
+                f.write(data)
+
+        monkeypatch.setattr(Path, "write_text", to_full_device)
+        expected = ".json: No space left on device"
     else:
         def full(obj, dest, **kwargs):
             raise OSError(errno.ENOSPC, "No space left on device", str(dest))

@@ -255,6 +255,24 @@ def test_image_write_failure_is_an_os_error_in_words(tmp_path):
     assert e.value.strerror.startswith("cannot be written") and ".cxx" not in e.value.strerror
 
 
+def test_a_full_disk_inside_an_atomic_write_names_what_the_user_asked_for(tmp_path):
+    """The kernel's ENOSPC from write(2) names no file, and one on the hidden temporary names a path that is
+    gone by the time the user reads it: both name the destination (inside it, where known)."""
+    dest = tmp_path / "out"
+    with pytest.raises(OSError) as e:
+        with atomic_path(dest) as tmp:
+            tmp.mkdir()
+            with open("/dev/full", "w", encoding="utf-8") as f:
+                f.write("x")
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(dest)
+    with pytest.raises(OSError) as e:
+        with atomic_path(dest) as tmp:
+            tmp.mkdir()
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp / "case" / "liver.nii.gz"), None, str(tmp))
+    assert (e.value.filename, e.value.filename2) == (str(dest / "case" / "liver.nii.gz"), str(dest))
+    assert list(tmp_path.iterdir()) == []  # and nothing half-written
+
+
 # ----------------------------------------------------------------------------- stale temporaries
 
 

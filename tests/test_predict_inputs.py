@@ -538,6 +538,32 @@ def test_missing_model_folder_untrained_model_and_hostile_checkpoint_are_refused
     assert untrained.is_dir()
 
 
+def test_the_console_scripts_error_line_comes_first_on_a_hostile_checkpoint(tmp_path):
+    """The installed ``nnunet_joint_predict`` in a fresh process: torch warns about the pickle protocol of a
+    plain pickle while refusing it; nothing may come before our one ``error:`` line, and nothing runs."""
+    import pickle
+
+    image = write_nifti(tmp_path / "ct.nii.gz", ct_array((16, 16)))
+    marker = tmp_path / "pwned"
+
+    class _CreatesMarker:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    hostile = fake_model_folder(tmp_path / "h", pickle.dumps({"network_weights": {}, "x": _CreatesMarker()},
+                                                              protocol=4))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}  # what a user's shell has
+    script = Path(sys.executable).with_name("nnunet_joint_predict")
+    result = subprocess.run([str(script), "-i", str(image), "-o", str(tmp_path / "out"), "--liver-model",
+                             str(hostile), "--lesion-model", str(tmp_path)], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"error: {hostile / 'fold_0' / 'checkpoint_final.pth'}: refused: the file would run code "
+                           "on load ("), result.stderr
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
 def test_default_model_choice_prefers_plain_nnunet_and_lists_ambiguous_joint_models(tmp_path, monkeypatch):
     monkeypatch.setenv("nnUNet_results", str(tmp_path))
     liver = tmp_path / "Dataset501_LiTSLiver"

@@ -109,19 +109,14 @@ def predict(
     single = len(cases) == 1 and not (input_path.is_dir() and not cases[0].is_dicom)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        try:
-            for n, case in enumerate(cases, start=1):
-                ct, first = (first, None) if n == 1 else (None, None)  # not held past its case
-                results[case.name], case_slices = _predict_case(  # stages add up over the inputs in one table
-                    case, ct, tmp if single else tmp / case.name, liver, lesion, models, quiet, overlays, say,
-                    f"[{n}/{len(cases)}] {case.name}", timer)
-                del ct
-                slices += case_slices
-            write_marker(tmp, input_path)
-        except OSError as e:  # a full disk: name the output the user asked for, not our hidden temporary
-            if e.filename is not None and Path(e.filename).is_relative_to(tmp):
-                e.filename = str(out_dir / Path(e.filename).relative_to(tmp))
-            raise
+        for n, case in enumerate(cases, start=1):
+            ct, first = (first, None) if n == 1 else (None, None)  # not held past its case
+            results[case.name], case_slices = _predict_case(  # stages add up over the inputs in one table
+                case, ct, tmp if single else tmp / case.name, liver, lesion, models, quiet, overlays, say,
+                f"[{n}/{len(cases)}] {case.name}", timer)
+            del ct
+            slices += case_slices
+        write_marker(tmp, input_path)
         check_output_folder(out_dir, input_path)  # again: the user may have added files meanwhile
     if verbose:
         print(timer.report(f"nnunet_joint_predict: time and peak memory (RSS) by stage, {threads} thread(s), "
