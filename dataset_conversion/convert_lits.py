@@ -14,7 +14,9 @@ so the same volume gets the same id whichever copy was converted.
 
 Cheap checks (every pair present, headers readable, geometry equal) run over all cases before
 anything is written; the per-voxel checks (labels, HU range, liver present) run while the
-datasets are staged in hidden folders, which are removed if any case fails.
+datasets are staged in hidden folders, which are removed if any case fails. A liver under
+:data:`MIN_LIVER_CM3` is converted with one ``warning:`` line naming the label file, printed once
+the datasets are written.
 """
 
 from __future__ import annotations
@@ -43,11 +45,14 @@ from nnunet_joint.dataset_conversion.common import (
     write_splits,
 )
 from nnunet_joint.crops import CROPS_FILE, CropBox, roi_bbox
-from nnunet_joint.errors import InputError, check_number, cli_entry
+from nnunet_joint.errors import InputError, check_number, cli_entry, warn
 from nnunet_joint.io import (check_hu, check_slice_size, pixel_digest, read_image, read_image_header, same_geometry,
                              write_json)
 
 LIVER_LABELS = {"background": 0, "liver": 1}
+#: A liver labelled smaller than this is worth a warning: an adult liver is 1000-2500 cm³, and even a
+#: scan that only grazes its tip holds several cm³.
+MIN_LIVER_CM3 = 1.0
 LESION_LABELS = {"background": 0, "liver": 1, "lesion": 2}
 _RELEASE_RE = re.compile(r"^volume-(\d+)\.nii(\.gz)?$")
 _MSD_RE = re.compile(r"^liver_(\d+)\.nii(\.gz)?$")
@@ -148,6 +153,16 @@ def load_pair(pair: LitsPair) -> tuple[sitk.Image, np.ndarray]:
     return image, seg.astype(np.uint8)
 
 
+def small_liver_problem(image: sitk.Image, seg: np.ndarray) -> str | None:
+    """Why the labelled liver (labels 1 and 2) is too small to be a liver, or ``None``."""
+    voxels = int(np.count_nonzero(seg))
+    liver_cm3 = voxels * float(np.prod(image.GetSpacing())) / 1000.0
+    if liver_cm3 >= MIN_LIVER_CM3:
+        return None
+    return (f"liver (labels 1/2) is {liver_cm3:.3g} cm³ ({voxels} voxels), under {MIN_LIVER_CM3:g} cm³: a whole "
+            "liver is 1000-2500 cm³ (a wrong label file or voxel size?)")
+
+
 def slice_crops(image: sitk.Image, seg: np.ndarray, margin_mm: float, slice_step: int = 1) -> list[CropBox]:
     """One crop per axial slice holding liver: the box of that slice's liver and lesions (every piece)
     plus the margin in-plane — the Sheba crop rule, so pretraining sees the same field of view.
@@ -232,9 +247,12 @@ def convert_lits(
     crops: dict[str, dict] = {}
     slice_ids: dict[str, list[str]] = {}
     first_case_of_pixels: dict[str, LitsPair] = {}
+    notes: list[tuple[Path, str]] = []  # warnings, printed once the datasets are written
     with staged_datasets(destinations) as (liver_tmp, lesion_tmp):
         for pair in pairs:
             image, seg = load_pair(pair)
+            if (problem := small_liver_problem(image, seg)) is not None:
+                notes.append((pair.label, problem))
             digest = pixel_digest(image)
             if digest in first_case_of_pixels:  # a copy or hard link under another case number
                 first = first_case_of_pixels[digest].image
@@ -269,6 +287,8 @@ def convert_lits(
     if splits and pre_root is not None:
         write_splits(splits, [pre_root / folders[0]])
         write_splits(slice_splits(splits, slice_ids), [pre_root / folders[1]])
+    for where, problem in notes:
+        warn(where, problem)
     return {
         "liver_dataset": destinations[0],
         "lesion_dataset": destinations[1],

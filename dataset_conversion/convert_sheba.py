@@ -43,7 +43,7 @@ from nnunet_joint.dataset_conversion.common import (
     write_dataset_json,
     write_splits,
 )
-from nnunet_joint.dataset_conversion.sheba_raw import PNG_HU_OFFSET_DEFAULT, PNG_SPACING_MM_DEFAULT, ShebaCase, load_raw_dataset
+from nnunet_joint.dataset_conversion.sheba_raw import PNG_HU_OFFSET_DEFAULT, PNG_SPACING_MM_DEFAULT, ShebaCase, case_warnings, load_raw_dataset
 from nnunet_joint import LESION_TYPES
 from nnunet_joint.crops import (
     CROPS_FILE,
@@ -55,11 +55,18 @@ from nnunet_joint.crops import (
     roi_components,
 )
 from nnunet_joint.cpu import passive_openmp
-from nnunet_joint.errors import InputError, check_number, cli_entry
+from nnunet_joint.errors import InputError, check_number, cli_entry, warn
 from nnunet_joint.evaluation.metrics import dice
 from nnunet_joint.labels import JOINT_LABELS, SEG_LABELS
 from nnunet_joint.io import write_json
 
+
+
+def absent_type_problem(lesion_type: str) -> str:
+    """What a lesion type without any case leaves empty: it cannot be learned, validated or reported."""
+    return (f"no {lesion_type} case: the models never see a {lesion_type}; the {lesion_type} recall "
+            f"(recall_{lesion_type} in summary.json, its column in the report's tables) will be empty and the "
+            f"{lesion_type} row of every confusion matrix all zeros")
 
 
 def case_label_maps(case: ShebaCase, liver: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -180,6 +187,8 @@ def convert_sheba(
                              require_liver_mask=liver_model is None)
     case_ids = [c.row.case_id for c in cases]
     patients, types = [c.row.patient_id for c in cases], [c.row.lesion_type for c in cases]
+    notes = [(raw_dir / "cases.csv", absent_type_problem(t)) for t in LESION_TYPES if t not in types]
+    notes += [note for case in cases for note in case_warnings(case)]
     splits = make_splits(case_ids, patients, types, folds, seed, where=raw_dir / "cases.csv")
 
     predicted = stage1_livers(cases, liver_model, liver_folds, device) if liver_model is not None else {}
@@ -225,6 +234,8 @@ def convert_sheba(
         pre_folders = [pre_root / f for f in (seg_folder, joint_folder)]
         write_splits(splits, pre_folders)
         splits_files += [f / "splits_final.json" for f in pre_folders]
+    for where, problem in notes:  # once everything is written: a refusal prints only its error line
+        warn(where, problem)
     return {
         "seg_dataset": destinations[0],
         "joint_dataset": destinations[1],

@@ -6,7 +6,10 @@ NIfTI (``HxW`` or ``1xHxW``), a DICOM file (SimpleITK applies RescaleSlope/Inter
 16-bit PNG holding ``HU + offset``. Masks are binary and share the image's grid.
 
 Every row is checked before anything is written; the first problem stops the run with an
-:class:`InputError` naming the file, the csv row and what is wrong.
+:class:`InputError` naming the file, the csv row and what is wrong. What is unusual but not wrong
+(a lesion mask equal to the liver mask, air or liver at implausible HU) is found by
+:func:`case_warnings`; the converter prints each as one ``warning:`` line naming the file once the
+datasets are written (a refused conversion prints only its error line).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import SimpleITK as sitk
 from nnunet_joint.dataset_conversion.common import CASE_ID_MAX_LENGTH, CASE_ID_RE
 from nnunet_joint import LESION_TYPES
 from nnunet_joint.errors import InputError
-from nnunet_joint.io import check_hu, check_slice_size, pixel_digest, read_image, same_geometry
+from nnunet_joint.inference.liver_check import LIVER_HU_RANGE
+from nnunet_joint.io import air_level_problem, check_hu, check_slice_size, pixel_digest, read_image, same_geometry
 
 REQUIRED_COLUMNS = ("case_id", "patient_id", "lesion_type", "image", "mask")
 OPTIONAL_COLUMNS = ("liver_mask",)
@@ -228,6 +232,34 @@ def load_case(row: CaseRow, png_spacing: float = PNG_SPACING_MM_DEFAULT, png_hu_
     if not np.any(lesion & liver):
         raise InputError(row.mask, f"lesion lies entirely outside the liver mask {row.liver_mask.name} ({where})")
     return ShebaCase(row, image, lesion, liver)
+
+
+def case_warnings(case: ShebaCase) -> list[tuple[Path, str]]:
+    """(file, problem) for what is plausible enough to convert but worth a look.
+
+    * the lesion mask equals the liver mask: the whole liver would be trained as lesion;
+    * the slice's air is not at about -1000 HU (:func:`nnunet_joint.io.air_level_problem`): a wrong
+      rescale, e.g. a doubled slice, which a liver at 2 x 60 HU would not reveal;
+    * the median HU inside the liver mask is outside :data:`LIVER_HU_RANGE` (the range stage 1's
+      liver must meet at inference): a mask of another organ, or a wrong rescale.
+    """
+    where = _where(case.row)
+    hu = sitk.GetArrayViewFromImage(case.image)
+    found = []
+    if case.liver is not None and np.array_equal(case.lesion, case.liver):
+        found.append((case.row.mask, f"lesion mask is identical to the liver mask {case.row.liver_mask.name}: the "
+                                     f"whole liver is labelled as lesion (the same mask given twice?) ({where})"))
+    air = air_level_problem(hu)
+    if air is not None:
+        found.append((case.row.image, f"{air} ({where})"))
+    if case.liver is not None:
+        median = float(np.median(hu[case.liver]))
+        low, high = LIVER_HU_RANGE
+        if not low <= median <= high:
+            found.append((case.row.image, f"median inside the liver mask {case.row.liver_mask.name} is {median:.0f} HU; "
+                                          f"a liver has {low:.0f}..{high:.0f} HU (mask of another organ, or a wrong "
+                                          f"rescale?) ({where})"))
+    return found
 
 
 def load_raw_dataset(

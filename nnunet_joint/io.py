@@ -279,6 +279,41 @@ def check_hu(array: np.ndarray, where: str | os.PathLike, require_air: bool = Tr
             )
 
 
+#: Air is -1000 HU by the definition of the scale (water 0 HU), and scanners are calibrated to it
+#: within a few HU; noise and partial volume move the median of a slice's air by tens of HU. Air
+#: further than :data:`AIR_TOLERANCE_HU` from it means a wrong rescale slope or intercept: a
+#: doubled slope puts air at -2000 HU while a liver at 60 HU reads a plausible 120 HU.
+AIR_HU = -1000.0
+AIR_TOLERANCE_HU = 150.0
+#: The int16 floor scanners clip air to; a constant below it is the fill outside the field of view
+#: (-2048, -3024, ...), not air.
+AIR_FLOOR_HU = -1024.0
+
+
+def air_level_problem(array: np.ndarray) -> str | None:
+    """Why the air of a whole CT slice or volume is not at about -1000 HU, or ``None``.
+
+    The air level is the median of the pixels at or below -500 HU (the threshold :func:`check_hu`
+    requires some of), leaving out a constant fill below :data:`AIR_FLOOR_HU` when enough other
+    air-like pixels remain (0.5% of the image, as :func:`check_hu` requires): a scanner's fill
+    outside the field of view is not air, but when nothing else is air-like, that value is all
+    the air there is.
+    """
+    air = array[array <= HU_AIR_PERCENTILE_MAX]
+    if air.size == 0:
+        return None  # check_hu refuses whole slices without air
+    lowest = float(air.min())
+    if lowest < AIR_FLOOR_HU:
+        rest = air[air != lowest]
+        if rest.size >= 0.005 * array.size:
+            air = rest
+    level = float(np.median(air))
+    if abs(level - AIR_HU) <= AIR_TOLERANCE_HU:
+        return None
+    return (f"air is at {level:.0f} HU, not about {AIR_HU:.0f} HU (within {AIR_TOLERANCE_HU:.0f}): intensities "
+            "scaled or shifted (rescale slope/intercept wrong or applied twice?); every HU value is suspect")
+
+
 #: Largest image read (voxels x components), from the header, before any voxel is read: a 1 KB
 #: header can claim 32767 x 32767 x 2 voxels and make a reader allocate gigabytes. The default is a
 #: 512 x 512 x 2048 volume (LiTS volumes reach 512 x 512 x 987); ``nnUNet_joint_max_voxels``

@@ -273,6 +273,27 @@ BAD_INPUTS = [
 ]
 
 
+def test_a_liver_under_one_cm3_is_converted_with_a_warning(tmp_path, capsys):
+    """At 2 x 2 x 5 mm voxels the fixture's liver is 281 x 20 mm³ = 5.6 cm³ (not warned); a one-voxel liver,
+    0.02 cm³, is warned naming its label file, and converted."""
+    root = tmp_path / "lits"
+    for n in range(2):
+        hu, seg = volume_arrays(n)
+        if n == 1:
+            seg[seg > 0] = 0
+            seg[2, 15, 15] = 1
+        for array, name in ((hu, f"volume-{n}.nii.gz"), (seg, f"segmentation-{n}.nii.gz")):
+            image = sitk.GetImageFromArray(array)
+            image.SetSpacing((2.0, 2.0, 5.0))
+            root.mkdir(exist_ok=True)
+            sitk.WriteImage(image, str(root / name), True)
+    assert main([str(root), "--raw-root", str(tmp_path / "raw")]) == 0
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (f"warning: {root / 'segmentation-1.nii.gz'}: liver (labels 1/2) is 0.02 cm³ (1 voxels), under 1 "
+                    "cm³: a whole liver is 1000-2500 cm³ (a wrong label file or voxel size?)")
+    assert (tmp_path / "raw" / "Dataset501_LiTSLiver" / "labelsTr" / "lits_001.nii.gz").is_file()
+
+
 @pytest.mark.parametrize("spoil", BAD_INPUTS, ids=[f.__name__[4:] for f in BAD_INPUTS])
 def test_bad_input_exits_2_naming_the_file_and_writes_nothing(tmp_path, capsys, spoil):
     root = make_release(tmp_path / "lits")

@@ -219,6 +219,74 @@ def test_folds_are_retried_until_every_fold_validates_every_type(tmp_path, capsy
     assert capsys.readouterr().err == ""
 
 
+# ----------------------------------------------------------------------------- warnings: converted, with one line each
+
+
+def _convert_and_warnings(raw: Path, tmp_path: Path, capsys) -> list[str]:
+    """Run the console script's main; the datasets must be written; returns the stderr lines."""
+    assert main([str(raw), "--raw-root", str(tmp_path / "out")]) == 0
+    for name in ("Dataset503_ShebaSeg", "Dataset504_ShebaJoint"):
+        assert len(list((tmp_path / "out" / name / "imagesTr").iterdir())) == len(read_csv(raw)[1])
+    return capsys.readouterr().err.splitlines()
+
+
+def test_good_slices_convert_without_a_warning(dirs, tmp_path, capsys):
+    assert _convert_and_warnings(dirs["raw"], tmp_path, capsys) == []
+
+
+def test_a_lesion_type_without_cases_is_warned_naming_its_empty_cells(tmp_path, capsys):
+    patients = {f"p{p}": [("cyst", "hemangioma")[p % 2]] * 2 for p in range(6)}  # 3 patients per type, no metastasis
+    raw = make_raw(tmp_path / "sheba", patients)
+    (line,) = _convert_and_warnings(raw, tmp_path, capsys)
+    assert line.startswith(f"warning: {raw / 'cases.csv'}: no metastasis case: ")
+    assert "recall_metastasis" in line and "metastasis row of every confusion matrix" in line
+
+
+def test_a_lesion_mask_equal_to_the_liver_mask_is_warned(dirs, tmp_path, capsys):
+    header, rows = read_csv(dirs["raw"])
+    case, lesion_type, mask, liver = rows[4][0], rows[4][2], rows[4][4], rows[4][5]
+    shutil.copyfile(dirs["raw"] / liver, dirs["raw"] / mask)
+    (line,) = _convert_and_warnings(dirs["raw"], tmp_path, capsys)
+    assert line.startswith(f"warning: {dirs['raw'] / mask}: lesion mask is identical to the liver mask "
+                           f"{Path(liver).name}: ")
+    # converted as given: every liver pixel carries the slice's type in the full-slice labels
+    joint = _array(tmp_path / "out" / "Dataset504_ShebaJoint" / "labelsFull" / f"{case}.nii.gz")
+    liver_pixels = _array(dirs["raw"] / liver).astype(bool)
+    assert (joint[liver_pixels] == 2 + LESION_TYPES.index(lesion_type)).all() and not joint[~liver_pixels].any()
+
+
+def test_a_slice_with_doubled_hu_is_warned_by_its_air(dirs, tmp_path, capsys):
+    """Doubled, the liver (100 -> 200 HU) still looks like a liver; the air (-1000 -> -2000 HU) does not."""
+    header, rows = read_csv(dirs["raw"])
+    hu, _, liver = slice_arrays(3)
+    _nifti(hu.astype(np.int32) * 2, dirs["raw"] / rows[3][3])
+    (line,) = _convert_and_warnings(dirs["raw"], tmp_path, capsys)
+    assert line.startswith(f"warning: {dirs['raw'] / rows[3][3]}: air is at -2000 HU, not about -1000 HU")
+    assert f"case {rows[3][0]!r}" in line
+
+
+def test_a_liver_mask_over_a_non_liver_intensity_is_warned(dirs, tmp_path, capsys):
+    header, rows = read_csv(dirs["raw"])
+    hu, _, liver = slice_arrays(2)
+    hu[liver.astype(bool)] = 700  # bone under the liver mask: the mask of another structure
+    _nifti(hu, dirs["raw"] / rows[2][3])
+    (line,) = _convert_and_warnings(dirs["raw"], tmp_path, capsys)
+    assert line.startswith(f"warning: {dirs['raw'] / rows[2][3]}: median inside the liver mask "
+                           f"{Path(rows[2][5]).name} is 700 HU; a liver has -70..300 HU")
+
+
+def test_a_refused_conversion_prints_only_its_error_line(tmp_path, capsys):
+    """Warnings are found before the folds are made but printed once the datasets are written."""
+    patients = {f"p{p}": [LESION_TYPES[p % 3]] for p in range(8)}  # metastasis: 2 patients, 3 folds: refused
+    raw = make_raw(tmp_path / "sheba", patients)
+    header, rows = read_csv(raw)
+    shutil.copyfile(raw / rows[0][5], raw / rows[0][4])  # would be warned
+    with pytest.raises(SystemExit):
+        main([str(raw), "--raw-root", str(tmp_path / "out")])
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: {raw / 'cases.csv'}: lesion type 'metastasis' has 2 case(s)")
+
+
 def test_png_and_dicom_slices(tmp_path):
     raw = make_raw(tmp_path / "sheba")
     header, rows = read_csv(raw)

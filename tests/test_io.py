@@ -273,6 +273,37 @@ def test_a_full_disk_inside_an_atomic_write_names_what_the_user_asked_for(tmp_pa
     assert list(tmp_path.iterdir()) == []  # and nothing half-written
 
 
+def _abdomen(air: float, fill: float | None = None, body: float = 40.0, noise: float = 0.0) -> np.ndarray:
+    """A 128 x 128 slice: a circular field of view (outside: ``fill``), air, a body disc; optional noise."""
+    rr, cc = np.mgrid[:128, :128]
+    radius = np.hypot(rr - 64, cc - 64)
+    slice_ = np.where(radius < 40, body, air).astype(np.float64)
+    slice_ += np.random.default_rng(0).normal(0, noise, slice_.shape)
+    slice_ = np.maximum(slice_, -1024)  # the int16 floor scanners clip air to
+    if fill is not None:
+        slice_[radius >= 63] = fill
+    return slice_
+
+
+@pytest.mark.parametrize("array,level", [
+    (_abdomen(-1000), None),
+    (_abdomen(-1000, noise=20), None),  # air clipped at -1024 on one side
+    (_abdomen(-1000, fill=-3024), None),  # the fill outside the field of view is not air
+    (_abdomen(-1000, fill=-2048, noise=20), None),
+    (_abdomen(-1000) * 2, -2000),  # a doubled slice: its air is the constant -2000, the only air-like value
+    (_abdomen(-1000, noise=20) * 2, -2000),
+    (_abdomen(-1000, fill=-1024) * 2, -2000),  # -1024 fill doubled to -2048 is left out; the air stays
+    (_abdomen(-1000) + 300, -700),  # a wrong intercept
+])
+def test_air_level_tells_a_wrong_rescale_from_a_scanners_fill(array, level):
+    problem = io.air_level_problem(array)
+    if level is None:
+        assert problem is None
+    else:
+        assert problem is not None and problem.startswith("air is at ") and "HU, not about -1000 HU" in problem
+        assert abs(float(problem.split()[3]) - level) <= 20, problem  # noisy air: within the noise
+
+
 # ----------------------------------------------------------------------------- stale temporaries
 
 
