@@ -376,3 +376,23 @@ def test_torch_warnings_are_held_back_on_refusal_and_issued_on_success(tmp_path,
         warnings.simplefilter("always")
         with pytest.warns(UserWarning, match="pickle protocol 3"):
             assert torch.equal(safe_torch_load(tmp_path / "p3.pth")["w"], torch.ones(2))
+
+
+def test_reproduce_exits_3_after_a_run_that_met_an_unsafe_checkpoint_and_0_on_the_next(tmp_path, monkeypatch, capsys):
+    """The console script's exit status: the pipeline is a stand-in that resumes one fold whose final checkpoint
+    was planted; the nnUNetv2_train it would start is not run."""
+    from nnunet_joint import reproduce
+
+    monkeypatch.setattr(reproduce, "run_nnunet", lambda cmd, run, log, **env: None)
+    fold_dir = tmp_path / "run" / "nnUNet_results" / "Dataset504_ShebaJoint" / "nnUNetTrainerJoint__nnUNetPlans__2d"
+
+    def resume_one_fold(out, *args, **kwargs):
+        reproduce.train_fold(reproduce.RunFolder(out.resolve()), "nnUNetTrainerJoint", 504, "0", "cpu", {}, {}, [])
+        return {}
+
+    monkeypatch.setattr(reproduce, "reproduce", resume_one_fold)
+    _hostile_checkpoint(fold_dir / "fold_0" / "checkpoint_final.pth", tmp_path / "pwned")
+    assert reproduce.main(["--out", str(tmp_path / "run"), "--profile", "tiny", "--device", "cpu"]) == 3
+    assert capsys.readouterr().err.splitlines()[-1].endswith("the run finished, exit status 3")
+    assert reproduce.main(["--out", str(tmp_path / "run"), "--profile", "tiny", "--device", "cpu"]) == 0
+    assert capsys.readouterr().err == "" and not (tmp_path / "pwned").exists()
