@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -18,7 +17,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_joint.errors import InputError
+from nnunet_joint.errors import InputError, warn
 from nnunet_joint.io import atomic_path, write_image_file, write_json
 
 FILE_ENDING = ".nii.gz"
@@ -212,8 +211,8 @@ def make_splits(
         first = first or (splits, lacking)
     assert first is not None
     splits, lacking = first
-    print(f"warning: {where}: no split by patient found in which every fold validates every lesion type "
-          f"(patients with several types constrain it): {'; '.join(lacking)}", file=sys.stderr, flush=True)
+    warn(where, "no split by patient found in which every fold validates every lesion type (patients with several "
+                f"types constrain it): {'; '.join(lacking)}")
     return splits
 
 

@@ -43,7 +43,8 @@ from nnunet_joint.dataset_conversion.common import (
     write_dataset_json,
     write_splits,
 )
-from nnunet_joint.dataset_conversion.sheba_raw import PNG_HU_OFFSET_DEFAULT, PNG_SPACING_MM_DEFAULT, ShebaCase, case_warnings, load_raw_dataset
+from nnunet_joint.dataset_conversion.sheba_raw import (PNG_HU_OFFSET_DEFAULT, PNG_SPACING_MM_DEFAULT, ShebaCase,
+                                                      case_warnings, load_raw_dataset)
 from nnunet_joint import LESION_TYPES
 from nnunet_joint.crops import (
     CROPS_FILE,

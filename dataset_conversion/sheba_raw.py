@@ -256,9 +256,9 @@ def case_warnings(case: ShebaCase) -> list[tuple[Path, str]]:
         median = float(np.median(hu[case.liver]))
         low, high = LIVER_HU_RANGE
         if not low <= median <= high:
-            found.append((case.row.image, f"median inside the liver mask {case.row.liver_mask.name} is {median:.0f} HU; "
-                                          f"a liver has {low:.0f}..{high:.0f} HU (mask of another organ, or a wrong "
-                                          f"rescale?) ({where})"))
+            found.append((case.row.image, f"median inside the liver mask {case.row.liver_mask.name} is "
+                                          f"{median:.0f} HU; a liver has {low:.0f}..{high:.0f} HU (mask of another "
+                                          f"organ, or a wrong rescale?) ({where})"))
     return found
 
 

@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import pickle
-import sys
 import threading
 import time
 import warnings
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nnunet_joint.errors import InputError
+from nnunet_joint.errors import InputError, warn
 from nnunet_joint.io import atomic_path, write_json
 
 TORCH_SUFFIXES = (".pth", ".pt", ".model", ".bin", ".ckpt")
@@ -196,9 +195,9 @@ def security_exit_code(run_root: str | os.PathLike, events_before: int) -> int:
     new = security_events(run_root)[events_before:]
     if not new:
         return 0
-    print(f"warning: {Path(run_root) / SECURITY_EVENTS}: {len(new)} checkpoint(s) would have run code on load and "
-          f"were refused, kept as evidence ({', '.join(e['kept_as'] for e in new)}) and retrained; the run finished, "
-          f"exit status {EXIT_SECURITY_EVENT}", file=sys.stderr, flush=True)
+    warn(Path(run_root) / SECURITY_EVENTS, f"{len(new)} checkpoint(s) would have run code on load and were refused, "
+         f"kept as evidence ({', '.join(e['kept_as'] for e in new)}) and retrained; the run finished, exit status "
+         f"{EXIT_SECURITY_EVENT}")
     return EXIT_SECURITY_EVENT
 
 

@@ -30,9 +30,9 @@ class InputError(Exception):
 EXIT_INPUT_ERROR = 2
 
 
-def warn(where: str | os.PathLike | None, problem: str) -> None:
+def warn(where: str | os.PathLike, problem: str) -> None:
     """Print one ``warning: <file>: <problem>`` line on stderr: worth a look, but the command goes on."""
-    print(f"warning: {problem}" if where is None else f"warning: {where}: {problem}", file=sys.stderr, flush=True)
+    print(f"warning: {where}: {problem}", file=sys.stderr, flush=True)
 
 
 def check_number(option: str, value: float, minimum: float | None = None, strict: bool = False) -> float:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from nnunet_joint.cpu import passive_openmp
-from nnunet_joint.errors import InputError, cli_entry
+from nnunet_joint.errors import InputError, cli_entry, warn
 from nnunet_joint.inference.inputs import InputCase, discover_inputs, read_case
 from nnunet_joint.inference.output_folder import MARKER, check_output_folder, write_marker  # noqa: F401 (cli.MARKER)
 from nnunet_joint.io import atomic_path, clean_stale_temporaries
@@ -138,8 +138,7 @@ def _predict_case(case: InputCase, ct, out: Path, liver, lesion, models: dict, q
         result = run_cascade(ct, liver, lesion, timer=timer, progress=not quiet)
     lesions = write_case_outputs(ct, result, out, models, overlays=overlays, timer=timer, progress=not quiet)
     if result.no_liver is not None:  # printed even with --quiet: the empty result needs its reason
-        print(f"warning: {case.path}: {result.no_liver}; no lesions written (lesions.json says so)",
-              file=sys.stderr, flush=True)
+        warn(case.path, f"{result.no_liver}; no lesions written (lesions.json says so)")
     say(f"{label}: {len(lesions)} lesion(s) "
         f"{', '.join(lesion_entry['type'] for lesion_entry in lesions)} in {time.monotonic() - start:.1f} s")
     return lesions, int(ct.array.shape[0])
