@@ -62,7 +62,8 @@ def load_batches(path: Path) -> list[dict]:
     arrays = np.load(path)
     batches = []
     for i in range(VAL_BATCHES):
-        targets = sorted((k for k in arrays.files if k.startswith(f"{i}_target_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+        targets = sorted((k for k in arrays.files if k.startswith(f"{i}_target_")),
+                         key=lambda k: int(k.rsplit("_", 1)[1]))
         batches.append({"data": torch.from_numpy(arrays[f"{i}_data"]), "keys": list(arrays[f"{i}_keys"]),
                         "target": [torch.from_numpy(arrays[k]) for k in targets]})
     return batches
@@ -129,7 +130,8 @@ def main(mode: str, rank: int, world_size: int, out: Path) -> None:
     if mode == "ddp":
         dist.init_process_group("gloo", rank=rank, world_size=world_size)
     trainer = get_trainer_from_args(DATASET, "2d", 0, TRAINER, PLANS, device=torch.device("cpu"))
-    result = {"is_ddp": trainer.is_ddp, "local_rank": trainer.local_rank, "device_chosen_by_nnunet": str(trainer.device)}
+    result = {"is_ddp": trainer.is_ddp, "local_rank": trainer.local_rank,
+              "device_chosen_by_nnunet": str(trainer.device)}
     initialize_on_cpu(trainer)
     result.update(batch_size=trainer.batch_size, oversample=trainer.oversample_foreground_percent,
                   dataset_class=trainer.dataset_class.__name__,

@@ -173,7 +173,8 @@ def test_learning_curve_gathers_every_ranks_patches(ranks):
 
 def test_classification_of_the_validation_cases_is_gathered_from_both_ranks(ranks):
     r0, r1, single, root = ranks
-    val_keys = json.loads((root / "nnUNet_preprocessed" / DATASET / "splits_final.json").read_text(encoding="utf-8"))[0]["val"]
+    splits = root / "nnUNet_preprocessed" / DATASET / "splits_final.json"
+    val_keys = json.loads(splits.read_text(encoding="utf-8"))[0]["val"]
     written = json.loads((Path(r0["output_folder"]) / "validation" / "classification.json").read_text(encoding="utf-8"))
     assert sorted(written) == sorted(val_keys) == sorted(single["classification"])
     assert r1["classification"] == r0["classification"] == written
