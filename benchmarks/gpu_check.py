@@ -117,23 +117,21 @@ def measure(name: str, dataset_folder: Path, plans: str, device, steps: int, war
     trainer.on_train_start()  # data-augmentation workers, plans.json / dataset.json in the model folder
     trainer.on_epoch_start()
     trainer.on_train_epoch_start()
-    for _ in range(warmup):  # torch.compile compiles here
-        trainer.train_step(next(trainer.dataloader_train))
+    train_outputs = [trainer.train_step(next(trainer.dataloader_train)) for _ in range(warmup)]  # compilation
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     synchronize(device)
     start = time.perf_counter()
-    for _ in range(steps):
-        trainer.train_step(next(trainer.dataloader_train))
+    train_outputs += [trainer.train_step(next(trainer.dataloader_train)) for _ in range(steps)]
     synchronize(device)
     live = (time.perf_counter() - start) / steps
     batches = [next(trainer.dataloader_train) for _ in range(min(steps, 10))]
     synchronize(device)
     start = time.perf_counter()
-    for batch in batches:
-        trainer.train_step(batch)
+    train_outputs += [trainer.train_step(batch) for batch in batches]
     synchronize(device)
     compute = (time.perf_counter() - start) / len(batches)
+    trainer.on_train_epoch_end(train_outputs)
     with torch.no_grad():
         trainer.on_validation_epoch_start()
         outputs = [trainer.validation_step(next(trainer.dataloader_val)) for _ in range(warmup)]
@@ -191,7 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.root.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     print(f"device: {torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu (dry run)'}; torch "
-          f"{torch.__version__}; nnUNet_compile={os.environ.get('nnUNet_compile', '(unset: nnU-Net compiles on CUDA)')}")
+          f"{torch.__version__}; nnUNet_compile="
+          f"{os.environ.get('nnUNet_compile', '(unset: nnU-Net compiles on CUDA)')}")
     prepare_data(run, args.phantom, 0, None, None, Progress(5), encoder=full.encoder)
     workers = get_allowed_n_proc_DA()  # nnU-Net's number of augmentation workers, not a run folder's 1
     os.environ.update(run.environment(nnUNet_n_proc_DA=str(workers)))
@@ -207,22 +206,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  args.warmup, args.val_steps)
 
     print(f"\ntraining, {args.phantom} phantom, {args.steps} timed iterations after {args.warmup} warm-up")
-    print(f"{'':38s}{'patch':>9s}{'batch':>6s}{'it/s':>8s}{'it/s GPU':>10s}{'s/val it':>10s}{'peak GiB':>10s}")
+    print(f"{'':38s}{'patch':>9s}{'batch':>6s}{'it/s live':>10s}{'it/s pre-drawn':>15s}{'s/val it':>10s}"
+          f"{'peak GiB':>10s}")
     for cost, m in measured.items():
-        print(f"{cost:38s}{m['patch']:>9s}{m['batch']:>6d}{1 / m['live_s']:8.2f}{1 / m['compute_s']:10.2f}"
+        print(f"{cost:38s}{m['patch']:>9s}{m['batch']:>6d}{1 / m['live_s']:10.2f}{1 / m['compute_s']:15.2f}"
               f"{m['val_s']:10.3f}{m['peak_gib']:10.2f}")
     ours, plain = measured[OURS], measured[PLAIN]
     print(f"ours / plain nnU-Net, iterations per second: {plain['live_s'] / ours['live_s']:.2f} (fed by the "
           f"augmentation workers), {plain['compute_s'] / ours['compute_s']:.2f} (batches drawn beforehand)")
 
     seconds = {cost: (m["live_s"], m["val_s"]) for cost, m in measured.items()}
+    hours = "GPU-hours" if args.device == "cuda" else "hours on this CPU (dry run)"
     for imagenet in (False, True):
         trainings = profile_trainings(full, imagenet=imagenet)
         print(f"full profile ({len(trainings)} trainings, {'with' if imagenet else 'without'} the ImageNet rows): "
-              f"{gpu_hours(trainings, seconds):.1f} GPU-hours of training at the measured cost per iteration")
+              f"{gpu_hours(trainings, seconds):.1f} {hours} of training at the measured cost per iteration")
 
     for tta in (False, True):
-        print(f"\nnunet_joint_predict, test-time mirroring {'on' if tta else 'off'}:")
+        print(f"\nnnunet_joint_predict, test-time mirroring {'on' if tta else 'off'}:")
         print(predict_seconds(run.root, args.device, args.slices, tta))
     print(f"\ngpu check done in {(time.monotonic() - started) / 60:.1f} min")
     return 0
