@@ -193,8 +193,9 @@ class nnUNetTrainerSEResNetBase(LearningCurveMixin, nnUNetTrainer):
             frozen = set_frozen_encoder_groups(self.plain_network(), n)
             self.network.train()  # re-apply train/eval modes: frozen BatchNorm layers stay in eval
             if self.is_ddp:
-                # DDP registers the parameters that require gradients when it is built
-                self.network = DDP(self.network.module, device_ids=[self.local_rank])
+                # DDP registers the parameters that require gradients when it is built; the new wrapper
+                # keeps the old one's devices (nnU-Net's GPU, or none for a CPU module)
+                self.network = DDP(self.network.module, device_ids=self.network.device_ids)
             self.print_to_log_file(f"freezing: {n} encoder group(s) frozen from epoch {self.current_epoch} "
                                    f"({len(frozen)} parameter tensors)")
             self.frozen_groups = n

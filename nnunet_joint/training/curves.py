@@ -17,7 +17,9 @@ on the same validation patches and writes ``fold_N/learning_curve.json``::
   the case's type from ``dataset.json``; ``null`` where the framework does not type lesions.
 
 Patches, not whole slices: the curve shows learning and where it flattens; the tables' numbers are
-the full-slice evaluation after training. Under DDP each rank records its own patches.
+the full-slice evaluation after training. Under DDP every rank counts its own patches and the
+counts are summed over the ranks (gathered as nnU-Net gathers its pseudo-Dice) before rank 0
+writes the row, so the curve is that of all validation patches, whatever the number of GPUs.
 """
 
 from __future__ import annotations
@@ -105,6 +107,16 @@ class LearningCurve:
     def add(self, counts: dict[str, int]) -> None:
         for key, value in counts.items():
             self.counts[key] = self.counts.get(key, 0) + value
+
+    def gather(self) -> None:
+        """Sum the epoch's counts over every rank of the process group (a collective: all ranks call it)."""
+        import torch.distributed as dist
+
+        parts: list[dict[str, int] | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, self.counts)
+        self.counts = {}
+        for part in parts:
+            self.add(part)
 
     def end_epoch(self, epoch: int, iterations: int, train_loss: float | None, val_loss: float | None,
                   segments: bool, types: bool) -> dict[str, Any]:
@@ -204,6 +216,8 @@ class LearningCurveMixin:
     def on_validation_epoch_end(self, val_outputs):
         super().on_validation_epoch_end(val_outputs)
         self._curve_hook.remove()
+        if self.is_ddp:
+            self._learning_curve().gather()
         if self.local_rank != 0:
             return
         row = self._learning_curve().end_epoch(
