@@ -2,19 +2,26 @@
 
 Three folds give three numbers per metric, so "mean ± std over folds" alone cannot tell a real
 difference between two methods from noise (so intervals and paired tests come
-before any claim). This module holds the two tools the report uses, numpy/scipy only:
+before any claim). This module holds the tools the report uses, numpy/scipy only:
 
 * :func:`patient_bootstrap`: a 95 % percentile interval of a per-slice mean (type accuracy,
   Dice1) when **patients** are resampled with replacement. Slices of one patient are not
   independent (same liver, same scanner, often the same lesion), so resampling slices would
   give intervals that are too narrow; resampling patients keeps each patient's slices together.
+* :func:`patient_paired_test`: the comparison of two models at the unit of independence, the
+  patient: each patient's mean difference over its slices, a sign-flip permutation test of their
+  mean, a paired patient bootstrap interval of it, and for a difference the test does not detect,
+  the smallest difference this many patients could have detected (:func:`detectable_difference`).
+* :func:`holm`: Holm's step-down correction of the p-values of a family of comparisons.
 * :func:`mcnemar_exact` and :func:`wilcoxon_signed_rank`: paired tests of two models on the
-  **same** validation slices, for typing (right/wrong per slice) and for per-slice Dice1.
+  **same** validation slices, for typing (right/wrong per slice) and for per-slice Dice1. They
+  count slices as independent, so their p-values are too small when a patient gives several
+  slices; the report shows them labelled "per slice (slices not independent)".
 
 Conventions (stated in the report): :data:`BOOTSTRAP_RESAMPLES` resamples drawn with numpy's
 ``default_rng(BOOTSTRAP_SEED)``, so a report is reproducible to the last digit; percentile
-interval with numpy's default (linear) interpolation; a difference is called supported when
-its two-sided p-value is below :data:`ALPHA`, with no correction for the number of tests.
+interval with numpy's default (linear) interpolation; a difference is called detected when its
+Holm-corrected two-sided patient-level p-value is below :data:`ALPHA`.
 """
 
 from __future__ import annotations
@@ -33,6 +40,14 @@ BOOTSTRAP_SEED = 0
 CONFIDENCE = 0.95
 #: Significance level of the paired tests (two-sided).
 ALPHA = 0.05
+#: Up to this many patients the sign-flip test enumerates all 2**n sign patterns (65,536 at 16).
+EXACT_MAX_PATIENTS = 16
+#: Random sign patterns of the Monte Carlo sign-flip test (more patients than EXACT_MAX_PATIENTS).
+PERMUTATIONS = 20_000
+#: Seed of the Monte Carlo sign-flip test's generator (``numpy.random.default_rng``).
+PERMUTATION_SEED = 0
+#: Power at which the smallest detectable difference is stated.
+POWER = 0.80
 #: Resamples drawn per block, to bound memory (resamples x patients floats per block).
 _BLOCK = 2_000
 
@@ -126,13 +141,8 @@ class PairedTest:
     p_value: float
     detail: dict
 
-    @property
-    def supported(self) -> bool:
-        """Whether the difference is supported at :data:`ALPHA` (two-sided, uncorrected)."""
-        return self.p_value < ALPHA
-
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self) | {"supported": self.supported}
+        return dataclasses.asdict(self)
 
 
 def _paired(a: Sequence, b: Sequence) -> tuple[np.ndarray, np.ndarray]:
@@ -175,13 +185,151 @@ def wilcoxon_signed_rank(values_a: Sequence[float], values_b: Sequence[float]) -
                       p, {"differing": differing})
 
 
+@dataclasses.dataclass(frozen=True)
+class PatientTest:
+    """A paired comparison of model A with model B at the patient level.
+
+    Each patient's slices are averaged first (per model, on the slices both models evaluated), so
+    every patient counts once whatever its number of slices.
+
+    Attributes:
+        n_slices: paired slices.
+        n_patients: patients they come from (the test's sample size).
+        mean_a, mean_b: mean over patients of each patient's slice mean.
+        effect: ``mean_a - mean_b``, the mean over patients of the per-patient mean difference.
+        low, high: paired patient bootstrap percentile interval of ``effect``.
+        p_value: two-sided sign-flip permutation p-value of ``effect`` (uncorrected).
+        method: how the permutation distribution was obtained (exact, or Monte Carlo with its seed).
+        detectable: the smallest difference this sample could have detected
+            (:func:`detectable_difference`); ``None`` when no difference could reach :data:`ALPHA`.
+    """
+
+    n_slices: int
+    n_patients: int
+    mean_a: float
+    mean_b: float
+    effect: float
+    low: float
+    high: float
+    p_value: float
+    method: str
+    detectable: float | None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def per_patient_differences(values_a: Sequence[float], values_b: Sequence[float],
+                            patients: Sequence[Hashable]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per patient (sorted by id): the mean of A's slices, of B's slices, and their difference.
+
+    Raises:
+        ValueError: lengths that differ, or no slice.
+    """
+    a, b = _paired(values_a, values_b)
+    if len(patients) != a.size:
+        raise ValueError(f"{a.size} paired slices but {len(patients)} patient ids")
+    _, unit = np.unique(np.asarray([str(p) for p in patients]), return_inverse=True)
+    counts = np.bincount(unit).astype(np.float64)
+    mean_a, mean_b = np.bincount(unit, weights=a) / counts, np.bincount(unit, weights=b) / counts
+    return mean_a, mean_b, mean_a - mean_b
+
+
+def sign_flip_p_value(differences: Sequence[float], permutations: int = PERMUTATIONS,
+                      seed: int = PERMUTATION_SEED) -> tuple[float, str]:
+    """Two-sided p-value of the mean of paired differences under random sign flips.
+
+    Under the null hypothesis (A and B exchangeable within each patient) each patient's mean
+    difference is as likely to have either sign. The p-value is the share of sign patterns whose
+    mean is at least as far from 0 as the observed one: all ``2**n`` patterns when ``n <=``
+    :data:`EXACT_MAX_PATIENTS`, else ``permutations`` random patterns, counted as
+    ``(1 + hits) / (1 + permutations)`` so the p-value is never 0.
+
+    Returns:
+        the p-value and a description of the method.
+    """
+    d = np.asarray(differences, dtype=np.float64)
+    n = d.size
+    observed = abs(d.mean())
+    tolerance = 1e-12 * max(1.0, float(np.abs(d).max(initial=0.0)))
+    if n <= EXACT_MAX_PATIENTS:
+        signs = 1.0 - 2.0 * ((np.arange(2**n)[:, None] >> np.arange(n)) & 1)
+        hits = np.count_nonzero(np.abs(signs @ d) / n >= observed - tolerance)
+        return float(hits / 2**n), f"exact (all {2**n:,} sign patterns of {n} patients)"
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for start in range(0, permutations, _BLOCK):
+        signs = rng.choice([-1.0, 1.0], size=(min(_BLOCK, permutations - start), n))
+        hits += int(np.count_nonzero(np.abs(signs @ d) / n >= observed - tolerance))
+    return (1 + hits) / (1 + permutations), f"Monte Carlo ({permutations:,} sign patterns, seed {seed})"
+
+
+def detectable_difference(differences: Sequence[float], alpha: float = ALPHA, power: float = POWER) -> float | None:
+    """The smallest mean difference this many patients would detect with probability ``power``.
+
+    The paired-design formula ``(t[n-1, 1 - alpha/2] + t[n-1, power]) * sd / sqrt(n)`` with ``sd``
+    the standard deviation (ddof 1) of the per-patient differences and ``n`` the patients: a true
+    difference this large would give p < ``alpha`` (two-sided) in about ``power`` of repeated
+    studies of the same size and spread (the sign-flip test has about the paired t-test's power).
+    ``None`` when even the most extreme sign pattern cannot reach ``alpha`` (``2 / 2**n >= alpha``,
+    five patients or fewer at 0.05): no difference, however large, is detectable.
+    """
+    d = np.asarray(differences, dtype=np.float64)
+    n = d.size
+    if n < 2 or 2.0 / 2**n >= alpha:
+        return None
+    sd = float(d.std(ddof=1))
+    return float((stats.t.ppf(1 - alpha / 2, n - 1) + stats.t.ppf(power, n - 1)) * sd / np.sqrt(n))
+
+
+def patient_paired_test(values_a: Sequence[float], values_b: Sequence[float],
+                        patients: Sequence[Hashable]) -> PatientTest:
+    """Compare A and B on the same slices at the patient level (accuracy 0/1 or Dice alike).
+
+    Per-patient mean differences (:func:`per_patient_differences`); their mean is the effect, its
+    p-value from :func:`sign_flip_p_value`, its interval a percentile bootstrap resampling the
+    patients' differences (:func:`patient_bootstrap`, one value per patient), and
+    :func:`detectable_difference` from their spread.
+    """
+    mean_a, mean_b, d = per_patient_differences(values_a, values_b, patients)
+    p, method = sign_flip_p_value(d)
+    interval = patient_bootstrap(d, list(range(d.size)))
+    return PatientTest(len(values_a), int(d.size), float(mean_a.mean()), float(mean_b.mean()), float(d.mean()),
+                       interval.low, interval.high, p, method, detectable_difference(d))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values of a family of tests, in the input's order.
+
+    The k-th smallest p-value is multiplied by ``m - k + 1`` (m tests), capped at 1, and made
+    non-decreasing along the sorted order; an adjusted p below ``alpha`` keeps the family-wise
+    error rate at ``alpha``.
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    adjusted = np.empty_like(p)
+    running = 0.0
+    for rank, index in enumerate(np.argsort(p, kind="stable")):
+        running = max(running, min(1.0, (p.size - rank) * p[index]))
+        adjusted[index] = running
+    return adjusted.tolist()
+
+
 def definitions() -> dict:
     """The conventions above as data, for ``summary.json`` and the report's text."""
     return {"bootstrap_resamples": BOOTSTRAP_RESAMPLES, "bootstrap_seed": BOOTSTRAP_SEED, "confidence": CONFIDENCE,
             "alpha": ALPHA, "interval": "percentile, patients resampled with replacement",
-            "typing_test": "McNemar, exact two-sided binomial test on the discordant slices",
-            "dice_test": "Wilcoxon signed-rank (scipy.stats.wilcoxon defaults) on per-slice Dice1",
-            "multiple_comparisons": "none (each p-value stands alone)"}
+            "patient_test": "paired sign-flip permutation test of the mean per-patient difference (two-sided); "
+                            f"exact up to {EXACT_MAX_PATIENTS} patients, else {PERMUTATIONS} random sign patterns "
+                            f"(seed {PERMUTATION_SEED})",
+            "difference_interval": "percentile bootstrap of the mean per-patient difference, patients resampled",
+            "multiple_comparisons": "Holm step-down across every patient-level test the report makes",
+            "detectable_difference": f"(t[n-1, 1-alpha/2] + t[n-1, {POWER:g}]) * sd(per-patient differences) / "
+                                     "sqrt(n patients); none when 2 / 2**n >= alpha",
+            "power": POWER,
+            "per_slice_typing_test": "McNemar, exact two-sided binomial test on the discordant slices "
+                                     "(slices not independent)",
+            "per_slice_dice_test": "Wilcoxon signed-rank (scipy.stats.wilcoxon defaults) on per-slice Dice1 "
+                                   "(slices not independent)"}
 
 
 def format_p(p: float) -> str:

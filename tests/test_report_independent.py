@@ -11,6 +11,7 @@ which comparing ``summary.json`` with a fresh run of the same evaluator cannot c
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -160,6 +161,15 @@ def test_dice2_cell_is_pooled_over_all_slices(run):
         f"{lits['dice2_pooled']:.2f} pooled; folds {mean:.2f} ± {std:.2f} (n={len(run['cases'])})")
 
 
+def sign_flip_p(differences: list[float]) -> float:
+    """Two-sided p of the mean of ``differences`` over all 2^n sign patterns, plain Python."""
+    observed = abs(sum(differences)) / len(differences)
+    patterns = list(itertools.product((1, -1), repeat=len(differences)))
+    extreme = sum(abs(sum(s * d for s, d in zip(signs, differences))) / len(differences) >= observed - 1e-12
+                  for signs in patterns)
+    return extreme / len(patterns)
+
+
 def test_paired_test_cells_match_an_independent_computation(run):
     lits, scratch = recompute(run, "nnUNetTrainerJoint_LiTS"), recompute(run, "nnUNetTrainerJoint")
     ids = sorted(lits["right"])
@@ -167,8 +177,20 @@ def test_paired_test_cells_match_an_independent_computation(run):
     only_scratch = sum(scratch["right"][c] and not lits["right"][c] for c in ids)
     discordant = only_lits + only_scratch
     tail = sum(math.comb(discordant, k) for k in range(min(only_lits, only_scratch) + 1)) / 2**discordant
-    p_type = min(1.0, 2 * tail)  # exact McNemar: two-sided binomial on the discordant slices
-    p_dice = stats.wilcoxon([lits["dice"][c] for c in ids], [scratch["dice"][c] for c in ids]).pvalue
+    p_type_slices = min(1.0, 2 * tail)  # exact McNemar: two-sided binomial on the discordant slices
+    p_dice_slices = stats.wilcoxon([lits["dice"][c] for c in ids], [scratch["dice"][c] for c in ids]).pvalue
+    # patient level: each patient's mean difference over its slices, all 2^12 sign patterns
+    patients = sorted({c["patient"] for c in run["cases"]})
+    slices_of = {p: [c["id"] for c in run["cases"] if c["patient"] == p] for p in patients}
+
+    def patient_differences(key: str) -> list[float]:
+        return [float(np.mean([float(lits[key][c]) - float(scratch[key][c]) for c in slices_of[p]]))
+                for p in patients]
+
+    p_type, p_dice = sign_flip_p(patient_differences("right")), sign_flip_p(patient_differences("dice"))
+    # Holm over the report's two tests: the smaller p doubled; the larger one, at least that
+    low, high = sorted([p_type, p_dice])
+    holm = {low: min(1.0, 2 * low), high: max(min(1.0, 2 * low), high)}
     rows = md_table(run["markdown"], "Paired tests")
     title = "joint (LiTS) vs joint (scratch)"
 
@@ -176,11 +198,20 @@ def test_paired_test_cells_match_an_independent_computation(run):
         return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
     acc_lits, acc_scratch = np.mean([lits["right"][c] for c in ids]), np.mean([scratch["right"][c] for c in ids])
-    assert cell(rows, title, "A", "type accuracy") == f"{acc_lits:.2f}"
+    assert cell(rows, title, "A", "type accuracy") == f"{acc_lits:.2f}"  # 2 slices per patient: same as per slice
     assert cell(rows, title, "B", "type accuracy") == f"{acc_scratch:.2f}"
-    assert cell(rows, title, "paired slices", "type accuracy") == str(len(ids))
-    assert cell(rows, title, "p", "type accuracy") == text(p_type)
-    expected_verdict = "supported (p < 0.05)" if p_type < 0.05 else "noise (p ≥ 0.05)"
-    assert cell(rows, title, "verdict", "type accuracy") == expected_verdict
-    assert cell(rows, title, "p", "Dice1") == text(p_dice)
+    assert cell(rows, title, "slices", "type accuracy") == str(len(ids))
+    assert cell(rows, title, "patients", "type accuracy") == str(len(patients)) == "12"
+    assert cell(rows, title, "A − B [95 % interval]", "type accuracy").startswith(
+        f"{np.mean(patient_differences('right')):+.2f} [")
+    assert cell(rows, title, "p (patients)", "type accuracy") == text(p_type)
+    assert cell(rows, title, "p (Holm)", "type accuracy") == text(holm[p_type])
+    assert cell(rows, title, "p (patients)", "Dice1") == text(p_dice)
+    assert cell(rows, title, "p (Holm)", "Dice1") == text(holm[p_dice])
+    assert cell(rows, title, "per slice (slices not independent)", "type accuracy") == (
+        f"McNemar (exact) p = {text(p_type_slices)}")
+    assert cell(rows, title, "per slice (slices not independent)", "Dice1") == (
+        f"Wilcoxon signed-rank p = {text(p_dice_slices)}")
+    expected = "detected: joint (LiTS) higher" if holm[p_type] < 0.05 else "not detected at this sample size"
+    assert cell(rows, title, "verdict", "type accuracy").startswith(expected)
     assert cell(rows, title, "paper A − B", "type accuracy") == f"{0.86 - 0.63:+.2f}"  # MIDL Table 1
