@@ -179,7 +179,8 @@ def test_paired_test_cells_match_an_independent_computation(run):
     tail = sum(math.comb(discordant, k) for k in range(min(only_lits, only_scratch) + 1)) / 2**discordant
     p_type_slices = min(1.0, 2 * tail)  # exact McNemar: two-sided binomial on the discordant slices
     p_dice_slices = stats.wilcoxon([lits["dice"][c] for c in ids], [scratch["dice"][c] for c in ids]).pvalue
-    # patient level: each patient's mean difference over its slices, all 2^12 sign patterns
+    # patient level: each patient's mean difference over its slices (2 slices each, so equal weights), all
+    # 2^12 sign patterns
     patients = sorted({c["patient"] for c in run["cases"]})
     slices_of = {p: [c["id"] for c in run["cases"] if c["patient"] == p] for p in patients}
 
@@ -198,7 +199,7 @@ def test_paired_test_cells_match_an_independent_computation(run):
         return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
     acc_lits, acc_scratch = np.mean([lits["right"][c] for c in ids]), np.mean([scratch["right"][c] for c in ids])
-    assert cell(rows, title, "A", "type accuracy") == f"{acc_lits:.2f}"  # 2 slices per patient: same as per slice
+    assert cell(rows, title, "A", "type accuracy") == f"{acc_lits:.2f}"
     assert cell(rows, title, "B", "type accuracy") == f"{acc_scratch:.2f}"
     assert cell(rows, title, "slices", "type accuracy") == str(len(ids))
     assert cell(rows, title, "patients", "type accuracy") == str(len(patients)) == "12"

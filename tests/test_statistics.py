@@ -187,21 +187,25 @@ def test_format_p():
 # ----------------------------------------------------------------------------- patient level
 
 
-def patient_means_by_hand(values: list[float], patients: list[str]) -> dict[str, float]:
-    """Each patient's mean over its slices, with a plain loop."""
-    sums: dict[str, list[float]] = {}
-    for value, patient in zip(values, patients):
-        sums.setdefault(patient, []).append(value)
-    return {p: sum(v) / len(v) for p, v in sums.items()}
+def patient_sums_by_hand(differences: list[float], patients: list[str]) -> dict[str, float]:
+    """Each patient's sum of per-slice differences, with a plain loop."""
+    sums: dict[str, float] = {}
+    for value, patient in zip(differences, patients):
+        sums[patient] = sums.get(patient, 0.0) + value
+    return sums
 
 
-def sign_flip_p_by_enumeration(differences: list[float]) -> float:
-    """Two-sided p: share of all 2^n sign patterns whose mean is at least as far from 0 as observed."""
-    observed = abs(sum(differences) / len(differences))
+def sign_flip_p_by_enumeration(patient_sums: list[float]) -> float:
+    """Two-sided p: share of all 2^n patient sign patterns whose total is at least as far from 0 as observed.
+
+    Flipping a patient flips all its slices' differences at once, so the total over slices is the
+    sum of signed per-patient sums.
+    """
+    observed = abs(sum(patient_sums))
     extreme = 0
-    patterns = list(itertools.product((1, -1), repeat=len(differences)))
+    patterns = list(itertools.product((1, -1), repeat=len(patient_sums)))
     for signs in patterns:
-        if abs(sum(s * d for s, d in zip(signs, differences)) / len(differences)) >= observed - 1e-12:
+        if abs(sum(s * d for s, d in zip(signs, patient_sums))) >= observed - 1e-12:
             extreme += 1
     return extreme / len(patterns)
 
@@ -209,22 +213,23 @@ def sign_flip_p_by_enumeration(differences: list[float]) -> float:
 def test_many_slices_of_one_patient_are_one_unit():
     # Patient P1 gives 12 slices that A types right and B wrong; five other patients one slice each
     # that both type right. Counted per slice, 12 discordant slices all for A: McNemar p = 2/2^12.
-    # Per patient, one patient differs (+1) and five do not (0): every sign pattern has |mean| =
-    # 1/6, so p = 1 -- one patient's liver is one observation, however many slices it gives.
+    # Per patient, one patient differs and five do not: every sign pattern moves the total by P1's
+    # sign only, so |total| is always 12 and p = 1 -- one patient's liver is one observation,
+    # however many slices it gives.
     a = [1.0] * 12 + [1.0] * 5
     b = [0.0] * 12 + [1.0] * 5
     patients = ["P1"] * 12 + [f"P{k}" for k in range(2, 7)]
     assert mcnemar_exact(a, b).p_value == pytest.approx(2 / 2**12)
+    sums = patient_sums_by_hand([x - y for x, y in zip(a, b)], patients)
+    assert sums == {"P1": 12.0, "P2": 0.0, "P3": 0.0, "P4": 0.0, "P5": 0.0, "P6": 0.0}
+    assert sign_flip_p_by_enumeration(list(sums.values())) == 1.0
     test = patient_paired_test(a, b, patients)
-    differences = [patient_means_by_hand(a, patients)[p] - patient_means_by_hand(b, patients)[p]
-                   for p in sorted(set(patients))]
-    assert differences == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
-    assert sign_flip_p_by_enumeration(differences) == 1.0
     assert test.p_value == 1.0
     assert (test.n_slices, test.n_patients) == (17, 6)
-    assert test.effect == pytest.approx(1 / 6)  # each patient counts once, not 12/17
-    assert (test.mean_a, test.mean_b) == (pytest.approx(1.0), pytest.approx(5 / 6))
+    assert test.effect == pytest.approx(12 / 17)  # the slice means the tables show: 17/17 vs 5/17
+    assert (test.mean_a, test.mean_b) == (pytest.approx(1.0), pytest.approx(5 / 17))
     assert "exact" in test.method
+    assert test.detectable is not None and test.detectable > test.effect  # 6 patients cannot hold 0.71 still
 
 
 def test_patient_test_on_dice_matches_enumeration_of_all_sign_patterns():
@@ -233,12 +238,12 @@ def test_patient_test_on_dice_matches_enumeration_of_all_sign_patterns():
     patients = [f"p{k}" for k, n in enumerate([1, 3, 2, 4, 1, 2, 3]) for _ in range(n)]
     a = rng.uniform(0.3, 0.9, len(patients)).round(3).tolist()
     b = [x - shift for x, shift in zip(a, rng.normal(0.08, 0.1, len(patients)).round(3))]
-    means_a, means_b = patient_means_by_hand(a, patients), patient_means_by_hand(b, patients)
-    differences = [means_a[p] - means_b[p] for p in sorted(means_a)]
+    differences = [x - y for x, y in zip(a, b)]
+    sums = list(patient_sums_by_hand(differences, patients).values())
     test = patient_paired_test(a, b, patients)
-    assert test.p_value == pytest.approx(sign_flip_p_by_enumeration(differences))
-    assert test.effect == pytest.approx(sum(differences) / 7)
-    assert test.mean_a == pytest.approx(sum(means_a.values()) / 7)
+    assert test.p_value == pytest.approx(sign_flip_p_by_enumeration(sums))
+    assert test.effect == pytest.approx(sum(differences) / len(differences))
+    assert test.mean_a == pytest.approx(sum(a) / len(a))
     assert test.low < test.effect < test.high
     # the per-slice Wilcoxon answers a different question on these numbers
     assert wilcoxon_signed_rank(a, b).p_value != pytest.approx(test.p_value)
@@ -248,7 +253,7 @@ def test_monte_carlo_sign_flips_approach_the_exact_p_value():
     n = EXACT_MAX_PATIENTS + 4  # 20 patients: Monte Carlo; the test below enumerates 2^20 patterns itself
     differences = np.random.default_rng(2).normal(0.1, 0.3, n)
     signs = 1 - 2 * ((np.arange(2**n)[:, None] >> np.arange(n)) & 1).astype(np.int8)
-    exact = float(np.mean(np.abs(signs @ differences) >= abs(differences.sum()) - 1e-9))
+    exact = float(np.mean(np.abs(signs @ differences) >= abs(differences.sum()) - 1e-9))  # one slice per patient
     test = patient_paired_test(differences, np.zeros(n), [f"p{k}" for k in range(n)])
     assert "Monte Carlo" in test.method
     assert test.p_value == pytest.approx(exact, abs=0.01)
@@ -256,10 +261,11 @@ def test_monte_carlo_sign_flips_approach_the_exact_p_value():
 
 
 def test_difference_interval_resamples_patients():
-    # Two patients, differences +1 and 0: resampled means 0, 1/2, 1 with probability 1/4, 1/2, 1/4,
-    # so the 95 % percentile interval is [0, 1] (as for the bootstrap of a mean above).
+    # Two patients: x with three slices differing by 1, y with one slice differing by 0. Resamples
+    # {x, x}, {x, y}, {y, y} (probability 1/4, 1/2, 1/4) give mean differences 1, 3/4, 0, so the
+    # 95 % percentile interval is [0, 1]; resampling the four slices would give a narrower one.
     test = patient_paired_test([1, 1, 1, 0.5], [0, 0, 0, 0.5], ["x", "x", "x", "y"])
-    assert (test.effect, test.low, test.high) == (0.5, 0.0, 1.0)
+    assert (test.effect, test.low, test.high) == (0.75, 0.0, 1.0)
 
 
 def test_detectable_difference_has_the_stated_power():
@@ -274,6 +280,10 @@ def test_detectable_difference_has_the_stated_power():
     assert power == pytest.approx(0.80, abs=0.02)
     assert detectable_difference(differences[:5]) is None  # 2/2^5 > 0.05: no sign pattern reaches alpha
     assert detectable_difference(differences[:6]) is not None  # 2/2^6 < 0.05
+    # weights: the spread of a weighted mean, sd * sqrt(sum of squared normalised weights)
+    weights = np.arange(1, 13)
+    assert detectable_difference(differences, weights) == pytest.approx(
+        mde / (sd / math.sqrt(n)) * sd * math.sqrt(np.sum((weights / weights.sum()) ** 2)))
 
 
 def test_holm_on_a_hand_computed_family():

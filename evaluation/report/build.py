@@ -61,7 +61,8 @@ def stage1_line(stage1: Mapping[str, Any] | None) -> str:
         return "not run"
     dice = stage1["summary"]["aggregate"]["metrics"]["liver_dice"]
     volumes = f"{dice['n']} volumes"
-    return f"{stage1.get('trainer', '?')} on Dataset501: liver Dice per validation volume {tables.over_folds(dice, volumes)}"
+    return (f"{stage1.get('trainer', '?')} on Dataset501: liver Dice per validation volume "
+            f"{tables.over_folds(dice, volumes)}")
 
 
 def statistics_definitions() -> list[str]:
@@ -71,16 +72,17 @@ def statistics_definitions() -> list[str]:
         f"and takes the mean over all their slices; the interval is the {statistics.CONFIDENCE * 100:g} % percentile "
         "interval of those means. Patients come from dataset.json's 'patients'; without them each slice is its "
         "own unit (the intervals table says so).",
-        "Paired tests, on the validation slices both rows evaluated, with the patient as the unit: each patient's "
-        "slices are averaged per model, the effect is the mean over patients of the per-patient difference, its "
-        "p-value a two-sided sign-flip permutation test (exact over all 2^n sign patterns up to "
-        f"{statistics.EXACT_MAX_PATIENTS} patients, else {statistics.PERMUTATIONS:,} random patterns, seed "
-        f"{statistics.PERMUTATION_SEED}), its interval a percentile bootstrap of the per-patient differences. The "
-        "p-values of all the report's comparisons are Holm-corrected as one family; a difference is detected when "
-        f"the corrected p < {statistics.ALPHA:g}.",
+        "Paired tests, on the validation slices both rows evaluated, with the patient as the unit: the effect is "
+        "the difference of the two rows' means over those slices; its p-value a two-sided permutation test that "
+        "flips the sign of each patient's mean difference, weighted by its slices (exact over all 2^n sign "
+        f"patterns up to {statistics.EXACT_MAX_PATIENTS} patients, else {statistics.PERMUTATIONS:,} random "
+        f"patterns, seed {statistics.PERMUTATION_SEED}); its interval a percentile bootstrap resampling patients "
+        "with all their slices. The p-values of all the report's comparisons are Holm-corrected as one family; a "
+        f"difference is detected when the corrected p < {statistics.ALPHA:g}.",
         "Smallest detectable difference (for a difference not detected): (t[n-1, 1 - alpha/2] + t[n-1, power]) x "
-        f"sd / sqrt(n), alpha {statistics.ALPHA:g} two-sided, power {statistics.POWER:g}, sd the standard deviation "
-        "of the n per-patient differences: a true difference this large would be detected in about "
+        f"sd x sqrt(sum of w^2), alpha {statistics.ALPHA:g} two-sided, power {statistics.POWER:g}, sd the standard "
+        "deviation of the n per-patient mean differences, w each patient's share of the slices (equal shares: "
+        "sd / sqrt(n)): a true difference this large would be detected in about "
         f"{statistics.POWER * 100:g} % of studies of this size (before the correction, which makes it larger). With "
         f"five patients or fewer no sign pattern reaches p < {statistics.ALPHA:g}, so nothing is detectable.",
         "Per-slice tests, for reference only: exact McNemar for the type (two-sided binomial test on the discordant "
@@ -107,7 +109,8 @@ def not_run_line(experiments: Sequence[Experiment], profile: str) -> str | None:
         return None
     parts = []
     for (reason, runs), labels in groups.items():
-        where = (f"run by the {', '.join(runs)} profile{'s' if len(runs) > 1 else ''}" if runs
+        names = ", ".join(runs[:-1]) + f" and {runs[-1]}" if len(runs) > 1 else "".join(runs)
+        where = (f"run by the {names} profile{'s' if len(runs) > 1 else ''}" if runs
                  else "run when --imagenet-weights is given" if "ImageNet" in reason else "")
         parts.append(f"{', '.join(labels)} (not run: {reason}{'; ' + where if where else ''})")
     return "The papers' rows this run did not train: " + "; ".join(parts) + "."
@@ -120,11 +123,12 @@ def findings_blocks(evidence: Evidence) -> list[doc.Block]:
     if tested:
         blocks.append(doc.BulletList([tables.finding_sentence(r, len(tested)) for r in tested]))
         blocks.append(doc.Paragraph(
-            "Difference: mean over patients of A − B (each patient's slices averaged first), with its 95 % paired "
-            "patient bootstrap interval; p: two-sided sign-flip permutation test over patients, Holm-corrected over "
+            "Difference: A − B over the validation slices both rows evaluated, with its 95 % paired bootstrap "
+            "interval over patients; p: two-sided permutation test flipping whole patients, Holm-corrected over "
             "every comparison above; details under Paired comparisons."))
     else:
-        blocks.append(doc.Paragraph("No pair the papers compare has both of its rows finished, so nothing is compared."))
+        blocks.append(doc.Paragraph(
+            "No pair the papers compare has both of its rows finished, so nothing is compared."))
     if any(r.comparison.question == "fine-tuning vs no freezing" for r in tested):
         blocks.append(doc.Paragraph(SCHEDULES_READING))
     failed = [r for r in evidence.untested if _failed(r)]

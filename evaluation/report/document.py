@@ -203,10 +203,10 @@ def _html_block(block: Block, level: int) -> list[str]:
                 f"<figcaption>{esc(block.caption)}</figcaption></figure>"]
     if isinstance(block, Section):
         anchor = f' id="{esc(block.key)}"' if block.key else ""
-        lines = [f"<h{level}{anchor}>{esc(block.title)}</h{level}>"]
+        lines = [f"<section{anchor}>", f"<h{level}>{esc(block.title)}</h{level}>"]
         for child in block.blocks:
             lines += _html_block(child, min(level + 1, 6))
-        return lines
+        return lines + ["</section>"]
     raise TypeError(f"unknown block {block!r}")
 
 

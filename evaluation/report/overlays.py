@@ -101,13 +101,14 @@ def overlay_rows(joint: Experiment, ynet: Experiment | None, raw_root: Path, ima
             probs = ynet_case.get("type_probs")
             p = f" (p={max(probs):.2f})" if probs else ""
             dice = ynet_case.get("dice")
-            titles.append(f"Y-Net ({ynet.init}): {_type_name(pred_type)}{p}" + ("" if dice is None else f", Dice {dice:.2f}"))
+            titles.append(f"Y-Net ({ynet.init}): {_type_name(pred_type)}{p}"
+                          + ("" if dice is None else f", Dice {dice:.2f}"))
         rows.append(figures.OverlayRow(case_id, ct, aspect, truth.astype(np.int16), tuple(predictions), tuple(titles)))
     return rows
 
 
 def _read_prediction(path: Path, shape: tuple[int, ...], notes: list[str]) -> np.ndarray | None:
-    """A predicted label map of the ground truth's shape, or ``None`` (and a note: the case is left out) when unusable."""
+    """A predicted label map of the ground truth's shape, or ``None`` and a note (the case is left out)."""
     try:
         array, _ = _squeezed(path)
     except InputError as e:

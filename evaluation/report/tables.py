@@ -190,7 +190,7 @@ def intervals_table(experiments: Sequence[Experiment], evidence: Evidence) -> Ta
 
 
 def difference_text(r: ComparisonResult) -> str:
-    """``"+0.12 [−0.05, +0.30]"``: the mean per-patient difference and its paired bootstrap interval."""
+    """``"+0.12 [-0.05, +0.30]"``: the mean difference over the paired slices and its patient bootstrap interval."""
     t = r.patient
     return f"{t.effect:+.2f} [{t.low:+.2f}, {t.high:+.2f}]"
 
@@ -213,7 +213,8 @@ def paper_text(r: ComparisonResult) -> str:
     text = f"paper ({r.comparison.source}): {r.paper_effect:+.2f}"
     if r.detected and r.patient.effect != 0 and r.paper_effect != 0:
         same = (r.patient.effect > 0) == (r.paper_effect > 0)
-        text += ", the same direction" if same else ", the opposite direction"
+        text += (", the same direction: the claim replicates in this run" if same
+                 else ", the opposite direction: this run contradicts the claim")
     return text
 
 
@@ -242,9 +243,10 @@ def comparisons_table(evidence: Evidence) -> Table:
                      "–" if r.paper_effect is None else f"{r.paper_effect:+.2f}"])
     return Table("paired", "Paired tests",
                  "The pairs the papers compare, on the validation slices both rows evaluated, with the patient as "
-                 "the unit: A and B are means over patients of each patient's slice mean; A − B with its 95 % "
-                 "paired patient bootstrap interval; p from a two-sided sign-flip permutation test of the "
-                 f"per-patient differences, then Holm-corrected over the {len(evidence.tested)} tests of this report; "
+                 "the unit: A and B are the means over those slices; A − B with its 95 % paired bootstrap interval "
+                 "(patients resampled with all their slices); p from a two-sided permutation test flipping the sign "
+                 "of each patient's mean difference (weighted by its slices), then Holm-corrected over the "
+                 f"{len(evidence.tested)} tests of this report; "
                  f"detected: Holm p < {ALPHA:g}; smallest detectable: the difference this many patients would detect "
                  f"with probability {POWER:g}. Per slice: exact McNemar (type) or Wilcoxon signed-rank (Dice1) on the "
                  "slices, uncorrected, shown for reference only: slices of one patient are not independent, so these "
@@ -269,7 +271,8 @@ def budget_table(experiments: Sequence[Experiment]) -> Table:
         rows.append([e.label, e.trainer, e.dataset, e.init, e.schedule, budget, source, trained, network, e.status,
                      slices, folds])
     return Table("budgets", "Budgets per experiment",
-                 "The experiments this run trained. What each training used: epochs x iterations per epoch and the network as the fold folder's "
+                 "The experiments this run trained. What each training used: epochs x iterations per epoch and "
+                 "the network as the fold folder's "
                  "joint_config.json records them; rows without that file (plain nnU-Net) show the budget the run "
                  "requested, and the network from nnU-Net's plans.json. Iterations trained: the last point of each "
                  "fold's learning curve.", header, rows)
