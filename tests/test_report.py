@@ -362,6 +362,13 @@ def test_summary_json_and_csv_equal_inputs(built):
     assert saved["published"] == json.loads(json.dumps(published.as_dict()))
     assert saved["published"]["midl_table1"]["seg"]["ImageNet"] == {"dice": 0.63, "recall": 0.67}
     assert saved["meta"]["raw_root"].endswith("nnUNet_raw")
+    # the full tables stay in summary.json: every row, a row that did not run with its status
+    midl = saved["tables"]["midl"]
+    assert midl["header"][2:4] == ["scratch: ours", "scratch: paper"] and len(midl["header"]) == 8
+    joint_cls = next(r for r in midl["rows"] if r[:2] == ["joint", "cls acc"])
+    assert joint_cls[2] == "not run: not in the experiment list" and joint_cls[4] == NO_IMAGENET
+    assert [r[0] for r in saved["tables"]["embc"]["rows"]][0] == "baseline (scratch) [joint, scratch, NoFreeze]"
+    assert NO_IMAGENET in [r[9] for r in saved["tables"]["budgets"]["rows"]]
 
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert len(rows) == 5 * 9

@@ -200,6 +200,12 @@ def build_document(experiments: Sequence[Experiment], evidence: Evidence, figure
     ])
 
 
+def full_tables(experiments: Sequence[Experiment], evidence: Evidence) -> list[doc.Table]:
+    """The result and budget tables with every listed row, for ``summary.json`` (the report shows the rows that ran)."""
+    return [tables.midl_table(experiments, evidence, full=True), tables.embc_table(experiments, evidence, full=True),
+            tables.baseline_table(experiments, evidence, full=True), tables.budget_table(experiments, full=True)]
+
+
 def build_report(experiments: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike, meta: Mapping[str, Any]) -> dict:
     """Write the experiment report (tables, paired tests, figures, provenance, summary files) into ``out_dir``.
 
@@ -248,7 +254,7 @@ def build_report(experiments: Sequence[Mapping[str, Any]], out_dir: str | os.Pat
         "statistics": statistics.definitions(),
         "experiments": [outputs.experiment_record(e, evidence) for e in parsed],
         "paired_tests": [r.to_dict() for r in evidence.results],
-        "tables": {t.key: t.to_dict() for t in document.tables()},
+        "tables": {t.key: t.to_dict() for t in [*document.tables(), *full_tables(parsed, evidence)]},
         "figures": [entry.relative(out_dir) for entry in figure_entries],
         "notes": notes,
     }

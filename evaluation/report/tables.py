@@ -1,8 +1,10 @@
 """The report's tables and its findings, built from experiments and their evidence as text cells.
 
-Tables show the rows that ran (trained, or tried to and failed: a failure shows its status text,
-never a number); the rows a profile does not run are named in one line instead
-(:func:`not_run_line`). A measured cell reads ``mean ± std (n=slices)`` over folds, or
+The report's tables show the rows that ran (trained, or tried to and failed: a failure shows its
+status text, never a number); the rows a profile does not run are named in one line instead
+(:func:`evaluation.report.build.not_run_line`). With ``full=True`` the same functions build every
+row of the papers' matrix, a row that did not run showing its status ("not run: ..."), for
+``summary.json``. A measured cell reads ``mean ± std (n=slices)`` over folds, or
 ``mean (1 fold, n=slices)`` when there is one fold (a standard deviation of one number would read
 as precision); type accuracy and Dice1 add ``[low, high]``, the 95 % bootstrap interval over
 patients (:mod:`evaluation.report.evidence`); Dice2 leads with its pooled value
@@ -36,6 +38,7 @@ METRIC_LABELS: dict[str, str] = {
 MIDL_ROWS: dict[str, tuple[str, ...]] = {f: vocabulary.FRAMEWORKS[f].metrics for f in vocabulary.PAPER_FRAMEWORKS}
 BASELINE_METRICS: tuple[str, ...] = ("dice", "global_dice", "recall", "success_rate", "cls_acc")
 NOT_RUN_PREFIX = "not run"
+NOT_LISTED = "not run: not in the experiment list"
 CELL_LEGEND = (
     "Ours: mean ± std over folds (population std), or the value and \"1 fold\" when there is one fold; n = "
     "validation slices the metric stands on; for cls acc and Dice1, [a, b] is the 95 % bootstrap interval over "
@@ -67,9 +70,12 @@ def over_folds(entry: dict, count: str) -> str:
     return f"{format_mean_std(entry)} (n={count})"
 
 
-def ours_cell(experiment: Experiment | None, metric: str, evidence: Evidence | None = None) -> str:
-    """``"0.71 ± 0.03 (n=332) [0.66, 0.76]"``; the status text if it failed; ``–`` if not run or undefined."""
-    if not ran(experiment):
+def ours_cell(experiment: Experiment | None, metric: str, evidence: Evidence | None = None,
+              full: bool = False) -> str:
+    """``"0.71 ± 0.03 (n=332) [0.66, 0.76]"``; the status text if it failed (``full``: or did not run); else ``–``."""
+    if experiment is None:
+        return NOT_LISTED if full else "–"
+    if not ran(experiment) and not full:
         return "–"
     if not experiment.done:
         return experiment.status
@@ -89,17 +95,17 @@ def paper_cell(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
-def midl_cells_run(experiments: Sequence[Experiment]) -> tuple[list[str], list[str]]:
-    """The frameworks and initialisations of MIDL Table 1 with at least one cell this run trained."""
+def midl_cells_run(experiments: Sequence[Experiment], full: bool = False) -> tuple[list[str], list[str]]:
+    """The frameworks and initialisations of MIDL Table 1 with at least one cell this run trained (``full``: all)."""
     cells = [(f, i) for f in published.FRAMEWORKS for i in published.INITS
-             if ran(find(experiments, f, i, published.MIDL_SCHEDULE))]
+             if full or ran(find(experiments, f, i, published.MIDL_SCHEDULE))]
     return ([f for f in published.FRAMEWORKS if any(c[0] == f for c in cells)],
             [i for i in published.INITS if any(c[1] == i for c in cells)])
 
 
-def midl_table(experiments: Sequence[Experiment], evidence: Evidence) -> Table | None:
-    """MIDL Table 1's frameworks and initialisations that ran (``None`` when none did)."""
-    frameworks, inits = midl_cells_run(experiments)
+def midl_table(experiments: Sequence[Experiment], evidence: Evidence, full: bool = False) -> Table | None:
+    """MIDL Table 1's frameworks and initialisations that ran (``None`` when none did; ``full``: all)."""
+    frameworks, inits = midl_cells_run(experiments, full)
     if not frameworks:
         return None
     header = ["framework", "metric"]
@@ -112,7 +118,7 @@ def midl_table(experiments: Sequence[Experiment], evidence: Evidence) -> Table |
             row = [name, METRIC_LABELS[metric]]
             for init in inits:
                 experiment = find(experiments, framework, init, published.MIDL_SCHEDULE)
-                row += [ours_cell(experiment, metric, evidence),
+                row += [ours_cell(experiment, metric, evidence, full),
                         paper_cell(published.midl_value(framework, init, metric))]
             rows.append(row)
     return Table("midl", "Table 1 (MIDL)",
@@ -120,19 +126,19 @@ def midl_table(experiments: Sequence[Experiment], evidence: Evidence) -> Table |
                  f"{CELL_LEGEND_SHORT} Paper: MIDL 2020 Table 1, mean over 3 folds.", header, rows)
 
 
-def embc_table(experiments: Sequence[Experiment], evidence: Evidence) -> Table | None:
-    """The EMBC strategies this run trained (``None`` when none did)."""
+def embc_table(experiments: Sequence[Experiment], evidence: Evidence, full: bool = False) -> Table | None:
+    """The EMBC strategies this run trained (``None`` when none did; ``full``: all)."""
     header = ["strategy"]
     for metric in published.EMBC_METRICS:
         header += [f"{METRIC_LABELS[metric]}: ours", f"{METRIC_LABELS[metric]}: paper"]
     rows = []
     for key, (name, init, schedule) in published.EMBC_STRATEGIES.items():
         experiment = find(experiments, "joint", init, schedule)
-        if not ran(experiment):
+        if not (full or ran(experiment)):
             continue
         row = [f"{name} [joint, {init}, {schedule}]"]
         for metric in published.EMBC_METRICS:
-            row += [ours_cell(experiment, metric, evidence), paper_cell(published.EMBC_TABLE[key][metric])]
+            row += [ours_cell(experiment, metric, evidence, full), paper_cell(published.EMBC_TABLE[key][metric])]
         rows.append(row)
     if not rows:
         return None
@@ -143,19 +149,22 @@ def embc_table(experiments: Sequence[Experiment], evidence: Evidence) -> Table |
                  f"{CELL_LEGEND_SHORT} Paper: EMBC 2019.", header, rows)
 
 
-def baseline_table(experiments: Sequence[Experiment], evidence: Evidence) -> Table | None:
-    """Plain nnU-Net rows that ran, beside our scratch rows on the same datasets (``None`` when none ran)."""
+def baseline_table(experiments: Sequence[Experiment], evidence: Evidence, full: bool = False) -> Table | None:
+    """Plain nnU-Net rows that ran, beside our scratch rows on the same datasets (``None`` when none ran;
+    ``full``: every row listed)."""
     header = ["model", "dataset", *(METRIC_LABELS[m] for m in BASELINE_METRICS)]
     rows = []
-    plain = [e for e in experiments if e.framework == "nnunet" and ran(e)]
-    if not plain:
+    plain = [e for e in experiments if e.framework == "nnunet" and (full or ran(e))]
+    if not plain and not full:
         return None
     comparison = [find(experiments, "seg", "scratch", published.MIDL_SCHEDULE),
                   find(experiments, "joint", "scratch", published.MIDL_SCHEDULE)]
-    for experiment in plain + [e for e in comparison if ran(e)]:
+    for experiment in plain + [e for e in comparison if e is not None and (full or ran(e))]:
         name = f"plain nnU-Net ({experiment.trainer})" if experiment.framework == "nnunet" else (
             f"ours for comparison: {experiment.label}")
-        rows.append([name, experiment.dataset, *(ours_cell(experiment, m, evidence) for m in BASELINE_METRICS)])
+        rows.append([name, experiment.dataset, *(ours_cell(experiment, m, evidence, full) for m in BASELINE_METRICS)])
+    if not plain:
+        rows.insert(0, ["plain nnU-Net (nnUNetTrainer)", "–", *([NOT_LISTED] * len(BASELINE_METRICS))])
     return Table("nnunet", "Plain nnU-Net baselines",
                  "nnU-Net's default 2d U-Net (nnUNetTrainer, its own architecture, no transfer) on the segmentation "
                  "and joint datasets. On the joint dataset its label map carries the type, so its accuracy is the same "
@@ -254,13 +263,13 @@ def comparisons_table(evidence: Evidence) -> Table:
                  "rows: EMBC).", header, rows)
 
 
-def budget_table(experiments: Sequence[Experiment]) -> Table:
-    """The experiments that trained (or tried to), with what each training used."""
+def budget_table(experiments: Sequence[Experiment], full: bool = False) -> Table:
+    """The experiments that trained (or tried to; ``full``: every listed one), with what each training used."""
     header = ["experiment", "trainer", "dataset", "init", "schedule", "epochs x iterations", "budget from",
               "iterations trained (curve)", "network", "status", "slices", "folds"]
     rows = []
     for e in experiments:
-        if not ran(e):
+        if not (full or ran(e)):
             continue
         used = training_used(e)
         slices = folds = "–"
