@@ -17,15 +17,13 @@ import math
 
 import numpy as np
 import pytest
-from report_helpers import cell, md_table, read_slice, write_slice
+from report_helpers import cell, md_table, read_slice, write_joint_dataset, write_slice
 from scipy import stats
 
 from nnunet_joint.evaluation.evaluate import evaluate_trainer_dir
 from nnunet_joint.evaluation.report import build_report
 
 DATASET = "Dataset504_ShebaJoint"
-LABELS = {"background": 0, "liver": 1, "cyst": 2, "hemangioma": 3, "metastasis": 4}
-TYPE_NAMES = ("cyst", "hemangioma", "metastasis")
 N_FOLDS, PATIENTS_PER_FOLD, SLICES_PER_PATIENT, SIZE = 3, 4, 2, 16
 #: (trainer, init, probability the majority type is right, probability the lesion is missed, seed)
 MODELS = (("nnUNetTrainerJoint_LiTS", "LiTS", 0.85, 0.05, 1), ("nnUNetTrainerJoint", "scratch", 0.4, 0.15, 2))
@@ -80,15 +78,8 @@ def run(tmp_path_factory):
     cases = make_cases()
     splits = [{"train": [c["id"] for c in cases if c["fold"] != f], "val": [c["id"] for c in cases if c["fold"] == f]}
               for f in range(N_FOLDS)]
-    dataset_json = {"labels": LABELS, "file_ending": ".nii.gz",
-                    "lesion_types": {c["id"]: TYPE_NAMES[c["type"]] for c in cases},
-                    "patients": {c["id"]: c["patient"] for c in cases}}
     preprocessed = root / "nnUNet_preprocessed" / DATASET
-    preprocessed.mkdir(parents=True)
-    (preprocessed / "dataset.json").write_text(json.dumps(dataset_json))
-    (preprocessed / "splits_final.json").write_text(json.dumps(splits))
-    for case in cases:
-        write_slice(preprocessed / "gt_segmentations" / f"{case['id']}.nii.gz", case["label"])
+    dataset_json = write_joint_dataset(preprocessed, cases, splits)
     entries = []
     for trainer, init, p_right, p_miss, seed in MODELS:
         trainer_dir = root / "nnUNet_results" / DATASET / f"{trainer}__nnUNetPlans__2d"

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from report_helpers import md_table, write_joint_config, write_learning_curve, write_slice
+from report_helpers import md_table, write_joint_config, write_joint_dataset, write_learning_curve, write_slice
 
 from nnunet_joint.evaluation.evaluate import evaluate_trainer_dir
 from nnunet_joint.evaluation.report import build_report
@@ -28,8 +28,6 @@ from nnunet_joint.experiments import DATASET_FOLDERS, experiment_matrix
 
 REPO = Path(__file__).resolve().parent.parent
 JOINT_DS = DATASET_FOLDERS[504]
-LABELS = {"background": 0, "liver": 1, "cyst": 2, "hemangioma": 3, "metastasis": 4}
-TYPE_NAMES = ("cyst", "hemangioma", "metastasis")
 SLICES_PER_PATIENT = (1, 2, 3, 4, 2, 3, 4, 1, 2, 3, 4, 1)  # 30 slices of 12 patients
 SIZE = 24
 #: The two rows that trained: (trainer, init, probability the type is right, seed), as the demo's typing.
@@ -90,16 +88,10 @@ def matrix_entries(root: Path, summaries: dict[str, dict]) -> list[dict]:
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     cases = make_cases()
-    dataset_json = {"labels": LABELS, "file_ending": ".nii.gz",
-                    "lesion_types": {c["id"]: TYPE_NAMES[c["type"]] for c in cases},
-                    "patients": {c["id"]: c["patient"] for c in cases}}
     preprocessed = root / "nnUNet_preprocessed" / JOINT_DS
-    preprocessed.mkdir(parents=True)
-    (preprocessed / "dataset.json").write_text(json.dumps(dataset_json))
-    (preprocessed / "splits_final.json").write_text(json.dumps([{"train": [], "val": [c["id"] for c in cases]}]))
+    dataset_json = write_joint_dataset(preprocessed, cases, [{"train": [], "val": [c["id"] for c in cases]}])
     raw = root / "nnUNet_raw" / JOINT_DS
     for case in cases:
-        write_slice(preprocessed / "gt_segmentations" / f"{case['id']}.nii.gz", case["label"])
         write_slice(raw / "labelsTr" / f"{case['id']}.nii.gz", case["label"])
         ct = np.where(case["label"] >= 1, 60.0, -100.0) + np.where(case["label"] >= 2, -40.0, 0.0)
         write_slice(raw / "imagesTr" / f"{case['id']}_0000.nii.gz", ct.astype(np.float32))
