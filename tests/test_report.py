@@ -252,7 +252,7 @@ def test_findings_lead_the_report(built):
             "reach p < 0.05 (too few for the test); paper (MIDL): +0.00.") in findings
     assert "joint vs Y-Net, type accuracy: joint (LiTS) 0.75 vs Y-Net (LiTS) 0.75" in findings
     # the failed row is named with its failure; rows not run are named once, not tested
-    assert ("Not tested because a row failed: segmentation baseline (LiTS) vs segmentation baseline (scratch) "
+    assert ("Not tested: segmentation baseline (LiTS) vs segmentation baseline (scratch) "
             "(segmentation baseline (scratch) failed: RuntimeError: boom | see log); segmentation baseline (scratch) "
             "vs nnU-Net (ShebaSeg) (segmentation baseline (scratch) failed: RuntimeError: boom | see log).") in findings
     assert "Not addressed (a row this run did not train): joint (scratch) vs Y-Net (scratch); " in findings

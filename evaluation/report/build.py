@@ -131,19 +131,20 @@ def findings_blocks(evidence: Evidence) -> list[doc.Block]:
             "No pair the papers compare has both of its rows finished, so nothing is compared."))
     if any(r.comparison.question == "fine-tuning vs no freezing" for r in tested):
         blocks.append(doc.Paragraph(SCHEDULES_READING))
-    failed = [r for r in evidence.untested if _failed(r)]
-    unaddressed = _untested_titles([r for r in evidence.untested if not _failed(r)])
+    unaddressed = _untested_titles([r for r in evidence.untested if _not_trained(r)])
     if unaddressed:
         blocks.append(doc.Paragraph(f"Not addressed (a row this run did not train): {unaddressed}."))
-    failures = _untested_titles(failed, reasons=True)
-    if failures:
-        blocks.append(doc.Paragraph(f"Not tested because a row failed: {failures}."))
+    problems = _untested_titles([r for r in evidence.untested if not _not_trained(r)], reasons=True)
+    if problems:
+        blocks.append(doc.Paragraph(f"Not tested: {problems}."))
     return blocks
 
 
-def _failed(r: ComparisonResult) -> bool:
-    """A side of the pair trained and failed (as opposed to: was not run)."""
-    return any(tables.ran(side.experiment) and not side.experiment.done for side in (r.comparison.a, r.comparison.b))
+def _not_trained(r: ComparisonResult) -> bool:
+    """A side of the pair was not trained (as opposed to: trained and failed, or shares no slice)."""
+    sides = (r.comparison.a, r.comparison.b)
+    return not any(tables.ran(s.experiment) and not s.experiment.done for s in sides) and not all(
+        tables.ran(s.experiment) for s in sides)
 
 
 def _untested_titles(results: Sequence[ComparisonResult], reasons: bool = False) -> str:

@@ -198,10 +198,15 @@ def intervals_table(experiments: Sequence[Experiment], evidence: Evidence) -> Ta
 # ----------------------------------------------------------------------------- paired comparisons
 
 
+def signed(value: float) -> str:
+    """``"+0.12"``; a value that rounds to zero reads ``"+0.00"``, never ``"-0.00"``."""
+    return f"{0.0 if round(value, 2) == 0 else value:+.2f}"
+
+
 def difference_text(r: ComparisonResult) -> str:
     """``"+0.12 [-0.05, +0.30]"``: the mean difference over the paired slices and its patient bootstrap interval."""
     t = r.patient
-    return f"{t.effect:+.2f} [{t.low:+.2f}, {t.high:+.2f}]"
+    return f"{signed(t.effect)} [{signed(t.low)}, {signed(t.high)}]"
 
 
 def verdict(r: ComparisonResult) -> str:
