@@ -486,3 +486,22 @@ def test_done_without_summary_is_shown_as_failed(tmp_path, built):
     rows = md_table(result["report_md"].read_text(encoding="utf-8"), "Table 1 (MIDL)")
     assert cell(rows, "joint", "ImageNet: ours", "cls acc") == "failed: finished but has no evaluation summary"
     assert "overlay grid: no joint experiment finished, so there is none" in result["notes"]
+
+
+def test_our_rows_are_compared_with_plain_nnunet_on_the_same_labels(tmp_path, built):
+    # a joint-from-scratch row (the LiTS row's folder under another trainer name) beside plain nnU-Net on
+    # the joint dataset: per slice joint (1, 0, 1, 1) vs nnU-Net (1, 1, 1, 1) in type, Dice (1, 1, 1, 2/3)
+    # vs 1; only P1 (type) and P3 (Dice) differ, so every sign pattern is as extreme: p = 1
+    joint = built["experiments"][0]
+    scratch = dict(joint, init="scratch", trainer="nnUNetTrainerJoint")
+    result = build_report([*built["experiments"], scratch], tmp_path / "r", {"profile": "demo"})
+    md = result["report_md"].read_text(encoding="utf-8")
+    rows = md_table(md, "Paired tests")
+    title = "joint (scratch) vs nnU-Net (ShebaJoint)"  # the plain row on the same (joint) labels
+    assert cell(rows, title, "A − B [95 % interval]", "type accuracy").startswith("-0.25 [")
+    assert cell(rows, title, "A − B [95 % interval]", "Dice1").startswith(f"{-1 / 12:+.2f} [")
+    assert cell(rows, title, "p (patients)", "Dice1") == "1.000"
+    assert cell(rows, title, "paper A − B", "Dice1") == "–"  # the papers did not ask
+    assert "SE-ResNet vs plain nnU-Net, type accuracy: joint (scratch) 0.75 vs nnU-Net (ShebaJoint) 1.00" in md
+    assert "which the papers did not test" in md
+    assert "Holm-corrected over 6 tests" in md  # joint vs Y-Net, LiTS vs scratch, joint vs nnU-Net: 2 metrics each

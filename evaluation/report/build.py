@@ -122,12 +122,14 @@ def findings_blocks(evidence: Evidence) -> list[doc.Block]:
     blocks: list[doc.Block] = []
     if tested:
         blocks.append(doc.BulletList([tables.finding_sentence(r, len(tested)) for r in tested]))
+        against_nnunet = any(r.comparison.b.framework == "nnunet" for r in tested)
         blocks.append(doc.Paragraph(
-            "Each line tests one of the papers' claims, A vs B, A being the row the papers found better (SE-ResNet "
-            "vs plain nnU-Net asks whether the papers' networks beat nnU-Net's own on the same labels, which the "
-            "papers did not test). Difference: A − B over the validation slices both rows evaluated, with its 95 % "
-            "paired bootstrap interval over patients; p: two-sided permutation test flipping whole patients, "
-            "Holm-corrected over every comparison above; details under Paired comparisons."))
+            "Each line tests one of the papers' claims, A vs B, A being the row the papers found better"
+            + (" (SE-ResNet vs plain nnU-Net asks whether the papers' networks beat nnU-Net's own on the same labels, "
+               "which the papers did not test)" if against_nnunet else "")
+            + ". Difference: A − B over the validation slices both rows evaluated, with its 95 % paired bootstrap "
+            "interval over patients; p: two-sided permutation test flipping whole patients, Holm-corrected over every "
+            "comparison above; details under Paired comparisons."))
     else:
         blocks.append(doc.Paragraph(
             "No pair the papers compare has both of its rows finished, so nothing is compared."))

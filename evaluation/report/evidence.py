@@ -40,6 +40,8 @@ from nnunet_joint.evaluation.statistics import (
 TESTED_METRICS: dict[str, str] = {"cls_acc": "McNemar", "dice": "Wilcoxon"}
 #: Short metric names for sentences.
 METRIC_WORDS = {"cls_acc": "type accuracy", "dice": "Dice1"}
+#: An entry's ``init`` for a row with no initialisation of ours (plain nnU-Net, see ``build_report``).
+NO_INIT = "-"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,8 +90,10 @@ def comparisons(experiments: Sequence[Experiment]) -> list[Comparison]:
         if dataset is None:
             return Side(*key, find(experiments, *key))
         folder = vocabulary.DATASET_FOLDERS[dataset]
-        return Side(*key, next((e for e in experiments if (e.framework, e.init, e.schedule) == key
-                                and e.dataset == folder), None), folder)
+        framework, init, schedule = key
+        # an entry may give plain nnU-Net's initialisation as "-" (none of ours): it trains from scratch
+        return Side(*key, next((e for e in experiments if e.framework == framework and e.schedule == schedule
+                                and e.init in (init, NO_INIT) and e.dataset == folder), None), folder)
 
     return [Comparison(c.name, side(c.better, c.dataset), side(c.baseline, c.dataset),
                        tuple(m for m in c.metrics if m in TESTED_METRICS), c.paper) for c in vocabulary.comparisons()]
