@@ -175,20 +175,20 @@ def framework_init_bars(
 
 @dataclasses.dataclass
 class OverlayRow:
-    """One row of the overlay grid: a validation case and three label maps of the same crop.
+    """One row of the overlay grid: a validation case and the label maps of the same crop.
 
-    Label maps use the joint coding (:mod:`nnunet_joint.labels`); a lesion
-    whose type is unknown is ``-1`` (drawn in :data:`UNTYPED_COLOUR`). ``None`` means the model's
-    prediction is not available (drawn as an empty panel saying so).
+    Label maps use the joint coding (:mod:`nnunet_joint.labels`); a lesion whose type is unknown
+    is ``-1`` (drawn in :data:`UNTYPED_COLOUR`). ``predictions`` holds one map per model shown
+    (the joint model, then the Y-Net when one ran); ``titles`` the input's, the ground truth's and
+    one per prediction.
     """
 
     case_id: str
     ct: np.ndarray
     aspect: float
     ground_truth: np.ndarray
-    joint: np.ndarray | None
-    ynet: np.ndarray | None
-    titles: tuple[str, str, str, str]
+    predictions: tuple[np.ndarray, ...]
+    titles: tuple[str, ...]
 
 
 def _overlay_rgba(labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -200,22 +200,20 @@ def _overlay_rgba(labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
 
 
 def overlay_grid(rows: Sequence[OverlayRow], path: str | os.PathLike) -> Path:
-    """The paper's Figure 2: columns input / ground truth / joint / Y-Net, one row per case.
+    """The paper's Figure 2: columns input / ground truth / one per model, one row per case.
 
     CT in a liver window (W400/L50); lesions filled in their type's colour, liver outlined.
     """
     width_hu, level_hu = GRID_WINDOW_WIDTH_LEVEL
     n = max(1, len(rows))
-    fig = new_figure(12.0, 3.1 * n + 0.5)
+    columns = max((2 + len(row.predictions) for row in rows), default=3)
+    fig = new_figure(3.0 * columns, 3.1 * n + 0.5)
     for r, row in enumerate(rows):
-        for c, labels in enumerate((None, row.ground_truth, row.joint, row.ynet)):
-            ax = fig.add_subplot(n, 4, r * 4 + c + 1)
+        for c, labels in enumerate((None, row.ground_truth, *row.predictions)):
+            ax = fig.add_subplot(n, columns, r * columns + c + 1)
             ax.imshow(row.ct, cmap="gray", vmin=level_hu - width_hu / 2, vmax=level_hu + width_hu / 2,
                       aspect=row.aspect, interpolation="nearest")
-            if c > 0 and labels is None:
-                ax.text(0.5, 0.5, "not available", transform=ax.transAxes, ha="center", va="center",
-                        color="white", fontsize=9, bbox={"facecolor": "black", "alpha": 0.6})
-            elif labels is not None:
+            if labels is not None:
                 if (labels >= 1).any():
                     ax.contour(labels >= 1, levels=[0.5], colors=[LIVER_COLOUR], linewidths=0.8)
                 ax.imshow(_overlay_rgba(labels), aspect=row.aspect, interpolation="nearest")
@@ -225,7 +223,7 @@ def overlay_grid(rows: Sequence[OverlayRow], path: str | os.PathLike) -> Path:
         fig.text(0.5, 0.5, "no validation case with a joint prediction", ha="center", va="center")
     handles = [Patch(color=TYPE_COLOURS[name], label=name) for name in LESION_TYPES]
     handles.append(Line2D([], [], color=LIVER_COLOUR, label="liver"))
-    if any(labels is not None and (labels == -1).any() for row in rows for labels in (row.joint, row.ynet)):
+    if any((labels == -1).any() for row in rows for labels in row.predictions):
         handles.append(Patch(color=UNTYPED_COLOUR, label="lesion (no type)"))
     fig.legend(handles=handles, loc="lower center", ncols=len(handles), fontsize=9, frameon=False)
     fig.tight_layout(rect=(0, 0.04 if n > 1 else 0.08, 1, 1))

@@ -140,22 +140,30 @@ def experiment_matrix() -> list[Experiment]:
 
 @dataclass(frozen=True)
 class Comparison:
-    """A difference the papers report: ``better`` is the method they found better than ``baseline``."""
+    """A difference the papers report: ``better`` is the method they found better than ``baseline``.
+
+    ``dataset``: the dataset both rows train on, where a framework runs on several (plain nnU-Net);
+    ``paper``: the paper that reports the difference, empty for a question the papers did not ask.
+    """
 
     name: str
     better: tuple[str, str, str]  # framework, init, schedule
     baseline: tuple[str, str, str]
     metrics: tuple[str, ...]
     paper: str
+    dataset: int | None = None
 
 
 def comparisons() -> list[Comparison]:
     """The papers' questions: joint vs Y-Net (each init), LiTS vs scratch (each framework), each
-    fine-tuning schedule vs no freezing (joint from LiTS)."""
+    fine-tuning schedule vs no freezing (joint from LiTS); and whether the papers' SE-ResNet rows
+    beat plain nnU-Net trained on the same labels (both from scratch, so only the method differs)."""
     out = [Comparison("joint vs Y-Net", ("joint", i, NO_FREEZING), ("ynet", i, NO_FREEZING), ("cls_acc", "dice"),
                       "MIDL") for i in INITS]
     out += [Comparison("LiTS vs scratch", (f, "LiTS", NO_FREEZING), (f, SCRATCH, NO_FREEZING),
                        FRAMEWORKS[f].metrics[:2], "MIDL") for f in PAPER_FRAMEWORKS]
     out += [Comparison("fine-tuning vs no freezing", ("joint", "LiTS", s), ("joint", "LiTS", NO_FREEZING),
                        ("cls_acc", "dice"), "EMBC") for s in FINE_TUNING_SCHEDULES]
+    out += [Comparison("SE-ResNet vs plain nnU-Net", (f, SCRATCH, NO_FREEZING), ("nnunet", SCRATCH, NO_FREEZING),
+                       FRAMEWORKS[f].metrics[:2], "", FRAMEWORKS[f].datasets[0]) for f in ("seg", "joint")]
     return out

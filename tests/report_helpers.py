@@ -41,6 +41,33 @@ def write_joint_config(fold_dir: Path, epochs: int, iterations: int, encoder: st
         "architecture": {"encoder": encoder, "patch_size": list(patch)}}))
 
 
+#: Joint labels and lesion type names as the converters write them (dataset.json).
+JOINT_LABELS = {"background": 0, "liver": 1, "cyst": 2, "hemangioma": 3, "metastasis": 4}
+TYPE_NAMES = ("cyst", "hemangioma", "metastasis")
+
+
+def write_joint_dataset(folder: Path, cases: Sequence[dict], splits: list[dict]) -> dict:
+    """A preprocessed joint dataset: ``dataset.json`` (with our ``lesion_types`` and ``patients``), splits, gt.
+
+    Args:
+        folder: ``nnUNet_preprocessed/DatasetXXX_Name`` (created).
+        cases: dicts with ``id``, ``type`` (index), ``patient`` and ``label`` (the 2-D label map).
+        splits: nnU-Net's ``splits_final.json`` content.
+
+    Returns:
+        the ``dataset.json`` content (trainer folders hold a copy).
+    """
+    dataset_json = {"labels": JOINT_LABELS, "file_ending": ".nii.gz",
+                    "lesion_types": {c["id"]: TYPE_NAMES[c["type"]] for c in cases},
+                    "patients": {c["id"]: c["patient"] for c in cases}}
+    folder.mkdir(parents=True)
+    (folder / "dataset.json").write_text(json.dumps(dataset_json))
+    (folder / "splits_final.json").write_text(json.dumps(splits))
+    for case in cases:
+        write_slice(folder / "gt_segmentations" / f"{case['id']}.nii.gz", case["label"])
+    return dataset_json
+
+
 def md_table(markdown: str, title: str) -> list[list[str]]:
     """Rows (header first) of the Markdown table under ``### title``."""
     block = markdown.split(f"### {title}\n", 1)[1].splitlines()

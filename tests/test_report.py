@@ -12,6 +12,9 @@ P2 = {C}, P3 = {D}. Lesions are 2 x 2 except A's, 2 x 3:
 * plain nnU-Net on the joint dataset: perfect (its dataset.json copy lists no patients).
 * joint ImageNet: not run; segmentation scratch: failed.
 
+The report shows the rows that ran: joint and Y-Net from LiTS, the failed segmentation baseline,
+plain nnU-Net; the ImageNet row is named in one line, not drawn as "not run" cells.
+
 Bootstrap intervals with three patients are known exactly: the joint model's accuracy per slice
 is P1 (1, 0), P2 1, P3 1; a resample drawing P1 k times has mean 3 / (3 + k), so the lowest
 mean, 0.5, has probability 1/27 (above 2.5 %) and mean 1 has 8/27: interval [0.50, 1.00]
@@ -25,7 +28,6 @@ import csv
 import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +38,7 @@ from report_helpers import cell, md_table, write_joint_config, write_learning_cu
 from nnunet_joint.evaluation import published
 from nnunet_joint.evaluation.evaluate import evaluate_trainer_dir
 from nnunet_joint.evaluation.metrics import format_mean_std
-from nnunet_joint.evaluation.report import NOT_LISTED, Experiment, build_report
+from nnunet_joint.evaluation.report import Experiment, build_report
 from nnunet_joint.evaluation.report.experiments import (
     RecordError,
     read_fold_record,
@@ -46,7 +48,6 @@ from nnunet_joint.evaluation.report.experiments import (
 from nnunet_joint.evaluation.report.figure_set import curve_panels
 from nnunet_joint.evaluation.report.overlays import choose_overlay_cases, overlay_rows
 
-REPO = Path(__file__).resolve().parent.parent
 JOINT_DS, SEG_DS = "Dataset504_ShebaJoint", "Dataset503_ShebaSeg"
 JOINT_LABELS = {"background": 0, "liver": 1, "cyst": 2, "hemangioma": 3, "metastasis": 4}
 SEG_LABELS = {"background": 0, "liver": 1, "lesion": 2}
@@ -173,13 +174,13 @@ def test_midl_table_cells(built):
     assert cell(rows, "Y-Net", "LiTS: ours", "Dice1 (seg Dice)") == "0.75 ± 0.25 (n=4) [0.00, 1.00]"
     assert cell(rows, "Y-Net", "LiTS: ours", "cls acc") == "0.75 ± 0.25 (n=4) [0.50, 1.00]"
     assert cell(rows, "Y-Net", "scratch: paper", "cls acc") == "0.43"
-    # not run / failed: the status, never a number
-    for metric in ("cls acc", "Dice1 (seg Dice)", "seg recall"):
-        assert cell(rows, "joint", "ImageNet: ours", metric) == NO_IMAGENET
-    assert cell(rows, "joint", "ImageNet: paper", "cls acc") == "0.74"
+    # the rows and columns that ran; a failure shows its status, never a number
+    assert rows[0] == ["framework", "metric", "scratch: ours", "scratch: paper", "LiTS: ours", "LiTS: paper"]
+    assert [r[0] for r in rows[1:]] == ["segmentation baseline"] * 2 + ["Y-Net"] * 3 + ["joint"] * 3
     assert cell(rows, "segmentation baseline", "scratch: ours", "seg recall") == "failed: RuntimeError: boom | see log"
-    assert cell(rows, "classification baseline", "LiTS: ours", "cls acc") == NOT_LISTED
-    assert [r[1] for r in rows[1:] if r[0] == "classification baseline"] == ["cls acc"]  # the paper's "–" rows left out
+    assert cell(rows, "segmentation baseline", "LiTS: ours", "seg recall") == "–"  # not in the experiment list
+    assert cell(rows, "joint", "scratch: paper", "cls acc") == "0.63"
+    assert not any(c.startswith("not run") for r in rows for c in r)
 
 
 def test_embc_and_baseline_tables(built):
@@ -191,14 +192,16 @@ def test_embc_and_baseline_tables(built):
     # Dice2 pooled over all four slices: tp 6 + 4 + 4 + 2, fn 2 -> 32/34 = 0.94; per fold 1 and 12/14
     assert cell(embc, row, "Dice2 (global): ours") == "0.94 pooled; folds 0.93 ± 0.07 (n=4)"
     assert f"{32 / 34:.2f}" == "0.94" and f"{(1 + 12 / 14) / 2:.2f} ± {(1 - 12 / 14) / 2:.2f}" == "0.93 ± 0.07"
-    assert cell(embc, "hierarchical unfreezing [joint, LiTS, HierUnfreeze]", "cls acc: paper") == "0.73"
-    assert cell(embc, "baseline (scratch) [joint, scratch, NoFreeze]", "success rate: ours") == NOT_LISTED
+    assert [r[0] for r in embc[1:]] == [row]  # only the strategy that ran
 
     base = md_table(md, "Plain nnU-Net baselines")
     assert cell(base, "plain nnU-Net (nnUNetTrainer)", "Dice1 (seg Dice)") == "1.00 ± 0.00 (n=4) [1.00, 1.00]"
     assert cell(base, "plain nnU-Net (nnUNetTrainer)", "cls acc") == "1.00 ± 0.00 (n=4) [1.00, 1.00]"
     assert cell(base, "plain nnU-Net (nnUNetTrainer)", "Dice2 (global)") == "1.00 pooled; folds 1.00 ± 0.00 (n=4)"
     assert cell(base, "plain nnU-Net (nnUNetTrainer)", "dataset") == JOINT_DS
+    assert cell(base, "ours for comparison: segmentation baseline (scratch)", "seg recall") == (
+        "failed: RuntimeError: boom | see log")
+    assert len(base) == 3
 
 
 def test_intervals_table_says_what_was_resampled(built):
@@ -215,27 +218,47 @@ def test_intervals_table_says_what_was_resampled(built):
                      "not patients"]
 
 
-def test_paired_tests_in_table_and_words(built):
+def test_paired_tests_at_the_patient_level(built):
     md = (built["out"] / "report.md").read_text(encoding="utf-8")
     rows = md_table(md, "Paired tests")
-    # typing: joint right and Y-Net wrong on A, the reverse on B -> one discordant slice each way, p = 1
-    assert rows[1] == ["joint (LiTS) vs Y-Net (LiTS)", "type accuracy", "McNemar (exact)", "4", "0.75", "0.75",
-                       "+0.00", "+0.07", "1.000", "noise (p ≥ 0.05)"]
-    # Dice: differences +1 (C) and -1/3 (D); ranks 2 and 1 -> W+ = 2 of the possible 0..3, p = 1
-    assert rows[2] == ["joint (LiTS) vs Y-Net (LiTS)", "Dice1", "Wilcoxon signed-rank", "4", "0.92", "0.75",
-                       f"+{(2 / 3 + 3) / 4 - 0.75:.2f}", "+0.00", "1.000", "noise (p ≥ 0.05)"]
+    # typing: P1 joint (1, 0) vs Y-Net (0, 1), P2 and P3 both right: every patient's difference 0, p = 1;
+    # with 3 patients no sign pattern reaches p < 0.05 (2/8), so nothing is detectable
+    too_few = "not detected; with 3 patients no difference can reach p < 0.05 (too few for the test)"
+    assert rows[1] == ["joint (LiTS) vs Y-Net (LiTS)", "type accuracy", "3", "4", "0.75", "0.75",
+                       "+0.00 [+0.00, +0.00]", "1.000", "1.000", "–", too_few, "McNemar (exact) p = 1.000", "+0.07"]
+    # Dice per slice: A, B 1 vs 1 (P1), C 1 vs 0 (P2, Y-Net missed it), D 2/3 vs 1 (P3): mean difference
+    # (1 - 1/3) / 4 = 1/6; the patients' sums 0, +1, -1/3 under the 8 sign patterns give |total| 2/3 or
+    # 4/3, never below the observed 2/3, so p = 1; a bootstrap resample of P3 (P2) alone has probability
+    # 1/27 > 2.5 %: interval [-1/3, 1]
+    assert rows[2] == ["joint (LiTS) vs Y-Net (LiTS)", "Dice1", "3", "4", f"{(3 + 2 / 3) / 4:.2f}", "0.75",
+                       f"+{1 / 6:.2f} [-0.33, +1.00]", "1.000", "1.000", "–", too_few,
+                       "Wilcoxon signed-rank p = 1.000", "+0.00"]
     assert len(rows) == 3  # no other pair has both rows finished
-    comparisons = md.split("## Paired comparisons", 1)[1].split("## Figures", 1)[0]
-    assert "No tested difference is supported at p < 0.05." in comparisons
-    assert ("- joint (LiTS) vs Y-Net (LiTS), type accuracy: 0.75 vs 0.75 (+0.00 on 4 paired slices, McNemar (exact) "
-            "p = 1.000); paper: +0.07") in comparisons
-    assert "- joint (ImageNet) vs Y-Net (ImageNet): joint (ImageNet) not run: no ImageNet weights given" in comparisons
-    assert "2 tests were run without correction" in comparisons
     saved = json.loads((built["out"] / "summary.json").read_text(encoding="utf-8"))
-    tested = [t for t in saved["paired_tests"] if t["test"] is not None]
-    assert [(t["metric"], t["test"]["detail"]) for t in tested] == [
-        ("cls_acc", {"only_a": 1, "only_b": 1}), ("dice", {"differing": 2})]
+    tested = [t for t in saved["paired_tests"] if t["patient_test"] is not None]
+    assert [(t["metric"], t["per_slice_test"]["detail"], t["p_holm"], t["detected"]) for t in tested] == [
+        ("cls_acc", {"only_a": 1, "only_b": 1}, 1.0, False), ("dice", {"differing": 2}, 1.0, False)]
+    assert tested[1]["patient_test"]["effect"] == pytest.approx(1 / 6)
     assert saved["statistics"]["bootstrap_resamples"] == 10_000 and saved["statistics"]["bootstrap_seed"] == 0
+    assert "Holm" in saved["statistics"]["multiple_comparisons"]
+
+
+def test_findings_lead_the_report(built):
+    md = (built["out"] / "report.md").read_text(encoding="utf-8")
+    findings = md.split("## What this run compared and found\n", 1)[1].split("\n## ", 1)[0]
+    assert md.index("## What this run compared and found") < md.index("### Table 1 (MIDL)")
+    assert ("- joint vs Y-Net, Dice1: joint (LiTS) 0.92 vs Y-Net (LiTS) 0.75; difference +0.17 [-0.33, +1.00], "
+            "p = 1.000 (Holm-corrected over 2 tests; 3 patients): not detected; with 3 patients no difference can "
+            "reach p < 0.05 (too few for the test); paper (MIDL): +0.00.") in findings
+    assert "joint vs Y-Net, type accuracy: joint (LiTS) 0.75 vs Y-Net (LiTS) 0.75" in findings
+    # the failed row is named with its failure; rows not run are named once, not tested
+    assert ("Not tested: segmentation baseline (LiTS) vs segmentation baseline (scratch) "
+            "(segmentation baseline (scratch) failed: RuntimeError: boom | see log); segmentation baseline (scratch) "
+            "vs nnU-Net (ShebaSeg) (segmentation baseline (scratch) failed: RuntimeError: boom | see log).") in findings
+    assert "Not addressed (a row this run did not train): joint (scratch) vs Y-Net (scratch); " in findings
+    results = md.split("## Results", 1)[1].split("\n## ", 1)[0]
+    assert ("The papers' rows this run did not train: joint (ImageNet) (not run: no ImageNet weights given; run "
+            "when --imagenet-weights is given).") in results
 
 
 def test_budgets_come_from_what_the_folds_recorded(built):
@@ -253,9 +276,9 @@ def test_budgets_come_from_what_the_folds_recorded(built):
     assert cell(budgets, "nnU-Net (ShebaJoint)", "epochs x iterations") == "2 x 5"
     assert cell(budgets, "nnU-Net (ShebaJoint)", "budget from") == "requested (no joint_config.json)"
     assert cell(budgets, "nnU-Net (ShebaJoint)", "network") == "PlainConvUNet, patch 8 x 8 (plans.json)"
-    assert cell(budgets, "joint (ImageNet)", "budget from") == "requested (not trained)"
     assert cell(budgets, "joint (LiTS)", "slices") == "4"
-    assert cell(budgets, "joint (ImageNet)", "status") == NO_IMAGENET
+    assert cell(budgets, "segmentation baseline (scratch)", "budget from") == "requested (not trained)"
+    assert "joint (ImageNet)" not in [r[0] for r in budgets]  # only what trained (or tried to)
 
 
 def test_requested_budget_of_rows_that_did_not_train(tmp_path):
@@ -339,6 +362,13 @@ def test_summary_json_and_csv_equal_inputs(built):
     assert saved["published"] == json.loads(json.dumps(published.as_dict()))
     assert saved["published"]["midl_table1"]["seg"]["ImageNet"] == {"dice": 0.63, "recall": 0.67}
     assert saved["meta"]["raw_root"].endswith("nnUNet_raw")
+    # the full tables stay in summary.json: every row, a row that did not run with its status
+    midl = saved["tables"]["midl"]
+    assert midl["header"][2:4] == ["scratch: ours", "scratch: paper"] and len(midl["header"]) == 8
+    joint_cls = next(r for r in midl["rows"] if r[:2] == ["joint", "cls acc"])
+    assert joint_cls[2] == "not run: not in the experiment list" and joint_cls[4] == NO_IMAGENET
+    assert [r[0] for r in saved["tables"]["embc"]["rows"]][0] == "baseline (scratch) [joint, scratch, NoFreeze]"
+    assert NO_IMAGENET in [r[9] for r in saved["tables"]["budgets"]["rows"]]
 
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert len(rows) == 5 * 9
@@ -363,7 +393,7 @@ def test_html_and_figures(built):
     for key in ("midl", "embc", "nnunet", "intervals", "paired", "budgets", "versions"):
         assert f'<table class="{key}">' in page
     assert "<td>0.92 ± 0.08 (n=4) [0.67, 1.00]</td>" in page
-    assert f'<td class="status">{NO_IMAGENET}</td>' in page
+    assert "not run" not in page.split('id="provenance"')[0].split("rows this run did not train")[0]
     assert '<td class="status">failed: RuntimeError: boom | see log</td>' in page
     assert "http://" not in page and "https://" not in page and "<script" not in page  # self-contained
     names = sorted(p.name for p in (out / "figures").iterdir())
@@ -399,7 +429,11 @@ def test_overlay_cases_and_titles(built):
     assert a.titles == ("input: A (fold 0)", "ground truth: cyst", "joint (LiTS): cyst, Dice 1.00",
                         "Y-Net (LiTS): hemangioma (p=0.70), Dice 1.00")
     assert np.array_equal(a.ground_truth, REFERENCE["A"]) and a.ct.shape == (6, 6)
-    assert set(np.unique(a.ynet).tolist()) == {0, 1, 3}  # Y-Net lesion coloured by its head's type
+    assert len(a.predictions) == 2 and np.array_equal(a.predictions[0], REFERENCE["A"])
+    assert set(np.unique(a.predictions[1]).tolist()) == {0, 1, 3}  # Y-Net lesion coloured by its head's type
+    without_ynet = overlay_rows(joint, None, built["out"].parent / "nnUNet_raw", JOINT_DS, notes)
+    assert [len(r.predictions) for r in without_ynet] == [1, 1, 1]  # no Y-Net column when no Y-Net ran
+    assert without_ynet[0].titles == a.titles[:3]
     assert rows[1].titles[3] == "Y-Net (LiTS): hemangioma (p=0.60), Dice 0.00"
     assert rows[2].titles[2] == "joint (LiTS): hemangioma, Dice 1.00"
     assert summary["cases"]  # the evaluator's per-case list is what the grid is chosen from
@@ -454,15 +488,20 @@ def test_done_without_summary_is_shown_as_failed(tmp_path, built):
     assert "overlay grid: no joint experiment finished, so there is none" in result["notes"]
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed (apt-get install chromium)")
-def test_screenshot_of_the_report(built, tmp_path):
-    png = tmp_path / "shot.png"
-    subprocess.run([str(REPO / "scripts" / "screenshot_report.sh"), str(built["out"] / "report.html"), str(png)],
-                   check=True, timeout=180, capture_output=True)
-    with Image.open(png) as image:
-        assert image.size == (1280, 2400)
-        pixels = np.asarray(image.convert("L"), dtype=float)
-    assert pixels.std() > 20  # text, tables and figures, not a blank page
-    dark_rows = (pixels < 128).any(axis=1)
-    assert dark_rows[:400].sum() > 50  # the title and first table are drawn at the top
+def test_our_rows_are_compared_with_plain_nnunet_on_the_same_labels(tmp_path, built):
+    # a joint-from-scratch row (the LiTS row's folder under another trainer name) beside plain nnU-Net on
+    # the joint dataset: per slice joint (1, 0, 1, 1) vs nnU-Net (1, 1, 1, 1) in type, Dice (1, 1, 1, 2/3)
+    # vs 1; only P1 (type) and P3 (Dice) differ, so every sign pattern is as extreme: p = 1
+    joint = built["experiments"][0]
+    scratch = dict(joint, init="scratch", trainer="nnUNetTrainerJoint")
+    result = build_report([*built["experiments"], scratch], tmp_path / "r", {"profile": "demo"})
+    md = result["report_md"].read_text(encoding="utf-8")
+    rows = md_table(md, "Paired tests")
+    title = "joint (scratch) vs nnU-Net (ShebaJoint)"  # the plain row on the same (joint) labels
+    assert cell(rows, title, "A − B [95 % interval]", "type accuracy").startswith("-0.25 [")
+    assert cell(rows, title, "A − B [95 % interval]", "Dice1").startswith(f"{-1 / 12:+.2f} [")
+    assert cell(rows, title, "p (patients)", "Dice1") == "1.000"
+    assert cell(rows, title, "paper A − B", "Dice1") == "–"  # the papers did not ask
+    assert "SE-ResNet vs plain nnU-Net, type accuracy: joint (scratch) 0.75 vs nnU-Net (ShebaJoint) 1.00" in md
+    assert "which the papers did not test" in md
+    assert "Holm-corrected over 6 tests" in md  # joint vs Y-Net, LiTS vs scratch, joint vs nnU-Net: 2 metrics each

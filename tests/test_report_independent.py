@@ -11,20 +11,19 @@ which comparing ``summary.json`` with a fresh run of the same evaluator cannot c
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
 import numpy as np
 import pytest
-from report_helpers import cell, md_table, read_slice, write_slice
+from report_helpers import cell, md_table, read_slice, write_joint_dataset, write_slice
 from scipy import stats
 
 from nnunet_joint.evaluation.evaluate import evaluate_trainer_dir
 from nnunet_joint.evaluation.report import build_report
 
 DATASET = "Dataset504_ShebaJoint"
-LABELS = {"background": 0, "liver": 1, "cyst": 2, "hemangioma": 3, "metastasis": 4}
-TYPE_NAMES = ("cyst", "hemangioma", "metastasis")
 N_FOLDS, PATIENTS_PER_FOLD, SLICES_PER_PATIENT, SIZE = 3, 4, 2, 16
 #: (trainer, init, probability the majority type is right, probability the lesion is missed, seed)
 MODELS = (("nnUNetTrainerJoint_LiTS", "LiTS", 0.85, 0.05, 1), ("nnUNetTrainerJoint", "scratch", 0.4, 0.15, 2))
@@ -79,15 +78,8 @@ def run(tmp_path_factory):
     cases = make_cases()
     splits = [{"train": [c["id"] for c in cases if c["fold"] != f], "val": [c["id"] for c in cases if c["fold"] == f]}
               for f in range(N_FOLDS)]
-    dataset_json = {"labels": LABELS, "file_ending": ".nii.gz",
-                    "lesion_types": {c["id"]: TYPE_NAMES[c["type"]] for c in cases},
-                    "patients": {c["id"]: c["patient"] for c in cases}}
     preprocessed = root / "nnUNet_preprocessed" / DATASET
-    preprocessed.mkdir(parents=True)
-    (preprocessed / "dataset.json").write_text(json.dumps(dataset_json))
-    (preprocessed / "splits_final.json").write_text(json.dumps(splits))
-    for case in cases:
-        write_slice(preprocessed / "gt_segmentations" / f"{case['id']}.nii.gz", case["label"])
+    dataset_json = write_joint_dataset(preprocessed, cases, splits)
     entries = []
     for trainer, init, p_right, p_miss, seed in MODELS:
         trainer_dir = root / "nnUNet_results" / DATASET / f"{trainer}__nnUNetPlans__2d"
@@ -160,6 +152,15 @@ def test_dice2_cell_is_pooled_over_all_slices(run):
         f"{lits['dice2_pooled']:.2f} pooled; folds {mean:.2f} ± {std:.2f} (n={len(run['cases'])})")
 
 
+def sign_flip_p(differences: list[float]) -> float:
+    """Two-sided p of the mean of ``differences`` over all 2^n sign patterns, plain Python."""
+    observed = abs(sum(differences)) / len(differences)
+    patterns = list(itertools.product((1, -1), repeat=len(differences)))
+    extreme = sum(abs(sum(s * d for s, d in zip(signs, differences))) / len(differences) >= observed - 1e-12
+                  for signs in patterns)
+    return extreme / len(patterns)
+
+
 def test_paired_test_cells_match_an_independent_computation(run):
     lits, scratch = recompute(run, "nnUNetTrainerJoint_LiTS"), recompute(run, "nnUNetTrainerJoint")
     ids = sorted(lits["right"])
@@ -167,8 +168,21 @@ def test_paired_test_cells_match_an_independent_computation(run):
     only_scratch = sum(scratch["right"][c] and not lits["right"][c] for c in ids)
     discordant = only_lits + only_scratch
     tail = sum(math.comb(discordant, k) for k in range(min(only_lits, only_scratch) + 1)) / 2**discordant
-    p_type = min(1.0, 2 * tail)  # exact McNemar: two-sided binomial on the discordant slices
-    p_dice = stats.wilcoxon([lits["dice"][c] for c in ids], [scratch["dice"][c] for c in ids]).pvalue
+    p_type_slices = min(1.0, 2 * tail)  # exact McNemar: two-sided binomial on the discordant slices
+    p_dice_slices = stats.wilcoxon([lits["dice"][c] for c in ids], [scratch["dice"][c] for c in ids]).pvalue
+    # patient level: each patient's mean difference over its slices (2 slices each, so equal weights), all
+    # 2^12 sign patterns
+    patients = sorted({c["patient"] for c in run["cases"]})
+    slices_of = {p: [c["id"] for c in run["cases"] if c["patient"] == p] for p in patients}
+
+    def patient_differences(key: str) -> list[float]:
+        return [float(np.mean([float(lits[key][c]) - float(scratch[key][c]) for c in slices_of[p]]))
+                for p in patients]
+
+    p_type, p_dice = sign_flip_p(patient_differences("right")), sign_flip_p(patient_differences("dice"))
+    # Holm over the report's two tests: the smaller p doubled; the larger one, at least that
+    low, high = sorted([p_type, p_dice])
+    holm = {low: min(1.0, 2 * low), high: max(min(1.0, 2 * low), high)}
     rows = md_table(run["markdown"], "Paired tests")
     title = "joint (LiTS) vs joint (scratch)"
 
@@ -178,9 +192,18 @@ def test_paired_test_cells_match_an_independent_computation(run):
     acc_lits, acc_scratch = np.mean([lits["right"][c] for c in ids]), np.mean([scratch["right"][c] for c in ids])
     assert cell(rows, title, "A", "type accuracy") == f"{acc_lits:.2f}"
     assert cell(rows, title, "B", "type accuracy") == f"{acc_scratch:.2f}"
-    assert cell(rows, title, "paired slices", "type accuracy") == str(len(ids))
-    assert cell(rows, title, "p", "type accuracy") == text(p_type)
-    expected_verdict = "supported (p < 0.05)" if p_type < 0.05 else "noise (p ≥ 0.05)"
-    assert cell(rows, title, "verdict", "type accuracy") == expected_verdict
-    assert cell(rows, title, "p", "Dice1") == text(p_dice)
+    assert cell(rows, title, "slices", "type accuracy") == str(len(ids))
+    assert cell(rows, title, "patients", "type accuracy") == str(len(patients)) == "12"
+    assert cell(rows, title, "A − B [95 % interval]", "type accuracy").startswith(
+        f"{np.mean(patient_differences('right')):+.2f} [")
+    assert cell(rows, title, "p (patients)", "type accuracy") == text(p_type)
+    assert cell(rows, title, "p (Holm)", "type accuracy") == text(holm[p_type])
+    assert cell(rows, title, "p (patients)", "Dice1") == text(p_dice)
+    assert cell(rows, title, "p (Holm)", "Dice1") == text(holm[p_dice])
+    assert cell(rows, title, "per slice (slices not independent)", "type accuracy") == (
+        f"McNemar (exact) p = {text(p_type_slices)}")
+    assert cell(rows, title, "per slice (slices not independent)", "Dice1") == (
+        f"Wilcoxon signed-rank p = {text(p_dice_slices)}")
+    expected = "detected: joint (LiTS) higher" if holm[p_type] < 0.05 else "not detected at this sample size"
+    assert cell(rows, title, "verdict", "type accuracy").startswith(expected)
     assert cell(rows, title, "paper A − B", "type accuracy") == f"{0.86 - 0.63:+.2f}"  # MIDL Table 1

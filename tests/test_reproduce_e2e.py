@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from nnunet_joint.evaluation.evaluate import evaluate_trainer_dir
-from nnunet_joint.evaluation.metrics import format_mean_std
 from nnunet_joint.reproduce import DATASET_FOLDERS, PLAIN_TRAINER, PROFILES
 
 pytestmark = pytest.mark.slow
@@ -60,7 +59,7 @@ def test_report_tables_show_measured_cells_and_never_invent_numbers(run_dir):
     exps = experiments(run_dir)
     joint = next(e for e in exps.values() if e["trainer"] == "nnUNetTrainerJoint_LiTS")
     acc = joint["aggregate"]["metrics"]["cls_acc"]
-    assert f"{format_mean_std(acc)} (n={acc['n']})" in report
+    assert acc["n_folds"] == 1 and f"{acc['mean']:.2f} (1 fold, n={acc['n']})" in report  # never "± 0.00"
     imagenet = [e for e in exps.values() if e["init"] == "ImageNet"]
     assert imagenet and all(e["status"] == "not run: no ImageNet weights given" for e in imagenet)
     assert all(e["aggregate"] is None for e in imagenet)
@@ -78,7 +77,7 @@ def test_report_states_the_stage1_liver_dice(run_dir):
                                  / "gt_segmentations", folds=[0])
     dice = fresh["aggregate"]["metrics"]["liver_dice"]
     assert dice["n"] >= 1 and 0.0 <= dice["mean"] <= 1.0
-    line = f"liver Dice per validation volume {format_mean_std(dice)} (n={dice['n']} volumes)"
+    line = f"liver Dice per validation volume {dice['mean']:.2f} (1 fold, n={dice['n']} volumes)"  # fold 0 only
     assert line in (run_dir / "report" / "report.md").read_text(encoding="utf-8")
     assert line in (run_dir / "report" / "report.html").read_text(encoding="utf-8")
 

@@ -1,8 +1,9 @@
 """Bootstrap intervals and paired tests against values computed independently here.
 
 Every expected value comes from a closed form or an enumeration written in this file (binomial
-sums with ``math.comb``, all sign patterns of a signed-rank statistic, the exact distribution of
-a two-patient bootstrap), never from the function under test.
+sums with ``math.comb``, all sign patterns of a signed-rank statistic or of per-patient
+differences, the exact distribution of a two-patient bootstrap, Holm by hand, power from the
+noncentral t distribution), never from the function under test.
 """
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ from nnunet_joint.evaluation.statistics import (
     ALPHA,
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
+    EXACT_MAX_PATIENTS,
+    detectable_difference,
     format_p,
+    holm,
     mcnemar_exact,
     patient_bootstrap,
+    patient_paired_test,
     wilcoxon_signed_rank,
 )
 
@@ -50,7 +55,6 @@ def test_mcnemar_on_a_hand_computed_table():
     assert test.n == 20
     assert (test.mean_a, test.mean_b) == (pytest.approx(11 / 20), pytest.approx(16 / 20))
     assert test.effect == pytest.approx(-5 / 20)
-    assert not test.supported
 
 
 def test_mcnemar_supported_difference_and_concordant_slices_do_not_matter():
@@ -58,7 +62,7 @@ def test_mcnemar_supported_difference_and_concordant_slices_do_not_matter():
     p = exact_mcnemar_by_hand(12, 2)
     assert p == pytest.approx(2 * (1 + 14 + 91) / 2**14)
     assert mcnemar_exact(a, b).p_value == pytest.approx(p)
-    assert mcnemar_exact(a, b).supported and p < ALPHA
+    assert p < ALPHA
     more_a, more_b = two_by_two(both=105, only_a=12, only_b=2, neither=50)
     assert mcnemar_exact(more_a, more_b).p_value == pytest.approx(p)  # only discordant slices count
 
@@ -178,3 +182,113 @@ def test_bootstrap_is_reproducible_and_checks_its_input():
 
 def test_format_p():
     assert (format_p(0.0004), format_p(0.0123), format_p(0.5), format_p(1.0)) == ("< 0.001", "0.012", "0.500", "1.000")
+
+
+# ----------------------------------------------------------------------------- patient level
+
+
+def patient_sums_by_hand(differences: list[float], patients: list[str]) -> dict[str, float]:
+    """Each patient's sum of per-slice differences, with a plain loop."""
+    sums: dict[str, float] = {}
+    for value, patient in zip(differences, patients):
+        sums[patient] = sums.get(patient, 0.0) + value
+    return sums
+
+
+def sign_flip_p_by_enumeration(patient_sums: list[float]) -> float:
+    """Two-sided p: share of all 2^n patient sign patterns whose total is at least as far from 0 as observed.
+
+    Flipping a patient flips all its slices' differences at once, so the total over slices is the
+    sum of signed per-patient sums.
+    """
+    observed = abs(sum(patient_sums))
+    extreme = 0
+    patterns = list(itertools.product((1, -1), repeat=len(patient_sums)))
+    for signs in patterns:
+        if abs(sum(s * d for s, d in zip(signs, patient_sums))) >= observed - 1e-12:
+            extreme += 1
+    return extreme / len(patterns)
+
+
+def test_many_slices_of_one_patient_are_one_unit():
+    # Patient P1 gives 12 slices that A types right and B wrong; five other patients one slice each
+    # that both type right. Counted per slice, 12 discordant slices all for A: McNemar p = 2/2^12.
+    # Per patient, one patient differs and five do not: every sign pattern moves the total by P1's
+    # sign only, so |total| is always 12 and p = 1 -- one patient's liver is one observation,
+    # however many slices it gives.
+    a = [1.0] * 12 + [1.0] * 5
+    b = [0.0] * 12 + [1.0] * 5
+    patients = ["P1"] * 12 + [f"P{k}" for k in range(2, 7)]
+    assert mcnemar_exact(a, b).p_value == pytest.approx(2 / 2**12)
+    sums = patient_sums_by_hand([x - y for x, y in zip(a, b)], patients)
+    assert sums == {"P1": 12.0, "P2": 0.0, "P3": 0.0, "P4": 0.0, "P5": 0.0, "P6": 0.0}
+    assert sign_flip_p_by_enumeration(list(sums.values())) == 1.0
+    test = patient_paired_test(a, b, patients)
+    assert test.p_value == 1.0
+    assert (test.n_slices, test.n_patients) == (17, 6)
+    assert test.effect == pytest.approx(12 / 17)  # the slice means the tables show: 17/17 vs 5/17
+    assert (test.mean_a, test.mean_b) == (pytest.approx(1.0), pytest.approx(5 / 17))
+    assert "exact" in test.method
+    assert test.detectable is not None and test.detectable > test.effect  # 6 patients cannot hold 0.71 still
+
+
+def test_patient_test_on_dice_matches_enumeration_of_all_sign_patterns():
+    # Seven patients with 1-4 slices each, Dice per slice for two models.
+    rng = np.random.default_rng(5)
+    patients = [f"p{k}" for k, n in enumerate([1, 3, 2, 4, 1, 2, 3]) for _ in range(n)]
+    a = rng.uniform(0.3, 0.9, len(patients)).round(3).tolist()
+    b = [x - shift for x, shift in zip(a, rng.normal(0.08, 0.1, len(patients)).round(3))]
+    differences = [x - y for x, y in zip(a, b)]
+    sums = list(patient_sums_by_hand(differences, patients).values())
+    test = patient_paired_test(a, b, patients)
+    assert test.p_value == pytest.approx(sign_flip_p_by_enumeration(sums))
+    assert test.effect == pytest.approx(sum(differences) / len(differences))
+    assert test.mean_a == pytest.approx(sum(a) / len(a))
+    assert test.low < test.effect < test.high
+    # the per-slice Wilcoxon answers a different question on these numbers
+    assert wilcoxon_signed_rank(a, b).p_value != pytest.approx(test.p_value)
+
+
+def test_monte_carlo_sign_flips_approach_the_exact_p_value():
+    n = EXACT_MAX_PATIENTS + 4  # 20 patients: Monte Carlo; the test below enumerates 2^20 patterns itself
+    differences = np.random.default_rng(2).normal(0.1, 0.3, n)
+    signs = 1 - 2 * ((np.arange(2**n)[:, None] >> np.arange(n)) & 1).astype(np.int8)
+    exact = float(np.mean(np.abs(signs @ differences) >= abs(differences.sum()) - 1e-9))  # one slice per patient
+    test = patient_paired_test(differences, np.zeros(n), [f"p{k}" for k in range(n)])
+    assert "Monte Carlo" in test.method
+    assert test.p_value == pytest.approx(exact, abs=0.01)
+    assert patient_paired_test(differences, np.zeros(n), list(range(n))) == test  # fixed seed: reproducible
+
+
+def test_difference_interval_resamples_patients():
+    # Two patients: x with three slices differing by 1, y with one slice differing by 0. Resamples
+    # {x, x}, {x, y}, {y, y} (probability 1/4, 1/2, 1/4) give mean differences 1, 3/4, 0, so the
+    # 95 % percentile interval is [0, 1]; resampling the four slices would give a narrower one.
+    test = patient_paired_test([1, 1, 1, 0.5], [0, 0, 0, 0.5], ["x", "x", "x", "y"])
+    assert (test.effect, test.low, test.high) == (0.75, 0.0, 1.0)
+
+
+def test_detectable_difference_has_the_stated_power():
+    differences = np.random.default_rng(1).normal(0.0, 0.2, 12)
+    n, sd = 12, float(np.std(differences, ddof=1))
+    mde = detectable_difference(differences)
+    # power of the two-sided paired t-test at alpha 0.05 against a true difference of mde:
+    # the noncentral t distribution with noncentrality mde / (sd / sqrt(n))
+    critical = stats.t.ppf(0.975, n - 1)
+    noncentrality = mde / (sd / math.sqrt(n))
+    power = stats.nct.sf(critical, n - 1, noncentrality) + stats.nct.cdf(-critical, n - 1, noncentrality)
+    assert power == pytest.approx(0.80, abs=0.02)
+    assert detectable_difference(differences[:5]) is None  # 2/2^5 > 0.05: no sign pattern reaches alpha
+    assert detectable_difference(differences[:6]) is not None  # 2/2^6 < 0.05
+    # weights: the spread of a weighted mean, sd * sqrt(sum of squared normalised weights)
+    weights = np.arange(1, 13)
+    assert detectable_difference(differences, weights) == pytest.approx(
+        mde / (sd / math.sqrt(n)) * sd * math.sqrt(np.sum((weights / weights.sum()) ** 2)))
+
+
+def test_holm_on_a_hand_computed_family():
+    # sorted: 0.005 x 4 = 0.02; 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 = 0.04 -> raised to 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert holm([0.02]) == pytest.approx([0.02])  # a family of one is not corrected
+    assert holm([]) == []

@@ -4,8 +4,10 @@
 dictionary per experiment, :func:`evaluation.evaluate.evaluate_trainer_dir`'s summary inside)
 and writes into one folder::
 
-    report.md        tables (MIDL Table 1, EMBC fine-tuning, plain nnU-Net, bootstrap intervals),
-                     paired tests in a table and in words, figures, provenance and definitions
+    report.md        first what the run compared and found (one line per patient-level, Holm-corrected
+                     comparison), then the tables of the rows that ran (MIDL Table 1, EMBC
+                     fine-tuning, plain nnU-Net, bootstrap intervals), the paired tests, figures,
+                     provenance and definitions
     report.html      the same document, one self-contained file: figures inlined as base64 data
                      URIs, no scripts, no external assets, so it opens from disk (or an e-mail)
     figures/*.png    the figures report.md links to (relative paths)
@@ -29,6 +31,4 @@ Every file is written atomically (:mod:`nnunet_joint.io`). The rooms:
 
 from nnunet_joint.evaluation.report.build import build_report
 from nnunet_joint.evaluation.report.experiments import Experiment
-from nnunet_joint.evaluation.report.tables import NOT_LISTED
-
-__all__ = ["Experiment", "NOT_LISTED", "build_report"]
+__all__ = ["Experiment", "build_report"]

@@ -10,11 +10,10 @@ from typing import Any, Mapping, Sequence
 
 from nnunet_joint.evaluation.coverage import coverage_lines
 from nnunet_joint.evaluation import published, statistics
-from nnunet_joint.evaluation.metrics import format_mean_std
 from nnunet_joint.evaluation.report import document as doc
 from nnunet_joint.evaluation.report import evidence as evidence_module
 from nnunet_joint.evaluation.report import outputs, tables
-from nnunet_joint.evaluation.report.evidence import Evidence
+from nnunet_joint.evaluation.report.evidence import ComparisonResult, Evidence
 from nnunet_joint.evaluation.report.experiments import Experiment
 from nnunet_joint.evaluation.report.figure_set import make_figures
 from nnunet_joint.io import write_json, write_text
@@ -26,7 +25,7 @@ SUMMARY_CSV = "summary.csv"
 TITLE = "nnunet_joint experiment report"
 CAVEAT = (
     "The default data is a synthetic CT phantom (README, \"The phantom\"), not the Sheba set or LiTS, and the "
-    "training budgets above are far below the papers'. These numbers show that every code path runs and how the "
+    "training budgets are far below the papers'. These numbers show that every code path runs and how the "
     "methods rank on the phantom; they are not comparable to the papers' numbers in absolute value."
 )
 #: The metrics' definitions as the report states them (evaluation.metrics computes them).
@@ -40,8 +39,14 @@ DEFINITIONS = (
     "lesion pixels (no lesion pixel: the type with the largest summed probability in the predicted liver); Y-Net "
     "and classifier: argmax of the head. A slice without a call counts as wrong.",
     "Every metric is computed on the full original slice, and every table shows mean ± std (population std) over "
-    "folds with the number of slices it stands on.",
+    "folds with the number of slices it stands on (with one fold: the value and \"1 fold\").",
 )
+#: Said wherever a fine-tuning schedule is compared: the EMBC paper names its schedules but not their details.
+SCHEDULES_READING = (
+    "The fine-tuning schedules (FreezeEnc, HierFreeze, HierUnfreeze) are this project's reading of the EMBC paper: "
+    "its text does not specify which blocks are frozen or for how many epochs (nnunet_joint/freezing.py)."
+)
+FINDINGS_TITLE = "What this run compared and found"
 
 
 def format_duration(seconds: float | None) -> str:
@@ -55,8 +60,9 @@ def stage1_line(stage1: Mapping[str, Any] | None) -> str:
     if not stage1 or not stage1.get("summary"):
         return "not run"
     dice = stage1["summary"]["aggregate"]["metrics"]["liver_dice"]
+    volumes = f"{dice['n']} volumes"
     return (f"{stage1.get('trainer', '?')} on Dataset501: liver Dice per validation volume "
-            f"{format_mean_std(dice)} (n={dice['n']} volumes)")
+            f"{tables.over_folds(dice, volumes)}")
 
 
 def statistics_definitions() -> list[str]:
@@ -66,42 +72,101 @@ def statistics_definitions() -> list[str]:
         f"and takes the mean over all their slices; the interval is the {statistics.CONFIDENCE * 100:g} % percentile "
         "interval of those means. Patients come from dataset.json's 'patients'; without them each slice is its "
         "own unit (the intervals table says so).",
-        "Paired tests, on the validation slices both rows evaluated: exact McNemar for the type (two-sided binomial "
-        "test on the discordant slices, scipy.stats.binomtest), Wilcoxon signed-rank for per-slice Dice1 "
-        "(scipy.stats.wilcoxon defaults: equal slices dropped; exact for up to 50 slices without ties, else "
-        f"approximated). A difference is called supported when p < {statistics.ALPHA:g} (two-sided), with no "
-        "correction for the number of tests; otherwise it is indistinguishable from noise at this sample size.",
+        "Paired tests, on the validation slices both rows evaluated, with the patient as the unit: the effect is "
+        "the difference of the two rows' means over those slices; its p-value a two-sided permutation test that "
+        "flips the sign of each patient's mean difference, weighted by its slices (exact over all 2^n sign "
+        f"patterns up to {statistics.EXACT_MAX_PATIENTS} patients, else {statistics.PERMUTATIONS:,} random "
+        f"patterns, seed {statistics.PERMUTATION_SEED}); its interval a percentile bootstrap resampling patients "
+        "with all their slices. The p-values of all the report's comparisons are Holm-corrected as one family; a "
+        f"difference is detected when the corrected p < {statistics.ALPHA:g}.",
+        "Smallest detectable difference (for a difference not detected): (t[n-1, 1 - alpha/2] + t[n-1, power]) x "
+        f"sd x sqrt(sum of w^2), alpha {statistics.ALPHA:g} two-sided, power {statistics.POWER:g}, sd the standard "
+        "deviation of the n per-patient mean differences, w each patient's share of the slices (equal shares: "
+        "sd / sqrt(n)): a true difference this large would be detected in about "
+        f"{statistics.POWER * 100:g} % of studies of this size (before the correction, which makes it larger). With "
+        f"five patients or fewer no sign pattern reaches p < {statistics.ALPHA:g}, so nothing is detectable.",
+        "Per-slice tests, for reference only: exact McNemar for the type (two-sided binomial test on the discordant "
+        "slices) and Wilcoxon signed-rank for Dice1 (scipy.stats.wilcoxon defaults), uncorrected. They count "
+        "slices as independent, which slices of one patient are not, so their p-values are too small.",
     ]
 
 
-def comparison_blocks(evidence: Evidence) -> list[doc.Block]:
-    """The paired tests as a table and in words: which differences are supported, which are noise."""
+def not_run_line(experiments: Sequence[Experiment], profile: str) -> str | None:
+    """One line naming the papers' rows this run did not train, and which profiles run them (``None``: all ran)."""
+    from nnunet_joint.reproduce import PROFILES  # the profiles' row lists; imported here, reproduce imports us
+
+    groups: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    for e in experiments:
+        if tables.ran(e):
+            continue
+        reason = e.status.removeprefix(tables.NOT_RUN_PREFIX).lstrip(": ") or "not run"
+        runs = tuple(name for name, p in PROFILES.items() if name != profile and (
+            p.rows is None or e.trainer in p.rows or f"{e.trainer}@{e.dataset}" in p.rows))
+        if e.init == "ImageNet":
+            runs = ()  # every profile lists them; what they lack is the weights
+        groups.setdefault((reason, runs), []).append(e.label)
+    if not groups:
+        return None
+    parts = []
+    for (reason, runs), labels in groups.items():
+        names = ", ".join(runs[:-1]) + f" and {runs[-1]}" if len(runs) > 1 else "".join(runs)
+        where = (f"run by the {names} profile{'s' if len(runs) > 1 else ''}" if runs
+                 else "run when --imagenet-weights is given" if "ImageNet" in reason else "")
+        parts.append(f"{', '.join(labels)} (not run: {reason}{'; ' + where if where else ''})")
+    return "The papers' rows this run did not train: " + "; ".join(parts) + "."
+
+
+def findings_blocks(evidence: Evidence) -> list[doc.Block]:
+    """"What this run compared and found": one line per comparison and metric, and what it could not address."""
     tested = evidence.tested
-    if not tested:
-        blocks: list[doc.Block] = [doc.Paragraph(
-            "No pair the papers compare has both of its rows finished, so no difference is tested.")]
-    else:
-        supported = [r for r in tested if r.test.supported]
-        noise = [r for r in tested if not r.test.supported]
-        blocks = [tables.comparisons_table(evidence)]
-        blocks.append(doc.BulletList([tables.comparison_sentence(r) for r in supported],
-                                     f"Supported differences (p < {statistics.ALPHA:g}):") if supported else
-                      doc.Paragraph(f"No tested difference is supported at p < {statistics.ALPHA:g}."))
-        if noise:
-            blocks.append(doc.BulletList([tables.comparison_sentence(r) for r in noise],
-                                         f"Not supported, indistinguishable from noise (p ≥ {statistics.ALPHA:g}):"))
+    blocks: list[doc.Block] = []
+    if tested:
+        blocks.append(doc.BulletList([tables.finding_sentence(r, len(tested)) for r in tested]))
+        against_nnunet = any(r.comparison.b.framework == "nnunet" for r in tested)
         blocks.append(doc.Paragraph(
-            f"{len(tested)} tests were run without correction: if no method differed, about "
-            f"{statistics.ALPHA * len(tested):.1f} of them would come out supported by chance alone."))
-    untested = list(dict.fromkeys(f"{r.title}: {r.reason}" for r in evidence.untested))
-    if untested:
-        blocks.append(doc.BulletList(untested, "Not tested, because a row did not finish:"))
+            "Each line tests one of the papers' claims, A vs B, A being the row the papers found better"
+            + (" (SE-ResNet vs plain nnU-Net asks whether the papers' networks beat nnU-Net's own on the same labels, "
+               "which the papers did not test)" if against_nnunet else "")
+            + ". Difference: A − B over the validation slices both rows evaluated, with its 95 % paired bootstrap "
+            "interval over patients; p: two-sided permutation test flipping whole patients, Holm-corrected over every "
+            "comparison above; details under Paired comparisons."))
+    else:
+        blocks.append(doc.Paragraph(
+            "No pair the papers compare has both of its rows finished, so nothing is compared."))
+    if any(r.comparison.question == "fine-tuning vs no freezing" for r in tested):
+        blocks.append(doc.Paragraph(SCHEDULES_READING))
+    unaddressed = _untested_titles([r for r in evidence.untested if _not_trained(r)])
+    if unaddressed:
+        blocks.append(doc.Paragraph(f"Not addressed (a row this run did not train): {unaddressed}."))
+    problems = _untested_titles([r for r in evidence.untested if not _not_trained(r)], reasons=True)
+    if problems:
+        blocks.append(doc.Paragraph(f"Not tested: {problems}."))
     return blocks
+
+
+def _not_trained(r: ComparisonResult) -> bool:
+    """A side of the pair was not trained (as opposed to: trained and failed, or shares no slice)."""
+    sides = (r.comparison.a, r.comparison.b)
+    return not any(tables.ran(s.experiment) and not s.experiment.done for s in sides) and not all(
+        tables.ran(s.experiment) for s in sides)
+
+
+def _untested_titles(results: Sequence[ComparisonResult], reasons: bool = False) -> str:
+    """The untested pairs, once each (a pair has a result per metric)."""
+    titles = dict.fromkeys(f"{r.title} ({r.reason})" if reasons else r.title for r in results)
+    return "; ".join(titles)
+
+
+def comparison_blocks(evidence: Evidence) -> list[doc.Block]:
+    """The paired tests in detail (the findings at the top say them in words)."""
+    if not evidence.tested:
+        return [doc.Paragraph("No pair the papers compare has both of its rows finished, so no difference is tested.")]
+    return [tables.comparisons_table(evidence)]
 
 
 def build_document(experiments: Sequence[Experiment], evidence: Evidence, figure_entries: Sequence[doc.Figure],
                    meta: Mapping[str, Any], notes: Sequence[str]) -> doc.Document:
-    """The whole report as one document (rendered to Markdown and HTML alike)."""
+    """The whole report as one document (rendered to Markdown and HTML alike): the answer first."""
     phantom = meta.get("phantom")
     commands = [str(c) if isinstance(c, str) else " ".join(map(str, c)) for c in meta.get("commands", [])]
     versions = {str(k): str(v) for k, v in (meta.get("versions") or {}).items()}
@@ -112,14 +177,18 @@ def build_document(experiments: Sequence[Experiment], evidence: Evidence, figure
     data: list[doc.Block] = ([doc.Paragraph("User-supplied raw data (no phantom).")] if phantom is None else [
         doc.Paragraph("Synthetic CT phantom, generated with these parameters:"),
         doc.Code(json.dumps(phantom, indent=2, default=outputs.json_default, sort_keys=True), "json")])
+    result_tables = [t for t in (tables.midl_table(experiments, evidence), tables.embc_table(experiments, evidence),
+                                 tables.baseline_table(experiments, evidence)) if t is not None]
+    not_run = not_run_line(experiments, profile)
     return doc.Document(TITLE, [
         doc.Paragraph(f"Profile {profile}, wall time {wall_time} (of the reproduce call that wrote this report; a "
-                      f"resumed run counts only what that call did). {tables.CELL_LEGEND}"),
+                      "resumed run counts only what that call did)."),
+        doc.Section(FINDINGS_TITLE, findings_blocks(evidence), "findings"),
         doc.Paragraph(CAVEAT, kind="caveat"),
-        doc.Section("Results", [doc.BulletList(coverage_lines(meta.get("cascade")), "The cascade's crops:"),
-                                tables.midl_table(experiments, evidence), tables.embc_table(experiments, evidence),
-                                tables.baseline_table(experiments, evidence),
-                                tables.intervals_table(experiments, evidence)], "results"),
+        doc.Section("Results", [doc.Paragraph(tables.CELL_LEGEND),
+                                doc.BulletList(coverage_lines(meta.get("cascade")), "The cascade's crops:"),
+                                *result_tables, tables.intervals_table(experiments, evidence),
+                                *([doc.Paragraph(not_run)] if not_run else [])], "results"),
         doc.Section("Paired comparisons", comparison_blocks(evidence), "comparisons"),
         doc.Section("Figures", figures_section, "figures"),
         doc.Section("How these numbers were made", [
@@ -134,6 +203,12 @@ def build_document(experiments: Sequence[Experiment], evidence: Evidence, figure
             doc.Paragraph(CAVEAT, lead="Caveat."),
         ], "provenance"),
     ])
+
+
+def full_tables(experiments: Sequence[Experiment], evidence: Evidence) -> list[doc.Table]:
+    """The result and budget tables with every listed row, for ``summary.json`` (the report shows the rows that ran)."""
+    return [tables.midl_table(experiments, evidence, full=True), tables.embc_table(experiments, evidence, full=True),
+            tables.baseline_table(experiments, evidence, full=True), tables.budget_table(experiments, full=True)]
 
 
 def build_report(experiments: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike, meta: Mapping[str, Any]) -> dict:
@@ -184,7 +259,7 @@ def build_report(experiments: Sequence[Mapping[str, Any]], out_dir: str | os.Pat
         "statistics": statistics.definitions(),
         "experiments": [outputs.experiment_record(e, evidence) for e in parsed],
         "paired_tests": [r.to_dict() for r in evidence.results],
-        "tables": {t.key: t.to_dict() for t in document.tables()},
+        "tables": {t.key: t.to_dict() for t in [*document.tables(), *full_tables(parsed, evidence)]},
         "figures": [entry.relative(out_dir) for entry in figure_entries],
         "notes": notes,
     }

@@ -157,7 +157,7 @@ th, td { border: 1px solid #bbb; padding: 3px 7px; text-align: left; vertical-al
 th { background: #eef1f5; }
 tbody tr:nth-child(even) { background: #fafafa; }
 td.status { color: #8a5a00; font-style: italic; }
-td.supported { font-weight: bold; color: #1a5e20; }
+td.detected { font-weight: bold; color: #1a5e20; }
 p.caption { color: #555; margin: 2px 0 4px 0; }
 p.caveat { background: #fff4e0; border-left: 4px solid #e69f00; padding: 8px 12px; }
 figure { margin: 10px 0 20px 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
@@ -165,16 +165,16 @@ figcaption { color: #555; font-size: 13px; }
 pre { background: #f4f4f4; padding: 8px; overflow-x: auto; font-size: 12px; white-space: pre-wrap; }
 """
 
-#: Cell texts that are a status rather than a measurement (drawn in italics) or a supported difference.
+#: Cell texts that are a status rather than a measurement (drawn in italics) or a detected difference.
 STATUS_PREFIXES = ("not run", "failed", "not tested")
-SUPPORTED_PREFIX = "supported"
+DETECTED_PREFIX = "detected"
 
 
 def _cell_class(text: str) -> str:
     if text.startswith(STATUS_PREFIXES):
         return ' class="status"'
-    if text.startswith(SUPPORTED_PREFIX):
-        return ' class="supported"'
+    if text.startswith(DETECTED_PREFIX):
+        return ' class="detected"'
     return ""
 
 
@@ -203,10 +203,10 @@ def _html_block(block: Block, level: int) -> list[str]:
                 f"<figcaption>{esc(block.caption)}</figcaption></figure>"]
     if isinstance(block, Section):
         anchor = f' id="{esc(block.key)}"' if block.key else ""
-        lines = [f"<h{level}{anchor}>{esc(block.title)}</h{level}>"]
+        lines = [f"<section{anchor}>", f"<h{level}>{esc(block.title)}</h{level}>"]
         for child in block.blocks:
             lines += _html_block(child, min(level + 1, 6))
-        return lines
+        return lines + ["</section>"]
     raise TypeError(f"unknown block {block!r}")
 
 

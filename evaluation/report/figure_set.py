@@ -14,7 +14,7 @@ from nnunet_joint.evaluation import figures, published
 from nnunet_joint.evaluation.report.document import Figure
 from nnunet_joint.evaluation.report.experiments import LEARNING_CURVE_FILE, Experiment, find
 from nnunet_joint.evaluation.report.overlays import overlay_rows
-from nnunet_joint.evaluation.report.tables import MIDL_ROWS, NOT_LISTED
+from nnunet_joint.evaluation.report.tables import MIDL_ROWS, midl_cells_run
 
 FIGURES_DIR = "figures"
 
@@ -25,15 +25,12 @@ def _rank(e: Experiment) -> tuple[int, int, str]:
     return init_order.get(e.init, 3), 0 if e.schedule == published.MIDL_SCHEDULE else 1, e.schedule
 
 
-def _short_status(status: str) -> str:
-    return "not run" if status.startswith("not run") else ("failed" if status.startswith("failed") else status[:12])
-
-
 def bar_values(experiments: Sequence[Experiment]) -> dict:
-    """``framework -> init -> metric -> (mean, std)`` of MIDL Table 1's cells, or a short status text."""
+    """``framework -> init -> metric -> (mean, std)`` of MIDL Table 1's cells that ran, or ``"failed"``."""
     values: dict[str, dict[str, dict[str, Any]]] = {}
-    for framework in published.FRAMEWORKS:
-        for init in published.INITS:
+    frameworks, inits = midl_cells_run(experiments)
+    for framework in frameworks:
+        for init in inits:
             e = find(experiments, framework, init, published.MIDL_SCHEDULE)
             cells = values.setdefault(framework, {}).setdefault(init, {})
             for metric in ("cls_acc", "dice"):
@@ -42,9 +39,8 @@ def bar_values(experiments: Sequence[Experiment]) -> dict:
                 entry = None if e is None else e.metric(metric)
                 if entry is not None:
                     cells[metric] = (entry["mean"], entry["std"])
-                else:
-                    cells[metric] = _short_status(NOT_LISTED if e is None else e.status) if (
-                        e is None or not e.done) else "n/a"
+                elif e is not None and e.status.startswith("failed"):
+                    cells[metric] = "failed"
     return values
 
 
@@ -72,13 +68,15 @@ def make_figures(experiments: Sequence[Experiment], out_dir: Path, meta: Mapping
     folder = out_dir / FIGURES_DIR
     entries: list[Figure] = []
 
-    path = figures.framework_init_bars(
-        bar_values(experiments), published.MIDL_TABLE1, published.FRAMEWORKS, published.INITS,
-        {"cls_acc": "cls acc", "dice": "seg Dice (Dice1)"}, folder / "bars_framework_init.png")
-    entries.append(Figure(
-        "bars", "Frameworks x initialisation",
-        "Mean ± std over folds of MIDL Table 1's cells (fine-tuned without freezing); black ticks: the paper's "
-        "numbers; a grey label instead of a bar: the experiment did not run.", path))
+    frameworks, inits = midl_cells_run(experiments)
+    if frameworks:
+        path = figures.framework_init_bars(
+            bar_values(experiments), published.MIDL_TABLE1, {f: published.FRAMEWORKS[f] for f in frameworks}, inits,
+            {"cls_acc": "cls acc", "dice": "seg Dice (Dice1)"}, folder / "bars_framework_init.png")
+        entries.append(Figure(
+            "bars", "Frameworks x initialisation",
+            "MIDL Table 1's cells this run trained (fine-tuned without freezing): our mean over folds (error bar: "
+            "std over folds, none with one fold); black ticks: the paper's numbers.", path))
 
     classifiers = [e for e in experiments if e.metric("cls_acc") is not None]
     path = figures.confusion_matrices(

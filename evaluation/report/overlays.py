@@ -1,9 +1,10 @@
 """The overlay grid's data (the paper's Figure 2): which validation cases, and their label maps.
 
-The grid shows, per chosen case, the CT crop, the ground truth, the joint model's prediction and
-the Y-Net's (its lesion coloured by its head's type). Cases are chosen from the joint model's
-per-case results; images come from the run's ``nnUNet_raw`` and predictions from the trainer
-folders' ``fold_N/validation``. A file that cannot be read leaves its panel empty and a note.
+The grid shows, per chosen case, the CT crop, the ground truth, the joint model's prediction and,
+when a Y-Net ran, the Y-Net's (its lesion coloured by its head's type): only models that exist.
+Cases are chosen from the joint model's per-case results; images come from the run's
+``nnUNet_raw`` and predictions from the trainer folders' ``fold_N/validation``. A case with a
+file that cannot be read is left out of the grid, with a note saying which file.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def choose_overlay_cases(joint: Experiment, per_type: int = 1, minimum: int = 3)
 
 def overlay_rows(joint: Experiment, ynet: Experiment | None, raw_root: Path, images_dataset: str,
                  notes: list[str]) -> list[figures.OverlayRow]:
-    """Read the chosen cases' CT, ground truth, joint and Y-Net predictions (missing ones noted)."""
+    """Read the chosen cases' CT, ground truth, joint and (when given) Y-Net predictions; unreadable cases noted."""
     raw = Path(raw_root) / images_dataset
     ynet_cases = _case_index(ynet)
     rows = []
@@ -79,40 +80,43 @@ def overlay_rows(joint: Experiment, ynet: Experiment | None, raw_root: Path, ima
         aspect = float(spacing[1]) / float(spacing[0])
         joint_path = joint.trainer_dir / f"fold_{fold}" / "validation" / f"{case_id}{FILE_ENDING}"
         joint_map = _read_prediction(joint_path, truth.shape, notes)
-        true_name = _type_name(case["true_type"])
-        joint_title = (f"joint ({joint.init}): {_type_name(case.get('pred_type'))}, Dice {case['dice']:.2f}")
-        ynet_map, ynet_title = None, "Y-Net: not run"
+        if joint_map is None:
+            continue
+        predictions = [joint_map.astype(np.int16)]
+        titles = [f"input: {case_id} (fold {fold})", f"ground truth: {_type_name(case['true_type'])}",
+                  f"joint ({joint.init}): {_type_name(case.get('pred_type'))}, Dice {case['dice']:.2f}"]
         if ynet is not None:
             ynet_case = ynet_cases.get(case_id)
-            ynet_title = f"Y-Net ({ynet.init}): no prediction for this case"
-            if ynet_case is not None:
-                path = ynet.trainer_dir / f"fold_{ynet_case['fold']}" / "validation" / f"{case_id}{FILE_ENDING}"
-                seg = _read_prediction(path, truth.shape, notes)
-                pred_type = ynet_case.get("pred_type")
-                if seg is not None:
-                    typed = seg.astype(np.int16)
-                    typed[lesion_mask(seg)] = -1 if pred_type is None or pred_type < 0 else type_label(pred_type)
-                    ynet_map = typed
-                probs = ynet_case.get("type_probs")
-                p = f" (p={max(probs):.2f})" if probs else ""
-                dice = ynet_case.get("dice")
-                ynet_title = (f"Y-Net ({ynet.init}): {_type_name(pred_type)}{p}"
-                              + ("" if dice is None else f", Dice {dice:.2f}"))
-        rows.append(figures.OverlayRow(
-            case_id, ct, aspect, truth.astype(np.int16), None if joint_map is None else joint_map.astype(np.int16),
-            ynet_map, (f"input: {case_id} (fold {fold})", f"ground truth: {true_name}", joint_title, ynet_title)))
+            if ynet_case is None:
+                notes.append(f"overlay grid: case {case_id} left out: {ynet.label} has no validation result for it")
+                continue
+            path = ynet.trainer_dir / f"fold_{ynet_case['fold']}" / "validation" / f"{case_id}{FILE_ENDING}"
+            seg = _read_prediction(path, truth.shape, notes)
+            if seg is None:
+                continue
+            pred_type = ynet_case.get("pred_type")
+            typed = seg.astype(np.int16)
+            typed[lesion_mask(seg)] = -1 if pred_type is None or pred_type < 0 else type_label(pred_type)
+            predictions.append(typed)
+            probs = ynet_case.get("type_probs")
+            p = f" (p={max(probs):.2f})" if probs else ""
+            dice = ynet_case.get("dice")
+            titles.append(f"Y-Net ({ynet.init}): {_type_name(pred_type)}{p}"
+                          + ("" if dice is None else f", Dice {dice:.2f}"))
+        rows.append(figures.OverlayRow(case_id, ct, aspect, truth.astype(np.int16), tuple(predictions), tuple(titles)))
     return rows
 
 
 def _read_prediction(path: Path, shape: tuple[int, ...], notes: list[str]) -> np.ndarray | None:
-    """A predicted label map of the ground truth's shape, or ``None`` (and a note) when unusable."""
+    """A predicted label map of the ground truth's shape, or ``None`` and a note (the case is left out)."""
     try:
         array, _ = _squeezed(path)
     except InputError as e:
-        notes.append(f"overlay grid: {e}")
+        notes.append(f"overlay grid: case left out: {e}")
         return None
     if array.shape != shape:
-        notes.append(f"overlay grid: {path}: shape {array.shape} differs from the ground truth's {shape}")
+        notes.append(f"overlay grid: case left out: {path}: shape {array.shape} differs from the ground truth's "
+                     f"{shape}")
         return None
     return array
 
