@@ -46,6 +46,7 @@ from nnunet_joint.crops import CROPS_FILE, CropBox, roi_bbox
 from nnunet_joint.errors import InputError, check_number, cli_entry
 from nnunet_joint.io import (check_hu, check_slice_size, pixel_digest, read_image, read_image_header, same_geometry,
                              write_json)
+from nnunet_joint.names import CROP_MARGIN_MM, DATASET_NAMES, LITS_LESION_DATASET, LIVER_DATASET
 
 LIVER_LABELS = {"background": 0, "liver": 1}
 LESION_LABELS = {"background": 0, "liver": 1, "lesion": 2}
@@ -175,11 +176,11 @@ def slice_splits(volume_splits: list[dict[str, list[str]]], slice_ids: dict[str,
 def convert_lits(
     lits_dir: str | os.PathLike,
     raw_root: str | os.PathLike | None = None,
-    liver_id: int = 501,
-    lesion_id: int = 502,
-    liver_name: str = "LiTSLiver",
-    lesion_name: str = "LiTSLesion",
-    margin_mm: float = 10.0,
+    liver_id: int = LIVER_DATASET,
+    lesion_id: int = LITS_LESION_DATASET,
+    liver_name: str = DATASET_NAMES[LIVER_DATASET],
+    lesion_name: str = DATASET_NAMES[LITS_LESION_DATASET],
+    margin_mm: float = CROP_MARGIN_MM,
     max_cases: int | None = None,
     overwrite: bool = False,
     preprocessed_root: str | os.PathLike | None = None,
@@ -284,11 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
         "a liver-crop lesion dataset for nnU-Net.",
     )
     p.add_argument("lits_dir", help="LiTS release folder (volume-N / segmentation-N) or MSD Task03_Liver folder")
-    p.add_argument("--liver-id", type=int, default=501)
-    p.add_argument("--lesion-id", type=int, default=502)
-    p.add_argument("--liver-name", default="LiTSLiver")
-    p.add_argument("--lesion-name", default="LiTSLesion")
-    p.add_argument("--margin-mm", type=float, default=10.0, help="context around the liver box (default 10)")
+    p.add_argument("--liver-id", type=int, default=LIVER_DATASET)
+    p.add_argument("--lesion-id", type=int, default=LITS_LESION_DATASET)
+    p.add_argument("--liver-name", default=DATASET_NAMES[LIVER_DATASET])
+    p.add_argument("--lesion-name", default=DATASET_NAMES[LITS_LESION_DATASET])
+    p.add_argument("--margin-mm", type=float, default=CROP_MARGIN_MM,
+                   help="context around the liver box (default %(default)g)")
     p.add_argument("--max-cases", type=int, default=None, help="convert only the first N cases")
     p.add_argument("--raw-root", default=None, help="nnU-Net raw folder (default $nnUNet_raw)")
     p.add_argument("--preprocessed-root", default=None,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import json
 import os
 import re
@@ -189,6 +190,28 @@ def itk_problem(error: BaseException, limit: int = 2) -> str:
         return "the header or the voxel data is incomplete or corrupt"
     text = re.sub(r"\s+", " ", text).strip()
     return (text[:300] + "...") if len(text) > 300 else (text or "unknown SimpleITK error")
+
+
+def read_json_file(path: str | os.PathLike) -> Any:
+    """Parse a JSON file, turning a missing or broken file into :class:`InputError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(path, f"not valid JSON ({e})") from None
+
+
+@contextlib.contextmanager
+def quiet_stdout(enabled: bool = True) -> Iterator[None]:
+    """Swallow what Python code prints to stdout (nnU-Net prints freely: device notices, the trainer
+    search, planning); ``enabled=False`` passes everything through, for ``--quiet`` switches."""
+    if not enabled:
+        yield
+        return
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
 
 
 @contextlib.contextmanager

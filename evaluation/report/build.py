@@ -18,11 +18,10 @@ from nnunet_joint.evaluation.report.evidence import Evidence
 from nnunet_joint.evaluation.report.experiments import Experiment
 from nnunet_joint.evaluation.report.figure_set import make_figures
 from nnunet_joint.io import write_json, write_text
+from nnunet_joint.names import SUMMARY_CSV, SUMMARY_JSON
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
-SUMMARY_JSON = "summary.json"
-SUMMARY_CSV = "summary.csv"
 TITLE = "nnunet_joint experiment report"
 CAVEAT = (
     "The default data is a synthetic CT phantom (README, \"The phantom\"), not the Sheba set or LiTS, and the "

@@ -9,7 +9,6 @@ budget, initialisation report, freezing schedule, class weights) is written to
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import ClassVar
 
@@ -25,6 +24,7 @@ from nnunet_joint import LESION_TYPES
 from nnunet_joint.checkpoints import load_transfer_weights, nnunet_loads_safely
 from nnunet_joint.freezing import SCHEDULES, epoch_boundaries, frozen_groups_at, set_frozen_encoder_groups
 from nnunet_joint.io import write_json
+from nnunet_joint.names import CLASSIFICATION_FILE, JOINT_CONFIG_FILE, NO_FREEZING, SCRATCH
 from nnunet_joint.network.from_plans import SERESNET_UNET, build_network
 from nnunet_joint.network.imagenet import load_imagenet_weights
 from nnunet_joint.network.unet import SEResNetUNet
@@ -42,9 +42,9 @@ class nnUNetTrainerSEResNetBase(LearningCurveMixin, nnUNetTrainer):
     #: seg | cls | ynet | joint
     framework: ClassVar[str] = "seg"
     #: scratch | ImageNet | LiTS (named variants set it; see nnunet_joint.training.variants)
-    init: ClassVar[str] = "scratch"
+    init: ClassVar[str] = SCRATCH
     #: key of nnunet_joint.freezing.SCHEDULES
-    schedule: ClassVar[str] = "NoFreeze"
+    schedule: ClassVar[str] = NO_FREEZING
     #: number of lesion types predicted by a classification head (0: no head)
     num_cls_classes: ClassVar[int] = 0
     #: whether the network has a segmentation decoder
@@ -243,7 +243,7 @@ class nnUNetTrainerSEResNetBase(LearningCurveMixin, nnUNetTrainer):
             correct = [predictions[k]["predicted"] == truth.get(k) for k in predictions]
             accuracy = float(np.mean(correct)) if correct else float("nan")
             # case -> {"probabilities": [p_cyst, p_hemangioma, p_metastasis], "predicted": type}
-            write_json(predictions, Path(self.output_folder) / "validation" / "classification.json")
+            write_json(predictions, Path(self.output_folder) / "validation" / CLASSIFICATION_FILE)
             self.record["validation_classification"] = {"accuracy": accuracy, "n": len(correct)}
             self.print_to_log_file(f"validation classification accuracy: {accuracy:.4f} (n={len(correct)})")
         return predictions
@@ -256,13 +256,9 @@ class nnUNetTrainerSEResNetBase(LearningCurveMixin, nnUNetTrainer):
 
     def write_record(self) -> None:
         if self.local_rank == 0:
-            write_json(self.record, Path(self.output_folder) / "joint_config.json")
+            write_json(self.record, Path(self.output_folder) / JOINT_CONFIG_FILE)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         """nnU-Net's loader, its ``torch.load(weights_only=False)`` routed to our safe loader."""
         with nnunet_loads_safely():
             super().load_checkpoint(filename_or_checkpoint)
-
-
-def read_record(fold_folder: str | Path) -> dict:
-    return json.loads((Path(fold_folder) / "joint_config.json").read_text(encoding="utf-8"))

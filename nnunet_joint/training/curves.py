@@ -31,11 +31,11 @@ import numpy as np
 from nnunet_joint import LESION_TYPES
 from nnunet_joint.io import write_json
 from nnunet_joint.labels import FIRST_LESION_LABEL, majority_type
+from nnunet_joint.names import LEARNING_CURVE_FILE
 
 if TYPE_CHECKING:
     import torch
 
-LEARNING_CURVE_FILE = "learning_curve.json"
 DEFINITIONS = {
     "lesion_dice": "Dice of lesion pixels (label >= 2, types merged), pooled over the epoch's validation patches",
     "type_accuracy": "fraction of validation patches holding reference lesion whose type was predicted right "

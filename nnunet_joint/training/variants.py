@@ -4,14 +4,14 @@ nnU-Net picks a trainer by class name and names the results folder after it, so 
 carry the combination ``framework × init × fine-tuning schedule`` (nnU-Net variants cannot be
 combined at run time). Rather than writing 36 classes, each framework module calls
 :func:`named_variants` once; the names are the experiment vocabulary's
-(:func:`nnunet_joint.experiments.trainer_name`): ``<Framework>`` (scratch, no freezing),
+(:func:`nnunet_joint.names.trainer_name`): ``<Framework>`` (scratch, no freezing),
 ``<Framework>_ImageNet`` / ``_LiTS``, ``<Framework>_<Init>_<Schedule>``, e.g.
 ``nnUNetTrainerJoint_LiTS_HierFreeze``.
 """
 
 from __future__ import annotations
 
-from nnunet_joint.experiments import NO_FREEZING, variant_names
+from nnunet_joint.names import NO_FREEZING, variant_names
 
 __all__ = ["named_variants", "variant_names"]
 
