@@ -27,6 +27,7 @@ import SimpleITK as sitk
 
 from nnunet_joint.evaluation.metrics import LESION_LABEL_OFFSET, N_JOINT_CLASSES, head_type
 from nnunet_joint import LESION_TYPES
+from nnunet_joint import labels as label_coding
 from nnunet_joint.crops import CROPS_FILE, FULL_LABELS_DIR, ROI_DIR, CropBox, cascade_labels
 from nnunet_joint.errors import InputError
 from nnunet_joint.io import read_image, read_json_file
@@ -38,12 +39,11 @@ GT_FOLDER = "gt_segmentations"
 
 
 def type_index(value: Any, where: str | os.PathLike) -> int:
-    """A lesion type given as a name (``"cyst"``) or an index (``0``) -> type index."""
-    if isinstance(value, str) and value in LESION_TYPES:
-        return LESION_TYPES.index(value)
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(LESION_TYPES):
-        return value
-    raise InputError(where, f"unknown lesion type {value!r} (expected one of {', '.join(LESION_TYPES)})")
+    """A lesion type given as a name (``"cyst"``) or an index (``0``) -> type index; an unknown one is bad input."""
+    try:
+        return label_coding.type_index(value)
+    except ValueError:
+        raise InputError(where, f"unknown lesion type {value!r} (expected one of {', '.join(LESION_TYPES)})") from None
 
 
 # ----------------------------------------------------------------------------- dataset.json

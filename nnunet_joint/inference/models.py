@@ -155,14 +155,6 @@ def find_trainer_class(trainer_name: str) -> type:
                                f"{os.environ.get('nnUNet_extTrainer')}") from None
 
 
-def _head_logits(network: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Classification-head logits of a Y-Net for a batch of whole slices."""
-    classify = getattr(network, "classify", None)
-    if callable(classify):
-        return classify(x)
-    return network(x, return_cls=True)[1]
-
-
 def has_classification_head(network: torch.nn.Module) -> bool:
     return getattr(network, "cls_head", None) is not None or callable(getattr(network, "classify", None))
 
@@ -351,23 +343,17 @@ class CascadeModel:
     def _slice_type_probabilities(self, data: torch.Tensor, props: dict) -> np.ndarray:
         """Y-Net head on every whole preprocessed slice, averaged over folds, back on the input grid.
 
-        Slices are zero-padded (zero is the mean after nnU-Net's CT normalisation) to a multiple of
-        the encoder's total stride, as the trainer does for validation.
+        The same whole-slice classification as the trainer's validation
+        (:meth:`~nnunet_joint.network.unet.SEResNetUNet.slice_type_probabilities`).
         """
         p = self.predictor
         network = p.network
-        divisor = getattr(network, "input_divisor", None) or [
-            int(v) for v in np.prod(np.array(p.configuration_manager.pool_op_kernel_sizes), axis=0)][-2:]
-        slices = data.permute(1, 0, 2, 3).float()  # (slices, C, Y, X)
-        pad = [(-s) % int(d) for s, d in zip(slices.shape[2:], divisor[-2:])]
-        slices = torch.nn.functional.pad(slices, (0, pad[1], 0, pad[0]))
+        slices = data.permute(1, 0, 2, 3).to(p.device)  # (slices, C, Y, X)
         probs = torch.zeros((slices.shape[0], len(LESION_TYPES)))
         network.eval()
         for params in p.list_of_parameters:
             network.load_state_dict(params)
-            for start in range(0, slices.shape[0], 16):
-                batch = slices[start:start + 16].to(p.device)
-                probs[start:start + 16] += torch.softmax(_head_logits(network, batch).float(), 1).cpu()
+            probs += network.slice_type_probabilities(slices).cpu()
         probs = (probs / len(p.list_of_parameters)).numpy()
         # into the transposed, uncropped grid, then back to the input's axis order
         shape = tuple(props["shape_before_cropping"])
