@@ -25,7 +25,6 @@ from nnunet_joint.errors import InputError
 from nnunet_joint.io import check_hu, check_slice_size, pixel_digest, read_image, same_geometry
 
 REQUIRED_COLUMNS = ("case_id", "patient_id", "lesion_type", "image", "mask")
-OPTIONAL_COLUMNS = ("liver_mask",)
 PNG_HU_OFFSET_DEFAULT = 32768
 PNG_SPACING_MM_DEFAULT = 0.8
 #: Slice thickness given to 2-D inputs (PNG, 2-D NIfTI), which carry none. nnU-Net's 2d
