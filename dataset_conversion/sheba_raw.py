@@ -1,4 +1,4 @@
-"""Reading and validating the Sheba-like raw format (README, "Data formats").
+"""Reading and validating the Sheba-like raw format (docs/data_formats.md).
 
 A raw folder holds ``cases.csv`` with columns ``case_id, patient_id, lesion_type, image, mask``
 and optionally ``liver_mask``; paths are relative to the folder. Each image is one CT slice in HU:

@@ -1,4 +1,4 @@
-"""The project's metrics, defined once (README, "Metrics").
+"""The project's metrics, defined once (docs/study.md, "Metrics").
 
 Every table in the project is computed from these functions, so a number means the same thing
 in a benchmark, a fold summary and a report.

@@ -272,7 +272,7 @@ STUDY_ROWS = (
                                                                HIERARCHICAL_UNFREEZING)),
     PLAIN_TRAINER)
 
-#: Budgets, chosen from measured learning curves (README, "Measured figures"): on the small phantom
+#: Budgets, chosen from measured learning curves (docs/measured_figures.md): on the small phantom
 #: (fold 0, 60 training slices, batch 6 of 64 x 64) the joint model's validation type accuracy was
 #: still at chance after 600 iterations and flattened after about 1,500 (full-slice type accuracy
 #: 0.43 at 600, 0.77 at 1,800 iterations); stage 1 reaches a liver pseudo-Dice of 0.9 in about 100.
@@ -288,7 +288,7 @@ PROFILES = {
                      "0", None, STUDY_ROWS, jobs=2),
     # The papers' protocol on the default phantom, every row, 3 folds, SE-ResNet-50: the small phantom's
     # converging length scaled to the default phantom's 3.7 times more training slices, with margin
-    # (README); --nnunet-length trains nnU-Net's standard 1000 x 250 instead.
+    # (docs/measured_figures.md); --nnunet-length trains nnU-Net's standard 1000 x 250 instead.
     "full": Profile("full", (0, 1, 2), "default", "seresnet50", _budget(40, 100), _budget(20, 100), _budget(40, 100),
                     "all", None, None),
     # For tests: the tiny phantom and a minimal budget.

@@ -24,7 +24,7 @@ REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 TITLE = "nnunet_joint experiment report"
 CAVEAT = (
-    "The default data is a synthetic CT phantom (README, \"The phantom\"), not the Sheba set or LiTS, and the "
+    "The default data is a synthetic CT phantom (docs/data_formats.md, \"The phantom\"), not the Sheba set or LiTS, and the "
     "training budgets above are far below the papers'. These numbers show that every code path runs and how the "
     "methods rank on the phantom; they are not comparable to the papers' numbers in absolute value."
 )
