@@ -115,20 +115,9 @@ def check_headers(pair: LitsPair) -> None:
         if h.GetDimension() != 3 or h.GetNumberOfComponents() != 1:
             raise InputError(path, f"is a {h.GetDimension()}-D image with {h.GetNumberOfComponents()} channel(s); a 3-D CT volume expected")
     check_slice_size(image.GetSize(), pair.image)
-    problem = _header_mismatch(image, label)
+    problem = same_geometry(image, label)  # on the headers: no voxel is read
     if problem:
         raise InputError(pair.label, f"does not match {pair.image.name}: {problem}")
-
-
-def _header_mismatch(a: sitk.ImageFileReader, b: sitk.ImageFileReader, tol: float = 1e-4) -> str | None:
-    """:func:`nnunet_joint.io.same_geometry` on headers, without reading the voxels."""
-    if a.GetSize() != b.GetSize():
-        return f"size {b.GetSize()} differs from the image's {a.GetSize()}"
-    for name in ("Spacing", "Origin", "Direction"):
-        va, vb = np.array(getattr(a, f"Get{name}")()), np.array(getattr(b, f"Get{name}")())
-        if va.shape != vb.shape or not np.allclose(va, vb, atol=tol, rtol=tol):
-            return f"{name.lower()} {tuple(np.round(vb, 5))} differs from the image's {tuple(np.round(va, 5))}"
-    return None
 
 
 def load_pair(pair: LitsPair) -> tuple[sitk.Image, np.ndarray]:

@@ -388,8 +388,12 @@ def pixel_digest(image: sitk.Image) -> str:
     return digest.hexdigest()
 
 
-def same_geometry(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> str | None:
-    """Return ``None`` when ``a`` and ``b`` share size, spacing, origin and direction, else what differs."""
+def same_geometry(a: sitk.Image | sitk.ImageFileReader, b: sitk.Image | sitk.ImageFileReader,
+                  tol: float = 1e-4) -> str | None:
+    """Return ``None`` when ``a`` and ``b`` share size, spacing, origin and direction, else what differs.
+
+    Images or image file readers (headers read, voxels not), which answer the same getters.
+    """
     if a.GetSize() != b.GetSize():
         return f"size {b.GetSize()} differs from the image's {a.GetSize()}"
     for name in ("Spacing", "Origin", "Direction"):
