@@ -135,12 +135,9 @@ def parse_trainer_name(name: str) -> tuple[str, str, str]:
 
 
 def variant_names(base_name: str) -> list[str]:
-    """The pretrained variants of a trainer base: ``<base>_<Init>`` and ``<base>_<Init>_<Schedule>``."""
-    names = []
-    for init in PRETRAINED_INITS:
-        names.append(f"{base_name}_{init}")
-        names += [f"{base_name}_{init}_{s}" for s in FINE_TUNING_SCHEDULES]
-    return names
+    """The pretrained variants of a framework's trainer base: ``<base>_<Init>`` and ``<base>_<Init>_<Schedule>``."""
+    (framework,) = [key for key, f in FRAMEWORKS.items() if f.trainer_base == base_name]
+    return [trainer_name(framework, init, schedule) for init in PRETRAINED_INITS for schedule in SCHEDULE_NAMES]
 
 
 # ----------------------------------------------------------------------------- results folders and records
