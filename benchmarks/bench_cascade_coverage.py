@@ -27,7 +27,7 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> None:
     from nnunet_joint.evaluation.coverage import cascade_coverage, coverage_lines
-    from nnunet_joint.experiments import DATASET_FOLDERS
+    from nnunet_joint.names import DATASET_FOLDERS
     from nnunet_joint.reproduce import PROFILES, RunFolder, reproduce
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -40,9 +40,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from nnunet_joint.names import DATASET_FOLDERS, JOINT_DATASET, LIVER_DATASET, results_folder_pattern, trainer_name
 from nnunet_joint.reproduce import RunFolder, nnunet_bin
 
-LIVER_DATASET, JOINT_DATASET = "Dataset501_LiTSLiver", "Dataset504_ShebaJoint"
+LIVER_FOLDER, JOINT_FOLDER = DATASET_FOLDERS[LIVER_DATASET], DATASET_FOLDERS[JOINT_DATASET]
 
 
 def prepare(run: RunFolder) -> None:
@@ -67,8 +68,8 @@ def benchmark_volume(run: RunFolder, name: str, slices: int) -> Path:
 
 def model_folder(run: RunFolder, dataset: str, trainer: str | None) -> Path:
     """The model folder of ``trainer`` (default: the only one; on the joint dataset the only joint model)."""
-    default = "nnUNetTrainerJoint*" if dataset == JOINT_DATASET else "*"
-    folders = sorted((run.results / dataset).glob(f"{trainer or default}__*__2d"))
+    default = trainer_name("joint") + "*" if dataset == JOINT_FOLDER else "*"
+    folders = sorted((run.results / dataset).glob(results_folder_pattern(trainer or default)))
     if len(folders) != 1:
         raise SystemExit(f"expected one model folder in {run.results / dataset}, found "
                          f"{[f.name for f in folders]}; pass --liver-trainer / --lesion-trainer")
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     run = RunFolder(args.run.resolve())
     if args.prepare:
         prepare(run)
-    liver, lesion = model_folder(run, LIVER_DATASET, args.liver_trainer), model_folder(run, JOINT_DATASET,
+    liver, lesion = model_folder(run, LIVER_FOLDER, args.liver_trainer), model_folder(run, JOINT_FOLDER,
                                                                                         args.lesion_trainer)
     volume = benchmark_volume(run, args.volume, args.slices)
     import SimpleITK as sitk

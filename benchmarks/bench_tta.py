@@ -34,7 +34,7 @@ from nnunet_joint.evaluation.metrics import (NO_CALL, evaluate_slice, joint_slic
                                              summarise)
 from nnunet_joint.reproduce import RunFolder
 
-from bench_predict import JOINT_DATASET, LIVER_DATASET, model_folder
+from bench_predict import JOINT_FOLDER, LIVER_FOLDER, model_folder
 
 
 def _array(path: Path) -> np.ndarray:
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     for key, value in run.environment().items():
         if key.startswith("nnUNet"):
             os.environ[key] = value
-    liver, lesion = model_folder(run, LIVER_DATASET, None), model_folder(run, JOINT_DATASET, args.lesion_trainer)
+    liver, lesion = model_folder(run, LIVER_FOLDER, None), model_folder(run, JOINT_FOLDER, args.lesion_trainer)
     phantom = run.root / f"phantom_seed{args.seed}_{args.size}"
     if not (phantom / "phantom_truth.json").is_file():
         generate_corpus(phantom, seed=args.seed, size=args.size)

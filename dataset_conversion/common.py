@@ -19,6 +19,7 @@ import SimpleITK as sitk
 
 from nnunet_joint.errors import InputError, warn
 from nnunet_joint.io import atomic_path, write_image_file, write_json
+from nnunet_joint.names import dataset_folder, slice_spacing_zyx
 
 FILE_ENDING = ".nii.gz"
 _NAME_RE = re.compile(r"^[A-Za-z0-9]+$")
@@ -35,7 +36,7 @@ def dataset_folder_name(dataset_id: int, name: str) -> str:
         raise InputError(None, f"dataset id {dataset_id} is outside 1..999 (nnU-Net uses three digits)")
     if not _NAME_RE.match(name):
         raise InputError(None, f"dataset name {name!r} must be letters and digits only")
-    return f"Dataset{int(dataset_id):03d}_{name}"
+    return dataset_folder(dataset_id, name)
 
 
 def resolve_root(arg: str | os.PathLike | None, env_var: str, required: bool) -> Path | None:
@@ -119,19 +120,15 @@ def storage_image(image: sitk.Image) -> sitk.Image:
     return sitk.Cast(image, sitk.sitkFloat32)
 
 
-#: Out-of-plane spacing nnU-Net expects for single-slice (2-D) images. nnU-Net puts the axis of
-#: largest spacing first and trains its 2d configuration on the remaining two; a slice thinner
-#: than its pixel size (0.6 mm slices at 0.8 mm pixels, or the tiny phantom) would otherwise be
-#: cut along the wrong axis. The crop box keeps the true geometry for mapping predictions back.
-SLICE_AXIS_SPACING_2D = 999.0
-
-
 def as_nnunet_2d(image: sitk.Image) -> sitk.Image:
-    """Give a 1 x H x W image nnU-Net's 2-D out-of-plane spacing (a copy; the input is untouched)."""
+    """Give a 1 x H x W image nnU-Net's 2-D out-of-plane spacing (a copy; the input is untouched).
+
+    The spacing is :func:`nnunet_joint.names.slice_spacing_zyx`, the one prediction gives the same slice.
+    """
     if image.GetDimension() == 3 and image.GetSize()[2] == 1:
         image = sitk.Image(image)
         sx, sy, _ = image.GetSpacing()
-        image.SetSpacing((sx, sy, SLICE_AXIS_SPACING_2D))
+        image.SetSpacing(tuple(reversed(slice_spacing_zyx((sy, sx)))))
     return image
 
 

@@ -48,6 +48,7 @@ from nnunet_joint.crops import CROPS_FILE, CropBox, roi_bbox
 from nnunet_joint.errors import InputError, check_number, cli_entry, warn
 from nnunet_joint.io import (check_hu, check_slice_size, pixel_digest, read_image, read_image_header, same_geometry,
                              write_json)
+from nnunet_joint.names import CROP_MARGIN_MM, DATASET_NAMES, LITS_LESION_DATASET, LIVER_DATASET
 
 LIVER_LABELS = {"background": 0, "liver": 1}
 #: A liver labelled smaller than this is worth a warning: an adult liver is 1000-2500 cm³, and even a
@@ -119,20 +120,9 @@ def check_headers(pair: LitsPair) -> None:
         if h.GetDimension() != 3 or h.GetNumberOfComponents() != 1:
             raise InputError(path, f"is a {h.GetDimension()}-D image with {h.GetNumberOfComponents()} channel(s); a 3-D CT volume expected")
     check_slice_size(image.GetSize(), pair.image)
-    problem = _header_mismatch(image, label)
+    problem = same_geometry(image, label)  # on the headers: no voxel is read
     if problem:
         raise InputError(pair.label, f"does not match {pair.image.name}: {problem}")
-
-
-def _header_mismatch(a: sitk.ImageFileReader, b: sitk.ImageFileReader, tol: float = 1e-4) -> str | None:
-    """:func:`nnunet_joint.io.same_geometry` on headers, without reading the voxels."""
-    if a.GetSize() != b.GetSize():
-        return f"size {b.GetSize()} differs from the image's {a.GetSize()}"
-    for name in ("Spacing", "Origin", "Direction"):
-        va, vb = np.array(getattr(a, f"Get{name}")()), np.array(getattr(b, f"Get{name}")())
-        if va.shape != vb.shape or not np.allclose(va, vb, atol=tol, rtol=tol):
-            return f"{name.lower()} {tuple(np.round(vb, 5))} differs from the image's {tuple(np.round(va, 5))}"
-    return None
 
 
 def load_pair(pair: LitsPair) -> tuple[sitk.Image, np.ndarray]:
@@ -190,11 +180,11 @@ def slice_splits(volume_splits: list[dict[str, list[str]]], slice_ids: dict[str,
 def convert_lits(
     lits_dir: str | os.PathLike,
     raw_root: str | os.PathLike | None = None,
-    liver_id: int = 501,
-    lesion_id: int = 502,
-    liver_name: str = "LiTSLiver",
-    lesion_name: str = "LiTSLesion",
-    margin_mm: float = 10.0,
+    liver_id: int = LIVER_DATASET,
+    lesion_id: int = LITS_LESION_DATASET,
+    liver_name: str = DATASET_NAMES[LIVER_DATASET],
+    lesion_name: str = DATASET_NAMES[LITS_LESION_DATASET],
+    margin_mm: float = CROP_MARGIN_MM,
     max_cases: int | None = None,
     overwrite: bool = False,
     preprocessed_root: str | os.PathLike | None = None,
@@ -304,11 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
         "a liver-crop lesion dataset for nnU-Net.",
     )
     p.add_argument("lits_dir", help="LiTS release folder (volume-N / segmentation-N) or MSD Task03_Liver folder")
-    p.add_argument("--liver-id", type=int, default=501)
-    p.add_argument("--lesion-id", type=int, default=502)
-    p.add_argument("--liver-name", default="LiTSLiver")
-    p.add_argument("--lesion-name", default="LiTSLesion")
-    p.add_argument("--margin-mm", type=float, default=10.0, help="context around the liver box (default 10)")
+    p.add_argument("--liver-id", type=int, default=LIVER_DATASET)
+    p.add_argument("--lesion-id", type=int, default=LITS_LESION_DATASET)
+    p.add_argument("--liver-name", default=DATASET_NAMES[LIVER_DATASET])
+    p.add_argument("--lesion-name", default=DATASET_NAMES[LITS_LESION_DATASET])
+    p.add_argument("--margin-mm", type=float, default=CROP_MARGIN_MM,
+                   help="context around the liver box (default %(default)g)")
     p.add_argument("--max-cases", type=int, default=None, help="convert only the first N cases")
     p.add_argument("--raw-root", default=None, help="nnU-Net raw folder (default $nnUNet_raw)")
     p.add_argument("--preprocessed-root", default=None,

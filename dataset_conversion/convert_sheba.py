@@ -30,7 +30,6 @@ import SimpleITK as sitk
 
 from nnunet_joint.dataset_conversion.common import (
     FILE_ENDING,
-    SLICE_AXIS_SPACING_2D,
     as_nnunet_2d,
     check_target_free,
     dataset_folder_name,
@@ -59,6 +58,8 @@ from nnunet_joint.cpu import passive_openmp
 from nnunet_joint.errors import InputError, check_number, cli_entry, warn
 from nnunet_joint.evaluation.metrics import dice
 from nnunet_joint.labels import JOINT_LABELS, SEG_LABELS
+from nnunet_joint.names import (CROP_MARGIN_MM, DATASET_NAMES, JOINT_DATASET, SEG_DATASET, results_folder_name,
+                                slice_spacing_zyx)
 from nnunet_joint.io import write_json
 
 
@@ -94,7 +95,7 @@ def stage1_livers(cases: Sequence[ShebaCase], liver_model: str | os.PathLike, fo
     for case in cases:
         array = sitk.GetArrayFromImage(case.image).astype(np.float32)  # 1 x H x W
         sx, sy = case.image.GetSpacing()[:2]
-        prediction = model.predict(array, (SLICE_AXIS_SPACING_2D, sy, sx), probabilities=False)
+        prediction = model.predict(array, slice_spacing_zyx((sy, sx)), probabilities=False)
         out[case.row.case_id] = prediction.segmentation > 0
     return out
 
@@ -130,11 +131,11 @@ def convert_sheba(
     raw_dir: str | os.PathLike,
     raw_root: str | os.PathLike | None = None,
     preprocessed_root: str | os.PathLike | None = None,
-    seg_id: int = 503,
-    joint_id: int = 504,
-    seg_name: str = "ShebaSeg",
-    joint_name: str = "ShebaJoint",
-    margin_mm: float = 10.0,
+    seg_id: int = SEG_DATASET,
+    joint_id: int = JOINT_DATASET,
+    seg_name: str = DATASET_NAMES[SEG_DATASET],
+    joint_name: str = DATASET_NAMES[JOINT_DATASET],
+    margin_mm: float = CROP_MARGIN_MM,
     folds: int = 3,
     seed: int = 0,
     png_hu_offset: float = PNG_HU_OFFSET_DEFAULT,
@@ -253,11 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
         "datasets on liver crops (segmentation and joint type labels) with patient-grouped folds.",
     )
     p.add_argument("raw_dir", help="folder with cases.csv")
-    p.add_argument("--seg-id", type=int, default=503)
-    p.add_argument("--joint-id", type=int, default=504)
-    p.add_argument("--seg-name", default="ShebaSeg")
-    p.add_argument("--joint-name", default="ShebaJoint")
-    p.add_argument("--margin-mm", type=float, default=10.0, help="context around the liver box (default 10)")
+    p.add_argument("--seg-id", type=int, default=SEG_DATASET)
+    p.add_argument("--joint-id", type=int, default=JOINT_DATASET)
+    p.add_argument("--seg-name", default=DATASET_NAMES[SEG_DATASET])
+    p.add_argument("--joint-name", default=DATASET_NAMES[JOINT_DATASET])
+    p.add_argument("--margin-mm", type=float, default=CROP_MARGIN_MM,
+                   help="context around the liver box (default %(default)g)")
     p.add_argument("--folds", type=int, default=3)
     p.add_argument("--seed", type=int, default=0, help="seed of the fold shuffling")
     p.add_argument("--png-hu-offset", type=float, default=PNG_HU_OFFSET_DEFAULT, help="PNG value minus this is HU")
@@ -267,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing datasets")
     p.add_argument("--liver-model", default=None,
                    help="crop from this stage-1 model's predicted liver (nnU-Net results folder "
-                        "<Trainer>__<Plans>__2d) instead of the given liver masks, as the paper did")
+                        f"{results_folder_name('<Trainer>', '<Plans>')}) instead of the given liver masks, as the paper did")
     p.add_argument("--liver-folds", nargs="+", default=None, help="folds of the stage-1 model (default: all trained)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device of the stage-1 model")
     return p

@@ -1,4 +1,4 @@
-"""Reading and validating the Sheba-like raw format (README, "Data formats").
+"""Reading and validating the Sheba-like raw format (docs/data_formats.md).
 
 A raw folder holds ``cases.csv`` with columns ``case_id, patient_id, lesion_type, image, mask``
 and optionally ``liver_mask``; paths are relative to the folder. Each image is one CT slice in HU:
@@ -29,7 +29,6 @@ from nnunet_joint.inference.liver_check import LIVER_HU_RANGE
 from nnunet_joint.io import air_level_problem, check_hu, check_slice_size, pixel_digest, read_image, same_geometry
 
 REQUIRED_COLUMNS = ("case_id", "patient_id", "lesion_type", "image", "mask")
-OPTIONAL_COLUMNS = ("liver_mask",)
 PNG_HU_OFFSET_DEFAULT = 32768
 PNG_SPACING_MM_DEFAULT = 0.8
 #: Slice thickness given to 2-D inputs (PNG, 2-D NIfTI), which carry none. nnU-Net's 2d

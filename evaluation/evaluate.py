@@ -33,9 +33,8 @@ from nnunet_joint.evaluation.metrics import (
 )
 from nnunet_joint.errors import InputError, cli_entry
 from nnunet_joint.io import same_geometry, write_json, write_text
+from nnunet_joint.names import CLASSIFICATION_FILE, SUMMARY_CSV, SUMMARY_JSON
 
-SUMMARY_JSON = "summary.json"
-SUMMARY_CSV = "summary.csv"
 
 
 def default_gt_dir(trainer_dir: Path) -> Path:
@@ -89,7 +88,7 @@ def evaluate_case(
     pred_type = None
     if classification is not None:
         if case_id not in classification:
-            raise InputError(validation / fold_io.CLASSIFICATION_FILE, f"no entry for validation case {case_id}")
+            raise InputError(validation / CLASSIFICATION_FILE, f"no entry for validation case {case_id}")
         type_probs, pred_type = classification[case_id]
     elif segmentations and info.is_joint:
         pred_type = joint_slice_type(prediction, probabilities)

@@ -16,7 +16,6 @@ The layout is nnU-Net 2.8's own (``nnUNetTrainer.perform_actual_validation``)::
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import zipfile
@@ -28,34 +27,23 @@ import SimpleITK as sitk
 
 from nnunet_joint.evaluation.metrics import LESION_LABEL_OFFSET, N_JOINT_CLASSES, head_type
 from nnunet_joint import LESION_TYPES
+from nnunet_joint import labels as label_coding
 from nnunet_joint.crops import CROPS_FILE, FULL_LABELS_DIR, ROI_DIR, CropBox, cascade_labels
 from nnunet_joint.errors import InputError
-from nnunet_joint.io import read_image
+from nnunet_joint.io import read_image, read_json_file
+from nnunet_joint.names import CLASSIFICATION_FILE
 
 FOLD_FOLDER = re.compile(r"^fold_(\d+)$")
-CLASSIFICATION_FILE = "classification.json"
 SPLITS_FILE = "splits_final.json"
 GT_FOLDER = "gt_segmentations"
 
 
-def read_json_file(path: str | os.PathLike) -> Any:
-    """Parse a JSON file, turning a missing or broken file into :class:`InputError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "file not found")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(path, f"not valid JSON ({e})") from None
-
-
 def type_index(value: Any, where: str | os.PathLike) -> int:
-    """A lesion type given as a name (``"cyst"``) or an index (``0``) -> type index."""
-    if isinstance(value, str) and value in LESION_TYPES:
-        return LESION_TYPES.index(value)
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(LESION_TYPES):
-        return value
-    raise InputError(where, f"unknown lesion type {value!r} (expected one of {', '.join(LESION_TYPES)})")
+    """A lesion type given as a name (``"cyst"``) or an index (``0``) -> type index; an unknown one is bad input."""
+    try:
+        return label_coding.type_index(value)
+    except ValueError:
+        raise InputError(where, f"unknown lesion type {value!r} (expected one of {', '.join(LESION_TYPES)})") from None
 
 
 # ----------------------------------------------------------------------------- dataset.json

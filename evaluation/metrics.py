@@ -1,4 +1,4 @@
-"""The project's metrics, defined once (README, "Metrics").
+"""The project's metrics, defined once (docs/study.md, "Metrics").
 
 Every table in the project is computed from these functions, so a number means the same thing
 in a benchmark, a fold summary and a report.
@@ -99,6 +99,12 @@ def recall_from_counts(tp: int, fn: int) -> float | None:
     return None if tp + fn == 0 else tp / (tp + fn)
 
 
+def hit_from_counts(tp: int, fn: int) -> bool | None:
+    """Whether the prediction overlaps the reference by at least one pixel (a slice's term of the
+    success rate); ``None`` when the reference is empty."""
+    return None if tp + fn == 0 else tp > 0
+
+
 # ----------------------------------------------------------------------------- segmentation
 
 
@@ -110,21 +116,6 @@ def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
 def lesion_dice(prediction: np.ndarray, reference: np.ndarray) -> float:
     """Lesion Dice of two label maps, all lesion types merged (one slice's term of Dice1)."""
     return dice(lesion_mask(prediction), lesion_mask(reference))
-
-
-def lesion_recall(prediction: np.ndarray, reference: np.ndarray) -> float | None:
-    """Lesion pixel sensitivity of two label maps; ``None`` without a reference lesion."""
-    tp, _, fn = confusion_counts(lesion_mask(prediction), lesion_mask(reference))
-    return recall_from_counts(tp, fn)
-
-
-def lesion_hit(prediction: np.ndarray, reference: np.ndarray) -> bool | None:
-    """Whether the predicted lesion overlaps the reference lesion by at least one pixel.
-
-    This is a slice's term of the success rate; ``None`` without a reference lesion.
-    """
-    tp, _, fn = confusion_counts(lesion_mask(prediction), lesion_mask(reference))
-    return None if tp + fn == 0 else tp > 0
 
 
 def liver_dice(prediction: np.ndarray, reference: np.ndarray) -> float:
@@ -248,7 +239,7 @@ def evaluate_slice(
     else:
         tp, fp, fn = confusion_counts(lesion_mask(prediction), lesion_mask(reference))
         seg = {"dice": dice_from_counts(tp, fp, fn), "recall": recall_from_counts(tp, fn),
-               "success": None if tp + fn == 0 else tp > 0}
+               "success": hit_from_counts(tp, fn)}
     return SliceResult(
         case_id=str(case_id),
         fold=int(fold),

@@ -15,10 +15,10 @@ pooled over slices), ``recall`` (lesion pixel sensitivity per slice), ``success_
 
 from __future__ import annotations
 
-from nnunet_joint import experiments as vocabulary
+from nnunet_joint import names as vocabulary
 
 #: Framework keys (the experiment's ``framework`` field) in the papers' row order, with their names
-#: (the vocabulary of :mod:`nnunet_joint.experiments`).
+#: (the vocabulary of :mod:`nnunet_joint.names`).
 FRAMEWORKS: dict[str, str] = {key: vocabulary.FRAMEWORKS[key].name for key in vocabulary.PAPER_FRAMEWORKS}
 
 #: Weight initialisations, in the papers' column order.
@@ -54,20 +54,20 @@ MIDL_METRICS: tuple[str, ...] = ("cls_acc", "dice", "recall")
 #: EMBC 2019 fine-tuning strategies in the paper's row order: key -> (row name, init, schedule).
 #: ``baseline`` is the joint model trained from scratch; the others start from LiTS weights.
 EMBC_STRATEGIES: dict[str, tuple[str, str, str]] = {
-    "baseline": ("baseline (scratch)", "scratch", "NoFreeze"),
-    "NoFreeze": ("no freezing", "LiTS", "NoFreeze"),
-    "HierFreeze": ("hierarchical freezing", "LiTS", "HierFreeze"),
-    "FreezeEnc": ("freeze encoder", "LiTS", "FreezeEnc"),
-    "HierUnfreeze": ("hierarchical unfreezing", "LiTS", "HierUnfreeze"),
+    "baseline": ("baseline (scratch)", "scratch", vocabulary.NO_FREEZING),
+    vocabulary.NO_FREEZING: ("no freezing", "LiTS", vocabulary.NO_FREEZING),
+    vocabulary.HIERARCHICAL_FREEZING: ("hierarchical freezing", "LiTS", vocabulary.HIERARCHICAL_FREEZING),
+    vocabulary.FREEZE_ENCODER: ("freeze encoder", "LiTS", vocabulary.FREEZE_ENCODER),
+    vocabulary.HIERARCHICAL_UNFREEZING: ("hierarchical unfreezing", "LiTS", vocabulary.HIERARCHICAL_UNFREEZING),
 }
 
 #: EMBC 2019 table (joint cascaded U-Net): strategy -> metric -> published value.
 EMBC_TABLE: dict[str, dict[str, float]] = {
     "baseline": {"dice": 0.49, "global_dice": 0.44, "success_rate": 0.89, "cls_acc": 0.56},
-    "NoFreeze": {"dice": 0.57, "global_dice": 0.55, "success_rate": 0.94, "cls_acc": 0.64},
-    "HierFreeze": {"dice": 0.65, "global_dice": 0.60, "success_rate": 0.93, "cls_acc": 0.68},
-    "FreezeEnc": {"dice": 0.57, "global_dice": 0.54, "success_rate": 0.94, "cls_acc": 0.63},
-    "HierUnfreeze": {"dice": 0.64, "global_dice": 0.60, "success_rate": 0.94, "cls_acc": 0.73},
+    vocabulary.NO_FREEZING: {"dice": 0.57, "global_dice": 0.55, "success_rate": 0.94, "cls_acc": 0.64},
+    vocabulary.HIERARCHICAL_FREEZING: {"dice": 0.65, "global_dice": 0.60, "success_rate": 0.93, "cls_acc": 0.68},
+    vocabulary.FREEZE_ENCODER: {"dice": 0.57, "global_dice": 0.54, "success_rate": 0.94, "cls_acc": 0.63},
+    vocabulary.HIERARCHICAL_UNFREEZING: {"dice": 0.64, "global_dice": 0.60, "success_rate": 0.94, "cls_acc": 0.73},
 }
 
 #: EMBC table's metric columns, in its order (Dice1 / Dice2 / success rate / accuracy).

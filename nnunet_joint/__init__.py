@@ -1,14 +1,15 @@
 """nnunet_joint: joint liver-lesion segmentation and lesion-type classification as an nnU-Net v2 extension."""
 
+import importlib.util
 from pathlib import Path
 
 __version__ = "0.1.0"
 
-#: The trainer classes' folder, for ``nnUNet_extTrainer``. The design card's top-level ``trainers/``,
-#: ``evaluation/`` and ``dataset_conversion/`` folders are installed inside this package (each is a
-#: symbolic link here), so ``pip install`` puts no generic top-level names such as ``evaluation``
-#: into site-packages.
-TRAINERS_DIR = Path(__file__).parent / "trainers"
+#: The trainer classes' folder, for ``nnUNet_extTrainer`` (nnU-Net scans it by path). The repository's
+#: top-level ``trainers/`` folder is installed as the package ``nnunet_joint.trainers`` (package-dir in
+#: pyproject.toml); its location comes from the import system so that it is the real folder under an
+#: editable install (the repository's ``trainers/``) and under a wheel (``site-packages/nnunet_joint/trainers``).
+TRAINERS_DIR = Path(importlib.util.find_spec("nnunet_joint.trainers").origin).parent
 
 #: Lesion types, in the order of their class indices everywhere in the project
 #: (classification heads, joint label map ``2 + index``, confusion matrices).

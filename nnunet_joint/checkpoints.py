@@ -243,20 +243,6 @@ def nnunet_loads_safely() -> Iterator[None]:
             module.torch = original
 
 
-def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike,
-                     metadata: dict[str, str] | None = None) -> None:
-    """Write a state dict as safetensors atomically (a killed run leaves no half file).
-
-    Tensors are copied to contiguous CPU memory first, so views and shared storages (which
-    safetensors refuses) are fine.
-    """
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
-
-
 def _strip_wrapper_prefixes(key: str) -> str:
     changed = True
     while changed:

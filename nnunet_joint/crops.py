@@ -167,14 +167,6 @@ class CropBox:
         full[(slice(None),) * len(lead) + self.slices] = cropped
         return full
 
-    def paste_image(self, cropped: np.ndarray, fill: Any = 0) -> sitk.Image:
-        """Paste a cropped label/score array back and give it the original image's geometry."""
-        image = sitk.GetImageFromArray(self.paste(cropped, fill))
-        image.SetSpacing(self.original_spacing)
-        image.SetOrigin(self.original_origin)
-        image.SetDirection(self.original_direction)
-        return image
-
     def to_dict(self) -> dict[str, list]:
         """Plain JSON-able form (lists, array order for indices, SimpleITK order for geometry)."""
         return {

@@ -1,99 +1,25 @@
-"""The experiment vocabulary, defined once: frameworks, initialisations, fine-tuning schedules, datasets.
+"""The study's matrix and the papers' questions, in the words of :mod:`nnunet_joint.names`.
 
-The trainer variants (``nnunet_joint.training.variants``), the reproduce pipeline, the papers'
-published numbers and the report all name experiments with these words, so a row of the report,
-a results folder and a published number meet by the same keys:
-
-==========  ==========================  ===============================  =======================
-framework   row name (the papers')      trainer base                     dataset
-==========  ==========================  ===============================  =======================
-cls         classification baseline     nnUNetTrainerSEResNetCls         Dataset503_ShebaSeg
-seg         segmentation baseline       nnUNetTrainerSEResNetSeg         Dataset503_ShebaSeg
-ynet        Y-Net                       nnUNetTrainerYNet                Dataset503_ShebaSeg
-joint       joint                       nnUNetTrainerJoint               Dataset504_ShebaJoint
-nnunet      plain nnU-Net               nnUNetTrainer_JointBudget        503 and 504
-==========  ==========================  ===============================  =======================
-
-Initialisations ``scratch | ImageNet | LiTS`` and fine-tuning schedules ``NoFreeze | FreezeEnc |
-HierFreeze | HierUnfreeze`` (their tables are data in :mod:`nnunet_joint.freezing`) are part of
-the trainer's name: ``<base>``, ``<base>_<Init>``, ``<base>_<Init>_<Schedule>`` (single underscores:
-nnU-Net splits results folder names on ``__``).
+An experiment is a framework, its initialisation and fine-tuning schedule, on one dataset; the
+reproduce pipeline, the papers' published numbers and the report name experiments by these keys, so a
+row of the report, a results folder and a published number meet.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nnunet_joint.freezing import SCHEDULES
-
-
-@dataclass(frozen=True)
-class Framework:
-    """One of the papers' frameworks (or the plain nnU-Net baseline)."""
-
-    key: str
-    name: str
-    trainer_base: str
-    #: the metrics the framework produces (a classifier has no Dice, a segmentation baseline no type)
-    metrics: tuple[str, ...]
-    datasets: tuple[int, ...]
-
-
-FRAMEWORKS: dict[str, Framework] = {f.key: f for f in (
-    Framework("cls", "classification baseline", "nnUNetTrainerSEResNetCls", ("cls_acc",), (503,)),
-    Framework("seg", "segmentation baseline", "nnUNetTrainerSEResNetSeg", ("dice", "recall"), (503,)),
-    Framework("ynet", "Y-Net", "nnUNetTrainerYNet", ("cls_acc", "dice", "recall"), (503,)),
-    Framework("joint", "joint", "nnUNetTrainerJoint", ("cls_acc", "dice", "recall"), (504,)),
-    Framework("nnunet", "plain nnU-Net", "nnUNetTrainer_JointBudget", ("cls_acc", "dice", "recall"), (503, 504)),
-)}
-#: The papers' four frameworks, in their row order.
-PAPER_FRAMEWORKS: tuple[str, ...] = ("cls", "seg", "ynet", "joint")
-
-SCRATCH = "scratch"
-#: Weight initialisations, in the papers' column order.
-INITS: tuple[str, ...] = (SCRATCH, "ImageNet", "LiTS")
-PRETRAINED_INITS: tuple[str, ...] = ("ImageNet", "LiTS")
-
-NO_FREEZING = "NoFreeze"
-#: Fine-tuning schedules, no freezing first (the EMBC paper's rows).
-SCHEDULE_NAMES: tuple[str, ...] = tuple(SCHEDULES)
-FINE_TUNING_SCHEDULES: tuple[str, ...] = tuple(s for s in SCHEDULES if s != NO_FREEZING)
-
-#: Dataset ids by role, and nnU-Net's folder names.
-DATASET_IDS: dict[str, int] = {"liver": 501, "lits_lesion": 502, "seg": 503, "joint": 504}
-DATASET_FOLDERS: dict[int, str] = {501: "Dataset501_LiTSLiver", 502: "Dataset502_LiTSLesion",
-                                   503: "Dataset503_ShebaSeg", 504: "Dataset504_ShebaJoint"}
-#: nnU-Net's default plans: stage 1 and the plain nnU-Net rows.
-DEFAULT_PLANS = "nnUNetPlans"
-#: Stage 1 of the cascade and the plain rows: nnUNetTrainer, length from our budget variables.
-PLAIN_TRAINER = FRAMEWORKS["nnunet"].trainer_base
-#: The LiTS lesion model (pretraining): the segmentation baseline's trainer on Dataset502.
-LITS_TRAINER = FRAMEWORKS["seg"].trainer_base
-
-
-def trainer_name(framework: str, init: str = SCRATCH, schedule: str = NO_FREEZING) -> str:
-    """``nnUNetTrainerJoint_LiTS_HierFreeze`` from ``("joint", "LiTS", "HierFreeze")``."""
-    if framework not in FRAMEWORKS or init not in INITS or schedule not in SCHEDULES:
-        raise ValueError(f"unknown experiment ({framework}, {init}, {schedule})")
-    if framework == "nnunet" and (init, schedule) != (SCRATCH, NO_FREEZING):
-        raise ValueError("plain nnU-Net has no initialisation or schedule of ours")
-    if init == SCRATCH and schedule != NO_FREEZING:
-        raise ValueError("a fine-tuning schedule needs pretrained weights")
-    name = FRAMEWORKS[framework].trainer_base
-    if init != SCRATCH:
-        name += f"_{init}"
-    if schedule != NO_FREEZING:
-        name += f"_{schedule}"
-    return name
-
-
-def variant_names(base_name: str) -> list[str]:
-    """The pretrained variants of a trainer base: ``<base>_<Init>`` and ``<base>_<Init>_<Schedule>``."""
-    names = []
-    for init in PRETRAINED_INITS:
-        names.append(f"{base_name}_{init}")
-        names += [f"{base_name}_{init}_{s}" for s in FINE_TUNING_SCHEDULES]
-    return names
+from nnunet_joint.names import (
+    DATASET_FOLDERS,
+    DEFAULT_PLANS,
+    FINE_TUNING_SCHEDULES,
+    FRAMEWORKS,
+    INITS,
+    NO_FREEZING,
+    PAPER_FRAMEWORKS,
+    SCRATCH,
+    trainer_name,
+)
 
 
 @dataclass(frozen=True)

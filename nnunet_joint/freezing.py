@@ -44,6 +44,12 @@ import math
 
 from torch import nn
 
+from nnunet_joint.names import (
+    FREEZE_ENCODER,
+    HIERARCHICAL_FREEZING,
+    HIERARCHICAL_UNFREEZING,
+    NO_FREEZING,
+)
 from nnunet_joint.network.seresnet import PARAM_GROUPS
 
 N_ENCODER_GROUPS = len(PARAM_GROUPS)
@@ -52,10 +58,10 @@ Schedule = list[tuple[float, int]]
 
 #: name -> [(start fraction of the epoch budget, number of encoder groups frozen), ...]
 SCHEDULES: dict[str, Schedule] = {
-    "NoFreeze": [(0.0, 0)],
-    "FreezeEnc": [(0.0, N_ENCODER_GROUPS)],
-    "HierFreeze": [(0.0, 0), (0.2, 1), (0.4, 2), (0.6, 3), (0.8, 4)],
-    "HierUnfreeze": [(i / 6, N_ENCODER_GROUPS - i) for i in range(6)],
+    NO_FREEZING: [(0.0, 0)],
+    FREEZE_ENCODER: [(0.0, N_ENCODER_GROUPS)],
+    HIERARCHICAL_FREEZING: [(0.0, 0), (0.2, 1), (0.4, 2), (0.6, 3), (0.8, 4)],
+    HIERARCHICAL_UNFREEZING: [(i / 6, N_ENCODER_GROUPS - i) for i in range(6)],
 }
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import json
 import os
 import re
@@ -209,6 +210,28 @@ def itk_problem(error: BaseException, limit: int = 2) -> str:
         return "the header or the voxel data is incomplete or corrupt"
     text = re.sub(r"\s+", " ", text).strip()
     return (text[:300] + "...") if len(text) > 300 else (text or "unknown SimpleITK error")
+
+
+def read_json_file(path: str | os.PathLike) -> Any:
+    """Parse a JSON file, turning a missing or broken file into :class:`InputError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(path, f"not valid JSON ({e})") from None
+
+
+@contextlib.contextmanager
+def quiet_stdout(enabled: bool = True) -> Iterator[None]:
+    """Swallow what Python code prints to stdout (nnU-Net prints freely: device notices, the trainer
+    search, planning); ``enabled=False`` passes everything through, for ``--quiet`` switches."""
+    if not enabled:
+        yield
+        return
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
 
 
 @contextlib.contextmanager
@@ -420,8 +443,12 @@ def pixel_digest(image: sitk.Image) -> str:
     return digest.hexdigest()
 
 
-def same_geometry(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> str | None:
-    """Return ``None`` when ``a`` and ``b`` share size, spacing, origin and direction, else what differs."""
+def same_geometry(a: sitk.Image | sitk.ImageFileReader, b: sitk.Image | sitk.ImageFileReader,
+                  tol: float = 1e-4) -> str | None:
+    """Return ``None`` when ``a`` and ``b`` share size, spacing, origin and direction, else what differs.
+
+    Images or image file readers (headers read, voxels not), which answer the same getters.
+    """
     if a.GetSize() != b.GetSize():
         return f"size {b.GetSize()} differs from the image's {a.GetSize()}"
     for name in ("Spacing", "Origin", "Direction"):

@@ -40,12 +40,23 @@ N_JOINT_CLASSES = len(JOINT_LABELS)
 NO_CALL = -1
 
 
+def type_index(lesion_type: str | int) -> int:
+    """Index in :data:`LESION_TYPES` of a lesion type given by name or index (``"hemangioma"`` or ``1`` -> 1).
+
+    Raises:
+        ValueError: an unknown name, an index out of range, or anything else (a bool is no index).
+    """
+    if isinstance(lesion_type, str) and lesion_type in LESION_TYPES:
+        return LESION_TYPES.index(lesion_type)
+    if (isinstance(lesion_type, (int, np.integer)) and not isinstance(lesion_type, bool)
+            and 0 <= lesion_type < len(LESION_TYPES)):
+        return int(lesion_type)
+    raise ValueError(f"no lesion type {lesion_type!r}")
+
+
 def type_label(lesion_type: str | int) -> int:
     """Joint label of a lesion type given by name or index (``"hemangioma"`` or ``1`` -> 3)."""
-    index = LESION_TYPES.index(lesion_type) if isinstance(lesion_type, str) else int(lesion_type)
-    if not 0 <= index < len(LESION_TYPES):
-        raise ValueError(f"no lesion type {lesion_type!r}")
-    return FIRST_LESION_LABEL + index
+    return FIRST_LESION_LABEL + type_index(lesion_type)
 
 
 def lesion_mask(label_map: np.ndarray) -> np.ndarray:
@@ -68,6 +79,24 @@ def majority_type(type_indices: np.ndarray, probability_sums: Sequence[float] | 
         sums = np.asarray(probability_sums, dtype=np.float64)[tied]
         tied = tied[sums == sums.max()]
     return int(tied[0])
+
+
+def lesion_vote(type_indices: np.ndarray, type_probabilities: np.ndarray | None = None) -> int:
+    """The type of a set of lesion pixels (a slice, a connected lesion, a patch) by the module's vote.
+
+    Args:
+        type_indices: each lesion pixel's type index.
+        type_probabilities: ``(types, pixels)``, each pixel's type probabilities (optional); their
+            sums over the pixels break ties.
+
+    Returns:
+        The type index, or :data:`NO_CALL` when there is no lesion pixel.
+    """
+    type_indices = np.asarray(type_indices)
+    if type_indices.size == 0:
+        return NO_CALL
+    sums = None if type_probabilities is None else np.asarray(type_probabilities, dtype=np.float64).sum(axis=1)
+    return majority_type(type_indices, sums)
 
 
 def _type_probabilities(probabilities: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
@@ -94,8 +123,8 @@ def slice_type(label_map: np.ndarray, probabilities: np.ndarray | None = None) -
     probabilities = _type_probabilities(probabilities, label_map.shape)
     lesion = lesion_mask(label_map)
     if lesion.any():
-        sums = None if probabilities is None else probabilities[FIRST_LESION_LABEL:, lesion].sum(axis=1)
-        return majority_type(label_map[lesion] - FIRST_LESION_LABEL, sums)
+        return lesion_vote(label_map[lesion] - FIRST_LESION_LABEL,
+                           None if probabilities is None else probabilities[FIRST_LESION_LABEL:, lesion])
     if probabilities is None:
         return NO_CALL
     liver = label_map >= LIVER
@@ -111,6 +140,6 @@ def component_types(label_map: np.ndarray, probabilities: np.ndarray | None = No
     types = []
     for index in range(1, count + 1):
         inside = components == index
-        sums = None if probabilities is None else probabilities[FIRST_LESION_LABEL:, inside].sum(axis=1)
-        types.append(majority_type(label_map[inside] - FIRST_LESION_LABEL, sums))
+        types.append(lesion_vote(label_map[inside] - FIRST_LESION_LABEL,
+                                 None if probabilities is None else probabilities[FIRST_LESION_LABEL:, inside]))
     return components, types

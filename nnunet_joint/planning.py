@@ -43,6 +43,7 @@ import numpy as np
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 
 from nnunet_joint.errors import InputError, cli_entry
+from nnunet_joint.io import quiet_stdout
 from nnunet_joint.network.seresnet import ENCODER_DEPTHS
 from nnunet_joint.network.unet import DEFAULT_DECODER_CHANNELS, STANDARD_STRIDES
 
@@ -253,17 +254,6 @@ def in_process_pools() -> Iterator[None]:
             module.multiprocessing = original
 
 
-@contextlib.contextmanager
-def _quiet(enabled: bool) -> Iterator[None]:
-    import io
-
-    if not enabled:
-        yield
-        return
-    with contextlib.redirect_stdout(io.StringIO()):
-        yield
-
-
 def _dataset_name(dataset_id: int | str) -> str:
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
@@ -288,7 +278,7 @@ def plan_and_preprocess(dataset_ids: Sequence[int], planner: str = "ExperimentPl
     planner_cls = planner_class(planner)
     pools = in_process_pools() if num_processes <= 1 else contextlib.nullcontext()
     n = max(1, num_processes)
-    with pools, _quiet(quiet):
+    with pools, quiet_stdout(quiet):
         extract_fingerprints(list(dataset_ids), num_processes=n, check_dataset_integrity=verify_dataset_integrity,
                              clean=True, verbose=False, show_progress_bar=not quiet)
         identifier = None
@@ -328,7 +318,7 @@ def transfer_plans(source_id: int, target_ids: Sequence[int], plans_identifier: 
     if not plans_file.is_file():
         raise InputError(plans_file, f"not found: plan dataset {source_id} with the {plans_identifier} preset first")
     pools = in_process_pools() if num_processes <= 1 else contextlib.nullcontext()
-    with pools, _quiet(quiet):
+    with pools, quiet_stdout(quiet):
         for target in target_ids:
             name = _dataset_name(target)
             (Path(nnUNet_preprocessed) / name).mkdir(parents=True, exist_ok=True)

@@ -27,17 +27,26 @@ from typing import Iterator, Sequence
 from nnunet_joint import TRAINERS_DIR
 from nnunet_joint.cpu import WAIT_POLICY, cpu_threads, passive_openmp
 from nnunet_joint.errors import InputError, cli_entry
-from nnunet_joint.experiments import (
+from nnunet_joint.experiments import experiment_matrix
+from nnunet_joint.names import (
+    CLASSIFICATION_FILE,
     DATASET_FOLDERS,
     DATASET_IDS,
     DEFAULT_PLANS,
+    FREEZE_ENCODER,
+    HIERARCHICAL_FREEZING,
+    HIERARCHICAL_UNFREEZING,
+    JOINT_DATASET,
+    LITS_LESION_DATASET,
     LITS_TRAINER,
+    LIVER_DATASET,
     PLAIN_TRAINER,
-    experiment_matrix,
+    results_folder_name,
+    trainer_name,
 )
 from nnunet_joint.process import lock_folder, run_tied
 
-#: The experiment vocabulary (nnunet_joint.experiments), re-exported for callers of this module.
+#: The experiment vocabulary (nnunet_joint.names), re-exported for callers of this module.
 __all__ = ["DATASET_FOLDERS", "DATASET_IDS", "DEFAULT_PLANS", "PLAIN_TRAINER", "PROFILES", "RunFolder", "reproduce"]
 
 
@@ -258,12 +267,12 @@ def _budget(epochs: int, iterations: int) -> dict[str, str]:
 #: The study's rows: the papers' questions (MIDL: 4 frameworks from scratch and from LiTS; EMBC: the
 #: joint model from LiTS with each fine-tuning schedule) and plain nnU-Net on both Sheba datasets.
 STUDY_ROWS = (
-    "nnUNetTrainerSEResNetCls", "nnUNetTrainerSEResNetCls_LiTS", "nnUNetTrainerSEResNetSeg",
-    "nnUNetTrainerSEResNetSeg_LiTS", "nnUNetTrainerYNet", "nnUNetTrainerYNet_LiTS", "nnUNetTrainerJoint",
-    "nnUNetTrainerJoint_LiTS", "nnUNetTrainerJoint_LiTS_FreezeEnc", "nnUNetTrainerJoint_LiTS_HierFreeze",
-    "nnUNetTrainerJoint_LiTS_HierUnfreeze", PLAIN_TRAINER)
+    *(trainer_name(framework, init) for framework in ("cls", "seg", "ynet", "joint") for init in ("scratch", "LiTS")),
+    *(trainer_name("joint", "LiTS", schedule) for schedule in (FREEZE_ENCODER, HIERARCHICAL_FREEZING,
+                                                               HIERARCHICAL_UNFREEZING)),
+    PLAIN_TRAINER)
 
-#: Budgets, chosen from measured learning curves (README, "Measured figures"): on the small phantom
+#: Budgets, chosen from measured learning curves (docs/measured_figures.md): on the small phantom
 #: (fold 0, 60 training slices, batch 6 of 64 x 64) the joint model's validation type accuracy was
 #: still at chance after 600 iterations and flattened after about 1,500 (full-slice type accuracy
 #: 0.43 at 600, 0.77 at 1,800 iterations); stage 1 reaches a liver pseudo-Dice of 0.9 in about 100.
@@ -272,20 +281,20 @@ PROFILES = {
     # papers' central comparison (joint from scratch and from LiTS) at a budget where typing is
     # learned, two trainings at a time.
     "demo": Profile("demo", (0,), "small", "seresnet18", _budget(40, 30), _budget(4, 25), _budget(20, 30), "0", None,
-                    ("nnUNetTrainerJoint", "nnUNetTrainerJoint_LiTS"), jobs=2),
+                    (trainer_name("joint"), trainer_name("joint", "LiTS")), jobs=2),
     # Every row that answers the papers' questions, 3 folds, at the budget where the curves flatten
     # (measured: 55 min for fold 0 on 2 CPU cores, so about 2.5 h for three).
     "study": Profile("study", (0, 1, 2), "small", "seresnet18", _budget(50, 30), _budget(4, 25), _budget(30, 30),
                      "0", None, STUDY_ROWS, jobs=2),
     # The papers' protocol on the default phantom, every row, 3 folds, SE-ResNet-50: the small phantom's
     # converging length scaled to the default phantom's 3.7 times more training slices, with margin
-    # (README); --nnunet-length trains nnU-Net's standard 1000 x 250 instead.
+    # (docs/measured_figures.md); --nnunet-length trains nnU-Net's standard 1000 x 250 instead.
     "full": Profile("full", (0, 1, 2), "default", "seresnet50", _budget(40, 100), _budget(20, 100), _budget(40, 100),
                     "all", None, None),
     # For tests: the tiny phantom and a minimal budget.
     "tiny": Profile("tiny", (0,), "tiny", "seresnet18", _budget(1, 2), _budget(1, 2), _budget(1, 2), "0", None,
-                    ("nnUNetTrainerSEResNetCls_LiTS", "nnUNetTrainerSEResNetSeg_LiTS", "nnUNetTrainerYNet_LiTS",
-                     "nnUNetTrainerJoint_LiTS", PLAIN_TRAINER)),
+                    (*(trainer_name(framework, "LiTS") for framework in ("cls", "seg", "ynet", "joint")),
+                     PLAIN_TRAINER)),
 }
 NNUNET_LENGTH = {}  # nnU-Net's standard length: no budget variables at all
 
@@ -307,13 +316,13 @@ def fold_done(fold_dir: Path) -> bool:
     """A finished fold: the validation finished and nnU-Net's final checkpoint is readable (a
     half-written one, from a killed run, is not finished)."""
     validation = fold_dir / "validation"
-    return ((validation / "summary.json").is_file() or (validation / "classification.json").is_file()) and (
+    return ((validation / "summary.json").is_file() or (validation / CLASSIFICATION_FILE).is_file()) and (
         checkpoint_problem(fold_dir / "checkpoint_final.pth") is None)
 
 
 def trainer_dir(run: RunFolder, trainer: str, dataset: int, plans: str) -> Path:
     """nnU-Net's results folder ``<Dataset>/<trainer>__<plans>__2d``."""
-    return run.results / DATASET_FOLDERS[dataset] / f"{trainer}__{plans}__2d"
+    return run.results / DATASET_FOLDERS[dataset] / results_folder_name(trainer, plans)
 
 
 def train_fold(run: RunFolder, trainer: str, dataset: int, fold: str, device: str, budget: dict[str, str],
@@ -445,21 +454,23 @@ def reproduce(out: Path, profile: Profile, device: str = "cpu", imagenet_weights
         prepare_targets(run, sheba_dir, progress, profile.encoder)
     if stop_after == "data" and oracle_crops:
         return {"run": run.root}
-    stage1 = Training(f"stage 1: {PLAIN_TRAINER} on {DATASET_FOLDERS[501]} fold 0", PLAIN_TRAINER, 501, "0",
+    stage1 = Training(f"stage 1: {PLAIN_TRAINER} on {DATASET_FOLDERS[LIVER_DATASET]} fold 0", PLAIN_TRAINER,
+                      LIVER_DATASET, "0",
                       dict(profile.stage1_budget))
-    lits = Training(f"LiTS lesion pretraining: {LITS_TRAINER} on {DATASET_FOLDERS[502]} fold {profile.lits_fold}",
-                    LITS_TRAINER, 502, profile.lits_fold, dict(profile.lits_budget), plans)
+    lits = Training(f"LiTS lesion pretraining: {LITS_TRAINER} on {DATASET_FOLDERS[LITS_LESION_DATASET]} "
+                    f"fold {profile.lits_fold}",
+                    LITS_TRAINER, LITS_LESION_DATASET, profile.lits_fold, dict(profile.lits_budget), plans)
     failures = run_trainings(run, [stage1, lits], device, jobs, commands, progress)
     for index, failure in failures.items():
         if failure is not None:
             raise RuntimeError(f"{[stage1, lits][index].what} failed: {failure}")
-    liver_dir = trainer_dir(run, PLAIN_TRAINER, 501, DEFAULT_PLANS)
-    liver_summary = evaluate_dir(liver_dir, run, 501, ["0"])
+    liver_dir = trainer_dir(run, PLAIN_TRAINER, LIVER_DATASET, DEFAULT_PLANS)
+    liver_summary = evaluate_dir(liver_dir, run, LIVER_DATASET, ["0"])
     if not oracle_crops:
         prepare_targets(run, sheba_dir, progress, profile.encoder, liver_model=liver_dir)
     if stop_after == "data":
         return {"run": run.root}
-    transfer_env = {"nnUNet_joint_lits_checkpoint": str(trainer_dir(run, LITS_TRAINER, 502, plans)
+    transfer_env = {"nnUNet_joint_lits_checkpoint": str(trainer_dir(run, LITS_TRAINER, LITS_LESION_DATASET, plans)
                                                         / f"fold_{profile.lits_fold}" / "checkpoint_final.pth")}
     if imagenet_weights is not None:
         transfer_env["nnUNet_joint_imagenet_weights"] = str(Path(imagenet_weights).resolve())
@@ -469,7 +480,7 @@ def reproduce(out: Path, profile: Profile, device: str = "cpu", imagenet_weights
         for fold in folds:
             trainings.append(Training(f"{exp.trainer} on {DATASET_FOLDERS[exp.dataset]} fold {fold}", exp.trainer,
                                       exp.dataset, str(fold), dict(profile.budget), exp.plans(plans), transfer_env,
-                                      npz=exp.framework == "nnunet" and exp.dataset == 504))
+                                      npz=exp.framework == "nnunet" and exp.dataset == JOINT_DATASET))
             owner.append(exp)
     failures = run_trainings(run, trainings, device, jobs, commands, progress)
 
@@ -498,11 +509,13 @@ def reproduce(out: Path, profile: Profile, device: str = "cpu", imagenet_weights
         experiments.append(entry)
 
     progress.step("evaluation and report")
-    joint = run.raw / DATASET_FOLDERS[504]
+    joint = run.raw / DATASET_FOLDERS[JOINT_DATASET]
     meta = {"profile": profile.name, "folds": list(folds), "commands": commands, "versions": versions(),
             "wall_time_s": time.monotonic() - progress.start, "raw_root": run.raw, "jobs": jobs,
-            "images_dataset": DATASET_FOLDERS[504], "stage1": {"trainer": PLAIN_TRAINER, "summary": liver_summary},
-            "cascade": cascade_coverage(joint, run.preprocessed / DATASET_FOLDERS[504] / "splits_final.json", folds),
+            "images_dataset": DATASET_FOLDERS[JOINT_DATASET],
+            "stage1": {"trainer": PLAIN_TRAINER, "summary": liver_summary},
+            "cascade": cascade_coverage(joint, run.preprocessed / DATASET_FOLDERS[JOINT_DATASET] / "splits_final.json",
+                                        folds),
             "stage_budget": {"stage 1": profile.stage1_budget, "LiTS pretraining": profile.lits_budget},
             "device": device, "phantom": None if not own_data else {"size": profile.phantom_size, "seed": seed}}
     report = build_report(experiments, run.report, meta)

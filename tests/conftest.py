@@ -79,7 +79,7 @@ def copy_run(source: RunFolder, dest: Path, targets: bool = True) -> RunFolder:
     ``targets=False`` copies the LiTS side only (501/502, planned), so that a reproduce run crops
     the Sheba slices itself with its stage-1 model (the cascade) instead of the oracle crops here.
     """
-    from nnunet_joint.experiments import DATASET_FOLDERS
+    from nnunet_joint.names import DATASET_FOLDERS
 
     sheba = {DATASET_FOLDERS[503], DATASET_FOLDERS[504], "targets.done"}
     ignore = None if targets else (lambda _dir, names: [n for n in names if n in sheba])

@@ -17,7 +17,8 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_joint.dataset_conversion import convert_sheba as cs
-from nnunet_joint.dataset_conversion.convert_sheba import SLICE_AXIS_SPACING_2D, convert_sheba, main
+from nnunet_joint.dataset_conversion.convert_sheba import convert_sheba, main
+from nnunet_joint.names import SLICE_AXIS_SPACING_2D
 from nnunet_joint import LESION_TYPES
 
 SPACING = (0.75, 0.75, 5.0)

@@ -16,6 +16,7 @@ from nnunet_joint.labels import (
     SEG_LABELS,
     component_types,
     lesion_components,
+    lesion_vote,
     majority_type,
     slice_type,
     type_label,
@@ -35,6 +36,13 @@ def test_majority_and_ties():
     assert majority_type(np.array([0, 1])) == 0  # tie without probabilities: earlier type
     assert majority_type(np.array([0, 1]), [0.2, 0.9, 5.0]) == 1  # tie: larger summed probability among the tied
     assert majority_type(np.array([0, 1]), [0.5, 0.5, 0.0]) == 0
+
+
+def test_lesion_vote_without_pixels_is_no_call_and_ties_go_by_summed_probability():
+    assert lesion_vote(np.array([], dtype=int)) == NO_CALL
+    assert lesion_vote(np.array([2, 2, 0])) == 2
+    # a 1-1 tie: type 1's probabilities sum to 0.3 + 0.5 = 0.8 against type 0's 0.4 + 0.3 = 0.7
+    assert lesion_vote(np.array([0, 1]), np.array([[0.4, 0.3], [0.3, 0.5], [0.3, 0.2]])) == 1
 
 
 def test_no_lesion_fallback_uses_probabilities_inside_the_liver():
@@ -66,5 +74,8 @@ def test_metrics_and_lesions_json_vote_with_the_same_connectivity_and_ties():
     by_size = sorted(lesions, key=lambda e: e["voxels"], reverse=True)
     assert [e["voxels"] for e in by_size] == [5, 4]
     assert [e["type"] for e in by_size] == ["hemangioma", "metastasis"]
-    assert joint_slice_type(label_map, probs) == majority_type(label_map[label_map >= 2] - 2,
-                                                               probs[2:, label_map >= 2].sum(axis=1))
+    # the slice: 2 cyst, 2 hemangioma and 1 + 4 metastasis pixels; without the 4-pixel lesion the
+    # 2-2-1 count ties and hemangioma's probability (0.6 per pixel) breaks it
+    assert joint_slice_type(label_map, probs) == 2
+    label_map[0, 4:6, 4:6] = 0
+    assert joint_slice_type(label_map, probs) == 1

@@ -20,13 +20,17 @@ from nnunet_joint.evaluation.metrics import (
     joint_slice_type,
     label_lesions,
     lesion_dice,
-    lesion_hit,
-    lesion_recall,
     liver_dice,
     summarise,
 )
 
 CYST, MET = 2, 4  # joint labels (hemangioma is 3)
+
+
+def recall_and_hit(prediction: np.ndarray, reference: np.ndarray) -> tuple[float | None, bool | None]:
+    """A slice's lesion recall and success term as the evaluation computes them."""
+    result = evaluate_slice("case", 0, prediction, reference)
+    return result.recall, result.success
 
 
 def grid(rows: str) -> np.ndarray:
@@ -42,16 +46,15 @@ def test_lesion_dice_counts_lesion_types_together():
     reference = grid("0220 0200 0000 0000")
     prediction = grid("0340 0000 0400 0000")  # other lesion types still count as lesion
     assert lesion_dice(prediction, reference) == pytest.approx(4 / 6)
-    assert lesion_recall(prediction, reference) == pytest.approx(2 / 3)
-    assert lesion_hit(prediction, reference) is True
+    recall, hit = recall_and_hit(prediction, reference)
+    assert recall == pytest.approx(2 / 3) and hit is True
 
 
 def test_liver_label_is_not_lesion():
     reference = grid("1122 1100")
     prediction = grid("1111 1111")
     assert lesion_dice(prediction, reference) == 0.0
-    assert lesion_recall(prediction, reference) == 0.0
-    assert lesion_hit(prediction, reference) is False
+    assert recall_and_hit(prediction, reference) == (0.0, False)
 
 
 def test_empty_conventions():
@@ -60,9 +63,8 @@ def test_empty_conventions():
     assert lesion_dice(empty, empty) == 1.0
     assert lesion_dice(lesion, empty) == 0.0
     assert lesion_dice(empty, lesion) == 0.0
-    assert lesion_recall(lesion, empty) is None
-    assert lesion_recall(empty, lesion) == 0.0
-    assert lesion_hit(lesion, empty) is None
+    assert recall_and_hit(lesion, empty) == (None, None)
+    assert recall_and_hit(empty, lesion) == (0.0, False)
 
 
 def test_singleton_axis_is_squeezed_and_shape_mismatch_refused():

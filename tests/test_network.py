@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
 import pytest
 import torch
 
@@ -107,10 +106,41 @@ def test_deep_supervision_outputs_match_scales_and_can_be_switched_off():
 
 
 def test_deep_supervision_scales_are_nnunets_from_the_plans_strides():
-    """nnU-Net derives its scales from the plans' strides (pool_op_kernel_sizes); ours must agree."""
-    net = SEResNetUNet(1, 4, "seresnet18")
-    nnunet_scales = [list(row) for row in 1 / np.cumprod(np.vstack(net.strides), axis=0)][:-1]
+    """nnU-Net derives its scales from the plans' strides (pool_op_kernel_sizes) in its own trainer
+    method; ours must agree, also for anisotropic strides (worked out by hand below)."""
+    from types import SimpleNamespace
+
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    net = SEResNetUNet(1, 4, "seresnet18", strides=((1, 1), (2, 1), (2, 2), (1, 2), (2, 2), (2, 2)))
+    assert net.deep_supervision_scales() == [[1.0, 1.0], [0.5, 1.0], [0.25, 0.5], [0.25, 0.25], [0.125, 0.125]]
+    trainer_like = SimpleNamespace(enable_deep_supervision=True,
+                                   configuration_manager=SimpleNamespace(pool_op_kernel_sizes=net.strides))
+    nnunet_scales = nnUNetTrainer._get_deep_supervision_scales(trainer_like)
     assert net.deep_supervision_scales() == [[float(v) for v in row] for row in nnunet_scales]
+
+
+def test_whole_slice_type_probabilities_pad_to_the_divisor_and_do_not_depend_on_the_batch():
+    """Odd-sized slices are zero-padded at the end to 32 x 32 multiples, each classified on its own."""
+    torch.manual_seed(0)
+    net = SEResNetUNet(1, 3, "seresnet18", num_cls_classes=3).eval()
+    slices = torch.randn(5, 1, 40, 70)
+    with torch.no_grad():
+        probs = net.slice_type_probabilities(slices, batch_size=2)
+        padded = torch.zeros(5, 1, 64, 96)
+        padded[:, :, :40, :70] = slices
+        one_by_one = torch.cat([torch.softmax(net.cls_head(net.encoder(padded[i:i + 1])[-1]), dim=1) for i in range(5)])
+    assert tuple(probs.shape) == (5, 3) and probs.dtype == torch.float32
+    torch.testing.assert_close(probs, one_by_one, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(probs.sum(1), torch.ones(5))
+
+
+def test_unwrap_network_removes_the_compile_wrapper():
+    from nnunet_joint.network import unwrap_network
+
+    net = SEResNetUNet(1, 3, "seresnet18")
+    assert unwrap_network(net) is net
+    assert unwrap_network(torch.compile(net)) is net
 
 
 def test_ynet_returns_seg_and_cls_but_plain_call_returns_seg_only():
@@ -223,12 +253,12 @@ def timm_seresnet18():
 
 @pytest.mark.parametrize("fmt", ["pth", "safetensors", "wrapped-pth"])
 def test_imagenet_load_uses_every_key(tmp_path, timm_seresnet18, fmt):
-    from nnunet_joint.checkpoints import save_safetensors
+    from safetensors.torch import save_file
 
     state = timm_seresnet18.state_dict()
     path = tmp_path / f"seresnet18.{'safetensors' if fmt == 'safetensors' else 'pth'}"
     if fmt == "safetensors":
-        save_safetensors(state, path)
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     elif fmt == "pth":
         torch.save(state, path)
     else:

@@ -451,7 +451,7 @@ PAPER_EMBC = """baseline 0.49 / 0.44 / 0.89 / 0.56; no freezing
 0.57 / 0.54 / 0.94 / 0.63; hierarchical unfreezing 0.64 / 0.60 / 0.94 / 0.73"""
 
 
-def test_published_numbers_match_the_design_brief():
+def test_published_numbers_match_the_papers_tables():
     names = {v: k for k, v in published.FRAMEWORKS.items()}
     midl: dict = {}
     for line in PAPER_MIDL.strip().splitlines():

@@ -199,7 +199,8 @@ def test_sheba_conversion_crops_from_the_stage1_liver_model(run, tmp_path):
     import csv
     import shutil
 
-    from nnunet_joint.dataset_conversion.convert_sheba import SLICE_AXIS_SPACING_2D, convert_sheba
+    from nnunet_joint.dataset_conversion.convert_sheba import convert_sheba
+    from nnunet_joint.names import SLICE_AXIS_SPACING_2D
     from nnunet_joint.crops import crop_to_roi
     from nnunet_joint.inference.models import PredictorSettings, load_model
 

@@ -1,7 +1,6 @@
 """Joint model (pixel-wise classification): background / liver / cyst / hemangioma / metastasis (MIDL framework 4)."""
 
 from nnunet_joint.training.base import nnUNetTrainerSEResNetBase
-from nnunet_joint.training.variants import named_variants
 
 
 class nnUNetTrainerJoint(nnUNetTrainerSEResNetBase):
@@ -17,6 +16,3 @@ class nnUNetTrainerJoint(nnUNetTrainerSEResNetBase):
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         super().perform_actual_validation(save_probabilities=True)
-
-
-globals().update(named_variants(nnUNetTrainerJoint))

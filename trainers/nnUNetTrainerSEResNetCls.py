@@ -6,7 +6,6 @@ import torch
 from nnunet_joint import LESION_TYPES
 from nnunet_joint.training.base import nnUNetTrainerSEResNetBase
 from nnunet_joint.training.losses import ClassificationTargetLoss, lesion_in_patch
-from nnunet_joint.training.variants import named_variants
 
 
 class nnUNetTrainerSEResNetCls(nnUNetTrainerSEResNetBase):
@@ -52,6 +51,3 @@ class nnUNetTrainerSEResNetCls(nnUNetTrainerSEResNetBase):
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         self.write_classification_predictions()
-
-
-globals().update(named_variants(nnUNetTrainerSEResNetCls))

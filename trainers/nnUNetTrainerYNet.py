@@ -4,7 +4,6 @@ from nnunet_joint import LESION_TYPES
 from nnunet_joint.training.base import nnUNetTrainerSEResNetBase
 from nnunet_joint.training.losses import YNetLoss
 from nnunet_joint.training.settings import lambda_from_env
-from nnunet_joint.training.variants import named_variants
 
 
 class nnUNetTrainerYNet(nnUNetTrainerSEResNetBase):
@@ -33,6 +32,3 @@ class nnUNetTrainerYNet(nnUNetTrainerSEResNetBase):
     def perform_actual_validation(self, save_probabilities: bool = False):
         super().perform_actual_validation(save_probabilities)
         self.write_classification_predictions()
-
-
-globals().update(named_variants(nnUNetTrainerYNet))

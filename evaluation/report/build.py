@@ -17,14 +17,13 @@ from nnunet_joint.evaluation.report.evidence import ComparisonResult, Evidence
 from nnunet_joint.evaluation.report.experiments import Experiment
 from nnunet_joint.evaluation.report.figure_set import make_figures
 from nnunet_joint.io import write_json, write_text
+from nnunet_joint.names import SUMMARY_CSV, SUMMARY_JSON
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
-SUMMARY_JSON = "summary.json"
-SUMMARY_CSV = "summary.csv"
 TITLE = "nnunet_joint experiment report"
 CAVEAT = (
-    "The default data is a synthetic CT phantom (README, \"The phantom\"), not the Sheba set or LiTS, and the "
+    "The default data is a synthetic CT phantom (docs/data_formats.md, \"The phantom\"), not the Sheba set or LiTS, and the "
     "training budgets are far below the papers'. These numbers show that every code path runs and how the "
     "methods rank on the phantom; they are not comparable to the papers' numbers in absolute value."
 )

@@ -19,15 +19,13 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from nnunet_joint import experiments as vocabulary
+from nnunet_joint import names as vocabulary
+from nnunet_joint.names import JOINT_CONFIG_FILE, LEARNING_CURVE_FILE
 from nnunet_joint.evaluation import published
-from nnunet_joint.training import curves
 
 REQUIRED_KEYS = ("row", "framework", "init", "schedule", "trainer", "dataset", "trainer_dir", "status")
 #: What our trainers write into each fold folder (``nnunet_joint.training.base``).
-JOINT_CONFIG_FILE = "joint_config.json"
 #: Per-epoch validation curve each trained fold folder holds (written by the trainers).
-LEARNING_CURVE_FILE = curves.LEARNING_CURVE_FILE
 #: nnU-Net's copies in the trainer folder.
 PLANS_FILE = "plans.json"
 DATASET_FILE = "dataset.json"

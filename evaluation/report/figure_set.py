@@ -15,6 +15,7 @@ from nnunet_joint.evaluation.report.document import Figure
 from nnunet_joint.evaluation.report.experiments import LEARNING_CURVE_FILE, Experiment, find
 from nnunet_joint.evaluation.report.overlays import overlay_rows
 from nnunet_joint.evaluation.report.tables import MIDL_ROWS, midl_cells_run
+from nnunet_joint.names import DATASET_FOLDERS, JOINT_DATASET
 
 FIGURES_DIR = "figures"
 
@@ -109,7 +110,7 @@ def make_figures(experiments: Sequence[Experiment], out_dir: Path, meta: Mapping
         ynet = ynets[0] if ynets else None
         raw_root = meta.get("raw_root")
         rows = [] if raw_root is None else overlay_rows(
-            joint, ynet, Path(raw_root), str(meta.get("images_dataset", "Dataset504_ShebaJoint")), notes)
+            joint, ynet, Path(raw_root), str(meta.get("images_dataset", DATASET_FOLDERS[JOINT_DATASET])), notes)
         if raw_root is None:
             notes.append("overlay grid: no raw_root given, so no images to draw")
         elif not rows:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from nnunet_joint import experiments as vocabulary
+from nnunet_joint import names as vocabulary
 from nnunet_joint.evaluation import published
 from nnunet_joint.evaluation.metrics import format_mean_std
 from nnunet_joint.evaluation.report.document import Table

@@ -30,6 +30,7 @@ from nnunet_joint.labels import FIRST_LESION_LABEL, JOINT_LABELS, LIVER, type_la
 from nnunet_joint.inference.models import CascadeModel, Prediction
 from nnunet_joint.inference.overlays import write_overlays
 from nnunet_joint.io import write_image_file
+from nnunet_joint.names import slice_spacing_zyx
 
 
 @dataclass
@@ -86,13 +87,12 @@ def lesion_types_from_prediction(model: CascadeModel, segmentation: np.ndarray, 
 
 
 def model_spacing(ct: CTImage) -> tuple[float, float, float]:
-    """Spacing as nnU-Net's reader reports it: a single slice gets 999 x its pixel size out of plane.
-
-    This is what nnU-Net's SimpleITK reader does for 2-D images, so a slice stored as 1 x H x W
-    with a small slice thickness cannot make nnU-Net's resampling treat it as a thin volume.
+    """The spacing nnU-Net is given: a single slice gets the converters' 2-D out-of-plane spacing
+    (:func:`nnunet_joint.names.slice_spacing_zyx`), so a slice stored as 1 x H x W with a small slice
+    thickness is predicted as the training crops of the same slice were stored, never as a thin volume.
     """
     if ct.is_slice:
-        return (999.0 * max(ct.spacing_zyx[1:]), ct.spacing_zyx[1], ct.spacing_zyx[2])
+        return slice_spacing_zyx(ct.spacing_zyx[1:])
     return ct.spacing_zyx
 
 

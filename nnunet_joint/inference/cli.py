@@ -10,8 +10,6 @@ holds was written by this command (:mod:`nnunet_joint.inference.output_folder`).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import os
 import sys
 import time
@@ -23,7 +21,9 @@ from nnunet_joint.cpu import passive_openmp
 from nnunet_joint.errors import InputError, cli_entry, warn
 from nnunet_joint.inference.inputs import InputCase, discover_inputs, read_case
 from nnunet_joint.inference.output_folder import MARKER, check_output_folder, write_marker  # noqa: F401 (cli.MARKER)
-from nnunet_joint.io import atomic_path, clean_stale_temporaries
+from nnunet_joint.io import atomic_path, clean_stale_temporaries, quiet_stdout
+from nnunet_joint.names import (DATASET_FOLDERS, JOINT_DATASET, LIVER_DATASET, NNUNET_TRAINER, results_folder_name,
+                                trainer_name)
 
 
 def _device(name: str | None):
@@ -134,7 +134,7 @@ def _predict_case(case: InputCase, ct, out: Path, liver, lesion, models: dict, q
             ct = read_case(case)
     say(f"{label}: {'slice' if ct.is_slice else 'volume'} {ct.image.GetSize()}, stage 1 (liver) then stage 2 "
         "(lesions) on the liver crop")
-    with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+    with quiet_stdout(quiet):
         result = run_cascade(ct, liver, lesion, timer=timer, progress=not quiet)
     lesions = write_case_outputs(ct, result, out, models, overlays=overlays, timer=timer, progress=not quiet)
     if result.no_liver is not None:  # printed even with --quiet: the empty result needs its reason
@@ -158,14 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder (new, empty, or written by this command before and holding nothing "
                         "else: it is replaced)")
     p.add_argument("--liver-model", type=Path,
-                   help="stage-1 nnU-Net results folder (<Trainer>__<Plans>__2d); default "
-                        "$nnUNet_results/Dataset501_LiTSLiver/nnUNetTrainer__<plans>__2d (plain nnU-Net: "
+                   help=f"stage-1 nnU-Net results folder ({results_folder_name('<Trainer>', '<Plans>')}); default "
+                        f"$nnUNet_results/{DATASET_FOLDERS[LIVER_DATASET]}/"
+                        f"{results_folder_name(NNUNET_TRAINER, '<plans>')} (plain nnU-Net: "
                         "the strongest simple liver segmenter), else nnUNetTrainer_JointBudget, else the only "
                         "nnUNetTrainer* folder there")
     p.add_argument("--lesion-model", type=Path,
                    help="stage-2 results folder: a joint model (pixel-wise types) or a Y-Net (types from its "
-                        "classification head, per slice); default $nnUNet_results/Dataset504_ShebaJoint/"
-                        "nnUNetTrainerJoint_LiTS__<plans>__2d, else nnUNetTrainerJoint, else the only "
+                        f"classification head, per slice); default $nnUNet_results/{DATASET_FOLDERS[JOINT_DATASET]}/"
+                        f"{results_folder_name(trainer_name('joint', 'LiTS'), '<plans>')}, else nnUNetTrainerJoint, "
+                        "else the only "
                         "nnUNetTrainerJoint* folder")
     p.add_argument("--folds", nargs="+", metavar="F",
                    help="folds of both models (numbers or 'all'); default: every fold_0..fold_4 with "

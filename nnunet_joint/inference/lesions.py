@@ -21,7 +21,7 @@ from scipy.spatial import ConvexHull, QhullError
 from scipy.spatial.distance import pdist
 
 from nnunet_joint import LESION_TYPES
-from nnunet_joint.labels import FIRST_LESION_LABEL, lesion_components, lesion_mask, majority_type, type_label
+from nnunet_joint.labels import FIRST_LESION_LABEL, lesion_components, lesion_mask, lesion_vote, type_label
 
 
 def _slice_diameter(mask_2d: np.ndarray, spacing_yx: tuple[float, float],
@@ -114,13 +114,14 @@ def analyse_lesions(
         mask = components[objects] == index  # the lesion inside its bounding box
         types = label_map[objects][mask].astype(np.int64) - FIRST_LESION_LABEL
         votes = np.bincount(types, minlength=len(LESION_TYPES))[: len(LESION_TYPES)]
-        probabilities = None
+        pixel_probabilities = probabilities = None
         if type_probabilities is not None:
             local = tuple(slice(o.start - b, o.stop - b) for o, b in zip(objects, box_start))
             if any(s.start < 0 or s.stop > n for s, n in zip(local, type_probabilities.shape[1:])):
                 raise ValueError(f"lesion at {objects} lies outside the probabilities' box {probabilities_box}")
-            probabilities = type_probabilities[(slice(None), *local)][:, mask].mean(axis=1)
-        winner = majority_type(types, probabilities)  # the mean ranks ties as the sum does
+            pixel_probabilities = type_probabilities[(slice(None), *local)][:, mask]
+            probabilities = pixel_probabilities.mean(axis=1)  # reported per lesion
+        winner = lesion_vote(types, pixel_probabilities)
         typed[objects][mask] = type_label(winner)  # a view: writes into typed
         origin = tuple(int(o.start) for o in objects)
         entries.append(_entry(mask, origin, votes, probabilities, winner, reference, spacing_zyx, is_slice))

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import io
-import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -30,30 +28,28 @@ from nnunet_joint import LESION_TYPES, TRAINERS_DIR
 from nnunet_joint.checkpoints import nnunet_loads_safely
 from nnunet_joint.cpu import cpu_threads
 from nnunet_joint.errors import InputError
+from nnunet_joint.io import quiet_stdout, read_json_file
+from nnunet_joint.names import (
+    CROP_MARGIN_MM,
+    DATASET_FOLDERS,
+    JOINT_DATASET,
+    LIVER_DATASET,
+    NNUNET_TRAINER,
+    PLAIN_TRAINER,
+    parse_results_folder_name,
+    results_folder_name,
+    results_folder_pattern,
+)
+from nnunet_joint.names import trainer_name as experiment_trainer
 from nnunet_joint.network.from_plans import check_architecture
 
 CHECKPOINT_NAME = "checkpoint_final.pth"
-CONFIGURATION = "2d"
-LIVER_DATASET = "Dataset501_LiTSLiver"
-JOINT_DATASET = "Dataset504_ShebaJoint"
 #: Stage 1 is a plain liver segmentation: nnU-Net's own trainer is the strongest, simplest choice
 #: (``nnUNetTrainer_JointBudget`` is the same trainer at the reproduce run's budget).
-LIVER_TRAINER_PREFERENCE = ("nnUNetTrainer", "nnUNetTrainer_JointBudget")
+LIVER_TRAINER_PREFERENCE = (NNUNET_TRAINER, PLAIN_TRAINER)
 #: Stage 2 default: the joint model; among several, the MIDL paper's best (LiTS-initialised) first.
-JOINT_TRAINER_PREFERENCE = ("nnUNetTrainerJoint_LiTS", "nnUNetTrainerJoint")
-JOINT_TRAINER_PATTERN = "nnUNetTrainerJoint*"
-#: Default crop margin when the model's dataset.json does not record the converter's.
-DEFAULT_MARGIN_MM = 10.0
-
-
-@contextlib.contextmanager
-def _silenced(quiet: bool) -> Iterator[None]:
-    """nnU-Net prints freely (device notices, trainer search); keep ``--quiet`` quiet."""
-    if quiet:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    else:
-        yield
+JOINT_TRAINER_PREFERENCE = (experiment_trainer("joint", "LiTS"), experiment_trainer("joint"))
+JOINT_TRAINER_PATTERN = experiment_trainer("joint") + "*"
 
 
 # ----------------------------------------------------------------------------- finding models
@@ -63,7 +59,8 @@ def _results_root(role: str) -> Path:
     root = os.environ.get("nnUNet_results")
     if not root:
         raise InputError(None, f"no {role} model given and nnUNet_results is not set; pass the model folder "
-                               f"(e.g. --{role}-model PATH/{{Trainer}}__{{Plans}}__2d) or set nnUNet_results")
+                               f"(e.g. --{role}-model PATH/{results_folder_name('{Trainer}', '{Plans}')}) or set "
+                               "nnUNet_results")
     return Path(root)
 
 
@@ -75,26 +72,25 @@ def default_model_folder(role: str, dataset: str, pattern: str, preference: Sequ
     user chooses rather than getting an arbitrary model.
     """
     dataset_dir = _results_root(role) / dataset
-    suffix = f"__*__{CONFIGURATION}"
     if not dataset_dir.is_dir():
         raise InputError(dataset_dir, f"no trained {role} model: folder not found (train {dataset} first or "
                                       f"pass --{role}-model)")
 
     def found(glob: str) -> list[Path]:
-        return sorted(p for p in dataset_dir.glob(glob) if p.is_dir() and len(p.name.split("__")) == 3)
+        return sorted(p for p in dataset_dir.glob(glob) if p.is_dir() and parse_results_folder_name(p.name))
 
     for trainer in preference:
-        candidates = found(f"{trainer}{suffix}")
+        candidates = found(results_folder_pattern(trainer))
         if len(candidates) == 1:
             return candidates[0]
         if candidates:
             raise InputError(dataset_dir, f"{trainer} was trained with several plans ("
                                           f"{', '.join(p.name for p in candidates)}); choose one with --{role}-model")
-    matches = found(f"{pattern}{suffix}")
+    matches = found(results_folder_pattern(pattern))
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        raise InputError(dataset_dir, f"no trained {role} model ({pattern}{suffix}) in this folder")
+        raise InputError(dataset_dir, f"no trained {role} model ({results_folder_pattern(pattern)}) in this folder")
     raise InputError(dataset_dir, f"several {role} models ({', '.join(p.name for p in matches)}); "
                                   f"choose one with --{role}-model")
 
@@ -103,14 +99,15 @@ def liver_model_folder(given: str | os.PathLike | None) -> Path:
     """Stage-1 model folder: the given one, or plain nnU-Net's on Dataset501 (any trainer if alone)."""
     if given is not None:
         return Path(given)
-    return default_model_folder("liver", LIVER_DATASET, "nnUNetTrainer*", LIVER_TRAINER_PREFERENCE)
+    return default_model_folder("liver", DATASET_FOLDERS[LIVER_DATASET], NNUNET_TRAINER + "*", LIVER_TRAINER_PREFERENCE)
 
 
 def lesion_model_folder(given: str | os.PathLike | None) -> Path:
     """Stage-2 model folder: the given one (joint or Y-Net), or the joint model on Dataset504."""
     if given is not None:
         return Path(given)
-    return default_model_folder("lesion", JOINT_DATASET, JOINT_TRAINER_PATTERN, JOINT_TRAINER_PREFERENCE)
+    return default_model_folder("lesion", DATASET_FOLDERS[JOINT_DATASET], JOINT_TRAINER_PATTERN,
+                                JOINT_TRAINER_PREFERENCE)
 
 
 def available_folds(folder: Path) -> list[int | str]:
@@ -142,10 +139,7 @@ def parse_folds(values: Sequence[str] | None) -> list[int | str] | None:
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise InputError(path, "not found: not an nnU-Net model folder (expected plans.json and dataset.json)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(path, f"not valid JSON ({e})") from None
+    return read_json_file(path)
 
 
 def find_trainer_class(trainer_name: str) -> type:
@@ -154,19 +148,11 @@ def find_trainer_class(trainer_name: str) -> type:
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with quiet_stdout():
             return recursive_find_trainer_class_by_name(trainer_name)
     except RuntimeError:
         raise InputError(None, f"trainer class {trainer_name!r} not found in nnU-Net or in nnUNet_extTrainer="
                                f"{os.environ.get('nnUNet_extTrainer')}") from None
-
-
-def _head_logits(network: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Classification-head logits of a Y-Net for a batch of whole slices."""
-    classify = getattr(network, "classify", None)
-    if callable(classify):
-        return classify(x)
-    return network(x, return_cls=True)[1]
 
 
 def has_classification_head(network: torch.nn.Module) -> bool:
@@ -253,7 +239,7 @@ class CascadeModel:
         source = self.dataset_json.get("source")
         if isinstance(source, dict) and isinstance(source.get("margin_mm"), (int, float)):
             return float(source["margin_mm"])
-        return DEFAULT_MARGIN_MM
+        return CROP_MARGIN_MM  # a dataset.json that does not record the converter's margin
 
     @property
     def slab_axis(self) -> int | None:
@@ -357,23 +343,17 @@ class CascadeModel:
     def _slice_type_probabilities(self, data: torch.Tensor, props: dict) -> np.ndarray:
         """Y-Net head on every whole preprocessed slice, averaged over folds, back on the input grid.
 
-        Slices are zero-padded (zero is the mean after nnU-Net's CT normalisation) to a multiple of
-        the encoder's total stride, as the trainer does for validation.
+        The same whole-slice classification as the trainer's validation
+        (:meth:`~nnunet_joint.network.unet.SEResNetUNet.slice_type_probabilities`).
         """
         p = self.predictor
         network = p.network
-        divisor = getattr(network, "input_divisor", None) or [
-            int(v) for v in np.prod(np.array(p.configuration_manager.pool_op_kernel_sizes), axis=0)][-2:]
-        slices = data.permute(1, 0, 2, 3).float()  # (slices, C, Y, X)
-        pad = [(-s) % int(d) for s, d in zip(slices.shape[2:], divisor[-2:])]
-        slices = torch.nn.functional.pad(slices, (0, pad[1], 0, pad[0]))
+        slices = data.permute(1, 0, 2, 3).to(p.device)  # (slices, C, Y, X)
         probs = torch.zeros((slices.shape[0], len(LESION_TYPES)))
         network.eval()
         for params in p.list_of_parameters:
             network.load_state_dict(params)
-            for start in range(0, slices.shape[0], 16):
-                batch = slices[start:start + 16].to(p.device)
-                probs[start:start + 16] += torch.softmax(_head_logits(network, batch).float(), 1).cpu()
+            probs += network.slice_type_probabilities(slices).cpu()
         probs = (probs / len(p.list_of_parameters)).numpy()
         # into the transposed, uncropped grid, then back to the input's axis order
         shape = tuple(props["shape_before_cropping"])
@@ -416,10 +396,10 @@ def load_model(folder: str | os.PathLike, folds: Sequence[int | str] | None, dev
         raise InputError(folder, "model folder not found")
     dataset_json = _read_json(folder / "dataset.json")
     plans = _read_json(folder / "plans.json")
-    parts = folder.name.split("__")
-    if len(parts) != 3:
+    parts = parse_results_folder_name(folder.name)
+    if parts is None:
         raise InputError(folder, "not an nnU-Net results folder (expected a name like "
-                                 "<Trainer>__<Plans>__<configuration>)")
+                                 f"{results_folder_name('<Trainer>', '<Plans>', '<configuration>')})")
     trainer_name = parts[0]
     if folds is None:
         folds = available_folds(folder)
@@ -434,7 +414,7 @@ def load_model(folder: str | os.PathLike, folds: Sequence[int | str] | None, dev
     check_plans(plans, folder / "plans.json")
     find_trainer_class(trainer_name)  # sets nnUNet_extTrainer to our trainers when unset; clear error if unknown
 
-    with _silenced(True):  # nnU-Net's CPU notice and trainer search are not for our users
+    with quiet_stdout():  # nnU-Net's CPU notice and trainer search are not for our users
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 

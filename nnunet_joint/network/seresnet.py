@@ -161,10 +161,8 @@ def normalize_strides(strides: Sequence[StrideLike], n_levels: int = 5) -> list[
 class SEResNetEncoder(nn.Module):
     """SE-ResNet-18/34/50 feature extractor returning the five level outputs (the U-Net skips).
 
-    Besides the timm-compatible modules it carries the attributes ``UNetDecoder`` reads
-    (``output_channels``, ``strides``, ``conv_op``, ``kernel_sizes``, norm/dropout/nonlin ops and
-    kwargs, ``conv_bias``), so dynamic-network-architectures' decoder is reused as is. The decoder
-    builds its own blocks with these ops (BatchNorm + ReLU, like the encoder).
+    Its modules are timm-compatible; ``output_channels`` and ``strides`` describe the levels
+    (the U-Net's decoder reads its own description, :class:`~nnunet_joint.network.unet.DecoderSkips`).
 
     Args:
         input_channels: image channels (1 for CT).
@@ -174,7 +172,6 @@ class SEResNetEncoder(nn.Module):
     """
 
     param_groups: dict[str, str] = PARAM_GROUPS
-    stage_names: tuple[str, ...] = tuple(PARAM_GROUPS)
 
     def __init__(
         self,
@@ -191,17 +188,6 @@ class SEResNetEncoder(nn.Module):
         self.input_channels = input_channels
         self.strides = normalize_strides(strides)
         self.return_skips = return_skips
-
-        # dynamic-network-architectures encoder interface (read by UNetDecoder)
-        self.conv_op = nn.Conv2d
-        self.kernel_sizes = [[3, 3]] * 5
-        self.conv_bias = False
-        self.norm_op = nn.BatchNorm2d
-        self.norm_op_kwargs = {"eps": 1e-5, "affine": True}
-        self.dropout_op = None
-        self.dropout_op_kwargs = None
-        self.nonlin = nn.ReLU
-        self.nonlin_kwargs = {"inplace": True}
 
         self.conv1 = nn.Conv2d(input_channels, 64, 7, stride=tuple(self.strides[0]), padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)

@@ -204,6 +204,18 @@ class SEResNetUNet(nn.Module):
             raise ValueError("this network has no classification head")
         return self.cls_head(self.encoder(x)[-1])
 
+    def slice_type_probabilities(self, slices: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+        """The head's softmax for whole slices ``(S, C, Y, X)`` of any size: ``(S, classes)``, float32.
+
+        The whole-slice classification of the Y-Net and the classifier, in training's validation and
+        in prediction alike. Slices are zero-padded at the end (zero is the mean after nnU-Net's CT
+        normalisation) to a multiple of :attr:`input_divisor` and classified ``batch_size`` at a time.
+        """
+        pad = [(-s) % int(d) for s, d in zip(slices.shape[2:], self.input_divisor[-2:])]
+        slices = torch.nn.functional.pad(slices.float(), (0, pad[1], 0, pad[0]))
+        return torch.cat([torch.softmax(self.classify(slices[start:start + batch_size]).float(), dim=1)
+                          for start in range(0, slices.shape[0], batch_size)])
+
     def deep_supervision_scales(self) -> list[list[float]]:
         """Downsampling factor of each decoder output, highest resolution first.
 

@@ -1,6 +1,6 @@
 """Deterministic synthetic portal-venous CT of the liver, in the LiTS and Sheba raw formats.
 
-The project's default data (README, "The phantom"): every real code path runs on it with no
+The project's default data (docs/data_formats.md, "The phantom"): every real code path runs on it with no
 download. :func:`generate_corpus` writes the corpus; :func:`plan_corpus` decides its content
 without rendering; ``nnunet_joint_phantom`` is the command line.
 """

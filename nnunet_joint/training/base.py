@@ -9,13 +9,11 @@ budget, initialisation report, freezing schedule, class weights) is written to
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import torch
-from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -25,7 +23,10 @@ from nnunet_joint import LESION_TYPES
 from nnunet_joint.checkpoints import load_transfer_weights, nnunet_loads_safely
 from nnunet_joint.freezing import SCHEDULES, epoch_boundaries, frozen_groups_at, set_frozen_encoder_groups
 from nnunet_joint.io import write_json
+from nnunet_joint.labels import type_index
+from nnunet_joint.names import CLASSIFICATION_FILE, JOINT_CONFIG_FILE, NO_FREEZING, SCRATCH
 from nnunet_joint.network.from_plans import SERESNET_UNET, build_network
+from nnunet_joint.network import unwrap_network
 from nnunet_joint.network.imagenet import load_imagenet_weights
 from nnunet_joint.network.unet import SEResNetUNet
 from nnunet_joint.training import settings
@@ -42,9 +43,9 @@ class nnUNetTrainerSEResNetBase(LearningCurveMixin, nnUNetTrainer):
     #: seg | cls | ynet | joint
     framework: ClassVar[str] = "seg"
     #: scratch | ImageNet | LiTS (named variants set it; see nnunet_joint.training.variants)
-    init: ClassVar[str] = "scratch"
+    init: ClassVar[str] = SCRATCH
     #: key of nnunet_joint.freezing.SCHEDULES
-    schedule: ClassVar[str] = "NoFreeze"
+    schedule: ClassVar[str] = NO_FREEZING
     #: number of lesion types predicted by a classification head (0: no head)
     num_cls_classes: ClassVar[int] = 0
     #: whether the network has a segmentation decoder
@@ -126,8 +127,7 @@ class nnUNetTrainerSEResNetBase(LearningCurveMixin, nnUNetTrainer):
 
     def plain_network(self) -> SEResNetUNet:
         """The network without DDP / torch.compile wrappers."""
-        mod = self.network.module if isinstance(self.network, DDP) else self.network
-        return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
+        return unwrap_network(self.network)
 
     # ------------------------------------------------------------------ data of the fold
 
@@ -152,7 +152,7 @@ class nnUNetTrainerSEResNetBase(LearningCurveMixin, nnUNetTrainer):
             raise RuntimeError("dataset.json has no 'lesion_types': convert the dataset with "
                                "nnunet_joint_convert_sheba (it stores each case's lesion type)")
         try:
-            idx = [LESION_TYPES.index(types[k]) for k in keys]
+            idx = [type_index(types[k]) for k in keys]
         except (KeyError, ValueError) as e:
             raise RuntimeError(f"dataset.json 'lesion_types' has no valid type for case {e}") from None
         return torch.tensor(idx, dtype=torch.long, device=self.device)
@@ -208,23 +208,18 @@ class nnUNetTrainerSEResNetBase(LearningCurveMixin, nnUNetTrainer):
 
     @torch.no_grad()
     def predict_case_types(self, keys) -> dict[str, dict]:
-        """Lesion-type probabilities of each case from the classification head (whole preprocessed image).
-
-        The image is zero-padded (zero is the mean after nnU-Net's CT normalisation) to a multiple
-        of the encoder's total stride; 3-D cases are classified slice by slice and averaged.
+        """Lesion-type probabilities of each case from the classification head (whole preprocessed image,
+        :meth:`SEResNetUNet.slice_type_probabilities`); 3-D cases are classified slice by slice and averaged.
         """
         net = self.plain_network()
         was_training = net.training
         net.eval()
         dataset = self.dataset_class(self.preprocessed_dataset_folder, list(keys))
-        total_stride = net.input_divisor
         out = {}
         for k in dataset.identifiers:
             data = torch.from_numpy(np.asarray(dataset.load_case(k)[0][:], dtype=np.float32))
             slices = data.permute(1, 0, 2, 3) if data.ndim == 4 else data[None]  # (slices, C, Y, X)
-            pad = [(-s) % int(t) for s, t in zip(slices.shape[2:], total_stride)]
-            slices = torch.nn.functional.pad(slices, (0, pad[1], 0, pad[0]))
-            probs = torch.softmax(net.classify(slices.to(self.device)), dim=1).mean(0).cpu().numpy()
+            probs = net.slice_type_probabilities(slices.to(self.device)).mean(0).cpu().numpy()
             out[k] = {"probabilities": [float(p) for p in probs], "predicted": LESION_TYPES[int(np.argmax(probs))]}
         net.train(was_training)
         return out
@@ -244,7 +239,7 @@ class nnUNetTrainerSEResNetBase(LearningCurveMixin, nnUNetTrainer):
             correct = [predictions[k]["predicted"] == truth.get(k) for k in predictions]
             accuracy = float(np.mean(correct)) if correct else float("nan")
             # case -> {"probabilities": [p_cyst, p_hemangioma, p_metastasis], "predicted": type}
-            write_json(predictions, Path(self.output_folder) / "validation" / "classification.json")
+            write_json(predictions, Path(self.output_folder) / "validation" / CLASSIFICATION_FILE)
             self.record["validation_classification"] = {"accuracy": accuracy, "n": len(correct)}
             self.print_to_log_file(f"validation classification accuracy: {accuracy:.4f} (n={len(correct)})")
         return predictions
@@ -257,13 +252,9 @@ class nnUNetTrainerSEResNetBase(LearningCurveMixin, nnUNetTrainer):
 
     def write_record(self) -> None:
         if self.local_rank == 0:
-            write_json(self.record, Path(self.output_folder) / "joint_config.json")
+            write_json(self.record, Path(self.output_folder) / JOINT_CONFIG_FILE)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         """nnU-Net's loader, its ``torch.load(weights_only=False)`` routed to our safe loader."""
         with nnunet_loads_safely():
             super().load_checkpoint(filename_or_checkpoint)
-
-
-def read_record(fold_folder: str | Path) -> dict:
-    return json.loads((Path(fold_folder) / "joint_config.json").read_text(encoding="utf-8"))

@@ -32,12 +32,13 @@ import numpy as np
 
 from nnunet_joint import LESION_TYPES
 from nnunet_joint.io import write_json
-from nnunet_joint.labels import FIRST_LESION_LABEL, majority_type
+from nnunet_joint.labels import FIRST_LESION_LABEL, lesion_vote, type_index
+from nnunet_joint.names import LEARNING_CURVE_FILE
+from nnunet_joint.network import unwrap_network
 
 if TYPE_CHECKING:
     import torch
 
-LEARNING_CURVE_FILE = "learning_curve.json"
 DEFINITIONS = {
     "lesion_dice": "Dice of lesion pixels (label >= 2, types merged), pooled over the epoch's validation patches",
     "type_accuracy": "fraction of validation patches holding reference lesion whose type was predicted right "
@@ -74,7 +75,7 @@ def patch_counts(seg_logits: torch.Tensor | None, target: torch.Tensor, true_typ
         elif joint and prediction is not None:
             lesion = prediction[i] >= FIRST_LESION_LABEL
             types = (prediction[i][lesion] - FIRST_LESION_LABEL).numpy()
-            predicted = majority_type(types) if types.size else -1
+            predicted = lesion_vote(types)  # NO_CALL without predicted lesion pixels: a wrong call
         else:
             continue
         counts["typed"] += 1
@@ -146,11 +147,6 @@ def finite_or_none(value: float | None) -> float | None:
     return None if value is None or not np.isfinite(value) else value
 
 
-def _plain(network: torch.nn.Module) -> torch.nn.Module:
-    network = getattr(network, "module", network)  # DDP
-    return getattr(network, "_orig_mod", network)  # torch.compile
-
-
 class LearningCurveMixin:
     """Writes ``learning_curve.json`` for an ``nnUNetTrainer`` (mixed in before it, so it wraps nnU-Net's hooks).
 
@@ -181,7 +177,7 @@ class LearningCurveMixin:
         super().on_validation_epoch_start()
         self._learning_curve().start_epoch()
         self._curve_output = None
-        self._curve_hook = _plain(self.network).register_forward_hook(
+        self._curve_hook = unwrap_network(self.network).register_forward_hook(
             lambda _module, _inputs, output: setattr(self, "_curve_output", output))
 
     def validation_step(self, batch: dict) -> dict:
@@ -211,7 +207,7 @@ class LearningCurveMixin:
 
     def curve_true_types(self, batch: dict) -> list[int | None]:
         types = self.dataset_json.get("lesion_types") or {}
-        return [LESION_TYPES.index(types[k]) if types.get(k) in LESION_TYPES else None for k in batch["keys"]]
+        return [type_index(types[k]) if types.get(k) in LESION_TYPES else None for k in batch["keys"]]
 
     def on_validation_epoch_end(self, val_outputs):
         super().on_validation_epoch_end(val_outputs)

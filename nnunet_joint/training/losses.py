@@ -2,7 +2,7 @@
 
 - segmentation and joint: nnU-Net's Dice + CE, the CE weighted by inverse class frequency in the
   training fold (the papers' weighted CE; nnU-Net's soft Dice is kept because it is what makes
-  nnU-Net robust to the tiny lesion fraction — the README says so);
+  nnU-Net robust to the tiny lesion fraction — docs/trainers.md says so);
 - Y-Net: ``λ·L_seg + (1−λ)·L_cls``;
 - classifier: cross-entropy on the slice's lesion type.
 """

@@ -17,7 +17,7 @@ fine-tune    ImageNet and LiTS   ``peak (e+1)/W`` for ``e < W``, then poly from 
 
 The rule is a function of the epoch alone, so a resumed run (``--c``) continues it exactly.
 ``nnUNet_joint_peak_lr`` overrides the peak of either recipe (recorded in ``joint_config.json``).
-The choice of the fine-tuning peak and its evidence are in the README.
+The choice of the fine-tuning peak and its evidence are in docs/measured_figures.md.
 """
 
 from __future__ import annotations

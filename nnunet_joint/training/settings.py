@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from nnunet_joint.errors import InputError
+from nnunet_joint.names import DATASET_FOLDERS, LITS_LESION_DATASET, LITS_TRAINER, results_folder_name
 
 ENV_EPOCHS = "nnUNet_joint_epochs"
 ENV_ITERATIONS = "nnUNet_joint_iterations"
@@ -40,8 +41,7 @@ ENV_WARMUP = "nnUNet_joint_warmup_fraction"
 
 DEFAULT_LAMBDA = 0.5
 #: Where the LiTS lesion-pretraining model is looked up when ``nnUNet_joint_lits_checkpoint`` is unset.
-LITS_DATASET = "Dataset502_LiTSLesion"
-LITS_TRAINER = "nnUNetTrainerSEResNetSeg"
+LITS_DATASET = DATASET_FOLDERS[LITS_LESION_DATASET]
 
 
 def _positive_int(name: str) -> int | None:
@@ -156,7 +156,7 @@ def lits_checkpoint_path(plans_identifier: str) -> Path:
             raise InputError(path, f"LiTS checkpoint not found (from {ENV_LITS})")
         return path
     results = os.environ.get("nnUNet_results")
-    folder = f"{LITS_TRAINER}__{plans_identifier}__2d"
+    folder = results_folder_name(LITS_TRAINER, plans_identifier)
     if results:
         for fold in ("fold_all", "fold_0"):
             candidate = Path(results) / LITS_DATASET / folder / fold / "checkpoint_final.pth"
