@@ -43,7 +43,8 @@ from typing import Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nnunet_joint.errors import InputError, cli_entry  # noqa: E402
-from nnunet_joint.experiments import DATASET_FOLDERS, DEFAULT_PLANS, PLAIN_TRAINER, experiment_matrix  # noqa: E402
+from nnunet_joint.experiments import experiment_matrix  # noqa: E402
+from nnunet_joint.names import DATASET_FOLDERS, DEFAULT_PLANS, PLAIN_TRAINER  # noqa: E402
 from nnunet_joint.training.settings import ENV_EPOCHS, ENV_ITERATIONS, Budget  # noqa: E402
 
 #: nnU-Net's own training length, used where a budget sets none.

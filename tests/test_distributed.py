@@ -26,7 +26,7 @@ import torch
 
 from nnunet_joint import TRAINERS_DIR
 from nnunet_joint.checkpoints import safe_torch_load
-from nnunet_joint.experiments import DATASET_FOLDERS
+from nnunet_joint.names import DATASET_FOLDERS
 from nnunet_joint.labels import FIRST_LESION_LABEL
 
 pytestmark = pytest.mark.slow  # the tiny phantom run (shared with the e2e modules)

@@ -17,7 +17,8 @@ from nnunet_joint.evaluation.report.evidence import ComparisonResult, Evidence
 from nnunet_joint.evaluation.report.experiments import Experiment
 from nnunet_joint.evaluation.report.figure_set import make_figures
 from nnunet_joint.io import write_json, write_text
-from nnunet_joint.names import SUMMARY_CSV, SUMMARY_JSON
+from nnunet_joint.names import (FREEZE_ENCODER, HIERARCHICAL_FREEZING, HIERARCHICAL_UNFREEZING, SUMMARY_CSV,
+                                SUMMARY_JSON)
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -42,7 +43,8 @@ DEFINITIONS = (
 )
 #: Said wherever a fine-tuning schedule is compared: the EMBC paper names its schedules but not their details.
 SCHEDULES_READING = (
-    "The fine-tuning schedules (FreezeEnc, HierFreeze, HierUnfreeze) are this project's reading of the EMBC paper: "
+    f"The fine-tuning schedules ({FREEZE_ENCODER}, {HIERARCHICAL_FREEZING}, {HIERARCHICAL_UNFREEZING}) are this "
+    "project's reading of the EMBC paper: "
     "its text does not specify which blocks are frozen or for how many epochs (nnunet_joint/freezing.py)."
 )
 FINDINGS_TITLE = "What this run compared and found"
