@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nnunet_joint.planning import plan_and_preprocess, planner_of, plans_name_of  # noqa: E402
-from nnunet_joint.reproduce import DATASET_FOLDERS, Progress, RunFolder, prepare_data  # noqa: E402
+from nnunet_joint.reproduce import DATASET_FOLDERS, RunFolder, prepare_data  # noqa: E402
 
 
 def make_trainer(name: str, dataset_folder: Path, plans_name: str, device: torch.device):
@@ -87,7 +87,7 @@ def main() -> None:
     if args.run is None:
         tmp = tempfile.TemporaryDirectory()
         args.run = Path(tmp.name)
-        prepare_data(RunFolder(args.run), "tiny", 0, None, None, Progress(3))
+        prepare_data(RunFolder(args.run), "tiny", 0)
     run = RunFolder(args.run.resolve())
     results_tmp = tempfile.TemporaryDirectory()
     os.environ.update(RunFolder(run.root).environment(nnUNet_results=results_tmp.name))

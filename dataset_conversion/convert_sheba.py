@@ -60,7 +60,7 @@ from nnunet_joint.evaluation.metrics import dice
 from nnunet_joint.labels import JOINT_LABELS, SEG_LABELS
 from nnunet_joint.names import (CROP_MARGIN_MM, DATASET_NAMES, JOINT_DATASET, SEG_DATASET, results_folder_name,
                                 slice_spacing_zyx)
-from nnunet_joint.io import write_json
+from nnunet_joint.io import file_sha256, write_json
 
 
 
@@ -222,6 +222,11 @@ def convert_sheba(
         crops_json = {"source_dir": str(raw_dir.resolve()), "margin_mm": margin_mm,
                       "crop_mode": "cascade" if liver_model is not None else "oracle",
                       "min_component_fraction": MIN_COMPONENT_FRACTION if liver_model is not None else 0.0,
+                      # which stage-1 model cut the crops, by content (a retrained stage 1 means new crops)
+                      "stage1_checkpoint_sha256": None if liver_model is None else {
+                          p.parent.name: file_sha256(p)
+                          for p in sorted(Path(liver_model).glob("fold_*/checkpoint_final.pth"))
+                          if liver_folds is None or p.parent.name in {f"fold_{f}" for f in liver_folds}},
                       "cases": crops}
         for tmp, labels, name, what in (
             (seg_tmp, SEG_LABELS, seg_name, "liver-ROI crops, labels background/liver/lesion"),

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from nnunet_joint.errors import InputError, warn
-from nnunet_joint.io import atomic_path, write_json
+from nnunet_joint.io import write_json
 
 TORCH_SUFFIXES = (".pth", ".pt", ".model", ".bin", ".ckpt")
 SAFETENSORS_SUFFIX = ".safetensors"

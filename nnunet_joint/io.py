@@ -153,6 +153,15 @@ def write_json(obj: Any, dest: str | os.PathLike, **kwargs: Any) -> None:
         tmp.write_text(json.dumps(obj, **kwargs) + "\n", encoding="utf-8")
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's content, read in 1 MiB blocks (checkpoints are hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def write_text(text: str, dest: str | os.PathLike) -> None:
     with atomic_path(dest) as tmp:
         tmp.write_text(text, encoding="utf-8")

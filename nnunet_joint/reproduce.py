@@ -7,6 +7,10 @@ crops) into 503/504, planned, with 502's SE-ResNet plans carried over → the Li
 (502) → the experiment matrix (``DIR/nnUNet_results``) → ``DIR/report/``. nnU-Net's three
 variables point at the run folder for every step, so with the same variables set a user's
 ``nnunet_joint_predict`` finds the models.
+
+The pipeline is described once as steps (:meth:`Study.steps`, :mod:`nnunet_joint.study`): the
+local run performs them here, ``--scheduler slurm`` submits one job per step (:mod:`nnunet_joint.slurm`),
+and ``--write-jobs`` lists them for any other scheduler.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +29,8 @@ from typing import Iterator, Sequence
 
 from nnunet_joint import TRAINERS_DIR
 from nnunet_joint.cpu import WAIT_POLICY, cpu_threads, passive_openmp
-from nnunet_joint.errors import InputError, cli_entry
-from nnunet_joint.experiments import experiment_matrix
+from nnunet_joint.errors import InputError, cli_entry, warn
+from nnunet_joint.experiments import Experiment, experiment_matrix
 from nnunet_joint.names import (
     CLASSIFICATION_FILE,
     DATASET_FOLDERS,
@@ -41,10 +44,14 @@ from nnunet_joint.names import (
     LITS_TRAINER,
     LIVER_DATASET,
     PLAIN_TRAINER,
+    SEG_DATASET,
     results_folder_name,
     trainer_name,
 )
+from nnunet_joint.io import file_sha256
 from nnunet_joint.process import lock_folder, run_tied
+from nnunet_joint.study import Progress, Step, StepCosts, run_local
+from nnunet_joint.training.curves import LEARNING_CURVE_FILE
 
 #: The experiment vocabulary (nnunet_joint.names), re-exported for callers of this module.
 __all__ = ["DATASET_FOLDERS", "DATASET_IDS", "DEFAULT_PLANS", "PLAIN_TRAINER", "PROFILES", "RunFolder", "reproduce"]
@@ -106,29 +113,6 @@ class RunFolder:
         return env
 
 
-@dataclass
-class Progress:
-    """One line per step: what runs, elapsed time, and an estimate of what is left."""
-
-    total_steps: int
-    quiet: bool = False
-    done: int = 0
-    start: float = field(default_factory=time.monotonic)
-
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def step(self, what: str) -> None:
-        """Called from the training threads too: one whole line, one number per step."""
-        with self.lock:
-            elapsed = time.monotonic() - self.start
-            eta = "?" if self.done == 0 else f"{elapsed / self.done * (self.total_steps - self.done) / 60:.1f} min"
-            self.done += 1
-            if not self.quiet:
-                sys.stdout.write(f"[{self.done}/{self.total_steps}] {what} (elapsed {elapsed / 60:.1f} min, "
-                                 f"left ~{eta})\n")
-                sys.stdout.flush()
-
-
 def run_nnunet(cmd: list[str], run: RunFolder, log: Path, **extra_env: str) -> None:
     """Run an nnU-Net command line with the run folder's environment; its output goes to ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -173,74 +157,65 @@ def _marked(run: RunFolder, name: str, expected: dict) -> bool:
     return True
 
 
-def prepare_sources(run: RunFolder, phantom_size: str, seed: int, lits_dir: Path | None, sheba_dir: Path | None,
-                    progress: Progress, max_lits_cases: int | None = None, encoder: str = "seresnet18"
-                    ) -> tuple[Path, Path]:
-    """Phantom (unless raw data folders are given) → the LiTS datasets 501/502, planned and preprocessed.
+def sources_settings(phantom: dict | None, encoder: str) -> dict:
+    """What the LiTS datasets were made with (the ``sources`` marker; a run folder holds one study)."""
+    return {"encoder": encoder, "phantom": phantom}
+
+
+def prepare_sources(run: RunFolder, lits_dir: Path, sheba_dir: Path, phantom: dict | None,
+                    max_lits_cases: int | None = None, encoder: str = "seresnet18") -> None:
+    """Phantom (``phantom``: its size and seed; ``None`` for given raw folders) → the LiTS datasets
+    501/502, planned and preprocessed.
 
     501 (whole volumes, stage 1) gets nnU-Net's default plans; 502 (the LiTS lesion model's
     slices) the SE-ResNet preset of ``encoder``, which :func:`prepare_targets` later carries to the
-    Sheba datasets. Returns the LiTS and Sheba raw folders.
+    Sheba datasets.
     """
     from nnunet_joint.dataset_conversion.convert_lits import convert_lits
     from nnunet_joint.phantom import generate_corpus
-    from nnunet_joint.planning import plan_and_preprocess, planner_of, plans_name_of
+    from nnunet_joint.planning import plan_and_preprocess, planner_of
 
-    if lits_dir is None or sheba_dir is None:
-        lits_dir, sheba_dir = run.phantom / "LiTS", run.phantom / "Sheba"
-        phantom = True
-    else:
-        phantom = False
-    settings = {"encoder": encoder, "phantom": {"size": phantom_size, "seed": seed} if phantom else None}
-    if _marked(run, "sources", settings):  # a rerun resumes
-        progress.done += 3 if phantom else 2
-        return lits_dir, sheba_dir
-    if phantom:
-        progress.step(f"phantom ({phantom_size}, seed {seed})")
-        if not (run.phantom / "Sheba" / "cases.csv").is_file():
-            generate_corpus(run.phantom, seed=seed, size=phantom_size)
-    progress.step("LiTS conversion: Dataset501 (volumes), Dataset502 (liver slices)")
-    convert_lits(lits_dir, raw_root=run.raw, overwrite=True, max_cases=max_lits_cases, preprocessed_root=run.preprocessed)
-    progress.step(f"planning and preprocessing (2d): nnUNetPlans for 501, {plans_name_of(encoder)} for 502")
+    if phantom is not None and not (run.phantom / "Sheba" / "cases.csv").is_file():
+        generate_corpus(run.phantom, seed=phantom["seed"], size=phantom["size"])
+    convert_lits(lits_dir, raw_root=run.raw, overwrite=True, max_cases=max_lits_cases,
+                 preprocessed_root=run.preprocessed)
     with run.nnunet_environment():
         plan_and_preprocess([DATASET_IDS["liver"]], "ExperimentPlanner", verify_dataset_integrity=True)
         plan_and_preprocess([DATASET_IDS["lits_lesion"]], planner_of(encoder), verify_dataset_integrity=True)
-    _mark(run, "sources", settings)
-    return lits_dir, sheba_dir
+    _mark(run, "sources", sources_settings(phantom, encoder))
 
 
-def prepare_targets(run: RunFolder, sheba_dir: Path, progress: Progress, encoder: str = "seresnet18",
-                    liver_model: Path | None = None) -> None:
+def targets_settings(liver_model: Path | None, encoder: str) -> dict:
+    """What the Sheba datasets were made with (the ``targets`` marker)."""
+    return {"crop_mode": "oracle" if liver_model is None else "cascade", "encoder": encoder}
+
+
+def prepare_targets(run: RunFolder, sheba_dir: Path, encoder: str = "seresnet18", liver_model: Path | None = None
+                    ) -> None:
     """The Sheba datasets 503/504: crops by the stage-1 ``liver_model`` (the cascade) or, without one, by the
     reference masks (oracle crops); nnU-Net's default plans (plain rows) and the LiTS plans carried over."""
     from nnunet_joint.dataset_conversion.convert_sheba import convert_sheba
     from nnunet_joint.planning import plan_and_preprocess, plans_name_of, transfer_plans
 
-    settings = {"crop_mode": "oracle" if liver_model is None else "cascade", "encoder": encoder}
-    if _marked(run, "targets", settings):
-        progress.done += 2
-        return
-    progress.step(f"Sheba conversion: Dataset503/504, {settings['crop_mode']} crops")
     convert_sheba(sheba_dir, raw_root=run.raw, preprocessed_root=run.preprocessed, overwrite=True,
                   liver_model=liver_model, liver_folds=None if liver_model is None else [0])
-    progress.step(f"planning and preprocessing (2d): nnUNetPlans for 503/504, {plans_name_of(encoder)} from 502")
     with run.nnunet_environment():
         plan_and_preprocess([DATASET_IDS["seg"], DATASET_IDS["joint"]], "ExperimentPlanner",
                             verify_dataset_integrity=True)
         transfer_plans(DATASET_IDS["lits_lesion"], [DATASET_IDS["seg"], DATASET_IDS["joint"]], plans_name_of(encoder))
-    _mark(run, "targets", settings)
+    _mark(run, "targets", targets_settings(liver_model, encoder))
 
 
-def prepare_data(run: RunFolder, phantom_size: str, seed: int, lits_dir: Path | None, sheba_dir: Path | None,
-                 progress: Progress, max_lits_cases: int | None = None, encoder: str = "seresnet18") -> None:
-    """All four datasets without training anything, the Sheba ones on *oracle* crops (reference masks).
+def prepare_data(run: RunFolder, phantom_size: str, seed: int, max_lits_cases: int | None = None,
+                 encoder: str = "seresnet18") -> None:
+    """The phantom and all four datasets without training anything, the Sheba ones on *oracle* crops.
 
     For tests and benchmarks that need data, not a study: :func:`reproduce` crops the Sheba slices
     with a trained stage-1 model instead, unless asked for oracle crops.
     """
-    lits_dir, sheba_dir = prepare_sources(run, phantom_size, seed, lits_dir, sheba_dir, progress, max_lits_cases,
-                                          encoder)
-    prepare_targets(run, sheba_dir, progress, encoder)
+    prepare_sources(run, run.phantom / "LiTS", run.phantom / "Sheba", {"size": phantom_size, "seed": seed},
+                    max_lits_cases, encoder)
+    prepare_targets(run, run.phantom / "Sheba", encoder)
 
 
 @dataclass(frozen=True)
@@ -326,7 +301,7 @@ def trainer_dir(run: RunFolder, trainer: str, dataset: int, plans: str) -> Path:
 
 
 def train_fold(run: RunFolder, trainer: str, dataset: int, fold: str, device: str, budget: dict[str, str],
-               extra_env: dict[str, str], commands: list[str], plans: str = DEFAULT_PLANS, npz: bool = False) -> Path:
+               extra_env: dict[str, str], plans: str = DEFAULT_PLANS, npz: bool = False) -> Path:
     """``nnUNetv2_train DATASET 2d FOLD -tr TRAINER -p PLANS -device DEVICE [--npz]``, skipped when done.
 
     ``npz`` exports the validation probabilities (nnU-Net's ``--npz``): plain nnU-Net on the joint
@@ -336,8 +311,6 @@ def train_fold(run: RunFolder, trainer: str, dataset: int, fold: str, device: st
     cmd = [nnunet_bin("nnUNetv2_train"), str(dataset), "2d", fold, "-tr", trainer, "-p", plans, "-device", device]
     if npz:
         cmd.append("--npz")
-    commands.append(" ".join(f"{k}={v}" for k, v in budget.items()) + (" " if budget else "")
-                    + " ".join(["nnUNetv2_train", *cmd[1:]]))
     if fold_done(fold_dir):
         return fold_dir
     checkpoint = fold_dir / "checkpoint_final.pth"
@@ -390,35 +363,276 @@ class Training:
     env: dict[str, str] = field(default_factory=dict)
     npz: bool = False
 
+    def fold_dir(self, run: RunFolder) -> Path:
+        return trainer_dir(run, self.trainer, self.dataset, self.plans) / f"fold_{self.fold}"
 
-def run_trainings(run: RunFolder, trainings: Sequence[Training], device: str, jobs: int, commands: list[str],
-                  progress: Progress) -> dict[int, str | None]:
-    """Train folds, ``jobs`` at a time; returns each training's failure (``None`` when it finished).
+    def command(self, device: str) -> str:
+        """The ``nnUNetv2_train`` call as a user would type it (budget variables first), for the report."""
+        variables = [f"{k}={v}" for k, v in self.budget.items()]
+        return " ".join([*variables, "nnUNetv2_train", str(self.dataset), "2d", self.fold, "-tr", self.trainer,
+                         "-p", self.plans, "-device", device, *(["--npz"] if self.npz else [])])
 
-    Every training is its own ``nnUNetv2_train`` process; with ``jobs > 1`` each gets
-    ``cpu_count // jobs`` torch threads (``nnUNet_joint_threads``) so that the processes share the
-    machine instead of overbooking it, and the single-threaded parts of one (start-up, data loading,
-    validation export) overlap the training of another.
+    def iterations(self) -> int:
+        """Iterations planned: the budget's epochs x iterations, else nnU-Net's 1000 x 250."""
+        return int(self.budget.get("nnUNet_joint_epochs", 1000)) * int(self.budget.get("nnUNet_joint_iterations", 250))
+
+
+#: Appended to a profile's name when ``--nnunet-length`` replaces its budgets.
+NNUNET_LENGTH_SUFFIX = "-nnunet-length"
+
+
+def with_nnunet_length(profile: Profile) -> Profile:
+    """The profile with nnU-Net's standard training length for every model."""
+    return dataclasses.replace(profile, name=profile.name + NNUNET_LENGTH_SUFFIX, budget=NNUNET_LENGTH,
+                               stage1_budget=NNUNET_LENGTH, lits_budget=NNUNET_LENGTH)
+
+
+def step_id(exp: Experiment, fold: int | str) -> str:
+    """``Joint_LiTS-f0``: the trainer without nnU-Net's prefix (plain nnU-Net: ``nnUNet503``), and the fold."""
+    short = f"nnUNet{exp.dataset}" if exp.framework == "nnunet" else exp.trainer.removeprefix("nnUNetTrainer")
+    return f"{short}-f{fold}"
+
+
+@dataclass
+class Study:
+    """One study in one run folder, described as steps (:mod:`nnunet_joint.study`).
+
+    Data preparation → stage 1 and the LiTS pretraining → the Sheba crops (by stage 1, or oracle)
+    → every row × fold → evaluation and report. Each step can be run here (:func:`run_local`), or
+    on its own (``nnunet_joint_reproduce ... --step ID``, what a scheduler job runs).
     """
-    from concurrent.futures import ThreadPoolExecutor
 
-    threads = max(1, cpu_threads() // max(1, jobs))
-    extra = {"nnUNet_joint_threads": str(threads)} if jobs > 1 else {}
+    run: RunFolder
+    profile: Profile
+    device: str = "cpu"
+    imagenet_weights: Path | None = None
+    lits_dir: Path | None = None
+    sheba_dir: Path | None = None
+    seed: int = 0
+    folds: tuple[int, ...] = ()
+    stop_after: str | None = None
+    oracle_crops: bool = False
+    jobs: int = 1
+    started: float = field(default_factory=time.time)
+    #: why row steps failed in this process (for the report; a scheduler's report job finds unfinished folds)
+    failures: dict[str, str] = field(default_factory=dict)
+    #: what :meth:`report` wrote
+    reported: dict = field(default_factory=dict)
 
-    def one(index: int) -> tuple[int, str | None]:
-        t = trainings[index]
-        progress.step(t.what)
+    @property
+    def own_data(self) -> bool:
+        return self.lits_dir is None or self.sheba_dir is None
+
+    @property
+    def plans(self) -> str:
+        from nnunet_joint.planning import plans_name_of
+
+        return plans_name_of(self.profile.encoder)
+
+    def cli(self) -> list[str]:
+        """``nnunet_joint_reproduce`` options that describe this study (a step's job repeats them)."""
+        base, length, _ = self.profile.name.partition(NNUNET_LENGTH_SUFFIX)
+        args = ["--out", str(self.run.root), "--profile", base, "--device", self.device, "--seed", str(self.seed),
+                "--folds", *map(str, self.folds)]
+        if length:
+            args.append("--nnunet-length")
+        if not self.own_data:
+            args += ["--lits", str(Path(self.lits_dir).resolve()), "--sheba", str(Path(self.sheba_dir).resolve())]
+        if self.imagenet_weights is not None:
+            args += ["--imagenet-weights", str(Path(self.imagenet_weights).resolve())]
+        if self.oracle_crops:
+            args.append("--oracle-crops")
+        if self.stop_after:
+            args += ["--stop-after", self.stop_after]
+        return args
+
+    def step_command(self, step: Step) -> list[str]:
+        return [nnunet_bin("nnunet_joint_reproduce"), *self.cli(), "--step", step.id]
+
+    # ------------------------------------------------------------------ the steps' work
+    def sources(self) -> tuple[Path, Path]:
+        if self.own_data:
+            return self.run.phantom / "LiTS", self.run.phantom / "Sheba"
+        return Path(self.lits_dir), Path(self.sheba_dir)
+
+    def phantom(self) -> dict | None:
+        return {"size": self.profile.phantom_size, "seed": self.seed} if self.own_data else None
+
+    def stage1(self) -> Training:
+        return Training(f"stage 1: {PLAIN_TRAINER} on {DATASET_FOLDERS[LIVER_DATASET]} fold 0", PLAIN_TRAINER,
+                        LIVER_DATASET, "0", dict(self.profile.stage1_budget))
+
+    def lits(self) -> Training:
+        return Training(f"LiTS lesion pretraining: {LITS_TRAINER} on {DATASET_FOLDERS[LITS_LESION_DATASET]} fold "
+                        f"{self.profile.lits_fold}", LITS_TRAINER, LITS_LESION_DATASET, self.profile.lits_fold,
+                        dict(self.profile.lits_budget), self.plans)
+
+    def selected(self) -> list[Experiment]:
+        rows = self.profile.rows
+        return [e for e in experiment_matrix() if rows is None or e.trainer in rows or e.name in rows]
+
+    def runnable(self) -> list[Experiment]:
+        return [e for e in self.selected() if e.init != "ImageNet" or self.imagenet_weights is not None]
+
+    def row_trainings(self) -> list[tuple[Experiment, int, Training]]:
+        env = {"nnUNet_joint_lits_checkpoint": str(self.lits().fold_dir(self.run) / "checkpoint_final.pth")}
+        if self.imagenet_weights is not None:
+            env["nnUNet_joint_imagenet_weights"] = str(Path(self.imagenet_weights).resolve())
+        return [(exp, fold, Training(f"{exp.trainer} on {DATASET_FOLDERS[exp.dataset]} fold {fold}", exp.trainer,
+                                     exp.dataset, str(fold), dict(self.profile.budget), exp.plans(self.plans), env,
+                                     npz=exp.framework == "nnunet" and exp.dataset == JOINT_DATASET))
+                for exp in self.runnable() for fold in self.folds]
+
+    def threads_env(self) -> dict[str, str]:
+        """With ``jobs > 1`` each training gets ``cpu_count // jobs`` torch threads (``nnUNet_joint_threads``),
+        so that the processes share the machine instead of overbooking it, and the single-threaded parts of
+        one (start-up, data loading, validation export) overlap the training of another."""
+        return {"nnUNet_joint_threads": str(max(1, cpu_threads() // self.jobs))} if self.jobs > 1 else {}
+
+    def train(self, t: Training) -> None:
+        train_fold(self.run, t.trainer, t.dataset, t.fold, self.device, t.budget, {**t.env, **self.threads_env()},
+                   t.plans, t.npz)
+
+    def train_row(self, row: str, t: Training) -> None:
         try:
-            train_fold(run, t.trainer, t.dataset, t.fold, device, t.budget, {**t.env, **extra}, commands, t.plans,
-                       t.npz)
-        except (RuntimeError, InputError) as e:
-            return index, str(e).splitlines()[0]
-        return index, None
+            self.train(t)
+        except Exception as e:
+            self.failures[row] = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise
 
-    if jobs <= 1:
-        return dict(one(i) for i in range(len(trainings)))
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return dict(pool.map(one, range(len(trainings))))
+    def liver_model(self) -> Path | None:
+        """The stage-1 results folder that crops the Sheba slices (``None``: oracle crops)."""
+        return None if self.oracle_crops else trainer_dir(self.run, PLAIN_TRAINER, LIVER_DATASET, DEFAULT_PLANS)
+
+    def stage1_sha256(self) -> str | None:
+        checkpoint = self.stage1().fold_dir(self.run) / "checkpoint_final.pth"
+        return file_sha256(checkpoint) if checkpoint.is_file() else None
+
+    def crops_stage1(self) -> str | None:
+        """The stage-1 checkpoint (by content) that cut the current crops, from ``crops.json``."""
+        try:
+            crops_file = self.run.raw / DATASET_FOLDERS[JOINT_DATASET] / "crops.json"
+            crops = json.loads(crops_file.read_text(encoding="utf-8"))
+            return (crops.get("stage1_checkpoint_sha256") or {}).get("fold_0")
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    def crops_current(self) -> bool:
+        """The Sheba datasets exist with this study's settings and, in the cascade, were cut by the stage-1
+        checkpoint there now (a retrained stage 1 means the crops must be made again)."""
+        if not _marked(self.run, "targets", targets_settings(self.liver_model(), self.profile.encoder)):
+            return False
+        return self.oracle_crops or self.crops_stage1() == self.stage1_sha256()
+
+    def make_crops(self) -> None:
+        """Cut the Sheba slices; rows trained on crops of another stage 1 are moved aside first, so that
+        nothing trained on the old crops is mixed with the new ones (they train again)."""
+        if self.crops_current():  # only a step before it ran again, and stage 1 did not change
+            return
+        old = self.crops_stage1()
+        if not self.oracle_crops and old is not None and old != self.stage1_sha256():
+            aside = self.run.root / "replaced" / f"crops_of_stage1_{old[:12]}"
+            for dataset in (SEG_DATASET, JOINT_DATASET):
+                trained = self.run.results / DATASET_FOLDERS[dataset]
+                if trained.exists():
+                    aside.mkdir(parents=True, exist_ok=True)
+                    os.replace(trained, aside / trained.name)
+            warn(self.run.raw / DATASET_FOLDERS[JOINT_DATASET] / "crops.json",
+                 f"cut by another stage-1 checkpoint (sha256 {old[:12]}...); cropping again with the current one"
+                 + (f", the rows trained on the old crops moved to {aside}" if aside.exists() else ""))
+        _marker(self.run, "targets").unlink(missing_ok=True)
+        prepare_targets(self.run, self.sources()[1], self.profile.encoder, self.liver_model())
+
+    def report(self) -> None:
+        """Evaluate stage 1 and every row, and write ``DIR/report/`` (kept in :attr:`reported`)."""
+        from nnunet_joint.evaluation.coverage import cascade_coverage
+        from nnunet_joint.evaluation.report import build_report
+
+        folds, profile = list(self.folds), self.profile
+        liver_summary = evaluate_dir(self.stage1().fold_dir(self.run).parent, self.run, LIVER_DATASET, ["0"])
+        trainings = self.row_trainings()
+        experiments = []
+        for exp in experiment_matrix():
+            directory = trainer_dir(self.run, exp.trainer, exp.dataset, exp.plans(self.plans))
+            entry = {"row": exp.row, "framework": exp.framework, "init": exp.init, "schedule": exp.schedule,
+                     "trainer": exp.trainer, "dataset": DATASET_FOLDERS[exp.dataset], "trainer_dir": directory,
+                     "plans": exp.plans(self.plans), "summary": None, "folds": folds,
+                     "budget": {"epochs": int(profile.budget.get("nnUNet_joint_epochs", 0)) or "nnU-Net default",
+                                "iterations": int(profile.budget.get("nnUNet_joint_iterations", 0))
+                                or "nnU-Net default",
+                                "encoder": profile.encoder if exp.framework != "nnunet" else "-"}}
+            mine = [(fold, t) for e, fold, t in trainings if e == exp]
+            failed = [self.failures.get(step_id(exp, fold)) or f"fold {fold} did not finish (see its log)"
+                      for fold, t in mine
+                      if self.failures.get(step_id(exp, fold)) or not fold_done(t.fold_dir(self.run))]
+            if exp.init == "ImageNet" and self.imagenet_weights is None:
+                entry["status"] = "not run: no ImageNet weights given"
+            elif exp not in self.selected():
+                entry["status"] = f"not run: not in the {profile.name} profile"
+            elif failed:
+                entry["status"] = "failed: " + failed[0]
+            else:
+                try:
+                    entry["summary"] = evaluate_dir(directory, self.run, exp.dataset, folds)
+                    entry["status"] = "done"
+                except (RuntimeError, InputError) as e:
+                    entry["status"] = "failed: " + str(e).splitlines()[0]
+            experiments.append(entry)
+        joint = self.run.raw / DATASET_FOLDERS[JOINT_DATASET]
+        commands = [" ".join(["nnunet_joint_reproduce", "--profile", profile.name, "--out", str(self.run.root)]
+                             + (["--oracle-crops"] if self.oracle_crops else []))]
+        commands += [t.command(self.device) for t in (self.stage1(), self.lits())]
+        commands += [t.command(self.device) for _, _, t in trainings]
+        meta = {"profile": profile.name, "folds": folds, "commands": commands, "versions": versions(),
+                "wall_time_s": time.time() - self.started, "raw_root": self.run.raw, "jobs": self.jobs,
+                "images_dataset": DATASET_FOLDERS[JOINT_DATASET],
+                "stage1": {"trainer": PLAIN_TRAINER, "summary": liver_summary},
+                "cascade": cascade_coverage(
+                    joint, self.run.preprocessed / DATASET_FOLDERS[JOINT_DATASET] / "splits_final.json", folds),
+                "stage_budget": {"stage 1": profile.stage1_budget, "LiTS pretraining": profile.lits_budget},
+                "device": self.device,
+                "phantom": None if not self.own_data else {"size": profile.phantom_size, "seed": self.seed}}
+        self.reported = {"experiments": experiments, "report": build_report(experiments, self.run.report, meta)}
+
+    # ------------------------------------------------------------------ the description
+    def steps(self) -> list[Step]:
+        """The study's steps in a valid order; ``stop_after="data"`` ends with the Sheba crops."""
+        lits_dir, sheba_dir = self.sources()
+        encoder = self.profile.encoder
+        sources = sources_settings(self.phantom(), encoder)
+        data = Step("data", "data: " + ("phantom, " if self.own_data else "") + "LiTS conversion (Dataset501/502), "
+                    "planning and preprocessing", "data preparation", (),
+                    lambda: prepare_sources(self.run, lits_dir, sheba_dir, self.phantom(), self.profile.max_lits_cases,
+                                            encoder),
+                    lambda: _marked(self.run, "sources", sources))
+        stage1, lits = self.stage1(), self.lits()
+        train_steps = [
+            Step("stage1", stage1.what, "stage 1", ("data",), lambda: self.train(stage1),
+                 lambda: fold_done(stage1.fold_dir(self.run)), stage1.iterations(),
+                 stage1.fold_dir(self.run) / LEARNING_CURVE_FILE, gpu=True),
+            Step("lits", lits.what, "LiTS pretraining", ("data",), lambda: self.train(lits),
+                 lambda: fold_done(lits.fold_dir(self.run)), lits.iterations(),
+                 lits.fold_dir(self.run) / LEARNING_CURVE_FILE, gpu=True),
+        ]
+        crop_mode = "oracle" if self.oracle_crops else "cascade"
+        crops = Step("crops", f"Sheba conversion: Dataset503/504, {crop_mode} crops; planning and preprocessing",
+                     f"crops ({crop_mode})", ("data",) if self.oracle_crops else ("data", "stage1"), self.make_crops,
+                     self.crops_current, gpu=not self.oracle_crops)
+        if self.stop_after == "data":
+            return [data, crops] if self.oracle_crops else [data, train_steps[0], crops]
+        rows = []
+        for exp, fold, t in self.row_trainings():
+            after = ("data", "crops") + (("lits",) if exp.init == "LiTS" else ())
+            rows.append(Step(step_id(exp, fold), t.what, f"row training ({exp.framework})", after,
+                             lambda row=step_id(exp, fold), t=t: self.train_row(row, t),
+                             lambda t=t: fold_done(t.fold_dir(self.run)), t.iterations(),
+                             t.fold_dir(self.run) / LEARNING_CURVE_FILE, optional=True, gpu=True))
+        report = Step("report", "evaluation and report", "report", ("stage1", "crops", *(r.id for r in rows)),
+                      self.report, lambda: False)
+        return [data, *train_steps, crops, *rows, report]
+
+    def step_costs(self) -> StepCosts:
+        return StepCosts(f"{self.profile.name}|{self.device}")
 
 
 def reproduce(out: Path, profile: Profile, device: str = "cpu", imagenet_weights: Path | None = None,
@@ -430,98 +644,18 @@ def reproduce(out: Path, profile: Profile, device: str = "cpu", imagenet_weights
     The papers' cascade: stage 1 (plain nnU-Net on the LiTS volumes) is trained first and crops
     the Sheba slices (``oracle_crops`` crops them with the reference masks instead, which no user
     gets at inference, and the report says so); the LiTS lesion model trains beside stage 1; then
-    the matrix. ``jobs`` trainings run at a time (default: the profile's).
+    the matrix. ``jobs`` steps run at a time (default: the profile's).
     """
-    from nnunet_joint.evaluation.coverage import cascade_coverage
-    from nnunet_joint.evaluation.report import build_report
-    from nnunet_joint.planning import plans_name_of
-
     run = RunFolder(out.resolve())
-    lock = lock_folder(run.root, "nnunet_joint_reproduce")  # noqa: F841 - held until this function returns
-    folds = tuple(folds) if folds is not None else profile.folds
-    jobs = profile.jobs if jobs is None else jobs
-    matrix = experiment_matrix()
-    selected = [e for e in matrix if profile.rows is None or e.trainer in profile.rows or e.name in profile.rows]
-    runnable = [e for e in selected if e.init != "ImageNet" or imagenet_weights is not None]
-    own_data = lits_dir is None or sheba_dir is None
-    progress = Progress(total_steps=(3 if own_data else 2) + 2 + 2 + len(runnable) * len(folds) + 1, quiet=quiet)
-    commands = [" ".join(["nnunet_joint_reproduce", "--profile", profile.name, "--out", str(out)]
-                         + (["--oracle-crops"] if oracle_crops else []))]
-    plans = plans_name_of(profile.encoder)
-    lits_dir, sheba_dir = prepare_sources(run, profile.phantom_size, seed, lits_dir, sheba_dir, progress,
-                                          profile.max_lits_cases, profile.encoder)
-    if oracle_crops:
-        prepare_targets(run, sheba_dir, progress, profile.encoder)
-    if stop_after == "data" and oracle_crops:
-        return {"run": run.root}
-    stage1 = Training(f"stage 1: {PLAIN_TRAINER} on {DATASET_FOLDERS[LIVER_DATASET]} fold 0", PLAIN_TRAINER,
-                      LIVER_DATASET, "0",
-                      dict(profile.stage1_budget))
-    lits = Training(f"LiTS lesion pretraining: {LITS_TRAINER} on {DATASET_FOLDERS[LITS_LESION_DATASET]} "
-                    f"fold {profile.lits_fold}",
-                    LITS_TRAINER, LITS_LESION_DATASET, profile.lits_fold, dict(profile.lits_budget), plans)
-    failures = run_trainings(run, [stage1, lits], device, jobs, commands, progress)
-    for index, failure in failures.items():
-        if failure is not None:
-            raise RuntimeError(f"{[stage1, lits][index].what} failed: {failure}")
-    liver_dir = trainer_dir(run, PLAIN_TRAINER, LIVER_DATASET, DEFAULT_PLANS)
-    liver_summary = evaluate_dir(liver_dir, run, LIVER_DATASET, ["0"])
-    if not oracle_crops:
-        prepare_targets(run, sheba_dir, progress, profile.encoder, liver_model=liver_dir)
-    if stop_after == "data":
-        return {"run": run.root}
-    transfer_env = {"nnUNet_joint_lits_checkpoint": str(trainer_dir(run, LITS_TRAINER, LITS_LESION_DATASET, plans)
-                                                        / f"fold_{profile.lits_fold}" / "checkpoint_final.pth")}
-    if imagenet_weights is not None:
-        transfer_env["nnUNet_joint_imagenet_weights"] = str(Path(imagenet_weights).resolve())
-
-    trainings, owner = [], []
-    for exp in runnable:
-        for fold in folds:
-            trainings.append(Training(f"{exp.trainer} on {DATASET_FOLDERS[exp.dataset]} fold {fold}", exp.trainer,
-                                      exp.dataset, str(fold), dict(profile.budget), exp.plans(plans), transfer_env,
-                                      npz=exp.framework == "nnunet" and exp.dataset == JOINT_DATASET))
-            owner.append(exp)
-    failures = run_trainings(run, trainings, device, jobs, commands, progress)
-
-    experiments = []
-    for exp in matrix:
-        directory = trainer_dir(run, exp.trainer, exp.dataset, exp.plans(plans))
-        entry = {"row": exp.row, "framework": exp.framework, "init": exp.init, "schedule": exp.schedule,
-                 "trainer": exp.trainer, "dataset": DATASET_FOLDERS[exp.dataset], "trainer_dir": directory,
-                 "plans": exp.plans(plans), "summary": None, "folds": list(folds),
-                 "budget": {"epochs": int(profile.budget.get("nnUNet_joint_epochs", 0)) or "nnU-Net default",
-                            "iterations": int(profile.budget.get("nnUNet_joint_iterations", 0)) or "nnU-Net default",
-                            "encoder": profile.encoder if exp.framework != "nnunet" else "-"}}
-        mine = [failures[i] for i, o in enumerate(owner) if o == exp]
-        if exp.init == "ImageNet" and imagenet_weights is None:
-            entry["status"] = "not run: no ImageNet weights given"
-        elif exp not in selected:
-            entry["status"] = f"not run: not in the {profile.name} profile"
-        elif any(mine):
-            entry["status"] = "failed: " + next(f for f in mine if f)
-        else:
-            try:
-                entry["summary"] = evaluate_dir(directory, run, exp.dataset, folds)
-                entry["status"] = "done"
-            except (RuntimeError, InputError) as e:
-                entry["status"] = "failed: " + str(e).splitlines()[0]
-        experiments.append(entry)
-
-    progress.step("evaluation and report")
-    joint = run.raw / DATASET_FOLDERS[JOINT_DATASET]
-    meta = {"profile": profile.name, "folds": list(folds), "commands": commands, "versions": versions(),
-            "wall_time_s": time.monotonic() - progress.start, "raw_root": run.raw, "jobs": jobs,
-            "images_dataset": DATASET_FOLDERS[JOINT_DATASET],
-            "stage1": {"trainer": PLAIN_TRAINER, "summary": liver_summary},
-            "cascade": cascade_coverage(joint, run.preprocessed / DATASET_FOLDERS[JOINT_DATASET] / "splits_final.json",
-                                        folds),
-            "stage_budget": {"stage 1": profile.stage1_budget, "LiTS pretraining": profile.lits_budget},
-            "device": device, "phantom": None if not own_data else {"size": profile.phantom_size, "seed": seed}}
-    report = build_report(experiments, run.report, meta)
-    if not quiet:
-        print(f"report: {run.report / 'report.md'} ({(time.monotonic() - progress.start) / 60:.1f} min)")
-    return {"run": run.root, "experiments": experiments, "report": report}
+    with lock_folder(run.root, "nnunet_joint_reproduce"):
+        study = Study(run, profile, device, imagenet_weights, lits_dir, sheba_dir, seed,
+                      tuple(folds) if folds is not None else profile.folds, stop_after, oracle_crops,
+                      profile.jobs if jobs is None else jobs)
+        costs = study.step_costs()
+        outcome = run_local(study.steps(), study.jobs, lambda todo: Progress(todo, costs, study.jobs, quiet))
+        if outcome.get("report", "not run") is None and not quiet:
+            print(f"report: {run.report / 'report.md'} ({(time.time() - study.started) / 60:.1f} min)")
+        return {"run": run.root, **study.reported}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -547,9 +681,43 @@ def build_parser() -> argparse.ArgumentParser:
                    help="crop the Sheba slices with their reference liver masks instead of the stage-1 model "
                         "(the cascade, both papers' protocol and the default); the report says which was used")
     p.add_argument("--jobs", type=int, default=None,
-                   help="trainings at a time (default: the profile's); each gets cpu_count // jobs torch threads")
+                   help="steps at a time on this machine (default: the profile's); each training gets "
+                        "cpu_count // jobs torch threads")
+    p.add_argument("--scheduler", choices=("local", "slurm"), default="local",
+                   help="local: run here; slurm: submit one sbatch job per unfinished step, with the study's "
+                        "dependencies, print the job ids and return (docs/cluster.md)")
+    p.add_argument("--wait", action="store_true",
+                   help="with --scheduler slurm: block until every job ended; exit 1 naming a failed job and its log")
+    p.add_argument("--write-jobs", type=Path, metavar="FILE",
+                   help="write the study's job list (commands, dependencies, resources) as JSON for another "
+                        "scheduler, and submit or run nothing unless --scheduler slurm is given too")
+    slurm = p.add_argument_group("SLURM resources per job (an unset one is left to the cluster's default)")
+    slurm.add_argument("--slurm-gpus", type=int, default=None,
+                       help="GPUs of each training job (default: 1, or 0 with --device cpu); other jobs get none")
+    slurm.add_argument("--slurm-cpus", type=int, default=8, help="CPUs per job, also its torch threads (default 8)")
+    slurm.add_argument("--slurm-mem", default="32G", help="memory per job, sbatch --mem (default 32G)")
+    slurm.add_argument("--slurm-time", default=None, help="time limit per job, sbatch --time (e.g. 2-00:00:00)")
+    slurm.add_argument("--slurm-partition", default=None, help="sbatch --partition")
+    slurm.add_argument("--slurm-account", default=None, help="sbatch --account")
+    p.add_argument("--step", default=None, help=argparse.SUPPRESS)  # one step of the study: what a scheduler job runs
     p.add_argument("--quiet", action="store_true")
     return p
+
+
+def run_step(study: Study, step_id: str) -> None:
+    """Perform one step of the study in this process (a scheduler job), unless it is done already.
+
+    Its dependencies must have finished: the scheduler's job dependencies see to that. The step's
+    time is recorded like the local run's, so that later estimates on this machine know it.
+    """
+    steps = {s.id: s for s in study.steps()}
+    if step_id not in steps:
+        raise InputError(None, f"--step {step_id}: not a step of this study (steps: {', '.join(steps)})")
+    step = steps[step_id]
+    progress = Progress([step], study.step_costs())
+    progress.step_started(step)
+    step.run()
+    progress.step_finished(step, None)
 
 
 @cli_entry
@@ -563,18 +731,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise InputError(args.lits or args.sheba, "give both --lits and --sheba, or neither (phantom)")
     if args.jobs is not None and args.jobs < 1:
         raise InputError(None, f"--jobs must be at least 1, got {args.jobs}")
+    if args.wait and args.scheduler != "slurm":
+        raise InputError(None, "--wait goes with --scheduler slurm")
     device = args.device
-    if device is None:
+    if device is None and (args.scheduler == "slurm" or args.write_jobs):  # the jobs run elsewhere, on GPU nodes
+        device = "cpu" if args.slurm_gpus == 0 else "cuda"
+    elif device is None:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    profile = PROFILES[args.profile]
-    if args.nnunet_length:
-        profile = dataclasses.replace(profile, name=f"{profile.name}-nnunet-length", budget=NNUNET_LENGTH,
-                                      stage1_budget=NNUNET_LENGTH, lits_budget=NNUNET_LENGTH)
-    from nnunet_joint.checkpoints import security_events, security_exit_code
+    profile = with_nnunet_length(PROFILES[args.profile]) if args.nnunet_length else PROFILES[args.profile]
+    if args.step is None and args.scheduler == "local" and args.write_jobs is None:
+        from nnunet_joint.checkpoints import security_events, security_exit_code
 
-    events_before = len(security_events(args.out))
-    reproduce(args.out, profile, device, args.imagenet_weights, args.lits, args.sheba, args.seed,
-              args.folds, args.stop_after, args.quiet, args.oracle_crops, args.jobs)
-    return security_exit_code(args.out, events_before)  # 3 when a checkpoint would have run code (docs/reliability.md)
+        events_before = len(security_events(args.out))
+        reproduce(args.out, profile, device, args.imagenet_weights, args.lits, args.sheba, args.seed,
+                  args.folds, args.stop_after, args.quiet, args.oracle_crops, args.jobs)
+        return security_exit_code(args.out, events_before)  # 3: a checkpoint would have run code (docs/reliability.md)
+    from nnunet_joint import slurm
+
+    run = RunFolder(args.out.resolve())
+    study = Study(run, profile, device, args.imagenet_weights, args.lits, args.sheba, args.seed,
+                  tuple(args.folds) if args.folds else profile.folds, args.stop_after, args.oracle_crops)
+    if args.step is not None:
+        study.started = slurm.submitted(run.root).get("submitted_at", study.started)
+        run_step(study, args.step)
+        slurm.mark_job_finished(run.root)
+        return 0
+    resources = slurm.Resources(args.slurm_gpus if args.slurm_gpus is not None else int(device != "cpu"),
+                                args.slurm_cpus, args.slurm_mem, args.slurm_time, args.slurm_partition,
+                                args.slurm_account)
+    with lock_folder(run.root, "nnunet_joint_reproduce"):  # one submission at a time; the jobs run unlocked
+        steps = study.steps()
+        if args.write_jobs is not None:
+            slurm.write_job_list(slurm.job_list(steps, study.step_command, resources, run.root), args.write_jobs)
+        if args.scheduler != "slurm":
+            return 0
+        jobs = slurm.submit(steps, study.step_command, resources, run.root)
+    if not args.quiet:
+        slurm.print_jobs(jobs, steps)
+    if not args.wait:
+        return 0
+    failed = slurm.wait_for(jobs, run.root)
+    for line in failed:
+        print(f"error: {line}", file=sys.stderr)
+    if not failed and not args.quiet:
+        print(f"report: {run.report / 'report.md'}")
+    return 1 if failed else 0

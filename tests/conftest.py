@@ -27,12 +27,12 @@ from typing import Callable  # noqa: E402
 import pytest  # noqa: E402
 from filelock import FileLock  # noqa: E402
 
-from nnunet_joint.reproduce import Progress, RunFolder, prepare_data  # noqa: E402
+from nnunet_joint.reproduce import RunFolder, prepare_data  # noqa: E402
 
 
 #: Module order for the xdist scheduler (unlisted modules: 1).
 MODULE_ORDER = {"test_training_e2e.py": 0, "test_convert_sheba.py": 2, "test_predict_e2e.py": 2,
-                "test_reproduce_e2e.py": 3}
+                "test_reproduce_e2e.py": 3, "test_slurm.py": 3}
 
 
 def pytest_collection_modifyitems(items) -> None:
@@ -68,7 +68,7 @@ def tiny_run(tmp_path_factory, worker_id) -> RunFolder:
     Tests must not modify it; ones that train copy it first with :func:`copy_run`.
     """
     def build(folder: Path) -> None:
-        prepare_data(RunFolder(folder), "tiny", 0, None, None, Progress(5, quiet=True))
+        prepare_data(RunFolder(folder), "tiny", 0)
 
     return RunFolder(built_once(tmp_path_factory, worker_id, "tiny_run", build))
 

@@ -103,3 +103,47 @@ def test_every_row_writes_a_learning_curve_and_plain_nnunet_exports_probabilitie
     validation = Path(plain["trainer_dir"]) / "fold_0" / "validation"
     assert sorted(p.stem for p in validation.glob("*.npz")) == sorted(
         p.name[:-len(".nii.gz")] for p in validation.glob("*.nii.gz"))  # the same vote fallback as our joint model
+
+
+def test_a_changed_stage1_recuts_the_crops_and_sets_the_rows_on_old_crops_aside(tiny_reproduced, tmp_path):
+    """Provenance of the cascade: crops.json names the stage-1 checkpoint (by content) that cut the crops;
+    when stage 1 changes, the crops are cut again and nothing trained on the old ones is kept in place."""
+    import shutil
+
+    import torch
+
+    from nnunet_joint.checkpoints import safe_torch_load
+    from nnunet_joint.io import file_sha256
+    from nnunet_joint.reproduce import RunFolder, Study, reproduce
+    from nnunet_joint.study import steps_to_run
+
+    run = RunFolder(tmp_path / "run")
+    shutil.copytree(tiny_reproduced.root, run.root)
+    crops_json = run.raw / DATASET_FOLDERS[504] / "crops.json"
+    checkpoint = (run.results / DATASET_FOLDERS[501] / f"{PLAIN_TRAINER}__nnUNetPlans__2d" / "fold_0"
+                  / "checkpoint_final.pth")
+    old = file_sha256(checkpoint)
+    assert json.loads(crops_json.read_text())["stage1_checkpoint_sha256"] == {"fold_0": old}
+    study = Study(run, PROFILES["tiny"], folds=(0,))
+    assert [s.id for s in steps_to_run(study.steps())] == ["report"]  # everything current
+
+    state = safe_torch_load(checkpoint)  # "retrained": other weights, still a valid stage-1 model
+    state["network_weights"] = {k: v + 0.01 if v.is_floating_point() else v
+                                for k, v in state["network_weights"].items()}
+    torch.save(state, checkpoint)
+    new = file_sha256(checkpoint)
+    assert new != old
+    todo = {s.id for s in steps_to_run(study.steps())}
+    assert {"crops", "report"} | {s.id for s in study.steps() if s.optional} == todo  # crops and every row
+
+    trained = {p.name for p in run.results.iterdir()}
+    reproduce(run.root, PROFILES["tiny"], stop_after="data", quiet=True)
+    assert json.loads(crops_json.read_text())["stage1_checkpoint_sha256"] == {"fold_0": new}
+    aside = run.root / "replaced" / f"crops_of_stage1_{old[:12]}"
+    assert {p.name for p in aside.iterdir()} == {DATASET_FOLDERS[503], DATASET_FOLDERS[504]} & trained
+    assert not (run.results / DATASET_FOLDERS[504]).exists() and not (run.results / DATASET_FOLDERS[503]).exists()
+    rows = {s.id for s in study.steps() if s.optional}
+    assert {s.id for s in steps_to_run(study.steps())} == rows | {"report"}  # the rows train again on the new crops
+    cut = crops_json.stat().st_mtime_ns
+    reproduce(run.root, PROFILES["tiny"], stop_after="data", quiet=True)
+    assert crops_json.stat().st_mtime_ns == cut  # unchanged stage 1: the crops are kept

@@ -84,7 +84,7 @@ def test_unreadable_final_checkpoint_means_retrain_from_scratch(tmp_path, calls,
         (fold_dir(run) / "validation").mkdir()
         (fold_dir(run) / "validation" / "summary.json").write_text(json.dumps({"foreground_mean": {}}))
     assert not fold_done(fold_dir(run))
-    train_fold(run, TRAINER, 504, "0", "cpu", {}, {}, [])  # no traceback
+    train_fold(run, TRAINER, 504, "0", "cpu", {}, {})  # no traceback
     (cmd,) = calls
     assert cmd[-9:] == ["504", "2d", "0", "-tr", TRAINER, "-p", "nnUNetPlans", "-device", "cpu"]  # from scratch: no --val, no --c
     err = capsys.readouterr().err
@@ -98,12 +98,12 @@ def test_readable_checkpoint_is_skipped_or_only_validated(tmp_path, calls, capsy
     run = RunFolder(tmp_path / "run")
     checkpoint = fold_dir(run) / "checkpoint_final.pth"
     data = good_checkpoint(checkpoint)
-    train_fold(run, TRAINER, 504, "0", "cpu", {}, {}, [])
+    train_fold(run, TRAINER, 504, "0", "cpu", {}, {})
     assert calls[-1][-1] == "--val"  # trained, validation interrupted
     (fold_dir(run) / "validation").mkdir()
     (fold_dir(run) / "validation" / "summary.json").write_text("{}")
     assert fold_done(fold_dir(run))
-    train_fold(run, TRAINER, 504, "0", "cpu", {}, {}, [])
+    train_fold(run, TRAINER, 504, "0", "cpu", {}, {})
     assert len(calls) == 1  # finished: skipped
     assert checkpoint.read_bytes() == data and capsys.readouterr().err == ""
 
@@ -201,7 +201,22 @@ def test_lock_of_a_killed_reproduce_does_not_block_the_rerun(tmp_path):
         lock_folder(out, "nnunet_joint_reproduce")
     proc.kill()
     proc.wait()
+    proc.stdout.close()
     lock_folder(out, "nnunet_joint_reproduce").close()
+
+
+def test_reproduce_closes_its_lock_file(tmp_path, monkeypatch):
+    """The run folder's lock is released by closing it, not left to the garbage collector (a ResourceWarning)."""
+    import gc
+    import warnings
+
+    monkeypatch.setattr(reproduce, "run_local", lambda steps, jobs, progress_of: {})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reproduce.reproduce(tmp_path / "run", reproduce.PROFILES["tiny"], quiet=True)
+        gc.collect()
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+    lock_folder(tmp_path / "run", "nnunet_joint_reproduce").close()  # released
 
 
 def test_out_that_is_a_file_is_refused(tmp_path, capsys):

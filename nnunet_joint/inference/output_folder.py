@@ -9,24 +9,16 @@ loaded and again just before the old folder is replaced.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 from nnunet_joint.errors import InputError
+from nnunet_joint.io import file_sha256
 
 #: Written into every output folder of this command; a non-empty OUT_DIR without it is refused.
 MARKER = ".nnunet_joint_predict"
 _FORMAT = "nnunet_joint_predict output manifest v1"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _entries(folder: Path) -> tuple[dict[str, Path], dict[str, Path]]:
@@ -53,7 +45,7 @@ def write_marker(folder: Path, input_path: Path) -> None:
         "written_by": "nnunet_joint_predict",
         "input": str(input_path.resolve()),
         "folders": sorted(folders),
-        "files": {name: _sha256(path) for name, path in sorted(files.items())},
+        "files": {name: file_sha256(path) for name, path in sorted(files.items())},
     }
     (folder / MARKER).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
 
@@ -73,7 +65,7 @@ def foreign_entries(folder: Path) -> list[str] | None:
     for name, path in sorted(files.items()):
         if name not in listed_files or path.is_symlink():
             foreign.append(name)
-        elif _sha256(path) != listed_files[name]:
+        elif file_sha256(path) != listed_files[name]:
             foreign.append(f"{name} (changed since it was written)")
     return foreign
 

@@ -1,0 +1,191 @@
+"""The study as steps (nnunet_joint.study): the order and failures of the local executor, the ETA from
+measured costs only, what a resumed run counts, and the job list a scheduler gets. No training here."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from nnunet_joint.reproduce import PROFILES, LITS_TRAINER, Study, RunFolder, main
+from nnunet_joint.study import Progress, Step, StepCosts, run_local, steps_to_run, time_left
+
+
+def step(sid: str, after: tuple[str, ...] = (), kind: str = "k", done: bool = False, run=None, **kw) -> Step:
+    return Step(sid, f"step {sid}", kind, after, run or (lambda: None), lambda: done, **kw)
+
+
+# ----------------------------------------------------------------------------- ETA from measured costs only
+
+
+def test_no_estimate_until_every_remaining_kind_was_timed():
+    steps = [step("a", kind="data"), step("b", ("a",), kind="training")]
+    assert time_left(steps, {"data": 10.0}, {}, 1) is None
+    assert time_left(steps, {"data": 10.0, "training": 50.0}, {}, 1) == 60.0
+
+
+def test_estimate_follows_dependencies_and_parallel_slots():
+    # a (10) -> b (30), a -> c (20), (b, c) -> d (5)
+    steps = [step("a", kind="A"), step("b", ("a",), kind="B"), step("c", ("a",), kind="C"),
+             step("d", ("b", "c"), kind="D")]
+    costs = {"A": 10.0, "B": 30.0, "C": 20.0, "D": 5.0}
+    assert time_left(steps, costs, {}, 1) == 10 + 30 + 20 + 5  # one at a time: the sum
+    assert time_left(steps, costs, {}, 2) == 10 + 30 + 5  # b and c side by side: the longer of them
+    assert time_left(steps, costs, {}, 8) == 10 + 30 + 5  # more slots than parallel steps changes nothing
+
+
+def test_running_steps_count_only_what_is_left_of_them_and_never_below_zero():
+    steps = [step("a", kind="T"), step("b", ("a",), kind="T")]
+    assert time_left(steps, {"T": 100.0}, {"a": 40.0}, 1) == 60 + 100
+    assert time_left(steps, {"T": 100.0}, {"a": 400.0}, 1) == 100  # overran its estimate: 0 left, not negative
+
+
+def test_costs_come_from_this_run_first_then_from_the_machines_calibration(tmp_path):
+    path = tmp_path / "costs.json"
+    path.write_text(json.dumps({"demo|cpu": {"training": 300.0}, "tiny|cpu": {"training": 3.0}}))
+    costs = StepCosts("demo|cpu", path)
+    assert costs.costs() == {"training": 300.0}  # another profile's (or device's) costs never leak in
+    costs.record("training", 100.0)
+    costs.record("training", 200.0)
+    assert costs.costs() == {"training": 150.0}  # this run's mean wins
+    recorded = json.loads(path.read_text())
+    assert recorded == {"demo|cpu": {"training": 200.0}, "tiny|cpu": {"training": 3.0}}  # the last one kept
+    assert StepCosts("demo|cpu", path).costs() == {"training": 200.0}  # what the next run starts from
+
+
+def lines(capsys) -> list[str]:
+    return capsys.readouterr().out.splitlines()
+
+
+def test_progress_shows_no_eta_before_a_kind_was_timed_and_then_the_measured_one(tmp_path, capsys, monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    steps = [step("data", kind="data"), step("t1", ("data",), kind="train", iterations=60),
+             step("t2", ("t1",), kind="train", iterations=60)]
+    progress = Progress(steps, StepCosts("x", tmp_path / "c.json"), 1, start=clock[0])
+    progress.step_started(steps[0])
+    clock[0] += 30
+    progress.step_finished(steps[0], None)
+    progress.step_started(steps[1])
+    clock[0] += 120
+    progress.step_finished(steps[1], None)
+    progress.step_started(steps[2])
+    out = lines(capsys)
+    assert out[0].startswith("[1/3] step data (elapsed 0.0 min; no estimate until")
+    assert out[2] == "[2/3] step t1, 60 iterations planned (elapsed 0.5 min; no estimate until a step of each " \
+                     "kind left has been timed)"
+    # t2 is the same kind as the finished t1 (120 s): 2.0 min left, not the run's mean per step
+    assert out[4] == "[3/3] step t2, 60 iterations planned (elapsed 2.5 min, left ~2.0 min)"
+
+
+def test_finished_training_reports_iterations_from_its_learning_curve(tmp_path, capsys):
+    curve = tmp_path / "learning_curve.json"
+    curve.write_text(json.dumps({"epochs": [{"epoch": 0, "iterations": 25}, {"epoch": 1, "iterations": 50}]}))
+    t = step("t", kind="train", iterations=100, progress_file=curve)
+    progress = Progress([t], StepCosts("x", tmp_path / "c.json"), 1)
+    progress.step_started(t)
+    progress.step_finished(t, "nnUNetv2_train failed (exit 1)")
+    assert re.match(r"    failed: step t in 0\.\d min, 50 of 100 iterations", lines(capsys)[-1])
+
+
+def test_heartbeat_shows_iterations_of_running_trainings_when_they_moved(tmp_path, capsys):
+    curve = tmp_path / "learning_curve.json"
+    t = step("t", kind="train", iterations=100, progress_file=curve)
+    progress = Progress([t], StepCosts("x", tmp_path / "c.json"), 1)
+    progress.step_started(t)
+    progress.heartbeat()  # no curve yet: nothing to say
+    curve.write_text(json.dumps({"epochs": [{"epoch": 0, "iterations": 25}]}))
+    progress.heartbeat()
+    progress.heartbeat()  # unchanged: no second line
+    out = lines(capsys)
+    assert len(out) == 2 and out[1].startswith("    step t: 25 of 100 iterations (elapsed ")
+
+
+def test_a_resumed_run_counts_only_what_is_left(tmp_path, capsys):
+    steps = [step("data", done=True), step("s1", ("data",), done=True), step("crops", ("s1",), done=False),
+             step("row", ("crops",), done=True), step("report", ("row",))]
+    todo = steps_to_run(steps)
+    # the row's outputs are there, but the crops under it are remade: it is stale, so it runs again
+    assert [s.id for s in todo] == ["crops", "row", "report"]
+    run_local(steps, 1, lambda left: Progress(left, StepCosts("x", tmp_path / "c.json"), 1))
+    assert [line.split("]")[0] for line in lines(capsys) if line.startswith("[")] == ["[1/3", "[2/3", "[3/3"]
+
+
+# ----------------------------------------------------------------------------- the local executor
+
+
+def test_local_executor_respects_dependencies_and_optional_failures(tmp_path):
+    order: list[str] = []
+
+    def doing(sid, fail=False):
+        def run():
+            order.append(sid)
+            if fail:
+                raise RuntimeError(f"{sid} broke\nsecond line")
+        return run
+
+    steps = [step("data", run=doing("data")), step("a", ("data",), run=doing("a", fail=True), optional=True),
+             step("b", ("data",), run=doing("b"), optional=True), step("report", ("a", "b"), run=doing("report"))]
+    outcome = run_local(steps, 2, lambda left: Progress(left, StepCosts("x", tmp_path / "c.json"), 2, quiet=True))
+    assert outcome == {"data": None, "a": "a broke", "b": None, "report": None}
+    assert order[0] == "data" and order[-1] == "report"  # the report runs although a row failed
+
+    required = [step("data", run=doing("data2", fail=True)), step("a", ("data",), run=doing("never"))]
+    with pytest.raises(RuntimeError, match="step data failed: data2 broke"):
+        run_local(required, 2, lambda left: Progress(left, StepCosts("x", tmp_path / "c.json"), 2, quiet=True))
+    assert "never" not in order
+
+
+def test_a_cycle_is_refused():
+    from nnunet_joint.study import check_graph
+
+    with pytest.raises(ValueError, match="cycle"):
+        check_graph([step("a", ("b",)), step("b", ("a",))])
+
+
+# ----------------------------------------------------------------------------- the job list
+
+
+def ancestors(jobs: dict[str, dict], jid: str) -> set[str]:
+    seen: set[str] = set()
+    stack = list(jobs[jid]["after"])
+    while stack:
+        d = stack.pop()
+        if d not in seen:
+            seen.add(d)
+            stack.extend(jobs[d]["after"])
+    return seen
+
+
+@pytest.mark.parametrize("profile", ["tiny", "study"])
+def test_job_list_is_the_studys_dag(tmp_path, profile):
+    out = tmp_path / "jobs.json"
+    assert main(["--profile", profile, "--out", str(tmp_path / "run"), "--write-jobs", str(out), "--quiet",
+                 "--slurm-partition", "gpu", "--slurm-time", "1-00:00:00"]) == 0
+    listed = json.loads(out.read_text())
+    jobs = {j["id"]: j for j in listed["jobs"]}
+    assert len(jobs) == len(listed["jobs"])
+    position = {j["id"]: i for i, j in enumerate(listed["jobs"])}
+    for j in listed["jobs"]:  # listed in an order a scheduler can submit: every dependency first (so no cycle)
+        assert all(position[d] < position[j["id"]] for d in j["after"]), j["id"]
+        assert j["command"][-2:] == ["--step", j["id"]] and j["name"] == "nj-" + j["id"]
+        assert "--out" in j["command"] and not j["done"]
+        assert j["resources"]["partition"] == "gpu" and j["resources"]["time"] == "1-00:00:00"
+    study = Study(RunFolder(tmp_path / "run"), PROFILES[profile], folds=PROFILES[profile].folds)
+    trainings = study.row_trainings()
+    rows = [j for j in listed["jobs"] if j["optional"]]
+    assert len(rows) == len(trainings) == len(study.runnable()) * len(PROFILES[profile].folds)
+    assert any(e.init == "LiTS" for e, _, _ in trainings) and any(e.init != "LiTS" for e, _, _ in trainings)
+    for e, fold, t in trainings:
+        job = next(j for j in rows if j["description"] == t.what)
+        assert {"data", "crops", "stage1"} <= ancestors(jobs, job["id"])  # the cascade's crops come from stage 1
+        assert ("lits" in ancestors(jobs, job["id"])) == (e.init == "LiTS"), job["id"]
+        assert job["resources"]["gpus"] == 1  # the default device of a scheduler's jobs is a GPU
+    assert set(jobs["report"]["after"]) >= {j["id"] for j in rows}
+    assert set(jobs["report"]["after_optional"]) == {j["id"] for j in rows}  # a failed row still gets a report
+    assert "gpus" not in jobs["data"]["resources"] and "gpus" not in jobs["report"]["resources"]
+    assert jobs["lits"]["description"].startswith(f"LiTS lesion pretraining: {LITS_TRAINER}")
+    assert not list(Path(tmp_path / "run").glob("nnUNet_*"))  # writing the list ran nothing

@@ -1,0 +1,94 @@
+"""``nnunet_joint_reproduce --scheduler slurm`` on a real single-node SLURM started on localhost
+(tests/slurm_cluster.py; skipped with the reason where it cannot start): the tiny study runs to
+completion through slurmctld/slurmd and reports what the local run reports, and a cancelled job is
+replaced by the resubmission."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import copy_run
+from nnunet_joint import slurm
+from nnunet_joint.experiments import DATASET_FOLDERS
+from nnunet_joint.reproduce import RunFolder, main
+from slurm_cluster import SlurmUnavailable, local_slurm
+
+pytestmark = pytest.mark.slow
+
+#: CPU jobs that fit the test node: one CPU each (the node runs two per core), no GPU
+ON_THE_TEST_NODE = ["--device", "cpu", "--slurm-gpus", "0", "--slurm-cpus", "1", "--slurm-mem", "2G"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    try:
+        with local_slurm() as conf:
+            yield conf
+    except SlurmUnavailable as e:
+        pytest.skip(f"no local SLURM: {e}")
+
+
+def summary(run: Path) -> dict:
+    return json.loads((run / "report" / "summary.json").read_text(encoding="utf-8"))
+
+
+def rows(run: Path) -> dict[str, str]:
+    return {e["key"]: e["status"] for e in summary(run)["experiments"]}
+
+
+def report_files(run: Path) -> set[str]:
+    return {str(p.relative_to(run / "report")) for p in (run / "report").rglob("*") if p.is_file()}
+
+
+def test_tiny_study_runs_through_slurm_and_reports_like_the_local_run(cluster, tiny_run, tiny_reproduced, tmp_path,
+                                                                      capsys):
+    run = copy_run(tiny_run, tmp_path / "run", targets=False)  # the cascade: crops cut by stage 1 in a job
+    start = time.monotonic()
+    assert main(["--profile", "tiny", "--scheduler", "slurm", "--wait", "--out", str(run.root),
+                 *ON_THE_TEST_NODE]) == 0
+    wall = time.monotonic() - start
+    out = capsys.readouterr().out
+    submitted = json.loads((run.root / "slurm" / "jobs.json").read_text())["jobs"]
+    for step, job in submitted.items():  # printed: job id, name; each finished and logged
+        assert f"{job}\tnj-{step}\t" in out
+        assert slurm.ok_file(run.root, job).is_file()
+        assert slurm.job_log(run.root, step, job).stat().st_size > 0
+    local = tiny_reproduced.root
+    assert report_files(run.root) == report_files(local)
+    assert rows(run.root) == rows(local)
+    assert sum(status == "done" for status in rows(run.root).values()) == len(
+        [e for e in summary(local)["experiments"] if e["status"] == "done"]) > 0
+    crops = json.loads((run.raw / DATASET_FOLDERS[504] / "crops.json").read_text())
+    assert crops["crop_mode"] == "cascade" and crops["stage1_checkpoint_sha256"]["fold_0"]
+    print(f"\nSLURM tiny study: {wall / 60:.1f} min wall, {len(submitted)} jobs")
+
+
+def test_cancelled_job_is_replaced_by_the_resubmission(cluster, tiny_reproduced, tmp_path, capsys):
+    run = RunFolder(tmp_path / "run")
+    shutil.copytree(tiny_reproduced.root, run.root, ignore=shutil.ignore_patterns("slurm"))
+    row = "Joint_LiTS-f0"
+    fold = run.results / DATASET_FOLDERS[504] / "nnUNetTrainerJoint_LiTS__nnUNetSEResNet18Plans__2d" / "fold_0"
+    shutil.rmtree(fold)  # one row to train again: the resubmission skips every other step
+    assert main(["--profile", "tiny", "--scheduler", "slurm", "--out", str(run.root), *ON_THE_TEST_NODE]) == 0
+    first = json.loads((run.root / "slurm" / "jobs.json").read_text())["jobs"]
+    assert set(first) == {row, "report"}
+    deadline = time.monotonic() + 300
+    while slurm.active_jobs().get(first[row]) != "RUNNING" and time.monotonic() < deadline:
+        time.sleep(1)
+    assert slurm.active_jobs().get(first[row]) == "RUNNING"
+    subprocess.run(["scancel", first[row]], check=True)
+    failed = slurm.wait_for(first, run.root, poll_s=1)
+    assert failed == [f"job {first[row]} (nj-{row}) failed; see {slurm.job_log(run.root, row, first[row])}"]
+    assert rows(run.root)[f"{DATASET_FOLDERS[504]}/nnUNetTrainerJoint_LiTS"].startswith("failed: fold 0 did not finish")
+
+    assert main(["--profile", "tiny", "--scheduler", "slurm", "--wait", "--out", str(run.root),
+                 *ON_THE_TEST_NODE]) == 0
+    second = json.loads((run.root / "slurm" / "jobs.json").read_text())["jobs"]
+    assert set(second) == {row, "report"} and second[row] != first[row]
+    assert rows(run.root) == rows(tiny_reproduced.root)  # every row done again, as in the local run
