@@ -321,8 +321,7 @@ def train_fold(run: RunFolder, trainer: str, dataset: int, fold: str, device: st
         if refused is None:  # trained, validation interrupted
             cmd.append("--val")
         else:  # half-written (killed while saving) or refused: kept as evidence, train again from scratch
-            print(f"warning: {checkpoint}: {refused[1]}; kept as {refused[0]}; retraining fold {fold} of {trainer} "
-                  "from scratch", file=sys.stderr, flush=True)
+            warn(checkpoint, f"{refused[1]}; kept as {refused[0]}; retraining fold {fold} of {trainer} from scratch")
     run_nnunet(cmd, run, run.root / "logs" / f"{trainer}_{dataset}_fold{fold}.log", **budget, **extra_env)
     return fold_dir
 
