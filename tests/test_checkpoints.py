@@ -294,7 +294,7 @@ def test_refused_checkpoint_met_on_resume_is_kept_aside_unchanged(tmp_path, monk
     marker = tmp_path / "pwned"
     original = spoil(fold_dir / "checkpoint_final.pth", marker)
 
-    reproduce.train_fold(run, "nnUNetTrainerJoint", 504, "0", "cpu", {}, {}, [])
+    reproduce.train_fold(run, "nnUNetTrainerJoint", 504, "0", "cpu", {}, {})
 
     assert not marker.exists()  # nothing in the file ran
     (kept,) = [p for p in fold_dir.iterdir()]  # moved, not copied; nothing else written there
@@ -370,7 +370,7 @@ def test_reproduce_exits_3_after_a_run_that_met_an_unsafe_checkpoint_and_0_on_th
     fold_dir = tmp_path / "run" / "nnUNet_results" / "Dataset504_ShebaJoint" / "nnUNetTrainerJoint__nnUNetPlans__2d"
 
     def resume_one_fold(out, *args, **kwargs):
-        reproduce.train_fold(reproduce.RunFolder(out.resolve()), "nnUNetTrainerJoint", 504, "0", "cpu", {}, {}, [])
+        reproduce.train_fold(reproduce.RunFolder(out.resolve()), "nnUNetTrainerJoint", 504, "0", "cpu", {}, {})
         return {}
 
     monkeypatch.setattr(reproduce, "reproduce", resume_one_fold)
