@@ -14,6 +14,10 @@ joint       joint                       nnUNetTrainerJoint               Dataset
 nnunet      plain nnU-Net               nnUNetTrainer_JointBudget        503 and 504
 ==========  ==========================  ===============================  =======================
 
+Plain nnU-Net also runs from LiTS on the joint labels (``nnUNetTrainer_JointBudget_LiTS`` on 504:
+nnU-Net's own U-Net pretrained on the LiTS lesion dataset), the papers' transfer question asked of
+nnU-Net's network; it has no ImageNet initialisation and no fine-tuning schedules.
+
 Initialisations ``scratch | ImageNet | LiTS`` and fine-tuning schedules ``NoFreeze | FreezeEnc |
 HierFreeze | HierUnfreeze`` (their tables are data in :mod:`nnunet_joint.freezing`) are part of
 the trainer's name: ``<base>``, ``<base>_<Init>``, ``<base>_<Init>_<Schedule>`` (single underscores:
@@ -53,6 +57,8 @@ SCRATCH = "scratch"
 #: Weight initialisations, in the papers' column order.
 INITS: tuple[str, ...] = (SCRATCH, "ImageNet", "LiTS")
 PRETRAINED_INITS: tuple[str, ...] = ("ImageNet", "LiTS")
+#: Plain nnU-Net's: its own U-Net has no ImageNet weights.
+PLAIN_INITS: tuple[str, ...] = (SCRATCH, "LiTS")
 
 NO_FREEZING = "NoFreeze"
 #: Fine-tuning schedules, no freezing first (the EMBC paper's rows).
@@ -75,8 +81,8 @@ def trainer_name(framework: str, init: str = SCRATCH, schedule: str = NO_FREEZIN
     """``nnUNetTrainerJoint_LiTS_HierFreeze`` from ``("joint", "LiTS", "HierFreeze")``."""
     if framework not in FRAMEWORKS or init not in INITS or schedule not in SCHEDULES:
         raise ValueError(f"unknown experiment ({framework}, {init}, {schedule})")
-    if framework == "nnunet" and (init, schedule) != (SCRATCH, NO_FREEZING):
-        raise ValueError("plain nnU-Net has no initialisation or schedule of ours")
+    if framework == "nnunet" and (init not in PLAIN_INITS or schedule != NO_FREEZING):
+        raise ValueError("plain nnU-Net starts from scratch or from LiTS, without a fine-tuning schedule")
     if init == SCRATCH and schedule != NO_FREEZING:
         raise ValueError("a fine-tuning schedule needs pretrained weights")
     name = FRAMEWORKS[framework].trainer_base
@@ -131,10 +137,11 @@ def experiment(framework: str, init: str = SCRATCH, schedule: str = NO_FREEZING,
 
 def experiment_matrix() -> list[Experiment]:
     """The papers' matrix: 4 frameworks x 3 inits, joint from LiTS x the fine-tuning schedules,
-    plain nnU-Net on both Sheba datasets."""
+    plain nnU-Net on both Sheba datasets, and plain nnU-Net from LiTS on the joint labels."""
     rows = [experiment(f, i) for f in PAPER_FRAMEWORKS for i in INITS]
     rows += [experiment("joint", "LiTS", s) for s in FINE_TUNING_SCHEDULES]
     rows += [experiment("nnunet", dataset=d) for d in FRAMEWORKS["nnunet"].datasets]
+    rows.append(experiment("nnunet", "LiTS", dataset=DATASET_IDS["joint"]))
     return rows
 
 

@@ -362,13 +362,15 @@ def preprocess_(dataset_ids: Sequence[int], plans_identifier: str, configuration
 
 def transfer_plans(source_id: int, target_ids: Sequence[int], plans_identifier: str,
                    configurations: Sequence[str] = ("2d",), num_processes: int = 1, quiet: bool = True,
-                   ct_window: tuple[float, float] | None = CT_WINDOW_HU) -> None:
+                   ct_window: tuple[float, float] | None = CT_WINDOW_HU, verify_dataset_integrity: bool = False) -> None:
     """nnU-Net's transfer route: the source's plans moved to each target, which is then preprocessed with them.
 
     Pretraining and fine-tuning then share spacing, normalisation (``ct_window``, or with None the
-    source's intensity statistics) and architecture. The target's ``dataset.json`` is copied to its
-    preprocessed folder first, which nnU-Net's preprocessor reads (planning would have put it there).
+    source's intensity statistics) and architecture. The targets are fingerprinted first (nnU-Net's
+    trainer copies ``dataset_fingerprint.json`` into its results), and each one's ``dataset.json`` is
+    copied to its preprocessed folder, which nnU-Net's preprocessor reads.
     """
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints
     from nnunetv2.experiment_planning.plans_for_pretraining.move_plans_between_datasets import (
         move_plans_between_datasets,
     )
@@ -380,6 +382,8 @@ def transfer_plans(source_id: int, target_ids: Sequence[int], plans_identifier: 
         raise InputError(plans_file, f"not found: plan dataset {source_id} with the {plans_identifier} preset first")
     pools = in_process_pools() if num_processes <= 1 else contextlib.nullcontext()
     with pools, _quiet(quiet):
+        extract_fingerprints(list(target_ids), num_processes=max(1, num_processes), clean=True, verbose=False,
+                             check_dataset_integrity=verify_dataset_integrity, show_progress_bar=not quiet)
         for target in target_ids:
             name = _dataset_name(target)
             (Path(nnUNet_preprocessed) / name).mkdir(parents=True, exist_ok=True)

@@ -192,10 +192,11 @@ def prepare_sources(run: RunFolder, phantom_size: str, seed: int, lits_dir: Path
             generate_corpus(run.phantom, seed=seed, size=phantom_size)
     progress.step("LiTS conversion: Dataset501 (volumes), Dataset502 (liver slices)")
     convert_lits(lits_dir, raw_root=run.raw, overwrite=True, max_cases=max_lits_cases, preprocessed_root=run.preprocessed)
-    progress.step(f"planning and preprocessing (2d): nnUNetPlans for 501, {plans_name_of(encoder)} for 502")
+    progress.step(f"planning and preprocessing (2d): nnUNetPlans for 501 and 502, {plans_name_of(encoder)} for 502")
     with run.nnunet_environment():
         plan_and_preprocess([DATASET_IDS["liver"]], "ExperimentPlanner", verify_dataset_integrity=True)
         plan_and_preprocess([DATASET_IDS["lits_lesion"]], planner_of(encoder), verify_dataset_integrity=True)
+        plan_and_preprocess([DATASET_IDS["lits_lesion"]], "ExperimentPlanner")  # plain nnU-Net's LiTS pretraining
     _mark(run, "sources", settings)
     return lits_dir, sheba_dir
 
@@ -203,9 +204,10 @@ def prepare_sources(run: RunFolder, phantom_size: str, seed: int, lits_dir: Path
 def prepare_targets(run: RunFolder, sheba_dir: Path, progress: Progress, encoder: str = "seresnet18",
                     liver_model: Path | None = None) -> None:
     """The Sheba datasets 503/504: crops by the stage-1 ``liver_model`` (the cascade) or, without one, by the
-    reference masks (oracle crops); nnU-Net's default plans (plain rows) and the LiTS plans carried over."""
+    reference masks (oracle crops); both plans carried over from LiTS (502): nnU-Net's default plans (plain
+    rows, from scratch and from LiTS alike) and the SE-ResNet preset's (our rows)."""
     from nnunet_joint.dataset_conversion.convert_sheba import convert_sheba
-    from nnunet_joint.planning import plan_and_preprocess, plans_name_of, transfer_plans
+    from nnunet_joint.planning import plans_name_of, transfer_plans
 
     settings = {"crop_mode": "oracle" if liver_model is None else "cascade", "encoder": encoder}
     if _marked(run, "targets", settings):
@@ -214,11 +216,11 @@ def prepare_targets(run: RunFolder, sheba_dir: Path, progress: Progress, encoder
     progress.step(f"Sheba conversion: Dataset503/504, {settings['crop_mode']} crops")
     convert_sheba(sheba_dir, raw_root=run.raw, preprocessed_root=run.preprocessed, overwrite=True,
                   liver_model=liver_model, liver_folds=None if liver_model is None else [0])
-    progress.step(f"planning and preprocessing (2d): nnUNetPlans for 503/504, {plans_name_of(encoder)} from 502")
+    progress.step(f"planning and preprocessing (2d): nnUNetPlans and {plans_name_of(encoder)} from 502 for 503/504")
     with run.nnunet_environment():
-        plan_and_preprocess([DATASET_IDS["seg"], DATASET_IDS["joint"]], "ExperimentPlanner",
-                            verify_dataset_integrity=True)
-        transfer_plans(DATASET_IDS["lits_lesion"], [DATASET_IDS["seg"], DATASET_IDS["joint"]], plans_name_of(encoder))
+        for plans in (DEFAULT_PLANS, plans_name_of(encoder)):
+            transfer_plans(DATASET_IDS["lits_lesion"], [DATASET_IDS["seg"], DATASET_IDS["joint"]], plans,
+                           verify_dataset_integrity=True)
     _mark(run, "targets", settings)
 
 
@@ -261,7 +263,7 @@ STUDY_ROWS = (
     "nnUNetTrainerSEResNetCls", "nnUNetTrainerSEResNetCls_LiTS", "nnUNetTrainerSEResNetSeg",
     "nnUNetTrainerSEResNetSeg_LiTS", "nnUNetTrainerYNet", "nnUNetTrainerYNet_LiTS", "nnUNetTrainerJoint",
     "nnUNetTrainerJoint_LiTS", "nnUNetTrainerJoint_LiTS_FreezeEnc", "nnUNetTrainerJoint_LiTS_HierFreeze",
-    "nnUNetTrainerJoint_LiTS_HierUnfreeze", PLAIN_TRAINER)
+    "nnUNetTrainerJoint_LiTS_HierUnfreeze", PLAIN_TRAINER, f"{PLAIN_TRAINER}_LiTS")
 
 #: Budgets, chosen from measured learning curves (README, "Measured figures"): on the small phantom
 #: (fold 0, 60 training slices, batch 6 of 64 x 64) the joint model's validation type accuracy was
@@ -434,7 +436,9 @@ def reproduce(out: Path, profile: Profile, device: str = "cpu", imagenet_weights
     selected = [e for e in matrix if profile.rows is None or e.trainer in profile.rows or e.name in profile.rows]
     runnable = [e for e in selected if e.init != "ImageNet" or imagenet_weights is not None]
     own_data = lits_dir is None or sheba_dir is None
-    progress = Progress(total_steps=(3 if own_data else 2) + 2 + 2 + len(runnable) * len(folds) + 1, quiet=quiet)
+    plain_from_lits = any(e.framework == "nnunet" and e.init == "LiTS" for e in runnable)  # its own pretraining
+    progress = Progress(total_steps=(3 if own_data else 2) + 2 + 2 + plain_from_lits + len(runnable) * len(folds) + 1,
+                        quiet=quiet)
     commands = [" ".join(["nnunet_joint_reproduce", "--profile", profile.name, "--out", str(out)]
                          + (["--oracle-crops"] if oracle_crops else []))]
     plans = plans_name_of(profile.encoder)
@@ -448,10 +452,14 @@ def reproduce(out: Path, profile: Profile, device: str = "cpu", imagenet_weights
                       dict(profile.stage1_budget))
     lits = Training(f"LiTS lesion pretraining: {LITS_TRAINER} on {DATASET_FOLDERS[502]} fold {profile.lits_fold}",
                     LITS_TRAINER, 502, profile.lits_fold, dict(profile.lits_budget), plans)
-    failures = run_trainings(run, [stage1, lits], device, jobs, commands, progress)
+    first = [stage1, lits]
+    if plain_from_lits:
+        first.append(Training(f"LiTS lesion pretraining: {PLAIN_TRAINER} on {DATASET_FOLDERS[502]} fold "
+                              f"{profile.lits_fold}", PLAIN_TRAINER, 502, profile.lits_fold, dict(profile.lits_budget)))
+    failures = run_trainings(run, first, device, jobs, commands, progress)
     for index, failure in failures.items():
         if failure is not None:
-            raise RuntimeError(f"{[stage1, lits][index].what} failed: {failure}")
+            raise RuntimeError(f"{first[index].what} failed: {failure}")
     liver_dir = trainer_dir(run, PLAIN_TRAINER, 501, DEFAULT_PLANS)
     liver_summary = evaluate_dir(liver_dir, run, 501, ["0"])
     if not oracle_crops:
@@ -464,10 +472,13 @@ def reproduce(out: Path, profile: Profile, device: str = "cpu", imagenet_weights
         transfer_env["nnUNet_joint_imagenet_weights"] = str(Path(imagenet_weights).resolve())
 
     trainings, owner = [], []
+    plain_lits = {"nnUNet_joint_lits_checkpoint": str(trainer_dir(run, PLAIN_TRAINER, 502, DEFAULT_PLANS)
+                                                      / f"fold_{profile.lits_fold}" / "checkpoint_final.pth")}
     for exp in runnable:
+        env = {**transfer_env, **plain_lits} if exp.framework == "nnunet" else transfer_env
         for fold in folds:
             trainings.append(Training(f"{exp.trainer} on {DATASET_FOLDERS[exp.dataset]} fold {fold}", exp.trainer,
-                                      exp.dataset, str(fold), dict(profile.budget), exp.plans(plans), transfer_env,
+                                      exp.dataset, str(fold), dict(profile.budget), exp.plans(plans), env,
                                       npz=exp.framework == "nnunet" and exp.dataset == 504))
             owner.append(exp)
     failures = run_trainings(run, trainings, device, jobs, commands, progress)

@@ -73,6 +73,10 @@ class nnUNetTrainer_JointBudget_LiTS(nnUNetTrainer_JointBudget):
     def on_train_start(self):
         super().on_train_start()
         if self.current_epoch == 0:  # a fresh run; a continued one restores its checkpoint instead
-            path = lits_checkpoint_path(self.plans_manager.plans_name, trainer=nnUNetTrainer_JointBudget.__name__)
-            report = load_transfer_weights(unwrap_network(self.network), path, SEG_OUTPUT_PREFIXES)
-            self.print_to_log_file(f"initialised from LiTS weights {path}: {report.summary()}")
+            self.initialise_weights()
+
+    def initialise_weights(self) -> None:
+        """Load the LiTS model's weights into the built network, the segmentation outputs excepted."""
+        path = lits_checkpoint_path(self.plans_manager.plans_name, trainer=nnUNetTrainer_JointBudget.__name__)
+        report = load_transfer_weights(unwrap_network(self.network), path, SEG_OUTPUT_PREFIXES)
+        self.print_to_log_file(f"initialised from LiTS weights {path}: {report.summary()}")
