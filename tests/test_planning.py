@@ -24,14 +24,15 @@ def read_plans(run: RunFolder, dataset: int, plans: str) -> dict:
 
 @pytest.fixture(scope="module")
 def planned(tiny_run, tmp_path_factory) -> RunFolder:
-    """A copy of the tiny run's 504 with plans of all three presets (planned, not preprocessed)."""
+    """A copy of the tiny run's 504 with its own nnUNetPlans and plans of all three presets (planned, not
+    preprocessed; the run's nnUNetPlans are 502's, carried over)."""
     root = tmp_path_factory.mktemp("planned")
     run = RunFolder(root)
     for sub in ("nnUNet_raw", "nnUNet_preprocessed"):
         (getattr(run, sub.split("_")[1])).mkdir(parents=True)
         shutil.copytree(tiny_run.root / sub / DATASET_FOLDERS[504], root / sub / DATASET_FOLDERS[504])
     with run.nnunet_environment():
-        for planner in PLANNERS:
+        for planner in ("ExperimentPlanner", *PLANNERS):
             plan_and_preprocess([504], planner, preprocess=False)
     return run
 
@@ -183,3 +184,14 @@ def test_a_10_hu_cyst_passes_nnunets_preprocessor_inside_the_window(tiny_run):
         json.loads((tiny_run.raw / DATASET_FOLDERS[504] / "dataset.json").read_text()))[0]
     assert data[0, 0, 30, 24] == pytest.approx(-0.3) and data[0, 0, 30, 8] == pytest.approx(0.7)
     assert data[0, 0, 30, 60] == pytest.approx(-2.0)
+
+
+@pytest.mark.parametrize("window", [["240", "-160"], ["0", "nan"]])
+def test_a_bad_ct_window_is_one_line_before_anything_is_planned(window, capsys):
+    from nnunet_joint.planning import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["-d", "504", "--ct-window", *window])
+    low, high = (float(v) for v in window)
+    assert e.value.code == 2
+    assert capsys.readouterr().err == f"error: --ct-window: needs two finite HU values LOW < HIGH, got {low} {high}\n"
