@@ -73,9 +73,10 @@ class SizeSpec:
     lits_slice_mm: tuple[float, float] = (2.5, 5.0)  # thicker for the tiny grid so lesions fit in 8 slices
 
 
-#: The source is what LiTS is to the Sheba set: ``small`` and ``default`` hold at least
-#: SOURCE_TARGET_RATIO times more lesion-bearing LiTS slices than a Sheba fold trains on (measured
-#: with :func:`source_target_census`: docs/study-setting.md). ``default`` has LiTS's 131 volumes.
+#: The source is what LiTS is to the Sheba set (the papers' data-rich source, data-poor target):
+#: ``small`` and ``default`` hold at least ten times more lesion-bearing LiTS slices than a Sheba
+#: fold trains on (measured with :func:`source_target_census`: docs/study-setting.md). ``default``
+#: has LiTS's 131 volumes.
 SIZES: dict[str, SizeSpec] = {
     # the tests': three small volumes, still more lesion slices than the target's training slices
     "tiny": SizeSpec(3, 64, (8, 8), 18, 9, (1, 1, 1), 96, lits_slice_mm=(8.0, 10.0)),
@@ -86,9 +87,6 @@ SIZES: dict[str, SizeSpec] = {
 }
 #: Folds of the Sheba datasets (``nnunet_joint_convert_sheba``'s default): a fold trains on 2/3 of them.
 TARGET_FOLDS = 3
-#: The papers' setting, data-rich source and data-poor target: lesion-bearing source slices per
-#: target training slice, at least.
-SOURCE_TARGET_RATIO = 10
 
 
 @dataclass(frozen=True)
