@@ -3,6 +3,10 @@
 An experiment is a framework, its initialisation and fine-tuning schedule, on one dataset; the
 reproduce pipeline, the papers' published numbers and the report name experiments by these keys, so a
 row of the report, a results folder and a published number meet.
+
+Plain nnU-Net also runs from LiTS on the joint labels (``nnUNetTrainer_JointBudget_LiTS`` on 504:
+nnU-Net's own U-Net pretrained on the LiTS lesion dataset), the papers' transfer question asked of
+nnU-Net's network; it has no ImageNet initialisation and no fine-tuning schedules.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from nnunet_joint.names import (
     FINE_TUNING_SCHEDULES,
     FRAMEWORKS,
     INITS,
+    JOINT_DATASET,
     NO_FREEZING,
     PAPER_FRAMEWORKS,
     SCRATCH,
@@ -57,10 +62,11 @@ def experiment(framework: str, init: str = SCRATCH, schedule: str = NO_FREEZING,
 
 def experiment_matrix() -> list[Experiment]:
     """The papers' matrix: 4 frameworks x 3 inits, joint from LiTS x the fine-tuning schedules,
-    plain nnU-Net on both Sheba datasets."""
+    plain nnU-Net on both Sheba datasets, and plain nnU-Net from LiTS on the joint labels."""
     rows = [experiment(f, i) for f in PAPER_FRAMEWORKS for i in INITS]
     rows += [experiment("joint", "LiTS", s) for s in FINE_TUNING_SCHEDULES]
     rows += [experiment("nnunet", dataset=d) for d in FRAMEWORKS["nnunet"].datasets]
+    rows.append(experiment("nnunet", "LiTS", dataset=JOINT_DATASET))
     return rows
 
 

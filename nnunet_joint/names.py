@@ -80,6 +80,8 @@ SCRATCH = "scratch"
 #: Weight initialisations, in the papers' column order.
 INITS: tuple[str, ...] = (SCRATCH, "ImageNet", "LiTS")
 PRETRAINED_INITS: tuple[str, ...] = ("ImageNet", "LiTS")
+#: Plain nnU-Net's: its own U-Net has no ImageNet weights (``nnUNetTrainer_JointBudget_LiTS``).
+PLAIN_INITS: tuple[str, ...] = (SCRATCH, "LiTS")
 
 NO_FREEZING = "NoFreeze"
 FREEZE_ENCODER = "FreezeEnc"
@@ -105,8 +107,8 @@ def trainer_name(framework: str, init: str = SCRATCH, schedule: str = NO_FREEZIN
     """``nnUNetTrainerJoint_LiTS_HierFreeze`` from ``("joint", "LiTS", "HierFreeze")``."""
     if framework not in FRAMEWORKS or init not in INITS or schedule not in SCHEDULE_NAMES:
         raise ValueError(f"unknown experiment ({framework}, {init}, {schedule})")
-    if framework == "nnunet" and (init, schedule) != (SCRATCH, NO_FREEZING):
-        raise ValueError("plain nnU-Net has no initialisation or schedule of ours")
+    if framework == "nnunet" and (init not in PLAIN_INITS or schedule != NO_FREEZING):
+        raise ValueError("plain nnU-Net starts from scratch or from LiTS, without a fine-tuning schedule")
     if init == SCRATCH and schedule != NO_FREEZING:
         raise ValueError("a fine-tuning schedule needs pretrained weights")
     name = FRAMEWORKS[framework].trainer_base

@@ -23,6 +23,17 @@ then preprocessing the targets with the moved plans): source and targets share s
 normalisation and architecture; the same as ``nnUNetv2_move_plans_between_datasets`` followed by
 ``nnUNetv2_preprocess``.
 
+**One CT window** (:data:`CT_WINDOW_HU`). nnU-Net's ``CTNormalization`` clips CT at the
+0.5/99.5 percentiles of the training set's foreground, then subtracts its mean and divides by its
+std. On the LiTS lesion dataset that window is the liver's (about 43..171 HU on the phantom), so
+cysts (0-20 HU) sat at the clip floor in every row that uses plans carried from LiTS, and each
+dataset's own plans normalised differently. Every plans file this step writes (planned or carried
+over) therefore gets one documented window instead: the abdominal soft-tissue window W 400 / L 40
+(-160..240 HU), centred (mean 40) and scaled to [-2, 2] (std 100), written into the plans'
+``foreground_intensity_properties_per_channel`` — data that nnU-Net's own preprocessing and
+prediction read, so plain nnU-Net rows, our rows and the LiTS pretraining see the same window
+(``ct_window=None`` / ``--no-ct-window`` keeps nnU-Net's percentiles).
+
 **In-process.** nnU-Net's fingerprinting, integrity check and preprocessing always start a
 ``spawn`` worker pool, and every worker imports torch and nnU-Net again (4-40 s each on a loaded
 2-core machine) — most of the time for a few hundred small 2-D slices. With ``-np 1`` (our default)
@@ -34,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -48,6 +60,9 @@ from nnunet_joint.network.seresnet import ENCODER_DEPTHS
 from nnunet_joint.network.unet import DEFAULT_DECODER_CHANNELS, STANDARD_STRIDES
 
 NETWORK_CLASS_NAME = "nnunet_joint.network.unet.SEResNetUNet"
+#: The CT window of every plans file we write (HU): abdominal soft tissue, W 400 / L 40. Fat (-100),
+#: water and cysts (0-20), liver (about 110) and enhanced vessels (150-190) all lie inside it.
+CT_WINDOW_HU = (-160.0, 240.0)
 
 
 def plans_name_of(encoder: str) -> str:
@@ -188,6 +203,37 @@ def planner_class(name: str) -> type:
     return found
 
 
+# ----------------------------------------------------------------------------- one CT window
+
+def ct_window_properties(window: tuple[float, float]) -> dict[str, float]:
+    """The intensity properties ``CTNormalization`` reads, for a fixed window: clip to it, map it to [-2, 2]."""
+    low, high = (float(v) for v in window)
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise InputError("--ct-window", f"needs two finite HU values LOW < HIGH, got {low} {high}")
+    centre = (low + high) / 2
+    return {"max": high, "mean": centre, "median": centre, "min": low, "percentile_00_5": low,
+            "percentile_99_5": high, "std": (high - low) / 4}
+
+
+def set_ct_window(plans_file: Path, window: tuple[float, float] = CT_WINDOW_HU) -> None:
+    """Write ``window`` into a plans file for every channel some configuration normalises with ``CTNormalization``."""
+    from nnunet_joint.io import write_json
+
+    plans = json.loads(plans_file.read_text(encoding="utf-8"))
+    properties = ct_window_properties(window)
+    ct_channels = {str(i) for config in plans["configurations"].values()
+                   for i, scheme in enumerate(config.get("normalization_schemes", [])) if scheme == "CTNormalization"}
+    for channel in sorted(ct_channels):
+        plans["foreground_intensity_properties_per_channel"][channel] = dict(properties)
+    write_json(plans, plans_file, sort_keys=False, indent=4)
+
+
+def _plans_file(dataset_id: int | str, plans_identifier: str) -> Path:
+    from nnunetv2.paths import nnUNet_preprocessed
+
+    return Path(nnUNet_preprocessed) / _dataset_name(dataset_id) / f"{plans_identifier}.json"
+
+
 # ----------------------------------------------------------------------------- in-process running
 
 class _Finished:
@@ -267,8 +313,10 @@ def plan_and_preprocess(dataset_ids: Sequence[int], planner: str = "ExperimentPl
                         configurations: Sequence[str] = ("2d",), num_processes: int = 1,
                         verify_dataset_integrity: bool = False, plans_name: str | None = None,
                         gpu_memory_target_in_gb: float | None = None, preprocess: bool = True,
-                        quiet: bool = True) -> str:
+                        quiet: bool = True, ct_window: tuple[float, float] | None = CT_WINDOW_HU) -> str:
     """Fingerprint, plan (with ``planner``) and preprocess datasets, as ``nnUNetv2_plan_and_preprocess``.
+
+    The plans get ``ct_window`` before preprocessing (None: nnU-Net's own percentile window).
 
     Returns:
         The plans identifier written (e.g. ``nnUNetSEResNet18Plans``).
@@ -285,6 +333,8 @@ def plan_and_preprocess(dataset_ids: Sequence[int], planner: str = "ExperimentPl
         for d in dataset_ids:
             _, identifier = plan_experiment_dataset(d, planner_cls, gpu_memory_target_in_gb,
                                                     overwrite_plans_name=plans_name)
+            if ct_window is not None:
+                set_ct_window(_plans_file(d, identifier), ct_window)
         if preprocess:
             preprocess_(dataset_ids, identifier, configurations, n, quiet)
     assert identifier is not None
@@ -301,13 +351,16 @@ def preprocess_(dataset_ids: Sequence[int], plans_identifier: str, configuration
 
 
 def transfer_plans(source_id: int, target_ids: Sequence[int], plans_identifier: str,
-                   configurations: Sequence[str] = ("2d",), num_processes: int = 1, quiet: bool = True) -> None:
+                   configurations: Sequence[str] = ("2d",), num_processes: int = 1, quiet: bool = True,
+                   ct_window: tuple[float, float] | None = CT_WINDOW_HU, verify_dataset_integrity: bool = False) -> None:
     """nnU-Net's transfer route: the source's plans moved to each target, which is then preprocessed with them.
 
-    Pretraining and fine-tuning then share spacing, normalisation (the source's intensity
-    statistics) and architecture. The target's ``dataset.json`` is copied to its preprocessed
-    folder first, which nnU-Net's preprocessor reads (planning would have put it there).
+    Pretraining and fine-tuning then share spacing, normalisation (``ct_window``, or with None the
+    source's intensity statistics) and architecture. The targets are fingerprinted first (nnU-Net's
+    trainer copies ``dataset_fingerprint.json`` into its results), and each one's ``dataset.json`` is
+    copied to its preprocessed folder, which nnU-Net's preprocessor reads.
     """
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints
     from nnunetv2.experiment_planning.plans_for_pretraining.move_plans_between_datasets import (
         move_plans_between_datasets,
     )
@@ -319,11 +372,15 @@ def transfer_plans(source_id: int, target_ids: Sequence[int], plans_identifier: 
         raise InputError(plans_file, f"not found: plan dataset {source_id} with the {plans_identifier} preset first")
     pools = in_process_pools() if num_processes <= 1 else contextlib.nullcontext()
     with pools, quiet_stdout(quiet):
+        extract_fingerprints(list(target_ids), num_processes=max(1, num_processes), clean=True, verbose=False,
+                             check_dataset_integrity=verify_dataset_integrity, show_progress_bar=not quiet)
         for target in target_ids:
             name = _dataset_name(target)
             (Path(nnUNet_preprocessed) / name).mkdir(parents=True, exist_ok=True)
             shutil.copyfile(Path(nnUNet_raw) / name / "dataset.json", Path(nnUNet_preprocessed) / name / "dataset.json")
             move_plans_between_datasets(source_id, target, plans_identifier, plans_identifier)
+            if ct_window is not None:
+                set_ct_window(_plans_file(target, plans_identifier), ct_window)
         preprocess_(target_ids, plans_identifier, configurations, max(1, num_processes), quiet)
 
 
@@ -346,6 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plans-from", type=int, default=None, metavar="SOURCE_ID",
                    help="do not plan: move SOURCE_ID's plans (-p) to the -d datasets and preprocess them")
     p.add_argument("-p", default=None, help="plans identifier for --plans-from (e.g. nnUNetSEResNet50Plans)")
+    p.add_argument("--ct-window", nargs=2, type=float, default=list(CT_WINDOW_HU), metavar=("LOW", "HIGH"),
+                   help="CT window (HU) written into the plans for every CT channel (default: -160 240, the "
+                        "abdominal soft-tissue window)")
+    p.add_argument("--no-ct-window", action="store_true", help="keep nnU-Net's window (foreground percentiles)")
     p.add_argument("--verbose", action="store_true", help="show nnU-Net's own output")
     return p
 
@@ -353,16 +414,19 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    window = None if args.no_ct_window else tuple(args.ct_window)
+    if window is not None:
+        ct_window_properties(window)  # a bad window stops before anything is written
     if args.plans_from is not None:
         if not args.p:
             raise InputError(None, "--plans-from needs -p PLANS_IDENTIFIER (e.g. nnUNetSEResNet50Plans)")
-        transfer_plans(args.plans_from, args.d, args.p, args.c, args.np, quiet=not args.verbose)
+        transfer_plans(args.plans_from, args.d, args.p, args.c, args.np, quiet=not args.verbose, ct_window=window)
         print(f"moved {args.p} from dataset {args.plans_from} to {', '.join(map(str, args.d))} and preprocessed "
               f"{', '.join(args.c)}")
         return 0
     identifier = plan_and_preprocess(args.d, args.pl, args.c, args.np, args.verify_dataset_integrity,
                                      args.overwrite_plans_name, args.gpu_memory_target, not args.no_pp,
-                                     quiet=not args.verbose)
+                                     quiet=not args.verbose, ct_window=window)
     print(f"planned {', '.join(map(str, args.d))} with {args.pl}: plans {identifier}"
           + ("" if args.no_pp else f"; preprocessed {', '.join(args.c)}"))
     return 0

@@ -182,6 +182,7 @@ def prepare_sources(run: RunFolder, lits_dir: Path, sheba_dir: Path, phantom: di
     with run.nnunet_environment():
         plan_and_preprocess([DATASET_IDS["liver"]], "ExperimentPlanner", verify_dataset_integrity=True)
         plan_and_preprocess([DATASET_IDS["lits_lesion"]], planner_of(encoder), verify_dataset_integrity=True)
+        plan_and_preprocess([DATASET_IDS["lits_lesion"]], "ExperimentPlanner")  # plain nnU-Net's, carried to 503/504
     _mark(run, "sources", sources_settings(phantom, encoder))
 
 
@@ -193,16 +194,17 @@ def targets_settings(liver_model: Path | None, encoder: str) -> dict:
 def prepare_targets(run: RunFolder, sheba_dir: Path, encoder: str = "seresnet18", liver_model: Path | None = None
                     ) -> None:
     """The Sheba datasets 503/504: crops by the stage-1 ``liver_model`` (the cascade) or, without one, by the
-    reference masks (oracle crops); nnU-Net's default plans (plain rows) and the LiTS plans carried over."""
+    reference masks (oracle crops); both plans carried over from LiTS (502): nnU-Net's default plans (plain
+    rows, from scratch and from LiTS alike) and the SE-ResNet preset's (our rows)."""
     from nnunet_joint.dataset_conversion.convert_sheba import convert_sheba
-    from nnunet_joint.planning import plan_and_preprocess, plans_name_of, transfer_plans
+    from nnunet_joint.planning import plans_name_of, transfer_plans
 
     convert_sheba(sheba_dir, raw_root=run.raw, preprocessed_root=run.preprocessed, overwrite=True,
                   liver_model=liver_model, liver_folds=None if liver_model is None else [0])
     with run.nnunet_environment():
-        plan_and_preprocess([DATASET_IDS["seg"], DATASET_IDS["joint"]], "ExperimentPlanner",
-                            verify_dataset_integrity=True)
-        transfer_plans(DATASET_IDS["lits_lesion"], [DATASET_IDS["seg"], DATASET_IDS["joint"]], plans_name_of(encoder))
+        for plans in (DEFAULT_PLANS, plans_name_of(encoder)):  # plain rows (scratch and LiTS alike) and ours
+            transfer_plans(DATASET_IDS["lits_lesion"], [DATASET_IDS["seg"], DATASET_IDS["joint"]], plans,
+                           verify_dataset_integrity=True)
     _mark(run, "targets", targets_settings(liver_model, encoder))
 
 
@@ -245,7 +247,7 @@ STUDY_ROWS = (
     *(trainer_name(framework, init) for framework in ("cls", "seg", "ynet", "joint") for init in ("scratch", "LiTS")),
     *(trainer_name("joint", "LiTS", schedule) for schedule in (FREEZE_ENCODER, HIERARCHICAL_FREEZING,
                                                                HIERARCHICAL_UNFREEZING)),
-    PLAIN_TRAINER)
+    PLAIN_TRAINER, trainer_name("nnunet", "LiTS"))
 
 #: Budgets, chosen from measured learning curves (docs/measured_figures.md): on the small phantom
 #: (fold 0, 60 training slices, batch 6 of 64 x 64) the joint model's validation type accuracy was
@@ -473,12 +475,30 @@ class Study:
     def runnable(self) -> list[Experiment]:
         return [e for e in self.selected() if e.init != "ImageNet" or self.imagenet_weights is not None]
 
+    def plain_lits(self) -> Training:
+        """nnU-Net's own U-Net pretrained on the LiTS lesion dataset: the init of plain nnU-Net from LiTS."""
+        return Training(f"LiTS lesion pretraining: {PLAIN_TRAINER} on {DATASET_FOLDERS[LITS_LESION_DATASET]} fold "
+                        f"{self.profile.lits_fold}", PLAIN_TRAINER, LITS_LESION_DATASET, self.profile.lits_fold,
+                        dict(self.profile.lits_budget))
+
+    def needs_plain_lits(self) -> bool:
+        return any(e.framework == "nnunet" and e.init == "LiTS" for e in self.runnable())
+
+    def pretraining_of(self, exp: Experiment) -> str | None:
+        """The step whose checkpoint initialises ``exp`` (``None``: none of ours)."""
+        if exp.init != "LiTS":
+            return None
+        return "lits-plain" if exp.framework == "nnunet" else "lits"
+
     def row_trainings(self) -> list[tuple[Experiment, int, Training]]:
         env = {"nnUNet_joint_lits_checkpoint": str(self.lits().fold_dir(self.run) / "checkpoint_final.pth")}
         if self.imagenet_weights is not None:
             env["nnUNet_joint_imagenet_weights"] = str(Path(self.imagenet_weights).resolve())
+        plain_env = {**env, "nnUNet_joint_lits_checkpoint": str(self.plain_lits().fold_dir(self.run)
+                                                                 / "checkpoint_final.pth")}
         return [(exp, fold, Training(f"{exp.trainer} on {DATASET_FOLDERS[exp.dataset]} fold {fold}", exp.trainer,
-                                     exp.dataset, str(fold), dict(self.profile.budget), exp.plans(self.plans), env,
+                                     exp.dataset, str(fold), dict(self.profile.budget), exp.plans(self.plans),
+                                     plain_env if exp.framework == "nnunet" else env,
                                      npz=exp.framework == "nnunet" and exp.dataset == JOINT_DATASET))
                 for exp in self.runnable() for fold in self.folds]
 
@@ -580,7 +600,8 @@ class Study:
         joint = self.run.raw / DATASET_FOLDERS[JOINT_DATASET]
         commands = [" ".join(["nnunet_joint_reproduce", "--profile", profile.name, "--out", str(self.run.root)]
                              + (["--oracle-crops"] if self.oracle_crops else []))]
-        commands += [t.command(self.device) for t in (self.stage1(), self.lits())]
+        commands += [t.command(self.device) for t in (self.stage1(), self.lits())
+                     + ((self.plain_lits(),) if self.needs_plain_lits() else ())]
         commands += [t.command(self.device) for _, _, t in trainings]
         meta = {"profile": profile.name, "folds": folds, "commands": commands, "versions": versions(),
                 "wall_time_s": time.time() - self.started, "raw_root": self.run.raw, "jobs": self.jobs,
@@ -613,6 +634,11 @@ class Study:
                  lambda: fold_done(lits.fold_dir(self.run)), lits.iterations(),
                  lits.fold_dir(self.run) / LEARNING_CURVE_FILE, gpu=True),
         ]
+        if self.needs_plain_lits() and self.stop_after != "data":
+            plain = self.plain_lits()
+            train_steps.append(Step("lits-plain", plain.what, "LiTS pretraining", ("data",), lambda: self.train(plain),
+                                    lambda: fold_done(plain.fold_dir(self.run)), plain.iterations(),
+                                    plain.fold_dir(self.run) / LEARNING_CURVE_FILE, gpu=True))
         crop_mode = "oracle" if self.oracle_crops else "cascade"
         crops = Step("crops", f"Sheba conversion: Dataset503/504, {crop_mode} crops; planning and preprocessing",
                      f"crops ({crop_mode})", ("data",) if self.oracle_crops else ("data", "stage1"), self.make_crops,
@@ -621,7 +647,8 @@ class Study:
             return [data, crops] if self.oracle_crops else [data, train_steps[0], crops]
         rows = []
         for exp, fold, t in self.row_trainings():
-            after = ("data", "crops") + (("lits",) if exp.init == "LiTS" else ())
+            pretraining = self.pretraining_of(exp)
+            after = ("data", "crops") + ((pretraining,) if pretraining else ())
             rows.append(Step(step_id(exp, fold), t.what, f"row training ({exp.framework})", after,
                              lambda row=step_id(exp, fold), t=t: self.train_row(row, t),
                              lambda t=t: fold_done(t.fold_dir(self.run)), t.iterations(),

@@ -211,7 +211,7 @@ def test_largest_remainder_splits_exactly() -> None:
 
 def test_default_plan_counts_and_patients() -> None:
     plan = plan_corpus(0, "default")
-    assert len(plan.sheba) == 332 and len(plan.lits) == 30
+    assert len(plan.sheba) == 332 and len(plan.lits) == 131  # LiTS's training volumes
     assert plan.sheba_type_counts() == {"cyst": 104, "hemangioma": 99, "metastasis": 129}
     assert plan.sheba_patient_type_counts() == {"cyst": 44, "hemangioma": 42, "metastasis": 54}
     per_patient: dict[str, list[str]] = {}
@@ -220,7 +220,7 @@ def test_default_plan_counts_and_patients() -> None:
     assert len(per_patient) == 140
     assert all(1 <= len(t) <= 4 and len(set(t)) == 1 for t in per_patient.values())
     with_lesions = [v for v in plan.lits if v.lesion_types]
-    assert len(with_lesions) >= 24
+    assert len(with_lesions) >= 100
     assert sum(len(set(v.lesion_types)) > 1 for v in plan.lits) >= 3
     assert plan_corpus(0, "default") == plan  # planning is deterministic
 
@@ -264,3 +264,34 @@ def test_clinical_volume_has_the_asked_grid_lesions_in_the_liver_and_is_determin
     assert record["lesions"] and (seg == 2).any()
     again = render_clinical_volume(seed=0, slices=12)
     assert np.array_equal(again.image, hu)
+
+
+# ----------------------------------------------------------------------------- the source against the target
+
+
+def test_lits_like_burden_several_lesions_per_volume_many_small_a_wide_size_range() -> None:
+    counts, radii = [], []
+    for v in plan_corpus(0, "default").lits:
+        counts.append(len(v.lesion_types))
+        radii += v.radii_mm
+        assert len(v.radii_mm) == len(v.lesion_types)
+    assert 3 <= np.median(counts) <= 5 and max(counts) >= 15 and 0 in counts
+    diameters = 2 * np.array(radii)
+    assert 0.15 <= np.mean(diameters < 10) <= 0.4  # many below 1 cm
+    assert diameters.min() < 5 and diameters.max() > 100
+
+
+@pytest.mark.slow
+def test_small_source_holds_ten_times_the_targets_training_slices_of_lesion(tmp_path: Path) -> None:
+    summary = generate_corpus(tmp_path / "small", seed=0, size="small")
+    lesion_slices = liver_slices = 0
+    for segmentation in sorted((tmp_path / "small" / "LiTS").glob("segmentation-*.nii.gz")):
+        labels = _array(segmentation)
+        liver_slices += int((labels > 0).any(axis=(1, 2)).sum())  # a Dataset502 case each
+        lesion_slices += int((labels == 2).any(axis=(1, 2)).sum())
+    training_per_fold = len(_rows(tmp_path / "small")) * 2 / 3  # 3 folds by patient
+    assert training_per_fold == 60
+    assert lesion_slices >= 10 * training_per_fold
+    census = summary["census"]
+    assert (census["lits_lesion_slices"], census["lits_liver_slices"]) == (lesion_slices, liver_slices)
+    assert census["ratio"] == pytest.approx(lesion_slices / training_per_fold, abs=0.01)

@@ -6,7 +6,9 @@ import json
 import shutil
 import warnings
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 
 from nnunet_joint.network.from_plans import SERESNET_UNET
@@ -22,14 +24,15 @@ def read_plans(run: RunFolder, dataset: int, plans: str) -> dict:
 
 @pytest.fixture(scope="module")
 def planned(tiny_run, tmp_path_factory) -> RunFolder:
-    """A copy of the tiny run's 504 with plans of all three presets (planned, not preprocessed)."""
+    """A copy of the tiny run's 504 with its own nnUNetPlans and plans of all three presets (planned, not
+    preprocessed; the run's nnUNetPlans are 502's, carried over)."""
     root = tmp_path_factory.mktemp("planned")
     run = RunFolder(root)
     for sub in ("nnUNet_raw", "nnUNet_preprocessed"):
         (getattr(run, sub.split("_")[1])).mkdir(parents=True)
         shutil.copytree(tiny_run.root / sub / DATASET_FOLDERS[504], root / sub / DATASET_FOLDERS[504])
     with run.nnunet_environment():
-        for planner in PLANNERS:
+        for planner in ("ExperimentPlanner", *PLANNERS):
             plan_and_preprocess([504], planner, preprocess=False)
     return run
 
@@ -114,5 +117,81 @@ def test_transfer_carries_lits_spacing_normalisation_and_architecture(tiny_run):
         data = tiny_run.preprocessed / DATASET_FOLDERS[target] / moved["configurations"]["2d"]["data_identifier"]
         assert len(list(data.glob("*.b2nd"))) == 2 * len(list((tiny_run.raw / DATASET_FOLDERS[target] / "labelsTr")
                                                               .glob("*.nii.gz")))
-    # the target's own default plans normalise with its own statistics: the transfer changed them
-    assert own["foreground_intensity_properties_per_channel"] != source["foreground_intensity_properties_per_channel"]
+    # the target's own default plans normalise with the same window (not with their own statistics)
+    assert own["foreground_intensity_properties_per_channel"] == source["foreground_intensity_properties_per_channel"]
+
+
+WINDOW = (-160.0, 240.0)  # the abdominal soft-tissue window, W 400 / L 40
+
+
+def normalised(hu):
+    """nnU-Net's CTNormalization with the window: clip, subtract its centre, divide by a quarter of its width."""
+    low, high = WINDOW
+    return (np.clip(hu, low, high) - (low + high) / 2) / ((high - low) / 4)
+
+
+def test_every_plans_file_normalises_ct_with_one_window(tiny_run):
+    expected = {"0": {"max": 240.0, "mean": 40.0, "median": 40.0, "min": -160.0, "percentile_00_5": -160.0,
+                      "percentile_99_5": 240.0, "std": 100.0}}
+    for dataset, plans in ((501, "nnUNetPlans"), (502, plans_name_of("seresnet18")), (503, "nnUNetPlans"),
+                           (503, plans_name_of("seresnet18")), (504, "nnUNetPlans"), (504, plans_name_of("seresnet18"))):
+        assert read_plans(tiny_run, dataset, plans)["foreground_intensity_properties_per_channel"] == expected
+
+
+@pytest.mark.parametrize("dataset", [502, 503])
+def test_preprocessed_lesions_keep_their_contrast_in_the_window(tiny_run, dataset):
+    """Each case's preprocessed lesion median against the window applied by hand to its raw HU: LiTS
+    (502) and Sheba (503) data went through the same window, and a cyst is not at the clip floor."""
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+    plans = read_plans(tiny_run, dataset, plans_name_of("seresnet18"))
+    folder = tiny_run.preprocessed / DATASET_FOLDERS[dataset] / plans["configurations"]["2d"]["data_identifier"]
+    data = infer_dataset_class(str(folder))(str(folder))
+    raw = tiny_run.raw / DATASET_FOLDERS[dataset]
+    compared, cysts = 0, 0
+    for key in data.identifiers:
+        image, seg, _, _ = data.load_case(key)
+        lesion = np.asarray(seg[0]) == 2
+        hu = sitk.GetArrayFromImage(sitk.ReadImage(str(raw / "imagesTr" / f"{key}_0000.nii.gz")))
+        raw_lesion = sitk.GetArrayFromImage(sitk.ReadImage(str(raw / "labelsTr" / f"{key}.nii.gz"))) == 2
+        quartiles = np.percentile(hu[raw_lesion], [25, 75]) if raw_lesion.sum() >= 20 else (0, np.inf)
+        if lesion.sum() < 10 or quartiles[1] - quartiles[0] > 30:
+            continue  # resampling shrinks a heterogeneous lesion's parts unevenly: its median moves
+        got = float(np.median(np.asarray(image[0])[lesion]))
+        median_hu = float(np.median(hu[raw_lesion]))
+        assert got == pytest.approx(normalised(median_hu), abs=0.1), key
+        compared += 1
+        if median_hu < 20:  # a cyst: water density, far above the window's floor (-2)
+            assert got > normalised(WINDOW[0]) + 1.5, key
+            cysts += 1
+    assert compared >= 3 and cysts >= 1
+
+
+def test_a_10_hu_cyst_passes_nnunets_preprocessor_inside_the_window(tiny_run):
+    """nnU-Net's own preprocessor with the moved plans: 10 HU is (10 - 40) / 100, not the clip floor."""
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans = read_plans(tiny_run, 504, plans_name_of("seresnet18"))
+    manager = PlansManager(plans)
+    config = manager.get_configuration("2d")
+    image = np.full((1, 1, 64, 64), 110.0, np.float32)  # liver
+    image[..., 16:48, 16:32] = 10.0  # a cyst
+    image[..., :, 56:] = -1000.0  # air
+    spacing = [999.0, *config.spacing]
+    data = DefaultPreprocessor(verbose=False).run_case_npy(
+        image, np.ones_like(image, dtype=np.int16), {"spacing": spacing}, manager, config,
+        json.loads((tiny_run.raw / DATASET_FOLDERS[504] / "dataset.json").read_text()))[0]
+    assert data[0, 0, 30, 24] == pytest.approx(-0.3) and data[0, 0, 30, 8] == pytest.approx(0.7)
+    assert data[0, 0, 30, 60] == pytest.approx(-2.0)
+
+
+@pytest.mark.parametrize("window", [["240", "-160"], ["0", "nan"]])
+def test_a_bad_ct_window_is_one_line_before_anything_is_planned(window, capsys):
+    from nnunet_joint.planning import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["-d", "504", "--ct-window", *window])
+    low, high = (float(v) for v in window)
+    assert e.value.code == 2
+    assert capsys.readouterr().err == f"error: --ct-window: needs two finite HU values LOW < HIGH, got {low} {high}\n"

@@ -8,24 +8,90 @@ import pytest
 import torch
 
 from nnunet_joint.training.curves import LEARNING_CURVE_FILE, LearningCurve, patch_counts
-from nnunet_joint.training.recipes import RECIPES, Recipe, RecipeLRScheduler, recipe_name
+from nnunet_joint import TRAINERS_DIR
+from nnunet_joint.errors import InputError
+from nnunet_joint.training.recipes import RECIPES, Recipe, RecipeLRScheduler
 
 
-def test_scratch_recipe_is_nnunets_poly_rule():
-    recipe = RECIPES["scratch"]
+def test_poly_recipe_is_nnunets_poly_rule():
+    recipe = RECIPES["poly"]
     assert recipe.warmup_epochs(100) == 0
     for epoch in (0, 1, 50, 99):
         assert recipe.lr_at(epoch, 100) == pytest.approx(1e-2 * (1 - epoch / 100) ** 0.9)
 
 
-def test_fine_tune_recipe_warms_up_linearly_then_decays_from_the_peak():
-    recipe = RECIPES["fine-tune"]
+def test_warmup_recipe_warms_up_linearly_then_decays_from_the_peak():
+    recipe = RECIPES["warmup-poly"]
     assert recipe.warmup_epochs(100) == 10 and recipe.warmup_epochs(5) == 1  # round half up: 0.5 -> 1
     assert [recipe.lr_at(e, 100) for e in range(3)] == pytest.approx([1e-3, 2e-3, 3e-3])
     assert recipe.lr_at(9, 100) == pytest.approx(1e-2)
     assert recipe.lr_at(10, 100) == pytest.approx(1e-2)  # the decay starts at the peak
     assert recipe.lr_at(55, 100) == pytest.approx(1e-2 * (1 - 45 / 90) ** 0.9)
-    assert recipe_name("scratch") == "scratch" and recipe_name("LiTS") == recipe_name("ImageNet") == "fine-tune"
+
+
+SERESNET_PLANS = {
+    "plans_name": "nnUNetSEResNet18Plans",
+    "configurations": {"2d": {"data_identifier": "nnUNetSEResNet18Plans_2d", "patch_size": [64, 64], "batch_size": 2,
+                              "architecture": {"network_class_name": "nnunet_joint.network.unet.SEResNetUNet",
+                                               "arch_kwargs": {"encoder_name": "seresnet18",
+                                                               "strides": [[1, 1]] + [[2, 2]] * 5,
+                                                               "decoder_channels": [16, 32, 64, 128, 256],
+                                                               "n_conv_per_stage_decoder": 2},
+                                               "_kw_requires_import": []}}}}
+DATASETS = {"seg": ("Dataset503_ShebaSeg", {"background": 0, "liver": 1, "lesion": 2}),
+            "joint": ("Dataset504_ShebaJoint", {"background": 0, "liver": 1, "cyst": 2, "hemangioma": 3, "metastasis": 4})}
+
+
+def _trainer(name: str, labels_of: str):
+    """A real trainer object as nnUNetv2_train builds it (nothing is loaded or trained)."""
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    dataset, labels = DATASETS[labels_of]
+    plans = {**SERESNET_PLANS, "dataset_name": dataset, "continue_training": False}
+    dataset_json = {"labels": labels, "channel_names": {"0": "CT"}, "file_ending": ".nii.gz"}
+    return recursive_find_trainer_class_by_name(name)(plans, "2d", 0, dataset_json, torch.device("cpu"))
+
+
+def _learning_rates(trainer) -> list[float]:
+    """The rate the trainer's own optimizer and scheduler set in each epoch (nnU-Net steps with the epoch)."""
+    trainer.network = torch.nn.Linear(1, 1)
+    optimizer, scheduler = trainer.configure_optimizers()
+    rates = []
+    for epoch in range(trainer.num_epochs):
+        scheduler.step(epoch)
+        rates.append(optimizer.param_groups[0]["lr"])
+    return rates
+
+
+@pytest.mark.parametrize("recipe", [None, "warmup-poly"])
+def test_a_scratch_row_and_its_lits_row_get_the_same_recipe(tmp_path, monkeypatch, recipe):
+    monkeypatch.setenv("nnUNet_extTrainer", str(TRAINERS_DIR))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    monkeypatch.setenv("nnUNet_joint_epochs", "20")
+    if recipe:
+        monkeypatch.setenv("nnUNet_joint_lr_recipe", recipe)
+    # by hand: nnU-Net's poly rule, or 2 warm-up epochs (10 % of 20) to 1e-2 and poly over the other 18
+    expected = ([1e-2 * (1 - e / 20) ** 0.9 for e in range(20)] if not recipe else
+                [5e-3, 1e-2] + [1e-2 * (1 - (e - 2) / 18) ** 0.9 for e in range(2, 20)])
+    record = {"recipe": recipe or "poly", "peak_lr": 1e-2, "warmup_fraction": 0.1 if recipe else 0.0,
+              "warmup_epochs": 2 if recipe else 0}
+    rows = [(name, labels) for base, labels in (("nnUNetTrainerSEResNetSeg", "seg"), ("nnUNetTrainerSEResNetCls", "seg"),
+                                                ("nnUNetTrainerYNet", "seg"), ("nnUNetTrainerJoint", "joint"))
+            for name in (base, f"{base}_LiTS", f"{base}_LiTS_HierFreeze", f"{base}_ImageNet")]
+    rows += [("nnUNetTrainer_JointBudget", "joint"), ("nnUNetTrainer_JointBudget_LiTS", "joint")]  # plain nnU-Net
+    for name, labels in rows:
+        trainer = _trainer(name, labels)
+        assert _learning_rates(trainer) == pytest.approx(expected), name
+        if hasattr(trainer, "record"):  # ours: joint_config.json says which recipe
+            assert trainer.record["learning_rate"] == record, name
+
+
+def test_an_unknown_recipe_is_refused(monkeypatch):
+    from nnunet_joint.training.settings import recipe_choice
+
+    monkeypatch.setenv("nnUNet_joint_lr_recipe", "fine-tune")
+    with pytest.raises(InputError, match="must be one of poly, warmup-poly, got 'fine-tune'"):
+        recipe_choice()
 
 
 def test_scheduler_sets_every_group_and_follows_the_epoch_it_is_given():

@@ -241,5 +241,6 @@ def test_the_study_profile_runs_both_sides_of_every_question_the_papers_ask_with
             if init != "ImageNet":
                 assert experiment(framework, init, schedule) in selected, (c.name, framework, init, schedule)
     assert {e.dataset for e in selected if e.framework == "nnunet"} == {503, 504}  # plain nnU-Net on both
-    assert len(selected) == 13
+    assert experiment("nnunet", "LiTS", dataset=504) in selected  # and from LiTS on the joint labels
+    assert len(selected) == 14
     assert set(study.budget) == {"nnUNet_joint_epochs", "nnUNet_joint_iterations"}  # one budget for every row

@@ -205,8 +205,9 @@ def test_nnunet_finds_every_named_variant(monkeypatch):
 
 
 def test_every_trainer_we_ship_resumes_through_the_safe_loader(tmp_path, monkeypatch):
-    """``--c`` / ``--val`` call the trainer's ``load_checkpoint``: for each of the 37 classes (36
-    variants and the plain-nnU-Net budget wrapper) a hostile checkpoint is refused and runs nothing."""
+    """``--c`` / ``--val`` call the trainer's ``load_checkpoint``: for each of the 38 classes (36
+    variants and the plain-nnU-Net budget wrapper, from scratch and from LiTS) a hostile checkpoint is
+    refused and runs nothing."""
     import os
 
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
@@ -215,7 +216,8 @@ def test_every_trainer_we_ship_resumes_through_the_safe_loader(tmp_path, monkeyp
 
     monkeypatch.setenv("nnUNet_extTrainer", str(TRAINERS_DIR))
     bases = ["nnUNetTrainerSEResNetSeg", "nnUNetTrainerSEResNetCls", "nnUNetTrainerYNet", "nnUNetTrainerJoint"]
-    names = [n for b in bases for n in [b, *variant_names(b)]] + ["nnUNetTrainer_JointBudget"]
+    names = [n for b in bases for n in [b, *variant_names(b)]] + ["nnUNetTrainer_JointBudget",
+                                                                  "nnUNetTrainer_JointBudget_LiTS"]
 
     class RunsCode:
         def __reduce__(self):
@@ -229,4 +231,4 @@ def test_every_trainer_we_ship_resumes_through_the_safe_loader(tmp_path, monkeyp
         trainer.was_initialized, trainer.device = True, torch.device("cpu")
         with pytest.raises(InputError, match="would run code"):
             trainer.load_checkpoint(str(hostile))
-    assert len(names) == 37 and not (tmp_path / "pwned").exists()
+    assert len(names) == 38 and not (tmp_path / "pwned").exists()

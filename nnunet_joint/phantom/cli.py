@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same bytes")
     parser.add_argument("--size", choices=sorted(SIZES), default="default",
-                        help="default: 30 volumes + 332 slices / 140 patients; small: 8 volumes (128^2) + 90 slices (128^2), for the demo; tiny: 3 volumes + 18 slices, for tests")
+                        help="default: 131 volumes + 332 slices / 140 patients; small: 48 volumes (128^2) + 90 slices (128^2), for the demo and the study; tiny: 3 volumes + 18 slices, for tests")
     parser.add_argument("--difficulty", type=float, default=DEFAULT_DIFFICULTY, help=DIFFICULTY_HELP)
     return parser
 
@@ -28,7 +28,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     summary = generate_corpus(args.out, seed=args.seed, size=args.size, difficulty=args.difficulty)
     counts = ", ".join(f"{n} {t}" for t, n in summary["sheba_type_counts"].items())
-    print(f"LiTS:  {summary['lits_volumes']} volumes in {summary['lits_dir']}")
+    census = summary["census"]
+    print(f"LiTS:  {summary['lits_volumes']} volumes in {summary['lits_dir']}: {census['lits_liver_slices']} liver "
+          f"slices, {census['lits_lesion_slices']} with lesion ({census['ratio']:.1f}x the "
+          f"{census['sheba_training_slices_per_fold']:g} Sheba slices a fold trains on)")
     print(f"Sheba: {summary['sheba_slices']} slices / {summary['sheba_patients']} patients ({counts}) in {summary['sheba_dir']}")
     print(f"truth: {summary['truth']}")
     print(f"generated in {summary['seconds']:.1f} s")

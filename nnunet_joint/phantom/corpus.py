@@ -41,7 +41,7 @@ from nnunet_joint.phantom.acquisition import Acquisition, apply_acquisition, sam
 from nnunet_joint.phantom.anatomy import LIVER_CODES, Grid, Patient, render_anatomy, sample_patient
 from nnunet_joint.phantom.lesions import Lesion, lesion_count, paint_lesion, place_lesions, sample_lesion
 
-GENERATOR_VERSION = "1.0.0"
+GENERATOR_VERSION = "1.1.0"
 #: Default difficulty: 15 % atypical lesions, 9-21 HU noise at 256 x 256; see DIFFICULTY_HELP.
 #: Calibration check (seed 0, default size, 3-fold CV grouped by patient, features measured inside
 #: the *true* lesion mask): lesion-median HU alone classifies 72 % of slices, a random forest on
@@ -73,19 +73,55 @@ class SizeSpec:
     lits_slice_mm: tuple[float, float] = (2.5, 5.0)  # thicker for the tiny grid so lesions fit in 8 slices
 
 
+#: The source is what LiTS is to the Sheba set (the papers' data-rich source, data-poor target):
+#: ``small`` and ``default`` hold at least ten times more lesion-bearing LiTS slices than a Sheba
+#: fold trains on (measured with :func:`source_target_census`: docs/study-setting.md). ``default``
+#: has LiTS's 131 volumes.
 SIZES: dict[str, SizeSpec] = {
+    # the tests': three small volumes, still more lesion slices than the target's training slices
     "tiny": SizeSpec(3, 64, (8, 8), 18, 9, (1, 1, 1), 96, lits_slice_mm=(8.0, 10.0)),
-    # the demo's: on 2 CPU cores one training iteration of our seresnet18 trainer costs 7 s at the
-    # default size (nnU-Net plans batch 15 x 112x128) and about 13x less here (half the matrix)
-    "small": SizeSpec(8, 128, (16, 24), 90, 38, (75, 71, 93), 128, lits_slice_mm=(5.0, 6.0)),
-    "default": SizeSpec(30, 256, (24, 48), 332, 140, (75, 71, 93), 256),
+    # the demo's and the study's: on 2 CPU cores one training iteration of our seresnet18 trainer costs
+    # 7 s at the default size (nnU-Net plans batch 15 x 112x128) and about 13x less here (half the matrix)
+    "small": SizeSpec(48, 128, (24, 32), 90, 38, (75, 71, 93), 128, lits_slice_mm=(5.0, 6.0)),
+    "default": SizeSpec(131, 256, (24, 48), 332, 140, (75, 71, 93), 256),
 }
+#: Folds of the Sheba datasets (``nnunet_joint_convert_sheba``'s default): a fold trains on 2/3 of them.
+TARGET_FOLDS = 3
 
 
 @dataclass(frozen=True)
 class LitsVolumePlan:
     index: int
     lesion_types: tuple[str, ...]
+    radii_mm: tuple[float, ...]  # drawn sizes, one per lesion; the grid's smallest lesion and the liver bound them
+
+
+#: LiTS-like tumour burden, after the LiTS training set (Bilic et al., "The Liver Tumor Segmentation
+#: Benchmark (LiTS)", Medical Image Analysis 2023): 131 volumes with primary and secondary tumours of
+#: varied sizes, from none to dozens per volume, a median of a few, many under 1 cm across. A volume
+#: (from the fourth on) is tumour-free with this probability ...
+LITS_TUMOUR_FREE = 0.1
+#: ... else its lesion count is log-normal with this median and log-sd, at most LiTS's maximum,
+LITS_MEDIAN_LESIONS, LITS_LESIONS_LOG_SD, LITS_MAX_LESIONS = 4.0, 1.0, 75
+#: and each lesion's radius is log-uniform in this range (diameters 4-120 mm; 27 % below 10 mm).
+LITS_RADIUS_MM = (2.0, 60.0)
+#: LiTS tumours are mostly metastases and HCC: the phantom's metastasis type dominates its volumes.
+LITS_TYPE_WEIGHTS = (0.2, 0.2, 0.6)  # cyst, hemangioma, metastasis
+
+
+def _plan_lits_volume(rng: np.random.Generator, index: int) -> LitsVolumePlan:
+    """Lesion types and sizes of one LiTS-like volume (see the ``LITS_*`` constants)."""
+    if index == 0:  # one volume always shows every type (and several metastases)
+        types: tuple[str, ...] = ("cyst", "hemangioma", "metastasis", "metastasis")
+    elif index >= 3 and rng.random() < LITS_TUMOUR_FREE:
+        types = ()
+    else:
+        n = int(np.clip(np.rint(LITS_MEDIAN_LESIONS * np.exp(rng.normal(0, LITS_LESIONS_LOG_SD))), 1, LITS_MAX_LESIONS))
+        main = str(rng.choice(LESION_TYPES, p=LITS_TYPE_WEIGHTS))
+        types = tuple(main if rng.random() > 0.25 else str(rng.choice(LESION_TYPES)) for _ in range(n))
+    low, high = np.log(LITS_RADIUS_MM)
+    radii = tuple(float(r) for r in np.exp(rng.uniform(low, high, len(types))))
+    return LitsVolumePlan(index, types, radii)
 
 
 @dataclass(frozen=True)
@@ -145,17 +181,7 @@ def plan_corpus(seed: int = 0, size: str = "default", difficulty: float = DEFAUL
     spec = SIZES[size]
     rng = _rng(seed, _PLAN)
 
-    lits = []
-    for i in range(spec.lits_volumes):
-        if i == 0:  # one volume always shows every type (and several metastases)
-            types: tuple[str, ...] = ("cyst", "hemangioma", "metastasis", "metastasis")
-        elif i >= 3 and rng.random() < 0.12:
-            types = ()
-        else:
-            main = str(rng.choice(LESION_TYPES))
-            n = int(min(1 + rng.poisson(2.0 if main == "metastasis" else 0.8), 6))
-            types = tuple(main if rng.random() > 0.25 else str(rng.choice(LESION_TYPES)) for _ in range(n))
-        lits.append(LitsVolumePlan(i, types))
+    lits = [_plan_lits_volume(rng, i) for i in range(spec.lits_volumes)]
 
     slices_per_type = largest_remainder(spec.sheba_slices, spec.sheba_ratio)
     patients_per_type = largest_remainder(spec.sheba_patients, tuple(slices_per_type))
@@ -241,7 +267,9 @@ def render_lits_volume(plan: CorpusPlan, volume: LitsVolumePlan) -> RenderedCase
                 x_shift=rng.uniform(-8, 8), y_shift=rng.uniform(-15, 0))
     organ = render_anatomy(patient, grid)
     min_r = max(3.0, 2.5 * acq.pixel_mm)
-    lesions = [sample_lesion(rng, t, patient, plan.difficulty, min_r) for t in volume.lesion_types]
+    lesions = [sample_lesion(rng, t, patient, plan.difficulty, min_r, r)
+               for t, r in zip(volume.lesion_types, volume.radii_mm)]
+    lesions.sort(key=lambda lesion: -lesion.radius_mm)  # the large ones first: small ones fit between them
     lesions = place_lesions(rng, lesions, np.isin(organ, LIVER_CODES), grid, min_r, pad_z=True)
     return _finish(patient, acq, grid, organ, lesions, rng)
 
@@ -348,7 +376,22 @@ def _write_lits_volume(plan: CorpusPlan, folder: Path, volume: LitsVolumePlan) -
     _write(case.to_sitk(case.image), folder / f"volume-{volume.index}.nii.gz")
     _write(case.to_sitk(seg), folder / f"segmentation-{volume.index}.nii.gz")
     return {"volume": f"LiTS/volume-{volume.index}.nii.gz", "segmentation": f"LiTS/segmentation-{volume.index}.nii.gz",
-            **case.truth()}
+            "liver_slices": int(case.liver.any(axis=(1, 2)).sum()),
+            "lesion_slices": int(case.lesion.any(axis=(1, 2)).sum()), **case.truth()}
+
+
+def source_target_census(truth: dict, folds: int = TARGET_FOLDS) -> dict:
+    """Lesion-bearing source slices against the target's training slices per fold, from ``phantom_truth.json``.
+
+    A LiTS slice holding liver is one 2-D case of Dataset502 (``nnunet_joint_convert_lits``), and its
+    crop keeps every lesion, so the volumes' slices holding lesion label are Dataset502's cases
+    holding lesion. A Sheba fold trains on ``(folds - 1) / folds`` of the slices.
+    """
+    lesion = sum(record["lesion_slices"] for record in truth["lits"])
+    training = len(truth["sheba"]) * (folds - 1) / folds
+    return {"lits_volumes": len(truth["lits"]), "lits_liver_slices": sum(r["liver_slices"] for r in truth["lits"]),
+            "lits_lesion_slices": lesion, "sheba_slices": len(truth["sheba"]),
+            "sheba_training_slices_per_fold": round(training, 1), "ratio": round(lesion / training, 2)}
 
 
 def _write_sheba_patient(plan: CorpusPlan, folder: Path, cases: tuple[ShebaCasePlan, ...]) -> list[dict]:
@@ -433,6 +476,7 @@ def generate_corpus(out_dir: str | os.PathLike, seed: int = 0, size: str = "defa
     write_json(truth, out / "phantom_truth.json")
     seconds = time.perf_counter() - t0
     return {
+        "census": source_target_census(truth),
         "out_dir": str(out),
         "lits_dir": str(out / "LiTS"),
         "sheba_dir": str(out / "Sheba"),

@@ -68,15 +68,19 @@ def atypical_fraction(difficulty: float) -> float:
 
 
 def sample_lesion(rng: np.random.Generator, lesion_type: str, patient: Patient, difficulty: float,
-                  min_radius_mm: float) -> Lesion:
-    """Draw one lesion of ``lesion_type`` for ``patient`` (not yet placed)."""
+                  min_radius_mm: float, radius_mm: float | None = None) -> Lesion:
+    """Draw one lesion of ``lesion_type`` for ``patient`` (not yet placed).
+
+    ``radius_mm`` replaces the type's own size draw (LiTS-like volumes draw sizes from LiTS's wider
+    distribution); the draw still happens, so the other lesion features stay the same stream.
+    """
     if lesion_type not in LESION_TYPES:
         raise ValueError(f"unknown lesion type {lesion_type!r}")
     atypical = bool(rng.random() < atypical_fraction(difficulty))
     size_scale = 1.0 / (0.8 + 0.2 * difficulty)
     median_r = {"cyst": 9.0, "hemangioma": 11.0, "metastasis": 9.0}[lesion_type]
     radius = float(np.clip(median_r * size_scale * np.exp(rng.normal(0, 0.45)), 3.0, 32.0))
-    radius = max(radius, min_radius_mm)
+    radius = max(radius if radius_mm is None else radius_mm, min_radius_mm)
     # enhancement features fade toward the core value as difficulty grows (0.85-1 at difficulty 1)
     enh = float(np.clip(1.0 - 0.15 * difficulty * rng.random(), 0.4, 1.0))
     liver, blood = patient.liver_hu, patient.blood_pool_hu

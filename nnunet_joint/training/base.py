@@ -32,7 +32,7 @@ from nnunet_joint.network.unet import SEResNetUNet
 from nnunet_joint.training import settings
 from nnunet_joint.training.curves import LearningCurveMixin, patch_counts
 from nnunet_joint.training.losses import inverse_frequency_weights, label_frequencies, set_ce_class_weights
-from nnunet_joint.training.recipes import RECIPES, RecipeLRScheduler, recipe_name
+from nnunet_joint.training.recipes import RECIPES, RecipeLRScheduler
 from nnunet_joint.training.sampling import lesion_centred
 
 
@@ -63,7 +63,7 @@ class nnUNetTrainerSEResNetBase(LearningCurveMixin, nnUNetTrainer):
                              **self.configuration_manager.configuration.get("architecture", {}),
                              "patch_size": list(self.configuration_manager.patch_size),
                              "batch_size": self.configuration_manager.batch_size}
-        self.recipe_name = recipe_name(self.init)
+        self.recipe_name = settings.recipe_choice()  # the run's, not the initialisation's: rows differ in weights only
         self.recipe = settings.recipe_with_overrides(RECIPES[self.recipe_name])
         self.initial_lr = self.recipe.peak_lr
         self.frozen_groups: int | None = None
@@ -82,7 +82,7 @@ class nnUNetTrainerSEResNetBase(LearningCurveMixin, nnUNetTrainer):
             self.dataset_class = lesion_centred(self.dataset_class)
 
     def configure_optimizers(self):
-        """nnU-Net's SGD with the learning-rate recipe of this initialisation (:mod:`nnunet_joint.training.recipes`)."""
+        """nnU-Net's SGD with the run's learning-rate recipe (:mod:`nnunet_joint.training.recipes`)."""
         optimizer, _ = super().configure_optimizers()
         return optimizer, RecipeLRScheduler(optimizer, self.recipe, self.num_epochs)
 

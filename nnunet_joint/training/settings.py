@@ -10,11 +10,12 @@ style: ``nnUNet_n_proc_DA``, ``nnUNet_compile``). Every value used is written to
 | ``nnUNet_joint_epochs`` | number of epochs | nnU-Net's (1000) |
 | ``nnUNet_joint_iterations`` | training iterations per epoch (validation: a fifth, 1..50) | nnU-Net's (250 / 50) |
 | ``nnUNet_joint_threads`` | torch threads of the training process (nnU-Net sets the CPU count on ``-device cpu``) | nnU-Net's |
+| ``nnUNet_joint_lr_recipe`` | learning-rate recipe of every row, whatever its initialisation: ``poly`` or ``warmup-poly`` (:mod:`nnunet_joint.training.recipes`) | ``poly`` |
 | ``nnUNet_joint_warmup_fraction`` | fraction of the epochs the learning rate warms up over (:mod:`nnunet_joint.training.recipes`) | the recipe's |
 | ``nnUNet_joint_peak_lr`` | peak learning rate of the run's recipe (:mod:`nnunet_joint.training.recipes`) | the recipe's (1e-2) |
 | ``nnUNet_joint_lambda`` | Y-Net weight: ``L = λ·L_seg + (1−λ)·L_cls`` | ``0.5`` |
 | ``nnUNet_joint_imagenet_weights`` | local ImageNet SE-ResNet checkpoint (.pth/.safetensors, timm layout) | required by ``*_ImageNet*`` |
-| ``nnUNet_joint_lits_checkpoint`` | ``checkpoint_final.pth`` of ``nnUNetTrainerSEResNetSeg`` on Dataset502_LiTSLesion | looked up in ``nnUNet_results`` (same plans) |
+| ``nnUNet_joint_lits_checkpoint`` | ``checkpoint_final.pth`` of the LiTS model on Dataset502_LiTSLesion: ``nnUNetTrainerSEResNetSeg`` (our rows) or ``nnUNetTrainer_JointBudget`` (plain nnU-Net from LiTS) | looked up in ``nnUNet_results`` (same plans) |
 
 The network is not a setting: it is the plans' (``-p nnUNetSEResNet50Plans``, see
 :mod:`nnunet_joint.planning`), so the results folder's name and ``plans.json`` say which encoder
@@ -36,6 +37,7 @@ ENV_LAMBDA = "nnUNet_joint_lambda"
 ENV_IMAGENET = "nnUNet_joint_imagenet_weights"
 ENV_LITS = "nnUNet_joint_lits_checkpoint"
 ENV_PEAK_LR = "nnUNet_joint_peak_lr"
+ENV_RECIPE = "nnUNet_joint_lr_recipe"
 ENV_THREADS = "nnUNet_joint_threads"
 ENV_WARMUP = "nnUNet_joint_warmup_fraction"
 
@@ -109,6 +111,16 @@ def _number_in(name: str, low: float, high: float, low_open: bool) -> float | No
     return value
 
 
+def recipe_choice() -> str:
+    """The run's learning-rate recipe (``nnUNet_joint_lr_recipe``): one for every row, scratch or pretrained."""
+    from nnunet_joint.training.recipes import DEFAULT_RECIPE, RECIPES
+
+    name = os.environ.get(ENV_RECIPE) or DEFAULT_RECIPE
+    if name not in RECIPES:
+        raise InputError(ENV_RECIPE, f"must be one of {', '.join(RECIPES)}, got {name!r}")
+    return name
+
+
 def recipe_with_overrides(recipe):
     """The learning-rate recipe with ``nnUNet_joint_peak_lr`` / ``nnUNet_joint_warmup_fraction`` applied, if set."""
     import dataclasses
@@ -143,11 +155,12 @@ def imagenet_weights_path() -> Path:
     return path
 
 
-def lits_checkpoint_path(plans_identifier: str) -> Path:
+def lits_checkpoint_path(plans_identifier: str, trainer: str = LITS_TRAINER) -> Path:
     """The LiTS lesion model: ``nnUNet_joint_lits_checkpoint``, else fold_all or fold_0 in nnUNet_results.
 
-    The lookup takes the LiTS model trained with the same plans (``<trainer>__<plans>__2d``): only
-    the same architecture, spacing and normalisation transfer.
+    The lookup takes the LiTS model of ``trainer`` (ours: the segmentation baseline's; plain nnU-Net's
+    for the plain row from LiTS) trained with the same plans (``<trainer>__<plans>__2d``): only the
+    same architecture, spacing and normalisation transfer.
     """
     raw = os.environ.get(ENV_LITS)
     if raw:
@@ -156,7 +169,7 @@ def lits_checkpoint_path(plans_identifier: str) -> Path:
             raise InputError(path, f"LiTS checkpoint not found (from {ENV_LITS})")
         return path
     results = os.environ.get("nnUNet_results")
-    folder = results_folder_name(LITS_TRAINER, plans_identifier)
+    folder = results_folder_name(trainer, plans_identifier)
     if results:
         for fold in ("fold_all", "fold_0"):
             candidate = Path(results) / LITS_DATASET / folder / fold / "checkpoint_final.pth"
@@ -168,4 +181,5 @@ def lits_checkpoint_path(plans_identifier: str) -> Path:
 
 def settings_record(budget: Budget) -> dict:
     return {"budget": asdict(budget), "environment": {k: os.environ.get(k) for k in (
-        ENV_EPOCHS, ENV_ITERATIONS, ENV_LAMBDA, ENV_IMAGENET, ENV_LITS, ENV_PEAK_LR, ENV_WARMUP, ENV_THREADS)}}
+        ENV_EPOCHS, ENV_ITERATIONS, ENV_LAMBDA, ENV_IMAGENET, ENV_LITS, ENV_RECIPE, ENV_PEAK_LR, ENV_WARMUP,
+        ENV_THREADS)}}
