@@ -80,9 +80,12 @@ def profile_trainings(profile, imagenet: bool = True) -> list[CostedTraining]:
     """
     trainings = [CostedTraining("stage 1", STAGE1, *budget_length(profile.stage1_budget)),
                  CostedTraining("LiTS lesion pretraining", OURS, *budget_length(profile.lits_budget))]
-    for exp in experiment_matrix():
-        if profile.rows is not None and exp.trainer not in profile.rows and exp.name not in profile.rows:
-            continue
+    rows = [e for e in experiment_matrix()
+            if profile.rows is None or e.trainer in profile.rows or e.name in profile.rows]
+    if any(e.framework == "nnunet" and e.init == "LiTS" for e in rows):  # nnU-Net's own U-Net pretrained on LiTS
+        trainings.append(CostedTraining("LiTS lesion pretraining (plain nnU-Net)", PLAIN,
+                                        *budget_length(profile.lits_budget)))
+    for exp in rows:
         if exp.init == "ImageNet" and not imagenet:
             continue
         for fold in profile.folds:

@@ -44,6 +44,7 @@ from nnunet_joint.names import (
     LITS_TRAINER,
     LIVER_DATASET,
     PLAIN_TRAINER,
+    SCRATCH,
     SEG_DATASET,
     results_folder_name,
     trainer_name,
@@ -389,8 +390,12 @@ def with_nnunet_length(profile: Profile) -> Profile:
 
 
 def step_id(exp: Experiment, fold: int | str) -> str:
-    """``Joint_LiTS-f0``: the trainer without nnU-Net's prefix (plain nnU-Net: ``nnUNet503``), and the fold."""
-    short = f"nnUNet{exp.dataset}" if exp.framework == "nnunet" else exp.trainer.removeprefix("nnUNetTrainer")
+    """``Joint_LiTS-f0``: the trainer without nnU-Net's prefix (plain nnU-Net: ``nnUNet503``, from LiTS
+    ``nnUNet504_LiTS``), and the fold."""
+    if exp.framework == "nnunet":
+        short = f"nnUNet{exp.dataset}" + ("" if exp.init == SCRATCH else f"_{exp.init}")
+    else:
+        short = exp.trainer.removeprefix("nnUNetTrainer")
     return f"{short}-f{fold}"
 
 

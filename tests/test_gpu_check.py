@@ -43,17 +43,17 @@ def test_full_profile_trainings_and_hours_by_hand():
     e1, i1 = (int(full.stage1_budget[k]) for k in ("nnUNet_joint_epochs", "nnUNet_joint_iterations"))
     el, il = (int(full.lits_budget[k]) for k in ("nnUNet_joint_epochs", "nnUNet_joint_iterations"))
     # the matrix: 4 frameworks x 3 inits + joint-from-LiTS x 3 schedules = 15 rows of ours (4 of them
-    # ImageNet), plain nnU-Net on 2 datasets; plus stage 1 and the LiTS pretraining
+    # ImageNet), plain nnU-Net on 2 datasets and from LiTS on 504; plus stage 1 and the two LiTS pretrainings
     trainings = g.profile_trainings(full)
-    assert len(trainings) == 2 + (15 + 2) * 3
-    assert len(g.profile_trainings(full, imagenet=False)) == 2 + (11 + 2) * 3
+    assert len(trainings) == 3 + (15 + 3) * 3
+    assert len(g.profile_trainings(full, imagenet=False)) == 3 + (11 + 3) * 3
     seconds = {g.STAGE1: (0.2, 0.1), g.PLAIN: (0.3, 0.1), g.OURS: (0.4, 0.2)}
 
     def val(iterations: int) -> int:  # nnU-Net's 50 per 250, between 1 and 50
         return max(1, min(50, iterations // 5))
 
-    by_hand = (e1 * (i1 * 0.2 + val(i1) * 0.1) + el * (il * 0.4 + val(il) * 0.2)
-               + 2 * 3 * e * (i * 0.3 + val(i) * 0.1) + 15 * 3 * e * (i * 0.4 + val(i) * 0.2))
+    by_hand = (e1 * (i1 * 0.2 + val(i1) * 0.1) + el * (il * 0.4 + val(il) * 0.2) + el * (il * 0.3 + val(il) * 0.1)
+               + 3 * 3 * e * (i * 0.3 + val(i) * 0.1) + 15 * 3 * e * (i * 0.4 + val(i) * 0.2))
     assert g.gpu_hours(trainings, seconds) == pytest.approx(by_hand / 3600)
 
 

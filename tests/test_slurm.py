@@ -15,7 +15,7 @@ import pytest
 
 from conftest import copy_run
 from nnunet_joint import slurm
-from nnunet_joint.experiments import DATASET_FOLDERS
+from nnunet_joint.names import DATASET_FOLDERS
 from nnunet_joint.reproduce import RunFolder, main
 from slurm_cluster import SlurmUnavailable, local_slurm
 
