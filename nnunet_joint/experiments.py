@@ -89,7 +89,8 @@ class Comparison:
 def comparisons() -> list[Comparison]:
     """The papers' questions: joint vs Y-Net (each init), LiTS vs scratch (each framework), each
     fine-tuning schedule vs no freezing (joint from LiTS); and whether the papers' SE-ResNet rows
-    beat plain nnU-Net trained on the same labels (both from scratch, so only the method differs)."""
+    beat plain nnU-Net trained on the same labels (both from scratch, so only the method differs); and LiTS vs
+    scratch for plain nnU-Net on the joint labels."""
     out = [Comparison("joint vs Y-Net", ("joint", i, NO_FREEZING), ("ynet", i, NO_FREEZING), ("cls_acc", "dice"),
                       "MIDL") for i in INITS]
     out += [Comparison("LiTS vs scratch", (f, "LiTS", NO_FREEZING), (f, SCRATCH, NO_FREEZING),
@@ -98,4 +99,7 @@ def comparisons() -> list[Comparison]:
                        ("cls_acc", "dice"), "EMBC") for s in FINE_TUNING_SCHEDULES]
     out += [Comparison("SE-ResNet vs plain nnU-Net", (f, SCRATCH, NO_FREEZING), ("nnunet", SCRATCH, NO_FREEZING),
                        FRAMEWORKS[f].metrics[:2], "", FRAMEWORKS[f].datasets[0]) for f in ("seg", "joint")]
+    # the papers' transfer question asked of nnU-Net's own U-Net, on the joint labels
+    out.append(Comparison("LiTS vs scratch", ("nnunet", "LiTS", NO_FREEZING), ("nnunet", SCRATCH, NO_FREEZING),
+                          ("cls_acc", "dice"), "", JOINT_DATASET))
     return out

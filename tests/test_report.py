@@ -505,3 +505,21 @@ def test_our_rows_are_compared_with_plain_nnunet_on_the_same_labels(tmp_path, bu
     assert "SE-ResNet vs plain nnU-Net, type accuracy: joint (scratch) 0.75 vs nnU-Net (ShebaJoint) 1.00" in md
     assert "which the papers did not test" in md
     assert "Holm-corrected over 6 tests" in md  # joint vs Y-Net, LiTS vs scratch, joint vs nnU-Net: 2 metrics each
+
+
+def test_plain_nnunet_from_lits_is_compared_with_plain_nnunet_from_scratch_on_the_joint_labels(tmp_path):
+    """The transfer question asked of nnU-Net's own U-Net: the pair is the two plain rows on Dataset504
+    (not the plain row on Dataset503), and the two rows read differently in the tables."""
+    from nnunet_joint.evaluation.report.evidence import comparisons
+    from nnunet_joint.evaluation.report.experiments import Experiment
+
+    def plain(init: str, folder: str) -> Experiment:
+        trainer = "nnUNetTrainer_JointBudget" + ("_LiTS" if init == "LiTS" else "")
+        return Experiment("plain nnU-Net", "nnunet", init, "NoFreeze", trainer, folder, tmp_path / trainer, "done")
+
+    rows = [plain("scratch", "Dataset503_ShebaSeg"), plain("scratch", "Dataset504_ShebaJoint"),
+            plain("LiTS", "Dataset504_ShebaJoint")]
+    pairs = [c for c in comparisons(rows) if c.a.framework == c.b.framework == "nnunet"]
+    assert len(pairs) == 1
+    assert pairs[0].a.experiment is rows[2] and pairs[0].b.experiment is rows[1]
+    assert {r.label for r in rows} == {"nnU-Net (ShebaSeg)", "nnU-Net (ShebaJoint)", "nnU-Net (ShebaJoint, LiTS)"}

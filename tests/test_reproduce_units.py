@@ -239,7 +239,7 @@ def test_the_study_profile_runs_both_sides_of_every_question_the_papers_ask_with
     for c in comparisons():
         for framework, init, schedule in (c.better, c.baseline):
             if init != "ImageNet":
-                assert experiment(framework, init, schedule) in selected, (c.name, framework, init, schedule)
+                assert experiment(framework, init, schedule, c.dataset) in selected, (c.name, framework, init, schedule)
     assert {e.dataset for e in selected if e.framework == "nnunet"} == {503, 504}  # plain nnU-Net on both
     assert experiment("nnunet", "LiTS", dataset=504) in selected  # and from LiTS on the joint labels
     assert len(selected) == 14

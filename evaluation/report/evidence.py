@@ -23,7 +23,7 @@ from typing import Sequence
 
 from nnunet_joint import experiments as vocabulary
 from nnunet_joint.evaluation import published
-from nnunet_joint.evaluation.report.experiments import Experiment, find
+from nnunet_joint.evaluation.report.experiments import NO_INIT, Experiment, find
 from nnunet_joint.evaluation.statistics import (
     ALPHA,
     Interval,
@@ -40,8 +40,6 @@ from nnunet_joint.evaluation.statistics import (
 TESTED_METRICS: dict[str, str] = {"cls_acc": "McNemar", "dice": "Wilcoxon"}
 #: Short metric names for sentences.
 METRIC_WORDS = {"cls_acc": "type accuracy", "dice": "Dice1"}
-#: An entry's ``init`` for a row with no initialisation of ours (plain nnU-Net, see ``build_report``).
-NO_INIT = "-"
 
 
 @dataclasses.dataclass(frozen=True)

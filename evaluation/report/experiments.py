@@ -20,8 +20,11 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from nnunet_joint import names as vocabulary
-from nnunet_joint.names import JOINT_CONFIG_FILE, LEARNING_CURVE_FILE
+from nnunet_joint.names import JOINT_CONFIG_FILE, LEARNING_CURVE_FILE, SCRATCH
 from nnunet_joint.evaluation import published
+
+#: An entry's ``init`` for a row with no initialisation of ours (plain nnU-Net, see ``build_report``).
+NO_INIT = "-"
 
 REQUIRED_KEYS = ("row", "framework", "init", "schedule", "trainer", "dataset", "trainer_dir", "status")
 #: What our trainers write into each fold folder (``nnunet_joint.training.base``).
@@ -239,8 +242,9 @@ class Experiment:
     @property
     def label(self) -> str:
         """Short human label for figure titles and table rows."""
-        if self.framework == "nnunet":
-            return f"nnU-Net ({self.dataset.split('_', 1)[-1]})"
+        if self.framework == "nnunet":  # from scratch on both Sheba datasets, and from LiTS on the joint labels
+            init = f", {self.init}" if self.init not in (SCRATCH, NO_INIT) else ""
+            return f"nnU-Net ({self.dataset.split('_', 1)[-1]}{init})"
         name = published.FRAMEWORKS.get(self.framework, self.row)
         schedule = "" if self.schedule == published.MIDL_SCHEDULE else f", {self.schedule}"
         return f"{name} ({self.init}{schedule})"
