@@ -744,17 +744,23 @@ def test_phantom_corpus_converts(tmp_path):
 
 @pytest.mark.slow
 def test_nnunet_plan_and_preprocess_accepts_converted_datasets(tiny_run):
-    """nnU-Net 2.8.1 verified, planned (2d) and preprocessed both converted phantom datasets (the
-    session's ``tiny_run`` ran ``nnUNetv2_plan_and_preprocess --verify_dataset_integrity``) and kept our folds."""
+    """nnU-Net 2.8.1 verified and preprocessed both converted phantom datasets (the session's ``tiny_run``
+    checks their integrity) with nnU-Net's plans carried from the LiTS lesion dataset (one set of plans
+    across the transfer, plain rows included), and kept our folds."""
     raw_split = json.loads((tiny_run.raw / "Dataset503_ShebaSeg" / "splits_final.json").read_text())
+    lits_raw = tiny_run.raw / "Dataset502_LiTSLesion"
+    lits_plans = json.loads((tiny_run.preprocessed / "Dataset502_LiTSLesion" / "nnUNetPlans.json").read_text())
+    # the source's own planning: the median in-plane pixel of its slices (the slice axis, 999 mm, first)
+    in_plane = np.array([sitk.ReadImage(str(f)).GetSpacing()[:2] for f in (lits_raw / "imagesTr").glob("*.nii.gz")])
+    lits_spacing = lits_plans["configurations"]["2d"]["spacing"]
+    assert lits_spacing == pytest.approx(np.median(in_plane, axis=0)[::-1].tolist())
     for name in ("Dataset503_ShebaSeg", "Dataset504_ShebaJoint"):
         raw, pre = tiny_run.raw / name, tiny_run.preprocessed / name
         assert json.loads((pre / "splits_final.json").read_text()) == raw_split
         plans = json.loads((pre / "nnUNetPlans.json").read_text())
-        # the slice axis (999 mm) stays first, so the 2d configuration works in-plane at the true pixel size
+        # the slice axis (999 mm) stays first, so the 2d configuration works in-plane
         assert plans["transpose_forward"] == [0, 1, 2]
-        in_plane = np.array([sitk.ReadImage(str(f)).GetSpacing()[:2] for f in (raw / "imagesTr").glob("*.nii.gz")])
-        assert plans["configurations"]["2d"]["spacing"] == pytest.approx(np.median(in_plane, axis=0)[::-1].tolist())
+        assert plans["configurations"]["2d"]["spacing"] == lits_spacing
         n_cases = json.loads((raw / "dataset.json").read_text())["numTraining"]
         assert len(list((pre / "nnUNetPlans_2d").glob("*_seg.b2nd"))) == n_cases == len(raw_split[0]["train"]) + len(
             raw_split[0]["val"])

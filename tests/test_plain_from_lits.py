@@ -22,7 +22,7 @@ BUDGET = {"nnUNet_joint_epochs": "1", "nnUNet_joint_iterations": "2"}
 def pretrained(tiny_run, tmp_path_factory):
     """A copy of the tiny run with plain nnU-Net trained on the LiTS lesion dataset (502, nnUNetPlans)."""
     run = copy_run(tiny_run, tmp_path_factory.mktemp("plain_lits"))
-    fold = train_fold(run, PLAIN_TRAINER, 502, "0", "cpu", BUDGET, {}, [], DEFAULT_PLANS)
+    fold = train_fold(run, PLAIN_TRAINER, 502, "0", "cpu", BUDGET, {}, DEFAULT_PLANS)
     return run, fold / "checkpoint_final.pth"
 
 
@@ -60,7 +60,7 @@ def test_every_weight_but_the_segmentation_outputs_loads_from_the_lits_model(pre
 def test_fine_tuning_on_the_joint_labels_runs_and_logs_the_transfer(pretrained):
     run, checkpoint = pretrained
     fold = train_fold(run, "nnUNetTrainer_JointBudget_LiTS", 504, "0", "cpu", BUDGET,
-                      {"nnUNet_joint_lits_checkpoint": str(checkpoint)}, [], DEFAULT_PLANS, npz=True)
+                      {"nnUNet_joint_lits_checkpoint": str(checkpoint)}, DEFAULT_PLANS, npz=True)
     assert fold == trainer_dir(run, "nnUNetTrainer_JointBudget_LiTS", 504, DEFAULT_PLANS) / "fold_0"
     log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
     assert f"initialised from LiTS weights {checkpoint}" in log
