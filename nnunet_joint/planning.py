@@ -228,6 +228,43 @@ def set_ct_window(plans_file: Path, window: tuple[float, float] = CT_WINDOW_HU) 
     write_json(plans, plans_file, sort_keys=False, indent=4)
 
 
+#: nnU-Net's ExperimentPlanner defaults (instance attributes ``max_dataset_covered``, ``UNet_min_batch_size``):
+#: a training step covers at most 5 % of the dataset's voxels, with at least 2 samples.
+MAX_DATASET_COVERED = 0.05
+MIN_BATCH_SIZE = 2
+
+
+def fit_batch_to_dataset(plans_file: Path, fingerprint_file: Path, num_cases: int) -> None:
+    """Cap each configuration's batch size by nnU-Net's rule for *this* dataset: a step covers at most
+    ``max_dataset_covered`` (5 %) of its voxels, and at least ``UNet_min_batch_size`` (2) samples.
+
+    nnU-Net's ``move_plans_between_datasets`` carries the source's batch size with its spacing,
+    normalisation and architecture. A data-rich source (the LiTS lesion slices) plans a batch of
+    dozens; carried to the ~60 training slices of a Sheba fold it would show most of the fold in
+    every step, a different training from the one nnU-Net plans for a small dataset. The batch is a
+    training setting, not part of what the transfer must share, so the target gets the batch
+    nnU-Net would give it (never above the source's); every row on the target, from scratch or from
+    LiTS, trains with the same one. The dataset's size is nnU-Net's ``approximate_n_voxels_dataset``:
+    the median case shape, resampled to the configuration's spacing, times the number of cases.
+    """
+    from nnunet_joint.io import write_json
+
+    plans = json.loads(plans_file.read_text(encoding="utf-8"))
+    fingerprint = json.loads(fingerprint_file.read_text(encoding="utf-8"))
+    shapes = np.array(fingerprint["shapes_after_crop"], dtype=np.float64)
+    spacings = np.array(fingerprint["spacings"], dtype=np.float64)
+    for config in plans["configurations"].values():
+        if "batch_size" not in config or "spacing" not in config:
+            continue  # a cascade's inheriting configuration
+        spacing = np.array(config["spacing"], dtype=np.float64)
+        axes = slice(shapes.shape[1] - len(spacing), None)  # 2d: the in-plane axes
+        resampled = np.round(shapes[:, axes] * spacings[:, axes] / spacing)
+        n_voxels = float(np.prod(np.median(resampled, axis=0), dtype=np.float64)) * num_cases
+        cap = round(n_voxels * MAX_DATASET_COVERED / np.prod(config["patch_size"], dtype=np.float64))
+        config["batch_size"] = int(max(min(config["batch_size"], cap), MIN_BATCH_SIZE))
+    write_json(plans, plans_file, sort_keys=False, indent=4)
+
+
 def _plans_file(dataset_id: int | str, plans_identifier: str) -> Path:
     from nnunetv2.paths import nnUNet_preprocessed
 
@@ -356,7 +393,8 @@ def transfer_plans(source_id: int, target_ids: Sequence[int], plans_identifier: 
     """nnU-Net's transfer route: the source's plans moved to each target, which is then preprocessed with them.
 
     Pretraining and fine-tuning then share spacing, normalisation (``ct_window``, or with None the
-    source's intensity statistics) and architecture. The targets are fingerprinted first (nnU-Net's
+    source's intensity statistics) and architecture; the batch size is the target's own under nnU-Net's
+    rule (:func:`fit_batch_to_dataset`). The targets are fingerprinted first (nnU-Net's
     trainer copies ``dataset_fingerprint.json`` into its results), and each one's ``dataset.json`` is
     copied to its preprocessed folder, which nnU-Net's preprocessor reads.
     """
@@ -379,6 +417,9 @@ def transfer_plans(source_id: int, target_ids: Sequence[int], plans_identifier: 
             (Path(nnUNet_preprocessed) / name).mkdir(parents=True, exist_ok=True)
             shutil.copyfile(Path(nnUNet_raw) / name / "dataset.json", Path(nnUNet_preprocessed) / name / "dataset.json")
             move_plans_between_datasets(source_id, target, plans_identifier, plans_identifier)
+            fit_batch_to_dataset(_plans_file(target, plans_identifier),
+                                 Path(nnUNet_preprocessed) / name / "dataset_fingerprint.json",
+                                 json.loads((Path(nnUNet_raw) / name / "dataset.json").read_text())["numTraining"])
             if ct_window is not None:
                 set_ct_window(_plans_file(target, plans_identifier), ct_window)
         preprocess_(target_ids, plans_identifier, configurations, max(1, num_processes), quiet)

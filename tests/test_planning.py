@@ -113,7 +113,10 @@ def test_transfer_carries_lits_spacing_normalisation_and_architecture(tiny_run):
         moved = read_plans(tiny_run, target, plans)
         assert moved["dataset_name"] == DATASET_FOLDERS[target]
         assert moved["foreground_intensity_properties_per_channel"] == source["foreground_intensity_properties_per_channel"]
-        assert moved["configurations"] == source["configurations"]
+        # everything but the batch, which is the target's own under nnU-Net's 5 % rule (fit_batch_to_dataset)
+        assert {k: v for k, v in moved["configurations"]["2d"].items() if k != "batch_size"} == {
+            k: v for k, v in source["configurations"]["2d"].items() if k != "batch_size"}
+        assert 2 <= moved["configurations"]["2d"]["batch_size"] <= source["configurations"]["2d"]["batch_size"]
         data = tiny_run.preprocessed / DATASET_FOLDERS[target] / moved["configurations"]["2d"]["data_identifier"]
         assert len(list(data.glob("*.b2nd"))) == 2 * len(list((tiny_run.raw / DATASET_FOLDERS[target] / "labelsTr")
                                                               .glob("*.nii.gz")))
@@ -195,3 +198,26 @@ def test_a_bad_ct_window_is_one_line_before_anything_is_planned(window, capsys):
     low, high = (float(v) for v in window)
     assert e.value.code == 2
     assert capsys.readouterr().err == f"error: --ct-window: needs two finite HU values LOW < HIGH, got {low} {high}\n"
+
+
+def test_a_carried_batch_is_capped_by_the_targets_size_as_nnunet_plans_it(tmp_path):
+    """A data-rich source's batch carried to a small target: nnU-Net's 5 %-of-the-dataset cap, counted on
+    the target (60 slices of 100 x 120 pixels at 0.5 mm, resampled to 1 mm: 50 x 60 = 3,000 pixels each),
+    never above the source's batch and never below 2."""
+    from nnunet_joint.planning import fit_batch_to_dataset
+
+    fingerprint = tmp_path / "dataset_fingerprint.json"
+    fingerprint.write_text(json.dumps({"shapes_after_crop": [[1, 100, 120]] * 60,
+                                       "spacings": [[999.0, 0.5, 0.5]] * 60}))
+
+    def fitted(batch: int, patch: list[int], cases: int = 60) -> int:
+        plans = tmp_path / "plans.json"
+        plans.write_text(json.dumps({"configurations": {"2d": {"spacing": [1.0, 1.0], "patch_size": patch,
+                                                               "batch_size": batch}}}))
+        fit_batch_to_dataset(plans, fingerprint, cases)
+        return json.loads(plans.read_text())["configurations"]["2d"]["batch_size"]
+
+    assert fitted(45, [32, 32]) == 9  # round(60 * 3000 * 0.05 / 1024) = round(8.79)
+    assert fitted(5, [32, 32]) == 5  # the source's batch is already below the cap
+    assert fitted(45, [64, 64]) == 2  # round(2.20) = 2
+    assert fitted(45, [64, 64], cases=10) == 2  # the floor: round(0.37) = 0 -> 2
