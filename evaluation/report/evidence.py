@@ -90,8 +90,9 @@ def comparisons(experiments: Sequence[Experiment]) -> list[Comparison]:
         folder = vocabulary.DATASET_FOLDERS[dataset]
         framework, init, schedule = key
         # an entry may give plain nnU-Net's initialisation as "-" (none of ours): it trains from scratch
+        inits = (init, NO_INIT) if init == vocabulary.SCRATCH else (init,)
         return Side(*key, next((e for e in experiments if e.framework == framework and e.schedule == schedule
-                                and e.init in (init, NO_INIT) and e.dataset == folder), None), folder)
+                                and e.init in inits and e.dataset == folder), None), folder)
 
     return [Comparison(c.name, side(c.better, c.dataset), side(c.baseline, c.dataset),
                        tuple(m for m in c.metrics if m in TESTED_METRICS), c.paper) for c in vocabulary.comparisons()]
