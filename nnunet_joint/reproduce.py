@@ -616,8 +616,25 @@ class Study:
                     joint, self.run.preprocessed / DATASET_FOLDERS[JOINT_DATASET] / "splits_final.json", folds),
                 "stage_budget": {"stage 1": profile.stage1_budget, "LiTS pretraining": profile.lits_budget},
                 "device": self.device,
-                "phantom": None if not self.own_data else {"size": profile.phantom_size, "seed": self.seed}}
+                "phantom": None if not self.own_data else {"size": profile.phantom_size, "seed": self.seed},
+                "pretraining": self.pretraining_record()}
         self.reported = {"experiments": experiments, "report": build_report(experiments, self.run.report, meta)}
+
+    def pretraining_record(self) -> dict | None:
+        """The report's pretraining section (:mod:`nnunet_joint.evaluation.pretraining`): ``None`` when no
+        LiTS row ran."""
+        from nnunet_joint.evaluation.pretraining import pretraining_record
+
+        if not any(e.init == "LiTS" for e in self.runnable()):
+            return None
+        models = [(f"SE-ResNet LiTS model ({LITS_TRAINER})", self.lits().fold_dir(self.run))]
+        if self.needs_plain_lits():
+            models.append((f"plain nnU-Net LiTS model ({PLAIN_TRAINER})", self.plain_lits().fold_dir(self.run)))
+        source = self.run.raw / DATASET_FOLDERS[LITS_LESION_DATASET]
+        target = self.run.preprocessed / DATASET_FOLDERS[JOINT_DATASET]
+        lesion_label = json.loads((source / "dataset.json").read_text(encoding="utf-8"))["labels"]["lesion"]
+        return pretraining_record(source, target / "splits_final.json", self.folds, target / f"{self.plans}.json",
+                                  models, lesion_label)
 
     # ------------------------------------------------------------------ the description
     def steps(self) -> list[Step]:

@@ -15,7 +15,7 @@ from nnunet_joint.evaluation.report import evidence as evidence_module
 from nnunet_joint.evaluation.report import outputs, tables
 from nnunet_joint.evaluation.report.evidence import ComparisonResult, Evidence
 from nnunet_joint.evaluation.report.experiments import Experiment
-from nnunet_joint.evaluation.report.figure_set import make_figures
+from nnunet_joint.evaluation.report.figure_set import make_figures, pretraining_curve_figure
 from nnunet_joint.io import write_json, write_text
 from nnunet_joint.names import (FREEZE_ENCODER, HIERARCHICAL_FREEZING, HIERARCHICAL_UNFREEZING, SUMMARY_CSV,
                                 SUMMARY_JSON)
@@ -48,6 +48,39 @@ SCHEDULES_READING = (
     "its text does not specify which blocks are frozen or for how many epochs (nnunet_joint/freezing.py)."
 )
 FINDINGS_TITLE = "What this run compared and found"
+PRETRAINING_TITLE = "The pretraining source"
+
+
+def pretraining_blocks(record: Mapping[str, Any] | None, figure: doc.Figure | None) -> list[doc.Block]:
+    """Source size against the target, the CT window of every row, and what the LiTS models learned
+    (:func:`nnunet_joint.evaluation.pretraining.pretraining_record`)."""
+    if not record:
+        return [doc.Paragraph("This run recorded no pretraining source (no LiTS row ran).")]
+    source, target = record["source"], record["target"]
+    per_fold = ", ".join(f"{n} (fold {f})" for f, n in sorted(target["training_slices_per_fold"].items(),
+                                                              key=lambda kv: int(kv[0])))
+    ratio = record.get("ratio")
+    lines = [f"source {source['dataset']}: {source['cases']} liver slices, {source['with_lesion']} with lesion",
+             f"target {target['dataset']}: training slices per fold {per_fold or 'unknown'}",
+             "lesion slices of the source per training slice of the target: "
+             + ("unknown" if ratio is None else f"{ratio:.1f}x" + (
+                 "" if ratio >= 10 else " (below 10x: not the papers' setting of a source much richer than the "
+                 "target, so a transfer effect may not show)"))]
+    window = record.get("ct_window")
+    lines.append("CT window of every row (source and target plans alike): "
+                 + ("nnU-Net's own per-dataset percentiles (no fixed window)" if window is None
+                    else f"{window[0]:g} to {window[1]:g} HU, clipped, then mapped to [-2, 2]"))
+    for model in record.get("models", []):
+        dice = model.get("validation_lesion_dice")
+        flat = {True: "its curve had flattened", False: "its curve was still rising at the end (trained too short "
+                "to be the papers' strong source model)", None: "too few epochs recorded to tell whether its curve "
+                "flattened"}[model.get("flattened")]
+        lines.append(f"{model['name']}: validation lesion Dice "
+                     + ("not recorded" if dice is None else f"{dice:.3f}") + f"; {flat}")
+    blocks: list[doc.Block] = [doc.BulletList(lines)]
+    if figure is not None:
+        blocks.append(figure)
+    return blocks
 
 
 def format_duration(seconds: float | None) -> str:
@@ -166,7 +199,8 @@ def comparison_blocks(evidence: Evidence) -> list[doc.Block]:
 
 
 def build_document(experiments: Sequence[Experiment], evidence: Evidence, figure_entries: Sequence[doc.Figure],
-                   meta: Mapping[str, Any], notes: Sequence[str]) -> doc.Document:
+                   meta: Mapping[str, Any], notes: Sequence[str],
+                   pretraining_figure: doc.Figure | None = None) -> doc.Document:
     """The whole report as one document (rendered to Markdown and HTML alike): the answer first."""
     phantom = meta.get("phantom")
     commands = [str(c) if isinstance(c, str) else " ".join(map(str, c)) for c in meta.get("commands", [])]
@@ -191,6 +225,7 @@ def build_document(experiments: Sequence[Experiment], evidence: Evidence, figure
                                 *result_tables, tables.intervals_table(experiments, evidence),
                                 *([doc.Paragraph(not_run)] if not_run else [])], "results"),
         doc.Section("Paired comparisons", comparison_blocks(evidence), "comparisons"),
+        doc.Section(PRETRAINING_TITLE, pretraining_blocks(meta.get("pretraining"), pretraining_figure), "pretraining"),
         doc.Section("Figures", figures_section, "figures"),
         doc.Section("How these numbers were made", [
             doc.BulletList([f"profile: {profile}",
@@ -250,7 +285,8 @@ def build_report(experiments: Sequence[Mapping[str, Any]], out_dir: str | os.Pat
     notes += [f"{e.label}: dataset.json lists no patients, so its intervals resample slices, not patients"
               for e in parsed if e.done and e.patients is None]
     figure_entries = make_figures(parsed, out_dir, meta, notes)
-    document = build_document(parsed, evidence, figure_entries, meta, notes)
+    document = build_document(parsed, evidence, figure_entries, meta, notes,
+                              pretraining_curve_figure(meta.get("pretraining"), out_dir))
 
     summary = {
         "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

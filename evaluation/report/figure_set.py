@@ -125,3 +125,17 @@ def make_figures(experiments: Sequence[Experiment], out_dir: Path, meta: Mapping
     else:
         notes.append("overlay grid: no joint experiment finished, so there is none")
     return entries
+
+
+def pretraining_curve_figure(record: Mapping[str, Any] | None, out_dir: Path) -> Figure | None:
+    """The LiTS models' validation lesion Dice against iterations (``meta["pretraining"]``), or ``None``."""
+    models = [m for m in (record or {}).get("models", []) if m.get("iterations")]
+    if not models:
+        return None
+    panels = [figures.CurvePanel(m["name"], [figures.CurveSeries(0, m["iterations"], m["lesion_dice"],
+                                                                 [None] * len(m["iterations"]))]) for m in models]
+    path = figures.learning_curves(panels, out_dir / FIGURES_DIR / "pretraining_curves.png", columns=2)
+    return Figure("pretraining", "Pretraining curves",
+                  "Each LiTS model's validation lesion Dice (lesion label of the source dataset, pooled over the "
+                  "epoch's validation patches) against training iterations. A curve that still rises at its end "
+                  "was stopped before it converged.", path)
