@@ -103,3 +103,9 @@ def comparisons() -> list[Comparison]:
     out.append(Comparison("LiTS vs scratch", ("nnunet", "LiTS", NO_FREEZING), ("nnunet", SCRATCH, NO_FREEZING),
                           ("cls_acc", "dice"), "", JOINT_DATASET))
     return out
+
+
+def central_comparison() -> tuple[Experiment, Experiment]:
+    """The papers' central question, the one ``--repeats`` measures the run-to-run spread of: the
+    joint model from LiTS (MIDL's best row) against the same model from scratch, no freezing."""
+    return experiment("joint", "LiTS"), experiment("joint")

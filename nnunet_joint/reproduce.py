@@ -30,7 +30,7 @@ from typing import Iterator, Sequence
 from nnunet_joint import TRAINERS_DIR
 from nnunet_joint.cpu import WAIT_POLICY, cpu_threads, passive_openmp
 from nnunet_joint.errors import InputError, cli_entry, warn
-from nnunet_joint.experiments import Experiment, experiment_matrix
+from nnunet_joint.experiments import Experiment, central_comparison, experiment_matrix
 from nnunet_joint.names import (
     CLASSIFICATION_FILE,
     DATASET_FOLDERS,
@@ -53,6 +53,7 @@ from nnunet_joint.io import file_sha256
 from nnunet_joint.process import lock_folder, run_tied
 from nnunet_joint.study import Progress, Step, StepCosts, run_local
 from nnunet_joint.training.curves import LEARNING_CURVE_FILE
+from nnunet_joint.training.settings import ENV_SEED
 
 #: The experiment vocabulary (nnunet_joint.names), re-exported for callers of this module.
 __all__ = ["DATASET_FOLDERS", "DATASET_IDS", "DEFAULT_PLANS", "PLAIN_TRAINER", "PROFILES", "RunFolder", "reproduce"]
@@ -63,6 +64,16 @@ class RunFolder:
     """The layout of one reproduce run."""
 
     root: Path
+    #: ``--repeats``: repeat r > 0 of the repeated rows trains into ``repeats/repeat_<r>/nnUNet_results``
+    #: (nnU-Net's layout below it) and logs into ``logs/repeat_<r>``; data and pretraining are shared.
+    repeat: int = 0
+
+    def repeated(self, repeat: int) -> "RunFolder":
+        return dataclasses.replace(self, repeat=repeat)
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs" / (f"repeat_{self.repeat}" if self.repeat else "")
 
     @property
     def phantom(self) -> Path:
@@ -78,6 +89,8 @@ class RunFolder:
 
     @property
     def results(self) -> Path:
+        if self.repeat:
+            return self.root / "repeats" / f"repeat_{self.repeat}" / "nnUNet_results"
         return self.root / "nnUNet_results"
 
     @property
@@ -325,7 +338,7 @@ def train_fold(run: RunFolder, trainer: str, dataset: int, fold: str, device: st
             cmd.append("--val")
         else:  # half-written (killed while saving) or refused: kept as evidence, train again from scratch
             warn(checkpoint, f"{refused[1]}; kept as {refused[0]}; retraining fold {fold} of {trainer} from scratch")
-    run_nnunet(cmd, run, run.root / "logs" / f"{trainer}_{dataset}_fold{fold}.log", **budget, **extra_env)
+    run_nnunet(cmd, run, run.logs / f"{trainer}_{dataset}_fold{fold}.log", **budget, **extra_env)
     return fold_dir
 
 
@@ -419,6 +432,10 @@ class Study:
     stop_after: str | None = None
     oracle_crops: bool = False
     jobs: int = 1
+    #: trainings of the central comparison (:func:`~nnunet_joint.experiments.central_comparison`) per fold,
+    #: the first being the main run's; repeat r > 0 sets ``nnUNet_joint_seed=r`` and trains into
+    #: ``RunFolder.repeated(r)``, so that the report can set the comparison beside its run-to-run spread
+    repeats: int = 1
     started: float = field(default_factory=time.time)
     #: why row steps failed in this process (for the report; a scheduler's report job finds unfinished folds)
     failures: dict[str, str] = field(default_factory=dict)
@@ -450,6 +467,8 @@ class Study:
             args.append("--oracle-crops")
         if self.stop_after:
             args += ["--stop-after", self.stop_after]
+        if self.repeats > 1:
+            args += ["--repeats", str(self.repeats)]
         return args
 
     def step_command(self, step: Step) -> list[str]:
@@ -507,19 +526,26 @@ class Study:
                                      npz=exp.framework == "nnunet" and exp.dataset == JOINT_DATASET))
                 for exp in self.runnable() for fold in self.folds]
 
+    def repeat_trainings(self) -> list[tuple[Experiment, int, int, Training]]:
+        """``(experiment, fold, repeat, training)`` of repeats 1 .. ``repeats - 1`` of the central comparison's
+        rows that this study runs (the main run is repeat 0); each repeat is seeded with its number."""
+        central = central_comparison()
+        return [(exp, fold, repeat, dataclasses.replace(t, env={**t.env, ENV_SEED: str(repeat)}))
+                for repeat in range(1, self.repeats) for exp, fold, t in self.row_trainings() if exp in central]
+
     def threads_env(self) -> dict[str, str]:
         """With ``jobs > 1`` each training gets ``cpu_count // jobs`` torch threads (``nnUNet_joint_threads``),
         so that the processes share the machine instead of overbooking it, and the single-threaded parts of
         one (start-up, data loading, validation export) overlap the training of another."""
         return {"nnUNet_joint_threads": str(max(1, cpu_threads() // self.jobs))} if self.jobs > 1 else {}
 
-    def train(self, t: Training) -> None:
-        train_fold(self.run, t.trainer, t.dataset, t.fold, self.device, t.budget, {**t.env, **self.threads_env()},
-                   t.plans, t.npz)
+    def train(self, t: Training, repeat: int = 0) -> None:
+        train_fold(self.run.repeated(repeat), t.trainer, t.dataset, t.fold, self.device, t.budget,
+                   {**t.env, **self.threads_env()}, t.plans, t.npz)
 
-    def train_row(self, row: str, t: Training) -> None:
+    def train_row(self, row: str, t: Training, repeat: int = 0) -> None:
         try:
-            self.train(t)
+            self.train(t, repeat)
         except Exception as e:
             self.failures[row] = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise
@@ -617,8 +643,32 @@ class Study:
                 "stage_budget": {"stage 1": profile.stage1_budget, "LiTS pretraining": profile.lits_budget},
                 "device": self.device,
                 "phantom": None if not self.own_data else {"size": profile.phantom_size, "seed": self.seed},
-                "pretraining": self.pretraining_record()}
+                "pretraining": self.pretraining_record(), "repeats": self.repeat_record()}
         self.reported = {"experiments": experiments, "report": build_report(experiments, self.run.report, meta)}
+
+    def repeat_record(self) -> list[dict] | None:
+        """Per repeat 0 .. ``repeats - 1``, the central comparison's report entries (repeat 0: the main run's);
+        ``None`` without ``--repeats`` (:mod:`nnunet_joint.evaluation.report.spread`)."""
+        if self.repeats <= 1:
+            return None
+        folds = list(self.folds)
+        out = []
+        for repeat in range(self.repeats):
+            entries = []
+            for exp in (e for e in central_comparison() if e in self.runnable()):
+                directory = trainer_dir(self.run.repeated(repeat), exp.trainer, exp.dataset, exp.plans(self.plans))
+                entry = {"row": exp.row, "framework": exp.framework, "init": exp.init, "schedule": exp.schedule,
+                         "trainer": exp.trainer, "dataset": DATASET_FOLDERS[exp.dataset], "trainer_dir": directory,
+                         "folds": folds, "summary": None, "status": "failed: not every fold finished"}
+                if all(fold_done(directory / f"fold_{f}") for f in folds):
+                    try:
+                        entry["summary"] = evaluate_dir(directory, self.run, exp.dataset, folds)
+                        entry["status"] = "done"
+                    except (RuntimeError, InputError) as e:
+                        entry["status"] = "failed: " + str(e).splitlines()[0]
+                entries.append(entry)
+            out.append({"repeat": repeat, "seed": repeat or None, "experiments": entries})
+        return out
 
     def pretraining_record(self) -> dict | None:
         """The report's pretraining section (:mod:`nnunet_joint.evaluation.pretraining`): ``None`` when no
@@ -675,6 +725,15 @@ class Study:
                              lambda row=step_id(exp, fold), t=t: self.train_row(row, t),
                              lambda t=t: fold_done(t.fold_dir(self.run)), t.iterations(),
                              t.fold_dir(self.run) / LEARNING_CURVE_FILE, optional=True, gpu=True))
+        for exp, fold, repeat, t in self.repeat_trainings():
+            pretraining = self.pretraining_of(exp)
+            after = ("data", "crops") + ((pretraining,) if pretraining else ())
+            row = f"{step_id(exp, fold)}-r{repeat}"
+            rows.append(Step(row, f"{t.what}, repeat {repeat} (seed {repeat})", f"row training ({exp.framework})",
+                             after, lambda row=row, t=t, repeat=repeat: self.train_row(row, t, repeat),
+                             lambda t=t, repeat=repeat: fold_done(t.fold_dir(self.run.repeated(repeat))),
+                             t.iterations(), t.fold_dir(self.run.repeated(repeat)) / LEARNING_CURVE_FILE,
+                             optional=True, gpu=True))
         report = Step("report", "evaluation and report", "report", ("stage1", "crops", *(r.id for r in rows)),
                       self.report, lambda: False)
         return [data, *train_steps, crops, *rows, report]
@@ -686,19 +745,20 @@ class Study:
 def reproduce(out: Path, profile: Profile, device: str = "cpu", imagenet_weights: Path | None = None,
               lits_dir: Path | None = None, sheba_dir: Path | None = None, seed: int = 0,
               folds: Sequence[int] | None = None, stop_after: str | None = None, quiet: bool = False,
-              oracle_crops: bool = False, jobs: int | None = None) -> dict:
+              oracle_crops: bool = False, jobs: int | None = None, repeats: int = 1) -> dict:
     """Run the whole pipeline into ``out``; finished steps and folds are skipped, so a rerun resumes.
 
     The papers' cascade: stage 1 (plain nnU-Net on the LiTS volumes) is trained first and crops
     the Sheba slices (``oracle_crops`` crops them with the reference masks instead, which no user
     gets at inference, and the report says so); the LiTS lesion model trains beside stage 1; then
-    the matrix. ``jobs`` steps run at a time (default: the profile's).
+    the matrix. ``jobs`` steps run at a time (default: the profile's). ``repeats`` trains the central
+    comparison that many times per fold (:attr:`Study.repeats`).
     """
     run = RunFolder(out.resolve())
     with lock_folder(run.root, "nnunet_joint_reproduce"):
         study = Study(run, profile, device, imagenet_weights, lits_dir, sheba_dir, seed,
                       tuple(folds) if folds is not None else profile.folds, stop_after, oracle_crops,
-                      profile.jobs if jobs is None else jobs)
+                      profile.jobs if jobs is None else jobs, repeats)
         costs = study.step_costs()
         outcome = run_local(study.steps(), study.jobs, lambda todo: Progress(todo, costs, study.jobs, quiet))
         if outcome.get("report", "not run") is None and not quiet:
@@ -728,6 +788,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--oracle-crops", action="store_true",
                    help="crop the Sheba slices with their reference liver masks instead of the stage-1 model "
                         "(the cascade, both papers' protocol and the default); the report says which was used")
+    p.add_argument("--repeats", type=int, default=1, metavar="K",
+                   help="train the central comparison (joint model from LiTS and from scratch) K times per fold, "
+                        "repeat r > 0 seeded with r, and report its run-to-run spread beside the fold spread "
+                        "(default 1: no repeat)")
     p.add_argument("--jobs", type=int, default=None,
                    help="steps at a time on this machine (default: the profile's); each training gets "
                         "cpu_count // jobs torch threads")
@@ -777,6 +841,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise InputError(given, "not found")
     if (args.lits is None) != (args.sheba is None):
         raise InputError(args.lits or args.sheba, "give both --lits and --sheba, or neither (phantom)")
+    if args.repeats < 1:
+        raise InputError(None, f"--repeats must be at least 1, got {args.repeats}")
     if args.jobs is not None and args.jobs < 1:
         raise InputError(None, f"--jobs must be at least 1, got {args.jobs}")
     if args.wait and args.scheduler != "slurm":
@@ -794,13 +860,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         events_before = len(security_events(args.out))
         reproduce(args.out, profile, device, args.imagenet_weights, args.lits, args.sheba, args.seed,
-                  args.folds, args.stop_after, args.quiet, args.oracle_crops, args.jobs)
+                  args.folds, args.stop_after, args.quiet, args.oracle_crops, args.jobs, args.repeats)
         return security_exit_code(args.out, events_before)  # 3: a checkpoint would have run code (docs/reliability.md)
     from nnunet_joint import slurm
 
     run = RunFolder(args.out.resolve())
     study = Study(run, profile, device, args.imagenet_weights, args.lits, args.sheba, args.seed,
-                  tuple(args.folds) if args.folds else profile.folds, args.stop_after, args.oracle_crops)
+                  tuple(args.folds) if args.folds else profile.folds, args.stop_after, args.oracle_crops,
+                  repeats=args.repeats)
     if args.step is not None:
         study.started = slurm.submitted(run.root).get("submitted_at", study.started)
         run_step(study, args.step)

@@ -192,3 +192,35 @@ def test_job_list_is_the_studys_dag(tmp_path, profile):
     assert "gpus" not in jobs["data"]["resources"] and "gpus" not in jobs["report"]["resources"]
     assert jobs["lits"]["description"].startswith(f"LiTS lesion pretraining: {LITS_TRAINER}")
     assert not list(Path(tmp_path / "run").glob("nnUNet_*"))  # writing the list ran nothing
+
+
+def test_repeats_train_the_central_comparison_again_seeded_into_their_own_results(tmp_path):
+    out = tmp_path / "jobs.json"
+    assert main(["--profile", "demo", "--out", str(tmp_path / "run"), "--write-jobs", str(out), "--quiet",
+                 "--repeats", "3"]) == 0
+    jobs = {j["id"]: j for j in json.loads(out.read_text())["jobs"]}
+    repeats = {i for i in jobs if "-r" in i.rsplit("-f", 1)[-1]}
+    # the demo's two rows are the central comparison: each trained twice more on fold 0
+    assert repeats == {"Joint-f0-r1", "Joint-f0-r2", "Joint_LiTS-f0-r1", "Joint_LiTS-f0-r2"}
+    assert "lits" in jobs["Joint_LiTS-f0-r2"]["after"] and "lits" not in jobs["Joint-f0-r1"]["after"]
+    assert repeats <= set(jobs["report"]["after_optional"])
+    assert jobs["Joint-f0-r2"]["command"][-4:] == ["--repeats", "3", "--step", "Joint-f0-r2"]
+
+    study = Study(RunFolder(tmp_path / "run"), PROFILES["demo"], folds=(0,), repeats=3)
+    trained = {(e.init, fold, r): t for e, fold, r, t in study.repeat_trainings()}
+    assert set(trained) == {(init, 0, r) for init in ("scratch", "LiTS") for r in (1, 2)}
+    assert trained[("LiTS", 0, 2)].env["nnUNet_joint_seed"] == "2"
+    # the same pretrained LiTS model as the main run's: pretraining runs once per study
+    main_env = dict(next(t.env for e, _, t in study.row_trainings() if e.init == "LiTS"))
+    assert trained[("LiTS", 0, 2)].env["nnUNet_joint_lits_checkpoint"] == main_env["nnUNet_joint_lits_checkpoint"]
+    assert trained[("scratch", 0, 1)].fold_dir(study.run.repeated(1)) == (
+        tmp_path / "run" / "repeats" / "repeat_1" / "nnUNet_results" / "Dataset504_ShebaJoint"
+        / "nnUNetTrainerJoint__nnUNetSEResNet18Plans__2d" / "fold_0")
+    assert Study(RunFolder(tmp_path / "run"), PROFILES["demo"], folds=(0,)).repeat_trainings() == []
+
+
+def test_repeats_below_one_are_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--profile", "demo", "--out", str(tmp_path / "run"), "--repeats", "0"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.startswith("error: --repeats must be at least 1")

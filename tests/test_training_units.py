@@ -113,6 +113,26 @@ def test_lambda_validation(monkeypatch):
         settings.lambda_from_env()
 
 
+def test_seed_from_environment_makes_fresh_weights_repeatable(monkeypatch):
+    monkeypatch.setenv(settings.ENV_SEED, "3")
+    assert settings.apply_seed() == 3
+    first = (torch.nn.Conv2d(1, 4, 3).weight.detach().clone(), np.random.rand(3))
+    torch.manual_seed(99)  # something else drew in between
+    np.random.seed(99)
+    settings.apply_seed()
+    second = (torch.nn.Conv2d(1, 4, 3).weight.detach().clone(), np.random.rand(3))
+    assert torch.equal(first[0], second[0]) and np.array_equal(first[1], second[1])
+    monkeypatch.setenv(settings.ENV_SEED, "4")
+    settings.apply_seed()
+    assert not torch.equal(first[0], torch.nn.Conv2d(1, 4, 3).weight)
+    assert settings.settings_record(settings.Budget.from_env())["environment"][settings.ENV_SEED] == "4"
+    monkeypatch.setenv(settings.ENV_SEED, "-1")
+    with pytest.raises(InputError, match=settings.ENV_SEED):
+        settings.apply_seed()
+    monkeypatch.delenv(settings.ENV_SEED)
+    assert settings.apply_seed() is None
+
+
 def _configuration(architecture: dict, patch=(64, 96)):
     from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 

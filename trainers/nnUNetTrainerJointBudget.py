@@ -9,7 +9,7 @@ from nnunet_joint.network.from_plans import check_architecture
 from nnunet_joint.network import unwrap_network
 from nnunet_joint.training.curves import LearningCurveMixin
 from nnunet_joint.training.recipes import RECIPES, RecipeLRScheduler
-from nnunet_joint.training.settings import (Budget, apply_threads, lits_checkpoint_path, recipe_choice,
+from nnunet_joint.training.settings import (Budget, apply_seed, apply_threads, lits_checkpoint_path, recipe_choice,
                                             recipe_with_overrides)
 
 
@@ -28,6 +28,7 @@ class nnUNetTrainer_JointBudget(LearningCurveMixin, nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         Budget.from_env().apply(self)
         apply_threads()
+        apply_seed()
         self.recipe_name = recipe_choice()
         self.recipe = recipe_with_overrides(RECIPES[self.recipe_name])
         self.initial_lr = self.recipe.peak_lr

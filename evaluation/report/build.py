@@ -15,6 +15,7 @@ from nnunet_joint.evaluation.report import evidence as evidence_module
 from nnunet_joint.evaluation.report import outputs, tables
 from nnunet_joint.evaluation.report.evidence import ComparisonResult, Evidence
 from nnunet_joint.evaluation.report.experiments import Experiment
+from nnunet_joint.evaluation.report.spread import spread_blocks
 from nnunet_joint.evaluation.report.figure_set import make_figures, pretraining_curve_figure
 from nnunet_joint.io import write_json, write_text
 from nnunet_joint.names import (FREEZE_ENCODER, HIERARCHICAL_FREEZING, HIERARCHICAL_UNFREEZING, SUMMARY_CSV,
@@ -49,6 +50,7 @@ SCHEDULES_READING = (
 )
 FINDINGS_TITLE = "What this run compared and found"
 PRETRAINING_TITLE = "The pretraining source"
+SPREAD_TITLE = "Run-to-run spread"
 
 
 def pretraining_blocks(record: Mapping[str, Any] | None, figure: doc.Figure | None) -> list[doc.Block]:
@@ -225,6 +227,7 @@ def build_document(experiments: Sequence[Experiment], evidence: Evidence, figure
                                 *result_tables, tables.intervals_table(experiments, evidence),
                                 *([doc.Paragraph(not_run)] if not_run else [])], "results"),
         doc.Section("Paired comparisons", comparison_blocks(evidence), "comparisons"),
+        doc.Section(SPREAD_TITLE, spread_blocks(meta.get("repeats"), experiments, evidence), "spread"),
         doc.Section(PRETRAINING_TITLE, pretraining_blocks(meta.get("pretraining"), pretraining_figure), "pretraining"),
         doc.Section("Figures", figures_section, "figures"),
         doc.Section("How these numbers were made", [

@@ -59,6 +59,7 @@ class nnUNetTrainerSEResNetBase(LearningCurveMixin, nnUNetTrainer):
         self.budget = settings.Budget.from_env()
         self.budget.apply(self)
         settings.apply_threads()
+        settings.apply_seed()
         self.architecture = {"plans": self.plans_manager.plans_name,
                              **self.configuration_manager.configuration.get("architecture", {}),
                              "patch_size": list(self.configuration_manager.patch_size),

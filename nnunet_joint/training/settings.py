@@ -15,6 +15,7 @@ style: ``nnUNet_n_proc_DA``, ``nnUNet_compile``). Every value used is written to
 | ``nnUNet_joint_peak_lr`` | peak learning rate of the run's recipe (:mod:`nnunet_joint.training.recipes`) | the recipe's (1e-2) |
 | ``nnUNet_joint_lambda`` | Y-Net weight: ``L = λ·L_seg + (1−λ)·L_cls`` | ``0.5`` |
 | ``nnUNet_joint_imagenet_weights`` | local ImageNet SE-ResNet checkpoint (.pth/.safetensors, timm layout) | required by ``*_ImageNet*`` |
+| ``nnUNet_joint_seed`` | seeds Python's, NumPy's and torch's generators of the training process (fresh weights, sampling in the main process); nnU-Net's augmentation workers stay unseeded, so two seeded runs still differ (``nnunet_joint_reproduce --repeats``) | unseeded, as nnU-Net |
 | ``nnUNet_joint_lits_checkpoint`` | ``checkpoint_final.pth`` of the LiTS model on Dataset502_LiTSLesion: ``nnUNetTrainerSEResNetSeg`` (our rows) or ``nnUNetTrainer_JointBudget`` (plain nnU-Net from LiTS) | looked up in ``nnUNet_results`` (same plans) |
 
 The network is not a setting: it is the plans' (``-p nnUNetSEResNet50Plans``, see
@@ -38,6 +39,7 @@ ENV_IMAGENET = "nnUNet_joint_imagenet_weights"
 ENV_LITS = "nnUNet_joint_lits_checkpoint"
 ENV_PEAK_LR = "nnUNet_joint_peak_lr"
 ENV_RECIPE = "nnUNet_joint_lr_recipe"
+ENV_SEED = "nnUNet_joint_seed"
 ENV_THREADS = "nnUNet_joint_threads"
 ENV_WARMUP = "nnUNet_joint_warmup_fraction"
 
@@ -82,6 +84,28 @@ class Budget:
         if self.iterations_per_epoch is not None:
             trainer.num_iterations_per_epoch = self.iterations_per_epoch
             trainer.num_val_iterations_per_epoch = self.val_iterations(self.iterations_per_epoch)
+
+
+def apply_seed() -> int | None:
+    """Seed Python, NumPy and torch with ``nnUNet_joint_seed`` when set (before the network is built)."""
+    raw = os.environ.get(ENV_SEED)
+    if raw is None or raw == "":
+        return None
+    try:
+        seed = int(raw)
+        if seed < 0:
+            raise ValueError
+    except ValueError:
+        raise InputError(None, f"{ENV_SEED} must be a non-negative integer, got {raw!r}") from None
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return seed
 
 
 def apply_threads() -> int | None:
@@ -182,4 +206,4 @@ def lits_checkpoint_path(plans_identifier: str, trainer: str = LITS_TRAINER) -> 
 def settings_record(budget: Budget) -> dict:
     return {"budget": asdict(budget), "environment": {k: os.environ.get(k) for k in (
         ENV_EPOCHS, ENV_ITERATIONS, ENV_LAMBDA, ENV_IMAGENET, ENV_LITS, ENV_RECIPE, ENV_PEAK_LR, ENV_WARMUP,
-        ENV_THREADS)}}
+        ENV_THREADS, ENV_SEED)}}
