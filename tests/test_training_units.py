@@ -107,6 +107,21 @@ def test_budget_from_environment(monkeypatch):
         settings.Budget.from_env()
 
 
+def test_max_batch_size_caps_the_plans_batch_and_keeps_a_smaller_one(monkeypatch):
+    from types import SimpleNamespace
+
+    from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+
+    monkeypatch.setenv(settings.ENV_MAX_BATCH, "12")
+    for planned, trained in ((64, 12), (6, 6)):
+        trainer = SimpleNamespace(configuration_manager=ConfigurationManager({"architecture": {}, "batch_size": planned}))
+        settings.Budget.from_env().apply(trainer)
+        assert trainer.configuration_manager.batch_size == trained
+    monkeypatch.setenv(settings.ENV_MAX_BATCH, "0")
+    with pytest.raises(InputError, match=settings.ENV_MAX_BATCH):
+        settings.Budget.from_env()
+
+
 def test_lambda_validation(monkeypatch):
     monkeypatch.setenv(settings.ENV_LAMBDA, "1.5")
     with pytest.raises(InputError, match=r"\[0, 1\]"):

@@ -9,6 +9,7 @@ style: ``nnUNet_n_proc_DA``, ``nnUNet_compile``). Every value used is written to
 |---|---|---|
 | ``nnUNet_joint_epochs`` | number of epochs | nnU-Net's (1000) |
 | ``nnUNet_joint_iterations`` | training iterations per epoch (validation: a fifth, 1..50) | nnU-Net's (250 / 50) |
+| ``nnUNet_joint_max_batch_size`` | upper bound on the plans' batch size (a CPU budget: nnU-Net plans the batch for a GPU's memory, and on a CPU an iteration's cost grows with it; the plans' smaller batch is kept) | the plans' |
 | ``nnUNet_joint_threads`` | torch threads of the training process (nnU-Net sets the CPU count on ``-device cpu``) | nnU-Net's |
 | ``nnUNet_joint_lr_recipe`` | learning-rate recipe of every row, whatever its initialisation: ``poly`` or ``warmup-poly`` (:mod:`nnunet_joint.training.recipes`) | ``poly`` |
 | ``nnUNet_joint_warmup_fraction`` | fraction of the epochs the learning rate warms up over (:mod:`nnunet_joint.training.recipes`) | the recipe's |
@@ -34,6 +35,7 @@ from nnunet_joint.names import DATASET_FOLDERS, LITS_LESION_DATASET, LITS_TRAINE
 
 ENV_EPOCHS = "nnUNet_joint_epochs"
 ENV_ITERATIONS = "nnUNet_joint_iterations"
+ENV_MAX_BATCH = "nnUNet_joint_max_batch_size"
 ENV_LAMBDA = "nnUNet_joint_lambda"
 ENV_IMAGENET = "nnUNet_joint_imagenet_weights"
 ENV_LITS = "nnUNet_joint_lits_checkpoint"
@@ -63,14 +65,15 @@ def _positive_int(name: str) -> int | None:
 
 @dataclass(frozen=True)
 class Budget:
-    """Training length; ``None`` fields keep nnU-Net's defaults."""
+    """Training length and the most samples per step; ``None`` fields keep nnU-Net's defaults."""
 
     epochs: int | None
     iterations_per_epoch: int | None
+    max_batch_size: int | None = None
 
     @classmethod
     def from_env(cls) -> "Budget":
-        return cls(_positive_int(ENV_EPOCHS), _positive_int(ENV_ITERATIONS))
+        return cls(_positive_int(ENV_EPOCHS), _positive_int(ENV_ITERATIONS), _positive_int(ENV_MAX_BATCH))
 
     @staticmethod
     def val_iterations(iterations_per_epoch: int) -> int:
@@ -84,6 +87,11 @@ class Budget:
         if self.iterations_per_epoch is not None:
             trainer.num_iterations_per_epoch = self.iterations_per_epoch
             trainer.num_val_iterations_per_epoch = self.val_iterations(self.iterations_per_epoch)
+        configuration = trainer.configuration_manager.configuration
+        if self.max_batch_size is not None and configuration["batch_size"] > self.max_batch_size:
+            # before initialize(), which reads it (and splits it over DDP ranks); the results folder's
+            # plans.json, written from the same dictionary, then records the batch that trained
+            configuration["batch_size"] = self.max_batch_size
 
 
 def apply_seed() -> int | None:
@@ -205,5 +213,5 @@ def lits_checkpoint_path(plans_identifier: str, trainer: str = LITS_TRAINER) -> 
 
 def settings_record(budget: Budget) -> dict:
     return {"budget": asdict(budget), "environment": {k: os.environ.get(k) for k in (
-        ENV_EPOCHS, ENV_ITERATIONS, ENV_LAMBDA, ENV_IMAGENET, ENV_LITS, ENV_RECIPE, ENV_PEAK_LR, ENV_WARMUP,
+        ENV_EPOCHS, ENV_ITERATIONS, ENV_MAX_BATCH, ENV_LAMBDA, ENV_IMAGENET, ENV_LITS, ENV_RECIPE, ENV_PEAK_LR, ENV_WARMUP,
         ENV_THREADS, ENV_SEED)}}
