@@ -119,10 +119,26 @@ def _slurm(cmd: list[str], environment: dict[str, str] | None = None) -> str:
     return done.stdout
 
 
-def active_jobs() -> dict[str, str]:
-    """Job id → state of this user's jobs in the queue."""
-    out = _slurm(["squeue", "--noheader", "--user", str(os.getuid()), "--format", "%i %T"])
-    return dict(line.split()[:2] for line in out.splitlines() if len(line.split()) >= 2)
+#: ``squeue`` attempts before a failure is final, and the first wait between them (doubling). A busy
+#: slurmctld answers ``Socket timed out on send/recv operation``; measured on the test node under a
+#: load of 10 on 2 cores, so a study waiting hours on its jobs must not die of one such answer.
+SQUEUE_ATTEMPTS = 6
+SQUEUE_RETRY_S = 2.0
+
+
+def active_jobs(attempts: int = SQUEUE_ATTEMPTS, retry_s: float = SQUEUE_RETRY_S) -> dict[str, str]:
+    """Job id → state of this user's jobs in the queue; a failing ``squeue`` is asked again (up to
+    ``attempts`` times, waiting ``retry_s``, 2 x ``retry_s``, ...) before its error is final."""
+    failed = 0
+    while True:
+        try:
+            out = _slurm(["squeue", "--noheader", "--user", str(os.getuid()), "--format", "%i %T"])
+            return dict(line.split()[:2] for line in out.splitlines() if len(line.split()) >= 2)
+        except InputError as e:
+            failed += 1
+            if failed >= attempts or "not found" in e.problem:  # no squeue at all is not transient
+                raise
+            time.sleep(retry_s * 2 ** (failed - 1))
 
 
 def submitted(run_root: Path) -> dict:
