@@ -200,10 +200,10 @@ def write_case_outputs(ct: CTImage, result: CascadeResult, out_dir: Path, models
         write_image_file(image_like(result.liver, ct.image), out_dir / "liver.nii.gz")
         write_image_file(image_like(typed, ct.image), out_dir / "lesions.nii.gz")
     pngs = []
-    if overlays and lesions:
+    if overlays:
         with timer("overlays"):
             pngs = write_overlays(ct.array, typed, ct.spacing_zyx, out_dir / "overlays", lesions, ct.source.name,
-                                  progress=progress)
+                                  progress=progress) if lesions else []
     report = {
         "input": str(ct.source),
         "kind": "slice" if ct.is_slice else "volume",
