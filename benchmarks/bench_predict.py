@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
         ours_cmd = [sys.executable, "-c", "import sys; from nnunet_joint.inference.cli import main; "
                     "sys.exit(main(sys.argv[1:]))", "-i", str(volume), "-o", str(work / "ours"),
                     "--liver-model", str(liver), "--lesion-model", str(lesion), "--device", args.device, "--quiet",
-                    "--verbose", "--tta" if args.tta else "--no-tta", "--overlays" if args.overlays else "--no-overlays"]
+                    "--verbose", "--tta" if args.tta else "--no-tta",
+                    "--overlays" if args.overlays else "--no-overlays"]
         nnunet_cmds = [
             [nnunet_bin("nnUNetv2_predict_from_modelfolder"), "-i", str(nn_in), "-o", str(work / f"nnunet_{i}"),
              "-m", str(folder), "-f", *folds_of(folder), "-device", args.device, "-npp", "1", "-nps", "1",
