@@ -8,7 +8,8 @@ takes a phantom corpus volume instead.
 
 Both sides are timed as a user runs them: a fresh process each (imports, model loading, inference,
 writing), with their default settings except test-time augmentation, which is off on both sides
-unless ``--tta`` (nnU-Net: ``--disable_tta``; ours: off on the CPU by default). The nnU-Net side
+unless ``--tta`` (nnU-Net: ``--disable_tta``; ours: off on the CPU by default), and ours writes no
+overlay PNGs (its default; ``--overlays`` adds them, as the cascade did by default before). The nnU-Net side
 is the sum of two ``nnUNetv2_predict`` calls (liver model on the volume, joint model on the whole
 volume: nnU-Net has no cascade crop), each with one preprocessing and one export worker. Both
 get ``nnUNet_def_n_proc`` = the CPU cores (nnU-Net caps its torch threads at it; a reproduce run's
@@ -20,7 +21,7 @@ move less with the load. Peak memory is the largest resident set of the command'
 Usage::
 
     python benchmarks/bench_predict.py --run RUN_DIR [--volume clinical] [--slices 150] [--repeats 3]
-                                       [--tta] [--device cpu]
+                                       [--tta] [--overlays] [--device cpu]
 
 ``RUN_DIR`` is a run folder (``nnunet_joint_reproduce`` or the layout of ``tests/test_predict_e2e.py``)
 with a trained liver model on Dataset501 and a joint model on Dataset504. ``--prepare`` builds one
@@ -112,6 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lesion-trainer", help="trainer of the Dataset504 model folder (default: the only one)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--tta", action="store_true", help="test-time mirroring on both sides (default: off on both)")
+    p.add_argument("--overlays", action="store_true", help="ours also draws its overlay PNGs (default: off, "
+                                                             "as nnunet_joint_predict's default)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = p.parse_args(argv)
 
@@ -138,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
         ours_cmd = [sys.executable, "-c", "import sys; from nnunet_joint.inference.cli import main; "
                     "sys.exit(main(sys.argv[1:]))", "-i", str(volume), "-o", str(work / "ours"),
                     "--liver-model", str(liver), "--lesion-model", str(lesion), "--device", args.device, "--quiet",
-                    "--verbose", "--tta" if args.tta else "--no-tta"]
+                    "--verbose", "--tta" if args.tta else "--no-tta",
+                    "--overlays" if args.overlays else "--no-overlays"]
         nnunet_cmds = [
             [nnunet_bin("nnUNetv2_predict_from_modelfolder"), "-i", str(nn_in), "-o", str(work / f"nnunet_{i}"),
              "-m", str(folder), "-f", *folds_of(folder), "-device", args.device, "-npp", "1", "-nps", "1",
@@ -163,7 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"volume {volume} ({' x '.join(str(s) for s in size)} voxels, spacing "
           f"{' x '.join(f'{s:g}' for s in reader.GetSpacing())} mm); liver model {liver.name} folds {folds_of(liver)}; "
           f"lesion model {lesion.name} folds {folds_of(lesion)}; device {args.device}, {threads} CPU thread(s); "
-          f"test-time mirroring {'on' if args.tta else 'off'} on both sides; {args.repeats} repeats, interleaved")
+          f"test-time mirroring {'on' if args.tta else 'off'} on both sides; overlays {'on' if args.overlays else 'off'}; "
+          f"{args.repeats} repeats, interleaved")
     print(f"{'':36s}{'median s':>10s}{'min s':>9s}{'max s':>9s}{'s/slice':>9s}{'CPU s':>9s}{'peak GB':>9s}")
     for name, values, cpu, rss in (("nnunet_joint_predict (cascade)", ours, ours_cpu, ours_rss),
                                    ("nnUNetv2_predict x2 (separately)", theirs, theirs_cpu, theirs_rss)):

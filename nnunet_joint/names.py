@@ -95,6 +95,12 @@ FINE_TUNING_SCHEDULES: tuple[str, ...] = SCHEDULE_NAMES[1:]
 
 #: nnU-Net's default plans: stage 1 and the plain nnU-Net rows.
 DEFAULT_PLANS = "nnUNetPlans"
+#: A faster stage 1 (chosen by the user, not the default): nnU-Net's default plans with every target
+#: spacing at least :data:`COARSE_SPACING_MM` (the liver needs no sub-millimetre pixels;
+#: TotalSegmentator's fast models run at 3 mm). Planner ``nnUNetPlannerCoarse``
+#: (:mod:`nnunet_joint.planning`).
+COARSE_PLANS = "nnUNetPlansCoarse"
+COARSE_SPACING_MM = 3.0
 #: Stage 1 of the cascade and the plain rows: nnUNetTrainer, length from our budget variables.
 PLAIN_TRAINER = FRAMEWORKS["nnunet"].trainer_base
 #: nnU-Net's own trainer (a stage-1 model a user trained with plain ``nnUNetv2_train``).

@@ -56,6 +56,7 @@ from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner
 
 from nnunet_joint.errors import InputError, cli_entry
 from nnunet_joint.io import quiet_stdout
+from nnunet_joint.names import COARSE_PLANS, COARSE_SPACING_MM
 from nnunet_joint.network.seresnet import ENCODER_DEPTHS
 from nnunet_joint.network.unet import DEFAULT_DECODER_CHANNELS, STANDARD_STRIDES
 
@@ -188,17 +189,50 @@ def planner_of(encoder: str) -> str:
     raise ValueError(f"no plans preset for encoder {encoder!r}; choose one of {sorted(ENCODER_DEPTHS)}")
 
 
+class nnUNetPlannerCoarse(ExperimentPlanner):
+    """nnU-Net's default planner with every target spacing at least :data:`~nnunet_joint.names.COARSE_SPACING_MM`;
+    plans :data:`~nnunet_joint.names.COARSE_PLANS`.
+
+    For a faster stage 1: LiTS-like CT at 0.7-0.8 mm pixels is planned by nnU-Net at that
+    spacing (512 x 512 slices), while a liver mask needs no more than a few millimetres (16x fewer
+    pixels at 3 mm). It is nnU-Net's own ``overwrite_target_spacing`` set to ``max(nnU-Net's
+    target, 3 mm)`` per axis, so data already coarser keep nnU-Net's spacing. The axis a 2-D model
+    slices along stays nnU-Net's choice from its own target spacing: with the coarsened one, ties
+    and thin slices could move it into the image plane.
+    """
+
+    def __init__(self, dataset_name_or_id: Union[str, int], gpu_memory_target_in_gb: float = 8,
+                 preprocessor_name: str = "DefaultPreprocessor", plans_name: str = COARSE_PLANS,
+                 overwrite_target_spacing: Union[List[float], Tuple[float, ...]] = None,
+                 suppress_transpose: bool = False):
+        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
+                         overwrite_target_spacing, suppress_transpose)
+        if self.overwrite_target_spacing is None:
+            self.overwrite_target_spacing = [max(float(s), COARSE_SPACING_MM)
+                                             for s in self.determine_fullres_target_spacing()]
+
+    def determine_transpose(self):
+        coarse, self.overwrite_target_spacing = self.overwrite_target_spacing, None
+        try:
+            return super().determine_transpose()
+        finally:
+            self.overwrite_target_spacing = coarse
+
+
 def planner_class(name: str) -> type:
-    """One of our presets, or any planner nnU-Net itself finds (``ExperimentPlanner``, ResEnc presets)."""
+    """One of our planners, or any planner nnU-Net itself finds (``ExperimentPlanner``, ResEnc presets)."""
     if name in PLANNERS:
         return PLANNERS[name]
+    if name == nnUNetPlannerCoarse.__name__:
+        return nnUNetPlannerCoarse
     import nnunetv2
     from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 
     found = recursive_find_python_class(str(Path(nnunetv2.__path__[0]) / "experiment_planning"), name,
                                         current_module="nnunetv2.experiment_planning")
     if found is None:
-        raise InputError(None, f"planner {name!r} not found (ours: {', '.join(PLANNERS)}; or one of "
+        raise InputError(None, f"planner {name!r} not found (ours: {', '.join(PLANNERS)}, "
+                               f"{nnUNetPlannerCoarse.__name__}; or one of "
                                "nnU-Net's, e.g. ExperimentPlanner, nnUNetPlannerResEncM)")
     return found
 

@@ -97,7 +97,8 @@ def test_cascade_on_a_volume_and_a_slice_keeps_the_input_geometry(env, tmp_path,
     for p in (volume, sheba):
         (inputs / p.name).write_bytes(p.read_bytes())
     out = tmp_path / "out"
-    assert cli.main(["-i", str(inputs), "-o", str(out), "--device", "cpu", "--quiet", "--verbose"]) == 0
+    assert cli.main(["-i", str(inputs), "-o", str(out), "--device", "cpu", "--quiet", "--verbose",
+                     "--overlays"]) == 0
     timings = capsys.readouterr().err  # --verbose: time and memory per stage, even with --quiet
     for stage in ("load models", "stage 1 (liver): network", "stage 2 (lesions): resample back", "crop",
                   "paste back", "lesion analysis", "write NIfTI", "overlays", "s per slice, 9 slices"):

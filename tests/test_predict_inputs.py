@@ -501,6 +501,35 @@ def test_plausible_liver_runs_stage_two(tmp_path, monkeypatch):
     assert [e["type"] for e in results["ct"]] == ["cyst"] and results["ct"][0]["voxels"] == 3 * 16
 
 
+def test_overlays_are_written_only_when_asked_for(tmp_path, monkeypatch):
+    """Default: label maps and lesions.json, no PNG; ``--overlays``: one PNG per slice holding a lesion
+    (the cyst lies on each of the scan's 3 slices); ``--no-overlays`` is still accepted. The label maps
+    are the same either way."""
+    scan = air_scan()
+    scan[:, 10:54, 10:54] = 40
+    liver = blob(scan.shape, radius=18)
+    scan[liver] = 110
+    scan[:, 30:34, 30:34] = 15
+    image = write_nifti(tmp_path / "ct.nii.gz", scan, spacing=(0.8, 0.8, 5.0))
+    fake_models(monkeypatch, liver=lambda a: blob(a.shape, radius=18),
+                lesion=lambda a: np.where((a > 0) & (a < 30), 2, (a > 60).astype(int)))
+    maps = []
+    for flags, pngs in (([], []), (["--no-overlays"], []),
+                        (["--overlays"], [f"overlays/slice_{z:04d}.png" for z in range(3)])):
+        out = tmp_path / f"out{len(flags)}{flags[0] if flags else ''}"
+        assert cli.main(["-i", str(image), "-o", str(out), "--quiet", *flags]) == 0
+        report = json.loads((out / "lesions.json").read_text())
+        assert len(report["lesions"]) == 1 and report["overlays"] == pngs
+        assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == pngs
+        for png in pngs:
+            assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        maps.append([sitk.GetArrayFromImage(sitk.ReadImage(str(out / name))) for name in ("liver.nii.gz",
+                                                                                          "lesions.nii.gz")])
+    assert int((maps[0][1] == 2).sum()) == 3 * 16  # the 4 x 4 cyst on 3 slices
+    for liver_map, lesion_map in maps[1:]:
+        assert np.array_equal(liver_map, maps[0][0]) and np.array_equal(lesion_map, maps[0][1])
+
+
 def fake_model_folder(root: Path, with_checkpoint: bytes | None = None) -> Path:
     return write_model_folder(root, checkpoint=with_checkpoint)
 

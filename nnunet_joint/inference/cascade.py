@@ -184,9 +184,10 @@ def image_like(array_zyx: np.ndarray, reference: sitk.Image) -> sitk.Image:
 
 
 def write_case_outputs(ct: CTImage, result: CascadeResult, out_dir: Path, models: dict[str, Any],
-                       overlays: bool = True, timer: Timer | None = None,
+                       overlays: bool = False, timer: Timer | None = None,
                        progress: bool = False) -> list[dict[str, Any]]:
-    """Write ``liver.nii.gz``, ``lesions.nii.gz``, ``lesions.json`` and ``overlays/`` into ``out_dir``.
+    """Write ``liver.nii.gz``, ``lesions.nii.gz``, ``lesions.json`` and, with ``overlays``, ``overlays/``
+    into ``out_dir`` (label maps first: the overlays only draw them).
 
     ``out_dir`` is inside the caller's temporary output folder, so plain writes are atomic as a whole.
     """
@@ -198,9 +199,11 @@ def write_case_outputs(ct: CTImage, result: CascadeResult, out_dir: Path, models
     with timer("write NIfTI"):  # OSError in words (full disk)
         write_image_file(image_like(result.liver, ct.image), out_dir / "liver.nii.gz")
         write_image_file(image_like(typed, ct.image), out_dir / "lesions.nii.gz")
-    with timer("overlays"):
-        pngs = write_overlays(ct.array, typed, ct.spacing_zyx, out_dir / "overlays", lesions, ct.source.name,
-                              progress=progress) if overlays and lesions else []
+    pngs = []
+    if overlays:
+        with timer("overlays"):
+            pngs = write_overlays(ct.array, typed, ct.spacing_zyx, out_dir / "overlays", lesions, ct.source.name,
+                                  progress=progress) if lesions else []
     report = {
         "input": str(ct.source),
         "kind": "slice" if ct.is_slice else "volume",
