@@ -19,6 +19,7 @@ batches drawn beforehand, so data augmentation workers do not blur the compariso
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -45,6 +46,27 @@ def make_trainer(name: str, dataset_folder: Path, plans_name: str, device: torch
     trainer = cls(plans, "2d", 0, dataset_json, device)
     trainer.initialize()
     return trainer
+
+
+@contextlib.contextmanager
+def benchmark_run(run_dir: Path | None):
+    """The run folder to read (a tiny phantom run in a temporary folder when ``None``), with nnU-Net's
+    environment pointing at it and results going to a temporary folder; removed again afterwards."""
+    with contextlib.ExitStack() as stack:
+        if run_dir is None:
+            run_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            prepare_data(RunFolder(run_dir), "tiny", 0)
+        run = RunFolder(run_dir.resolve())
+        os.environ.update(run.environment(nnUNet_results=stack.enter_context(tempfile.TemporaryDirectory())))
+        yield run
+
+
+def finish_loaders(trainers) -> None:
+    """Stop the data-augmentation workers of trainers whose dataloaders were started."""
+    for t in trainers:
+        if t.dataloader_train is not None and hasattr(t.dataloader_train, "_finish"):
+            t.dataloader_train._finish()
+            t.dataloader_val._finish()
 
 
 def time_steps(trainer, batches) -> float:
@@ -83,14 +105,11 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
 
-    tmp = None
-    if args.run is None:
-        tmp = tempfile.TemporaryDirectory()
-        args.run = Path(tmp.name)
-        prepare_data(RunFolder(args.run), "tiny", 0)
-    run = RunFolder(args.run.resolve())
-    results_tmp = tempfile.TemporaryDirectory()
-    os.environ.update(RunFolder(run.root).environment(nnUNet_results=results_tmp.name))
+    with benchmark_run(args.run) as run:
+        compare(run, args)
+
+
+def compare(run: RunFolder, args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     dataset_folder = run.preprocessed / DATASET_FOLDERS[args.dataset]
     # every preset planned on this dataset itself (not plans carried from LiTS), under a name of the
@@ -134,13 +153,7 @@ def main() -> None:
     for label, plans, patch, batch, step, speed, params, fwd, bwd in rows:
         print(f"{label:<30} {plans:<22} {patch:>8} {batch:>5} {step:7.2f} {speed:8.0f} {speed / base:6.2f} "
               f"{params / 1e6:7.2f}M {fwd / 1e9:9.2f} + {bwd / 1e9:.2f}")
-    for t in trainers.values():
-        if t.dataloader_train is not None and hasattr(t.dataloader_train, "_finish"):
-            t.dataloader_train._finish()
-            t.dataloader_val._finish()
-    results_tmp.cleanup()
-    if tmp is not None:
-        tmp.cleanup()
+    finish_loaders(trainers.values())
 
 
 if __name__ == "__main__":
