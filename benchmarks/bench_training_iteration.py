@@ -53,7 +53,7 @@ def make_with(environment: dict[str, str], *args):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", type=Path, help="reproduce run folder with nnUNet_preprocessed")
-    p.add_argument("--dataset", type=int, default=504, choices=(503, 504))
+    p.add_argument("--dataset", type=int, default=504, choices=(502, 503, 504))
     p.add_argument("--iterations", type=int, default=5)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--device", default="cpu")
