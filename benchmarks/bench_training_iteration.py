@@ -31,7 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_training_speed import benchmark_run, finish_loaders, make_trainer, time_steps  # noqa: E402  (this folder)
+from bench_training_speed import (benchmark_arguments, benchmark_run, finish_loaders,  # noqa: E402 (this folder)
+                                  interleaved_seconds, make_trainer, time_steps)
 from nnunet_joint.reproduce import DATASET_FOLDERS, RunFolder  # noqa: E402
 from nnunet_joint.training.settings import ENV_FUSED_SGD  # noqa: E402
 
@@ -51,13 +52,7 @@ def make_with(environment: dict[str, str], *args):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", type=Path, help="reproduce run folder with nnUNet_preprocessed")
-    p.add_argument("--dataset", type=int, default=504, choices=(502, 503, 504))
-    p.add_argument("--iterations", type=int, default=5)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--device", default="cpu")
-    args = p.parse_args()
+    args = benchmark_arguments(__doc__.splitlines()[0], rounds=5).parse_args()
 
     with benchmark_run(args.run) as run:
         compare(run, args)
@@ -84,10 +79,7 @@ def compare(run: RunFolder, args: argparse.Namespace) -> None:
     # same weights, same batches, once each: the two joint trainers' losses must agree
     losses = {label: [float(trainer.train_step(b)["loss"]) for b in batches_of[label]]
               for label, trainer in trainers.items() if trainer is not plain}
-    seconds: dict[str, list[float]] = {label: [] for label in trainers}
-    for _ in range(args.rounds):
-        for label, trainer in trainers.items():
-            seconds[label].append(time_steps(trainer, batches_of[label]))
+    seconds = interleaved_seconds(trainers, batches_of, args.rounds)
 
     print(f"dataset {DATASET_FOLDERS[args.dataset]}, device {device}, torch threads {torch.get_num_threads()}, "
           f"{args.iterations} steps x {args.rounds} interleaved rounds (median)")

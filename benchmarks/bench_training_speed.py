@@ -48,6 +48,17 @@ def make_trainer(name: str, dataset_folder: Path, plans_name: str, device: torch
     return trainer
 
 
+def benchmark_arguments(description: str, rounds: int) -> argparse.ArgumentParser:
+    """The options the training benchmarks share: run folder, dataset, steps, rounds, device."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--run", type=Path, help="reproduce run folder with nnUNet_preprocessed")
+    p.add_argument("--dataset", type=int, default=504, choices=(502, 503, 504))
+    p.add_argument("--iterations", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=rounds)
+    p.add_argument("--device", default="cpu")
+    return p
+
+
 @contextlib.contextmanager
 def benchmark_run(run_dir: Path | None):
     """The run folder to read (a tiny phantom run in a temporary folder when ``None``), with nnU-Net's
@@ -80,6 +91,16 @@ def time_steps(trainer, batches) -> float:
     return (time.perf_counter() - start) / len(batches)
 
 
+def interleaved_seconds(trainers: dict, batches: dict, rounds: int) -> dict[str, list[float]]:
+    """Seconds per step of each trainer (label -> one value per round), rounds interleaved across trainers
+    so that machine noise hits every contender alike."""
+    seconds: dict[str, list[float]] = {label: [] for label in trainers}
+    for _ in range(rounds):
+        for label, trainer in trainers.items():
+            seconds[label].append(time_steps(trainer, batches[label]))
+    return seconds
+
+
 def multiply_adds(network: torch.nn.Module, patch: list[int], device: torch.device) -> tuple[float, float]:
     """Multiply-adds of one sample's forward and backward pass at ``patch``."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -96,13 +117,8 @@ def multiply_adds(network: torch.nn.Module, patch: list[int], device: torch.devi
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", type=Path, help="reproduce run folder with nnUNet_preprocessed")
-    p.add_argument("--dataset", type=int, default=504, choices=(502, 503, 504))
-    p.add_argument("--iterations", type=int, default=5)
-    p.add_argument("--rounds", type=int, default=3)
+    p = benchmark_arguments(__doc__.splitlines()[0], rounds=3)
     p.add_argument("--encoders", nargs="+", default=["seresnet18", "seresnet50"])
-    p.add_argument("--device", default="cpu")
     args = p.parse_args()
 
     with benchmark_run(args.run) as run:
@@ -131,10 +147,7 @@ def compare(run: RunFolder, args: argparse.Namespace) -> None:
     for label, trainer in trainers.items():
         time_steps(trainer, batches[label][:2])  # warm-up
 
-    seconds: dict[str, list[float]] = {label: [] for label in trainers}
-    for _ in range(args.rounds):
-        for label, trainer in trainers.items():
-            seconds[label].append(time_steps(trainer, batches[label]))
+    seconds = interleaved_seconds(trainers, batches, args.rounds)
 
     print(f"dataset {DATASET_FOLDERS[args.dataset]}, device {device}, torch threads {torch.get_num_threads()}, "
           f"{args.iterations} steps x {args.rounds} interleaved rounds (median step time)")
