@@ -19,6 +19,7 @@ batches drawn beforehand, so data augmentation workers do not blur the compariso
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -47,6 +48,38 @@ def make_trainer(name: str, dataset_folder: Path, plans_name: str, device: torch
     return trainer
 
 
+def benchmark_arguments(description: str, rounds: int) -> argparse.ArgumentParser:
+    """The options the training benchmarks share: run folder, dataset, steps, rounds, device."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--run", type=Path, help="reproduce run folder with nnUNet_preprocessed")
+    p.add_argument("--dataset", type=int, default=504, choices=(502, 503, 504))
+    p.add_argument("--iterations", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=rounds)
+    p.add_argument("--device", default="cpu")
+    return p
+
+
+@contextlib.contextmanager
+def benchmark_run(run_dir: Path | None):
+    """The run folder to read (a tiny phantom run in a temporary folder when ``None``), with nnU-Net's
+    environment pointing at it and results going to a temporary folder; removed again afterwards."""
+    with contextlib.ExitStack() as stack:
+        if run_dir is None:
+            run_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            prepare_data(RunFolder(run_dir), "tiny", 0)
+        run = RunFolder(run_dir.resolve())
+        os.environ.update(run.environment(nnUNet_results=stack.enter_context(tempfile.TemporaryDirectory())))
+        yield run
+
+
+def finish_loaders(trainers) -> None:
+    """Stop the data-augmentation workers of trainers whose dataloaders were started."""
+    for t in trainers:
+        if t.dataloader_train is not None and hasattr(t.dataloader_train, "_finish"):
+            t.dataloader_train._finish()
+            t.dataloader_val._finish()
+
+
 def time_steps(trainer, batches) -> float:
     """Seconds per training step over ``batches``."""
     trainer.network.train()
@@ -56,6 +89,16 @@ def time_steps(trainer, batches) -> float:
     if trainer.device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - start) / len(batches)
+
+
+def interleaved_seconds(trainers: dict, batches: dict, rounds: int) -> dict[str, list[float]]:
+    """Seconds per step of each trainer (label -> one value per round), rounds interleaved across trainers
+    so that machine noise hits every contender alike."""
+    seconds: dict[str, list[float]] = {label: [] for label in trainers}
+    for _ in range(rounds):
+        for label, trainer in trainers.items():
+            seconds[label].append(time_steps(trainer, batches[label]))
+    return seconds
 
 
 def multiply_adds(network: torch.nn.Module, patch: list[int], device: torch.device) -> tuple[float, float]:
@@ -74,23 +117,15 @@ def multiply_adds(network: torch.nn.Module, patch: list[int], device: torch.devi
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", type=Path, help="reproduce run folder with nnUNet_preprocessed")
-    p.add_argument("--dataset", type=int, default=504, choices=(502, 503, 504))
-    p.add_argument("--iterations", type=int, default=5)
-    p.add_argument("--rounds", type=int, default=3)
+    p = benchmark_arguments(__doc__.splitlines()[0], rounds=3)
     p.add_argument("--encoders", nargs="+", default=["seresnet18", "seresnet50"])
-    p.add_argument("--device", default="cpu")
     args = p.parse_args()
 
-    tmp = None
-    if args.run is None:
-        tmp = tempfile.TemporaryDirectory()
-        args.run = Path(tmp.name)
-        prepare_data(RunFolder(args.run), "tiny", 0)
-    run = RunFolder(args.run.resolve())
-    results_tmp = tempfile.TemporaryDirectory()
-    os.environ.update(RunFolder(run.root).environment(nnUNet_results=results_tmp.name))
+    with benchmark_run(args.run) as run:
+        compare(run, args)
+
+
+def compare(run: RunFolder, args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     dataset_folder = run.preprocessed / DATASET_FOLDERS[args.dataset]
     # every preset planned on this dataset itself (not plans carried from LiTS), under a name of the
@@ -112,10 +147,7 @@ def main() -> None:
     for label, trainer in trainers.items():
         time_steps(trainer, batches[label][:2])  # warm-up
 
-    seconds: dict[str, list[float]] = {label: [] for label in trainers}
-    for _ in range(args.rounds):
-        for label, trainer in trainers.items():
-            seconds[label].append(time_steps(trainer, batches[label]))
+    seconds = interleaved_seconds(trainers, batches, args.rounds)
 
     print(f"dataset {DATASET_FOLDERS[args.dataset]}, device {device}, torch threads {torch.get_num_threads()}, "
           f"{args.iterations} steps x {args.rounds} interleaved rounds (median step time)")
@@ -134,13 +166,7 @@ def main() -> None:
     for label, plans, patch, batch, step, speed, params, fwd, bwd in rows:
         print(f"{label:<30} {plans:<22} {patch:>8} {batch:>5} {step:7.2f} {speed:8.0f} {speed / base:6.2f} "
               f"{params / 1e6:7.2f}M {fwd / 1e9:9.2f} + {bwd / 1e9:.2f}")
-    for t in trainers.values():
-        if t.dataloader_train is not None and hasattr(t.dataloader_train, "_finish"):
-            t.dataloader_train._finish()
-            t.dataloader_val._finish()
-    results_tmp.cleanup()
-    if tmp is not None:
-        tmp.cleanup()
+    finish_loaders(trainers.values())
 
 
 if __name__ == "__main__":

@@ -94,6 +94,49 @@ def test_an_unknown_recipe_is_refused(monkeypatch):
         recipe_choice()
 
 
+@pytest.mark.parametrize("fused", [None, "0"])
+def test_cpu_rows_take_nnunets_sgd_steps_fused_unless_switched_off(tmp_path, monkeypatch, fused):
+    """Ours and the plain rows step like nnU-Net's own SGD (momentum 0.99, Nesterov, weight decay 3e-5,
+    PyTorch's per-tensor loop, built here independently), fused by default, unfused with the switch at 0."""
+    import copy
+
+    monkeypatch.setenv("nnUNet_extTrainer", str(TRAINERS_DIR))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    if fused:
+        monkeypatch.setenv("nnUNet_joint_fused_sgd", fused)
+    torch.manual_seed(0)
+    start = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3))
+    images = torch.randn(5, 3, 1, 12, 12)
+    for name in ("nnUNetTrainerJoint", "nnUNetTrainer_JointBudget"):
+        trainer = _trainer(name, "joint")
+        trainer.network = copy.deepcopy(start)
+        optimizer, _ = trainer.configure_optimizers()
+        reference = copy.deepcopy(start)
+        nnunet_sgd = torch.optim.SGD(reference.parameters(), 1e-2, weight_decay=3e-5, momentum=0.99, nesterov=True,
+                                     foreach=False)
+        for x in images:
+            for network, opt in ((trainer.network, optimizer), (reference, nnunet_sgd)):
+                opt.zero_grad(set_to_none=True)
+                network(x).square().mean().backward()
+                opt.step()
+        assert bool(optimizer.param_groups[0]["fused"]) is (fused is None), name
+        assert not torch.equal(reference[0].weight, start[0].weight)  # the steps moved the weights
+        for ours, theirs in zip(trainer.network.parameters(), reference.parameters()):
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+        if hasattr(trainer, "record"):  # ours: joint_config.json says whether the step was fused
+            assert trainer.record["fused_sgd"] is (fused is None)
+            assert trainer.record["environment"]["nnUNet_joint_fused_sgd"] == fused
+
+
+def test_an_unknown_fused_sgd_value_is_refused(monkeypatch):
+    from nnunet_joint.training.settings import fused_sgd
+
+    monkeypatch.setenv("nnUNet_joint_fused_sgd", "yes")
+    optimizer = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), 1e-2)
+    with pytest.raises(InputError, match="must be 0 or 1, got 'yes'"):
+        fused_sgd(optimizer, torch.device("cpu"))
+
+
 def test_scheduler_sets_every_group_and_follows_the_epoch_it_is_given():
     params = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
     optimizer = torch.optim.SGD([{"params": params[:1]}, {"params": params[1:]}], lr=1.0, momentum=0.99)

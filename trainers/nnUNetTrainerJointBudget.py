@@ -9,8 +9,8 @@ from nnunet_joint.network.from_plans import check_architecture
 from nnunet_joint.network import unwrap_network
 from nnunet_joint.training.curves import LearningCurveMixin
 from nnunet_joint.training.recipes import RECIPES, RecipeLRScheduler
-from nnunet_joint.training.settings import (Budget, apply_seed, apply_threads, lits_checkpoint_path, recipe_choice,
-                                            recipe_with_overrides)
+from nnunet_joint.training.settings import (Budget, apply_seed, apply_threads, fused_sgd, lits_checkpoint_path,
+                                            recipe_choice, recipe_with_overrides)
 
 
 class nnUNetTrainer_JointBudget(LearningCurveMixin, nnUNetTrainer):
@@ -44,8 +44,9 @@ class nnUNetTrainer_JointBudget(LearningCurveMixin, nnUNetTrainer):
                                                         num_output_channels, enable_deep_supervision)
 
     def configure_optimizers(self):
-        """nnU-Net's SGD with the run's learning-rate recipe (the same as our trainers')."""
+        """nnU-Net's SGD, fused on CPU, with the run's learning-rate recipe (both as in our trainers)."""
         optimizer, _ = super().configure_optimizers()
+        optimizer = fused_sgd(optimizer, self.device)
         return optimizer, RecipeLRScheduler(optimizer, self.recipe, self.num_epochs)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:

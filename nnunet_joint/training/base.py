@@ -83,8 +83,11 @@ class nnUNetTrainerSEResNetBase(LearningCurveMixin, nnUNetTrainer):
             self.dataset_class = lesion_centred(self.dataset_class)
 
     def configure_optimizers(self):
-        """nnU-Net's SGD with the run's learning-rate recipe (:mod:`nnunet_joint.training.recipes`)."""
+        """nnU-Net's SGD (fused on CPU: :func:`~nnunet_joint.training.settings.fused_sgd`) with the run's
+        learning-rate recipe (:mod:`nnunet_joint.training.recipes`)."""
         optimizer, _ = super().configure_optimizers()
+        optimizer = settings.fused_sgd(optimizer, self.device)
+        self.record["fused_sgd"] = bool(optimizer.param_groups[0].get("fused"))
         return optimizer, RecipeLRScheduler(optimizer, self.recipe, self.num_epochs)
 
     # ------------------------------------------------------------------ learning curves
