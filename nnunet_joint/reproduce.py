@@ -617,9 +617,7 @@ class Study:
         experiments = []
         for exp in experiment_matrix():
             directory = trainer_dir(self.run, exp.trainer, exp.dataset, exp.plans(self.plans))
-            entry = {"row": exp.row, "framework": exp.framework, "init": exp.init, "schedule": exp.schedule,
-                     "trainer": exp.trainer, "dataset": DATASET_FOLDERS[exp.dataset], "trainer_dir": directory,
-                     "plans": exp.plans(self.plans), "summary": None, "folds": folds,
+            entry = {**self.report_entry(exp, directory), "plans": exp.plans(self.plans),
                      "budget": {"epochs": int(profile.budget.get("nnUNet_joint_epochs", 0)) or "nnU-Net default",
                                 "iterations": int(profile.budget.get("nnUNet_joint_iterations", 0))
                                 or "nnU-Net default",
@@ -635,11 +633,7 @@ class Study:
             elif failed:
                 entry["status"] = "failed: " + failed[0]
             else:
-                try:
-                    entry["summary"] = evaluate_dir(directory, self.run, exp.dataset, folds)
-                    entry["status"] = "done"
-                except (RuntimeError, InputError) as e:
-                    entry["status"] = "failed: " + str(e).splitlines()[0]
+                self.evaluate_entry(entry, exp)
             experiments.append(entry)
         joint = self.run.raw / DATASET_FOLDERS[JOINT_DATASET]
         commands = [" ".join(["nnunet_joint_reproduce", "--profile", profile.name, "--out", str(self.run.root)]
@@ -659,6 +653,20 @@ class Study:
                 "pretraining": self.pretraining_record(), "repeats": self.repeat_record()}
         self.reported = {"experiments": experiments, "report": build_report(experiments, self.run.report, meta)}
 
+    def report_entry(self, exp: Experiment, directory: Path) -> dict:
+        """What the report needs to know of a row trained in ``directory`` (``build_report``'s entry)."""
+        return {"row": exp.row, "framework": exp.framework, "init": exp.init, "schedule": exp.schedule,
+                "trainer": exp.trainer, "dataset": DATASET_FOLDERS[exp.dataset], "trainer_dir": directory,
+                "summary": None, "folds": list(self.folds)}
+
+    def evaluate_entry(self, entry: dict, exp: Experiment) -> None:
+        """Evaluate the entry's folds into its ``summary`` and ``status`` (a failure becomes its status)."""
+        try:
+            entry["summary"] = evaluate_dir(entry["trainer_dir"], self.run, exp.dataset, entry["folds"])
+            entry["status"] = "done"
+        except (RuntimeError, InputError) as e:
+            entry["status"] = "failed: " + str(e).splitlines()[0]
+
     def repeat_record(self) -> list[dict] | None:
         """Per repeat 0 .. ``repeats - 1``, the central comparison's report entries (repeat 0: the main run's);
         ``None`` without ``--repeats`` (:mod:`nnunet_joint.evaluation.report.spread`)."""
@@ -670,15 +678,9 @@ class Study:
             entries = []
             for exp in (e for e in central_comparison() if e in self.runnable()):
                 directory = trainer_dir(self.run.repeated(repeat), exp.trainer, exp.dataset, exp.plans(self.plans))
-                entry = {"row": exp.row, "framework": exp.framework, "init": exp.init, "schedule": exp.schedule,
-                         "trainer": exp.trainer, "dataset": DATASET_FOLDERS[exp.dataset], "trainer_dir": directory,
-                         "folds": folds, "summary": None, "status": "failed: not every fold finished"}
+                entry = {**self.report_entry(exp, directory), "status": "failed: not every fold finished"}
                 if all(fold_done(directory / f"fold_{f}") for f in folds):
-                    try:
-                        entry["summary"] = evaluate_dir(directory, self.run, exp.dataset, folds)
-                        entry["status"] = "done"
-                    except (RuntimeError, InputError) as e:
-                        entry["status"] = "failed: " + str(e).splitlines()[0]
+                    self.evaluate_entry(entry, exp)
                 entries.append(entry)
             out.append({"repeat": repeat, "seed": repeat or None, "experiments": entries})
         return out
