@@ -90,22 +90,24 @@ def topological_order(steps: Sequence[Step]) -> list[Step]:
 
 
 def time_left(remaining: Sequence[Step], costs: Mapping[str, float], running_for: Mapping[str, float],
-              workers: int) -> float | None:
+              workers: int, left_of: Mapping[str, float] | None = None) -> float | None:
     """Seconds until ``remaining`` steps finish on ``workers`` parallel slots, from measured costs only.
 
     Every remaining step's kind must have a measured cost, else there is no estimate (``None``):
     a guess from another kind of step (a data conversion for a training) is what made earlier ETAs
     wrong by several times. Steps already running count only their cost minus ``running_for``
-    (never below zero). The steps are list-scheduled in dependency order, each on the slot that
-    frees first after its dependencies finished.
+    (never below zero), or what ``left_of`` measured of them. The steps are list-scheduled in
+    dependency order, each on the slot that frees first after its dependencies finished.
 
     Args:
         remaining: the unfinished steps (running ones included); dependencies outside them are met.
         costs: seconds per step kind.
         running_for: seconds each running step (by id) has run so far.
         workers: steps that may run at a time.
+        left_of: seconds left of running steps measured from their own progress (by id).
     """
-    if any(s.kind not in costs for s in remaining):
+    left_of = left_of or {}
+    if any(s.kind not in costs and s.id not in left_of for s in remaining):
         return None
     ids = {s.id for s in remaining}
     finish: dict[str, float] = {}
@@ -114,7 +116,8 @@ def time_left(remaining: Sequence[Step], costs: Mapping[str, float], running_for
         ready = max((finish[d] for d in step.after if d in ids), default=0.0)
         slot = min(range(len(slots)), key=slots.__getitem__)
         start = max(slots[slot], ready)
-        finish[step.id] = start + max(0.0, costs[step.kind] - running_for.get(step.id, 0.0))
+        own = left_of.get(step.id)
+        finish[step.id] = start + (own if own is not None else max(0.0, costs[step.kind] - running_for.get(step.id, 0.0)))
         slots[slot] = finish[step.id]
     return max(finish.values(), default=0.0)
 
@@ -182,8 +185,10 @@ class Progress:
     while trainings run, a line every ``heartbeat_s`` with their iterations done of planned (from
     their learning curves, written each epoch).
 
-    A resumed run counts only the steps it still has to run. The ETA (:func:`time_left`) is shown
-    once every remaining kind of step has a measured cost; until then the line says so.
+    A resumed run counts only the steps it still has to run. The ETA (:func:`time_left`) comes from
+    measured costs only: finished steps of each kind (this run's, else the machine's calibration) and
+    the pace of running trainings. While some remaining kind is measured by nothing, the line gives
+    a lower bound and names those kinds; while none is, it says there is no estimate.
     """
 
     steps: Sequence[Step]
@@ -202,14 +207,37 @@ class Progress:
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
 
+    def _training_rates(self, now: float) -> dict[str, float]:
+        """Seconds per iteration of each running training that finished an epoch, by step id: time since
+        it started (start-up and validation included) over iterations done."""
+        rates = {}
+        for step in self.steps:
+            if step.id in self.started and step.id not in self.finished:
+                done = iterations_done(step)
+                if done:
+                    rates[step.id] = (now - self.started[step.id]) / done
+        return rates
+
     def _eta(self) -> str:
+        """Time left from measured costs. A running training is measured by its own pace (its seconds per
+        iteration so far), which also costs the not yet started trainings of its kind; kinds measured
+        by nothing yet make the figure a lower bound that names them."""
         now = time.monotonic()
         remaining = [s for s in self.steps if s.id not in self.finished]
-        left = time_left(remaining, self.costs.costs(), {i: now - t for i, t in self.started.items()
-                                                         if i not in self.finished}, self.workers)
+        by_id = {s.id: s for s in remaining}
+        rates = self._training_rates(now)
+        left_of = {i: rate * max(0, by_id[i].iterations - (iterations_done(by_id[i]) or 0)) for i, rate in rates.items()}
+        costs = dict(self.costs.costs())
+        for i, rate in rates.items():  # a kind first measured now: its pace times a step's planned iterations
+            costs.setdefault(by_id[i].kind, rate * by_id[i].iterations)
+        untimed = sorted({s.kind for s in remaining if s.kind not in costs and s.id not in left_of})
+        running_for = {i: now - t for i, t in self.started.items() if i not in self.finished}
+        left = time_left(remaining, {**costs, **{k: 0.0 for k in untimed}}, running_for, self.workers, left_of)
         elapsed = f"elapsed {(now - self.start) / 60:.1f} min"
-        if left is None:
+        if untimed and len(untimed) == len({s.kind for s in remaining}):
             return f"{elapsed}; no estimate until a step of each kind left has been timed"
+        if untimed:
+            return f"{elapsed}, left at least ~{left / 60:.1f} min (not timed yet: {', '.join(untimed)})"
         return f"{elapsed}, left ~{left / 60:.1f} min"
 
     def step_started(self, step: Step) -> None:

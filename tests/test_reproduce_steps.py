@@ -81,6 +81,31 @@ def test_progress_shows_no_eta_before_a_kind_was_timed_and_then_the_measured_one
     assert out[4] == "[3/3] step t2, 60 iterations planned (elapsed 2.5 min, left ~2.0 min)"
 
 
+def test_a_running_training_is_measured_by_its_own_pace(tmp_path, capsys, monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    curve = tmp_path / "learning_curve.json"
+    steps = [step("a", kind="row", iterations=400, progress_file=curve),
+             step("b", kind="row", iterations=400, progress_file=tmp_path / "none.json"),
+             step("report", ("a", "b"), kind="report")]
+    progress = Progress(steps, StepCosts("x", tmp_path / "c.json"), 1, start=clock[0], heartbeat_s=60)
+    progress.step_started(steps[0])
+    clock[0] += 50
+    curve.write_text(json.dumps({"epochs": [{"epoch": 0, "iterations": 100}]}))
+    progress.heartbeat()
+    # a: 100 of 400 iterations in 50 s -> 150 s left; b (same kind, not started) 400 x 0.5 s = 200 s, one slot
+    # after the other; the report has no measured cost, so the figure is a lower bound naming it
+    assert lines(capsys)[-1] == ("    step a: 100 of 400 iterations (elapsed 0.8 min, left at least ~5.8 min "
+                                 "(not timed yet: report))")
+    StepCosts("x", tmp_path / "c.json").record("report", 30.0)  # a report timed by an earlier run here
+    progress.costs = StepCosts("x", tmp_path / "c.json")
+    clock[0] += 50
+    curve.write_text(json.dumps({"epochs": [{"epoch": 0, "iterations": 100}, {"epoch": 1, "iterations": 250}]}))
+    progress.heartbeat()
+    # a: 250 in 100 s (0.4 s each) -> 60 s left; b 400 x 0.4 = 160 s; the report 30 s: 250 s
+    assert lines(capsys)[-1] == "    step a: 250 of 400 iterations (elapsed 1.7 min, left ~4.2 min)"
+
+
 def test_finished_training_reports_iterations_from_its_learning_curve(tmp_path, capsys):
     curve = tmp_path / "learning_curve.json"
     curve.write_text(json.dumps({"epochs": [{"epoch": 0, "iterations": 25}, {"epoch": 1, "iterations": 50}]}))
