@@ -122,6 +122,17 @@ def test_max_batch_size_caps_the_plans_batch_and_keeps_a_smaller_one(monkeypatch
         settings.Budget.from_env()
 
 
+def test_validation_mirroring_switch(monkeypatch):
+    assert settings.validation_mirror_axes((0, 1)) == (0, 1)  # unset: nnU-Net's
+    monkeypatch.setenv(settings.ENV_VAL_MIRRORING, "0")
+    assert settings.validation_mirror_axes((0, 1)) is None
+    monkeypatch.setenv(settings.ENV_VAL_MIRRORING, "1")
+    assert settings.validation_mirror_axes((0, 1)) == (0, 1)
+    monkeypatch.setenv(settings.ENV_VAL_MIRRORING, "no")
+    with pytest.raises(InputError, match=settings.ENV_VAL_MIRRORING):
+        settings.validation_mirror_axes((0, 1))
+
+
 def test_lambda_validation(monkeypatch):
     monkeypatch.setenv(settings.ENV_LAMBDA, "1.5")
     with pytest.raises(InputError, match=r"\[0, 1\]"):

@@ -10,7 +10,7 @@ from nnunet_joint.network import unwrap_network
 from nnunet_joint.training.curves import LearningCurveMixin
 from nnunet_joint.training.recipes import RECIPES, RecipeLRScheduler
 from nnunet_joint.training.settings import (Budget, apply_seed, apply_threads, fused_sgd, lits_checkpoint_path,
-                                            recipe_choice, recipe_with_overrides)
+                                            recipe_choice, recipe_with_overrides, validation_mirror_axes)
 
 
 class nnUNetTrainer_JointBudget(LearningCurveMixin, nnUNetTrainer):
@@ -48,6 +48,11 @@ class nnUNetTrainer_JointBudget(LearningCurveMixin, nnUNetTrainer):
         optimizer, _ = super().configure_optimizers()
         optimizer = fused_sgd(optimizer, self.device)
         return optimizer, RecipeLRScheduler(optimizer, self.recipe, self.num_epochs)
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        """nnU-Net's final validation; without test-time mirroring when ``nnUNet_joint_val_mirroring=0``."""
+        self.inference_allowed_mirroring_axes = validation_mirror_axes(self.inference_allowed_mirroring_axes)
+        super().perform_actual_validation(save_probabilities)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         with nnunet_loads_safely():

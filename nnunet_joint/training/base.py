@@ -250,6 +250,12 @@ class nnUNetTrainerSEResNetBase(LearningCurveMixin, nnUNetTrainer):
 
     # ------------------------------------------------------------------ bookkeeping
 
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        """nnU-Net's final validation; without test-time mirroring when ``nnUNet_joint_val_mirroring=0``
+        (the final checkpoint, saved before, keeps the mirroring axes for prediction)."""
+        self.inference_allowed_mirroring_axes = settings.validation_mirror_axes(self.inference_allowed_mirroring_axes)
+        super().perform_actual_validation(save_probabilities)
+
     def on_train_end(self):
         super().on_train_end()
         self.write_record()
