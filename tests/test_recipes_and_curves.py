@@ -209,3 +209,28 @@ def test_classifier_validation_steps_feed_its_learning_curve(tmp_path, monkeypat
     truth = torch.tensor([LESION_TYPES.index(t) for t in ["cyst", "metastasis", "hemangioma", "cyst"]])
     counts = trainer._learning_curve().counts
     assert counts["typed"] == 3 and counts["correct"] == int((predicted == truth)[:3].sum())
+
+
+def test_fused_sgd_steps_like_the_loop_when_tensors_get_their_first_gradient_late(monkeypatch):
+    """HierUnfreeze: encoder tensors frozen for the first steps, then trained. The fused kernel must take
+    them (it fails on a mix of tensors with and without momentum buffers) and step as nnU-Net's loop does."""
+    from nnunet_joint.training.settings import fused_sgd
+
+    monkeypatch.delenv("nnUNet_joint_fused_sgd", raising=False)
+    torch.manual_seed(0)
+    models = [torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    kwargs = dict(lr=0.01, weight_decay=3e-5, momentum=0.99, nesterov=True)  # nnU-Net's SGD
+    loop = torch.optim.SGD(models[0].parameters(), **kwargs)
+    fused = fused_sgd(torch.optim.SGD(models[1].parameters(), **kwargs), torch.device("cpu"))
+    assert fused.param_groups[0]["fused"]
+    data = torch.randn(5, 16, 4)
+    for step in range(5):
+        for model, optimizer in zip(models, (loop, fused)):
+            model[0].requires_grad_(step >= 2)  # the first layer unfrozen from step 2
+            optimizer.zero_grad(set_to_none=True)
+            model(data[step]).square().mean().backward()
+            optimizer.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert not torch.equal(models[0][0].weight, models[1][0].weight.new_zeros(8, 4))

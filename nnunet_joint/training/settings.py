@@ -157,7 +157,17 @@ def fused_sgd(optimizer: "torch.optim.Optimizer", device: "torch.device") -> "to
     if raw == "0" or device.type != "cpu" or type(optimizer) is not torch.optim.SGD:
         return optimizer
     groups = [{**group, "fused": True, "foreach": None} for group in optimizer.param_groups]
-    return torch.optim.SGD(groups, **{**optimizer.defaults, "fused": True, "foreach": None})
+    fused = torch.optim.SGD(groups, **{**optimizer.defaults, "fused": True, "foreach": None})
+    # The fused kernel takes the momentum buffers of a step's tensors all at once and fails when some
+    # exist and some do not: a schedule that unfreezes encoder groups gives tensors their first gradient
+    # after the others' buffers were made. With dampening 0 (nnU-Net's) a zero buffer is what the loop's
+    # first step makes of one (momentum x 0 + gradient), so every tensor starts with one; a loaded
+    # optimiser state replaces them.
+    if any(g["momentum"] and g["dampening"] == 0 for g in fused.param_groups):
+        for group in fused.param_groups:
+            for p in group["params"]:
+                fused.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    return fused
 
 
 def _number_in(name: str, low: float, high: float, low_open: bool) -> float | None:
