@@ -286,7 +286,7 @@ STUDY_ROWS = (
 #: still at chance after 600 iterations and flattened after about 1,500 (full-slice type accuracy
 #: 0.43 at 600, 0.77 at 1,800 iterations); stage 1 reaches a liver pseudo-Dice of 0.9 in about 100.
 PROFILES = {
-    # The README's main command: about 70 minutes on the shared 2-core machine (measured, docs/measured_figures.md). The small phantom, fold 0, the
+    # The README's main command: about 75 minutes on the shared 2-core machine (measured, docs/measured_figures.md). The small phantom, fold 0, the
     # papers' central comparison (joint from scratch and from LiTS) at a budget where typing is
     # learned, two trainings at a time.
     "demo": Profile("demo", (0,), "small", "seresnet18", _budget(40, 30), CPU_STAGE1,
@@ -791,7 +791,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nnunet_joint_reproduce", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, type=Path, help="run folder (created; a rerun resumes it)")
     p.add_argument("--profile", choices=sorted(PROFILES), default="demo",
-                   help="demo: fold 0, joint from scratch and from LiTS (about 70 min on 2 CPU cores); study: 3 "
+                   help="demo: fold 0, joint from scratch and from LiTS (about 75 min on 2 CPU cores); study: 3 "
                         "folds, the rows of the papers' questions, small phantom (about 2.5 h on 2 CPU cores); full: "
                         "default phantom, every row, SE-ResNet-50 (for a GPU); tiny: for tests")
     p.add_argument("--nnunet-length", action="store_true",
