@@ -9,7 +9,7 @@ from nnunet_joint.network.from_plans import check_architecture
 from nnunet_joint.network import unwrap_network
 from nnunet_joint.training.curves import LearningCurveMixin
 from nnunet_joint.training.recipes import RECIPES, RecipeLRScheduler
-from nnunet_joint.training.settings import (Budget, apply_seed, apply_threads, fused_sgd, lits_checkpoint_path,
+from nnunet_joint.training.settings import (apply_to_trainer, fused_sgd, lits_checkpoint_path,
                                             recipe_choice, recipe_with_overrides, validation_mirror_axes)
 
 
@@ -26,9 +26,7 @@ class nnUNetTrainer_JointBudget(LearningCurveMixin, nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        Budget.from_env().apply(self)
-        apply_threads()
-        apply_seed()
+        apply_to_trainer(self)
         self.recipe_name = recipe_choice()
         self.recipe = recipe_with_overrides(RECIPES[self.recipe_name])
         self.initial_lr = self.recipe.peak_lr

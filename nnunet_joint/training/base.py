@@ -56,10 +56,7 @@ class nnUNetTrainerSEResNetBase(LearningCurveMixin, nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.budget = settings.Budget.from_env()
-        self.budget.apply(self)
-        settings.apply_threads()
-        settings.apply_seed()
+        self.budget = settings.apply_to_trainer(self)
         self.architecture = {"plans": self.plans_manager.plans_name,
                              **self.configuration_manager.configuration.get("architecture", {}),
                              "patch_size": list(self.configuration_manager.patch_size),

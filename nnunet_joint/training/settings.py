@@ -98,6 +98,16 @@ class Budget:
             configuration["batch_size"] = self.max_batch_size
 
 
+def apply_to_trainer(trainer) -> Budget:
+    """What every trainer of ours (and the plain rows') takes from the environment when it is built:
+    the budget, the torch threads and the seed (before the network exists); returns the budget."""
+    budget = Budget.from_env()
+    budget.apply(trainer)
+    apply_threads()
+    apply_seed()
+    return budget
+
+
 def validation_mirror_axes(axes: tuple[int, ...] | None) -> tuple[int, ...] | None:
     """The mirroring axes the final validation predicts with: ``axes`` (nnU-Net's), or ``None`` (no
     test-time mirroring) when ``nnUNet_joint_val_mirroring=0``."""
