@@ -421,6 +421,36 @@ def with_nnunet_length(profile: Profile) -> Profile:
                                stage1_budget=NNUNET_LENGTH, lits_budget=NNUNET_LENGTH)
 
 
+def priority_order(pretrainings: Sequence[Step], crops: Step,
+                   rows: Sequence[tuple[Experiment, int, int, Step]], folds: Sequence[int]) -> list[Step]:
+    """The study's steps (the data step and the report aside) in the order they start when several are
+    ready, so that a run cut short still answers the papers' central question, fold by fold.
+
+    The executor (and a scheduler's job list) starts ready steps in list order, so this order decides
+    what a run stopped after a few hours holds: first stage 1, the SE-ResNet LiTS model and the crops
+    (every row waits on them), then the central comparison (:func:`central_comparison`) on every fold,
+    then its repeats fold by fold, then plain nnU-Net's LiTS pretraining, then the other rows fold by
+    fold, so that one fold's table is complete before the next fold's rows start.
+
+    Args:
+        rows: ``(experiment, fold, repeat, step)`` of every row training (repeat 0: the main run),
+            in the experiments' order, which is kept within a fold.
+    """
+    central = central_comparison()
+
+    def rank(row: tuple[Experiment, int, int, Step]) -> tuple[int, ...]:
+        exp, fold, repeat, _ = row
+        if exp in central:
+            return (0, repeat, folds.index(fold)) if repeat == 0 else (1, folds.index(fold), repeat)
+        return (2, folds.index(fold))
+
+    ordered = sorted(rows, key=rank)  # stable: the experiments' order within a fold
+    central_first = [row[3] for row in ordered if rank(row)[0] < 2]
+    the_rest = [row[3] for row in ordered if rank(row)[0] == 2]
+    plain_lits = [s for s in pretrainings if s.id == "lits-plain"]
+    return [*(s for s in pretrainings if s.id != "lits-plain"), crops, *central_first, *plain_lits, *the_rest]
+
+
 def step_id(exp: Experiment, fold: int | str) -> str:
     """``Joint_LiTS-f0``: the trainer without nnU-Net's prefix (plain nnU-Net: ``nnUNet503``, from LiTS
     ``nnUNet504_LiTS``), and the fold."""
@@ -742,22 +772,22 @@ class Study:
         for exp, fold, t in self.row_trainings():
             pretraining = self.pretraining_of(exp)
             after = ("data", "crops") + ((pretraining,) if pretraining else ())
-            rows.append(Step(step_id(exp, fold), t.what, f"row training ({exp.framework})", after,
-                             lambda row=step_id(exp, fold), t=t: self.train_row(row, t),
-                             lambda t=t: fold_done(t.fold_dir(self.run)), t.iterations(),
-                             t.fold_dir(self.run) / LEARNING_CURVE_FILE, optional=True, gpu=True))
+            rows.append((exp, fold, 0, Step(step_id(exp, fold), t.what, f"row training ({exp.framework})", after,
+                                            lambda row=step_id(exp, fold), t=t: self.train_row(row, t),
+                                            lambda t=t: fold_done(t.fold_dir(self.run)), t.iterations(),
+                                            t.fold_dir(self.run) / LEARNING_CURVE_FILE, optional=True, gpu=True)))
         for exp, fold, repeat, t in self.repeat_trainings():
             pretraining = self.pretraining_of(exp)
             after = ("data", "crops") + ((pretraining,) if pretraining else ())
             row = f"{step_id(exp, fold)}-r{repeat}"
-            rows.append(Step(row, f"{t.what}, repeat {repeat} (seed {repeat})", f"row training ({exp.framework})",
-                             after, lambda row=row, t=t, repeat=repeat: self.train_row(row, t, repeat),
-                             lambda t=t, repeat=repeat: fold_done(t.fold_dir(self.run.repeated(repeat))),
-                             t.iterations(), t.fold_dir(self.run.repeated(repeat)) / LEARNING_CURVE_FILE,
-                             optional=True, gpu=True))
-        report = Step("report", "evaluation and report", "report", ("stage1", "crops", *(r.id for r in rows)),
+            rows.append((exp, fold, repeat, Step(
+                row, f"{t.what}, repeat {repeat} (seed {repeat})", f"row training ({exp.framework})", after,
+                lambda row=row, t=t, repeat=repeat: self.train_row(row, t, repeat),
+                lambda t=t, repeat=repeat: fold_done(t.fold_dir(self.run.repeated(repeat))),
+                t.iterations(), t.fold_dir(self.run.repeated(repeat)) / LEARNING_CURVE_FILE, optional=True, gpu=True)))
+        report = Step("report", "evaluation and report", "report", ("stage1", "crops", *(r[3].id for r in rows)),
                       self.report, lambda: False)
-        return [data, *train_steps, crops, *rows, report]
+        return [data, *priority_order(train_steps, crops, rows, self.folds), report]
 
     def step_costs(self) -> StepCosts:
         return StepCosts(f"{self.profile.name}|{self.device}")

@@ -249,3 +249,23 @@ def test_repeats_below_one_are_refused(tmp_path, capsys):
         main(["--profile", "demo", "--out", str(tmp_path / "run"), "--repeats", "0"])
     assert exit_.value.code == 2
     assert capsys.readouterr().err.startswith("error: --repeats must be at least 1")
+
+
+def test_a_study_cut_short_holds_the_central_comparison_on_every_fold_first(tmp_path):
+    """The order ready steps start in: stage 1, the LiTS model and the crops, then joint from LiTS and
+    from scratch on all folds, their repeats fold by fold, plain nnU-Net's pretraining, the rest by fold."""
+    study = Study(RunFolder(tmp_path / "run"), PROFILES["study"], folds=(0, 1, 2), repeats=3)
+    ids = [s.id for s in study.steps()]
+    assert ids[:4] == ["data", "stage1", "lits", "crops"]
+    central = ids[4:10]
+    assert sorted(central) == sorted(f"{r}-f{f}" for r in ("Joint", "Joint_LiTS") for f in range(3))
+    assert [c.rsplit("-f", 1)[1] for c in central] == ["0", "0", "1", "1", "2", "2"]
+    repeats = ids[10:22]
+    assert [r.rsplit("-f", 1)[1] for r in repeats] == ["0-r1", "0-r1", "0-r2", "0-r2", "1-r1", "1-r1", "1-r2",
+                                                       "1-r2", "2-r1", "2-r1", "2-r2", "2-r2"]
+    assert ids[22] == "lits-plain" and ids[-1] == "report"
+    rest = ids[23:-1]
+    assert len(rest) == 3 * (len(study.runnable()) - 2)
+    folds = [int(r.rsplit("-f", 1)[1]) for r in rest]
+    assert folds == sorted(folds) and folds.count(0) == folds.count(2) == len(rest) // 3
+    assert len(set(ids)) == len(ids)  # nothing lost or doubled by the reordering
