@@ -339,6 +339,12 @@ def train_fold(run: RunFolder, trainer: str, dataset: int, fold: str, device: st
                extra_env: dict[str, str], plans: str = DEFAULT_PLANS, npz: bool = False) -> Path:
     """``nnUNetv2_train DATASET 2d FOLD -tr TRAINER -p PLANS -device DEVICE [--npz]``, skipped when done.
 
+    A fold a killed run left behind resumes: with ``checkpoint_final.pth`` only its validation runs
+    again (``--val``); with only ``checkpoint_latest.pth`` (saved every tenth of a budgeted run,
+    :meth:`~nnunet_joint.training.settings.Budget.apply`) nnU-Net continues from that epoch (``--c``).
+    A checkpoint the safe loader refuses (cut short by the kill, or unsafe) is set aside as evidence
+    and the fold trains from scratch.
+
     ``npz`` exports the validation probabilities (nnU-Net's ``--npz``): plain nnU-Net on the joint
     dataset needs them for the same no-lesion fallback of the type vote as our joint trainer.
     """
@@ -348,15 +354,19 @@ def train_fold(run: RunFolder, trainer: str, dataset: int, fold: str, device: st
         cmd.append("--npz")
     if fold_done(fold_dir):
         return fold_dir
-    checkpoint = fold_dir / "checkpoint_final.pth"
-    if checkpoint.is_file():
-        from nnunet_joint.checkpoints import set_aside_refused_checkpoint
+    from nnunet_joint.checkpoints import set_aside_refused_checkpoint
 
+    for checkpoint, resume in ((fold_dir / "checkpoint_final.pth", "--val"),  # trained, validation interrupted
+                               (fold_dir / "checkpoint_latest.pth", "--c")):  # killed during training
+        if not checkpoint.is_file():
+            continue
         refused = set_aside_refused_checkpoint(checkpoint, run.root)
-        if refused is None:  # trained, validation interrupted
-            cmd.append("--val")
-        else:  # half-written (killed while saving) or refused: kept as evidence, train again from scratch
-            warn(checkpoint, f"{refused[1]}; kept as {refused[0]}; retraining fold {fold} of {trainer} from scratch")
+        if refused is None:
+            cmd.append(resume)
+            break
+        # half-written (killed while saving) or refused: kept as evidence
+        warn(checkpoint, f"{refused[1]}; kept as {refused[0]}; retraining fold {fold} of {trainer} from scratch")
+        break
     run_nnunet(cmd, run, run.logs / f"{trainer}_{dataset}_fold{fold}.log", **budget, **extra_env)
     return fold_dir
 

@@ -94,6 +94,31 @@ def test_unreadable_final_checkpoint_means_retrain_from_scratch(tmp_path, calls,
     assert not checkpoint.exists()  # nothing unreadable left for a resume (--c/--val) to load
 
 
+def test_a_fold_killed_during_training_continues_from_its_latest_checkpoint(tmp_path, calls, capsys):
+    run = RunFolder(tmp_path / "run")
+    latest = fold_dir(run) / "checkpoint_latest.pth"
+    data = good_checkpoint(latest)
+    train_fold(run, TRAINER, 504, "0", "cpu", {}, {})
+    assert calls[-1][-1] == "--c" and "--val" not in calls[-1]  # nnU-Net continues from checkpoint_latest
+    assert latest.read_bytes() == data and capsys.readouterr().err == ""
+    good_checkpoint(fold_dir(run) / "checkpoint_final.pth")  # trained to the end: only the validation again
+    train_fold(run, TRAINER, 504, "0", "cpu", {}, {})
+    assert calls[-1][-1] == "--val" and "--c" not in calls[-1]
+
+
+@pytest.mark.parametrize("spoil", UNREADABLE, ids=[f.__name__ for f in UNREADABLE])
+def test_an_unreadable_latest_checkpoint_means_retrain_from_scratch(tmp_path, calls, capsys, spoil):
+    run = RunFolder(tmp_path / "run")
+    latest = fold_dir(run) / "checkpoint_latest.pth"
+    spoil(latest)
+    train_fold(run, TRAINER, 504, "0", "cpu", {}, {})
+    (cmd,) = calls
+    assert "--c" not in cmd and "--val" not in cmd
+    (warning,) = capsys.readouterr().err.splitlines()
+    assert warning.startswith(f"warning: {latest}: ") and warning.endswith(f"retraining fold 0 of {TRAINER} from scratch")
+    assert not latest.exists() and len(list(fold_dir(run).glob("checkpoint_latest.pth.refused-*"))) == 1
+
+
 def test_readable_checkpoint_is_skipped_or_only_validated(tmp_path, calls, capsys):
     run = RunFolder(tmp_path / "run")
     checkpoint = fold_dir(run) / "checkpoint_final.pth"

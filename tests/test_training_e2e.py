@@ -275,3 +275,40 @@ def test_each_preset_plans_trains_and_predicts_through_the_commands(run, tmp_pat
     report = json.loads((tmp_path / "cascade" / "lesions.json").read_text(encoding="utf-8"))
     assert report["models"]["lesion"]["trainer"] == "nnUNetTrainerJoint"
     assert sitk.ReadImage(str(tmp_path / "cascade" / "lesions.nii.gz")).GetSize() == sitk.ReadImage(str(ct)).GetSize()
+
+
+def test_a_training_killed_mid_run_continues_from_its_latest_checkpoint(run):
+    """A row killed after two of its four epochs (``kill -9`` of nnU-Net's process group, as a session's
+    end or a scheduler's preemption does) resumes at epoch 2 through ``train_fold`` (``--c``), not at 0."""
+    import os
+    import signal
+    import time
+
+    from nnunet_joint.reproduce import train_fold
+
+    # 10 iterations an epoch: the kill lands inside epoch 2, well before its end saves the next checkpoint
+    trainer, budget = "nnUNetTrainerJoint_LiTS", {"nnUNet_joint_epochs": "4", "nnUNet_joint_iterations": "10"}
+    env = {"nnUNet_joint_lits_checkpoint": str(train(run, 502, "nnUNetTrainerSEResNetSeg") / "checkpoint_final.pth")}
+    fold_dir = run.results / DATASET_FOLDERS[504] / f"{trainer}__{PLANS}__2d" / "fold_1"
+    cmd = [nnunet_bin("nnUNetv2_train"), "504", "2d", "1", "-tr", trainer, "-p", PLANS, "-device", "cpu"]
+    proc = subprocess.Popen(cmd, env=run.environment(**budget, **env), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while "Epoch 2" not in log_text(fold_dir):  # epochs 0 and 1 ended: checkpoint_latest holds epoch 2's start
+        assert proc.poll() is None and time.time() < deadline, "the training ended before it could be killed"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (fold_dir / "checkpoint_final.pth").exists()
+    assert safe_torch_load(fold_dir / "checkpoint_latest.pth")["current_epoch"] == 2
+
+    first_log = set(fold_dir.glob("training_log_*.txt"))
+    time.sleep(1.1)  # nnU-Net names its log by the second it started
+    train_fold(run, trainer, 504, "1", "cpu", budget, env, PLANS)
+    (second_log,) = set(fold_dir.glob("training_log_*.txt")) - first_log
+    epochs = [int(e) for e in re.findall(r"Epoch (\d+)\n", second_log.read_text(encoding="utf-8"))]
+    assert epochs == [2, 3]  # continued, not started again
+    assert safe_torch_load(fold_dir / "checkpoint_final.pth")["current_epoch"] == 4
+    assert not (fold_dir / "checkpoint_latest.pth").exists()  # nnU-Net removes it at the end
+    curve = json.loads((fold_dir / "learning_curve.json").read_text(encoding="utf-8"))
+    assert [row["epoch"] for row in curve["epochs"]] == [0, 1, 2, 3]  # each epoch once across the two processes

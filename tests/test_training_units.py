@@ -122,6 +122,23 @@ def test_max_batch_size_caps_the_plans_batch_and_keeps_a_smaller_one(monkeypatch
         settings.Budget.from_env()
 
 
+def test_a_budgeted_run_saves_its_latest_checkpoint_every_tenth_never_less_often_than_nnunet(monkeypatch):
+    from types import SimpleNamespace
+
+    from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+
+    # epochs -> save_every: a tenth (50 -> 5); at least every epoch; nnU-Net's 50 kept for long runs
+    for epochs, every in ((50, 5), (40, 4), (5, 1), (1, 1), (1000, 50), (2000, 50)):
+        monkeypatch.setenv(settings.ENV_EPOCHS, str(epochs))
+        trainer = SimpleNamespace(save_every=50, configuration_manager=ConfigurationManager({"architecture": {}, "batch_size": 2}))
+        settings.Budget.from_env().apply(trainer)
+        assert (trainer.num_epochs, trainer.save_every) == (epochs, every)
+    monkeypatch.delenv(settings.ENV_EPOCHS)
+    trainer = SimpleNamespace(save_every=50, configuration_manager=ConfigurationManager({"architecture": {}, "batch_size": 2}))
+    settings.Budget.from_env().apply(trainer)
+    assert trainer.save_every == 50  # no budget: nnU-Net's own
+
+
 def test_validation_mirroring_switch(monkeypatch):
     assert settings.validation_mirror_axes((0, 1)) == (0, 1)  # unset: nnU-Net's
     monkeypatch.setenv(settings.ENV_VAL_MIRRORING, "0")

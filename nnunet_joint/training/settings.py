@@ -84,10 +84,23 @@ class Budget:
         """nnU-Net runs 50 validation per 250 training iterations; keep that ratio, 1..50."""
         return max(1, min(50, iterations_per_epoch // 5))
 
+    @staticmethod
+    def checkpoint_every(epochs: int) -> int:
+        """Epochs between ``checkpoint_latest.pth`` saves of a run of ``epochs``: a tenth of it (at least 1).
+
+        nnU-Net saves every 50 of its 1000 epochs; a budget of 50 epochs would then save none before
+        the final one, and a study killed mid-row (a session's end, a scheduler's preemption) would
+        train that row again from epoch 0. A save costs about a second (115 MB for SE-ResNet-18).
+        """
+        return max(1, epochs // 10)
+
     def apply(self, trainer) -> None:
-        """Set an nnUNetTrainer's epochs and iterations per epoch (validation iterations follow)."""
+        """Set an nnUNetTrainer's epochs and iterations per epoch (validation iterations follow), how
+        often it saves ``checkpoint_latest.pth`` (:meth:`checkpoint_every`, never less often than
+        nnU-Net) and the cap on its batch."""
         if self.epochs is not None:
             trainer.num_epochs = self.epochs
+            trainer.save_every = min(trainer.save_every, self.checkpoint_every(self.epochs))
         if self.iterations_per_epoch is not None:
             trainer.num_iterations_per_epoch = self.iterations_per_epoch
             trainer.num_val_iterations_per_epoch = self.val_iterations(self.iterations_per_epoch)
