@@ -306,7 +306,7 @@ def test_a_training_killed_mid_run_continues_from_its_latest_checkpoint(run):
     time.sleep(1.1)  # nnU-Net names its log by the second it started
     train_fold(run, trainer, 504, "1", "cpu", budget, env, PLANS)
     (second_log,) = set(fold_dir.glob("training_log_*.txt")) - first_log
-    epochs = [int(e) for e in re.findall(r"Epoch (\d+)\n", second_log.read_text(encoding="utf-8"))]
+    epochs = [int(e) for e in re.findall(r": Epoch (\d+) *$", second_log.read_text(encoding="utf-8"), re.MULTILINE)]
     assert epochs == [2, 3]  # continued, not started again
     assert safe_torch_load(fold_dir / "checkpoint_final.pth")["current_epoch"] == 4
     assert not (fold_dir / "checkpoint_latest.pth").exists()  # nnU-Net removes it at the end
