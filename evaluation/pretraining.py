@@ -46,7 +46,7 @@ def lesion_cases(raw_dataset: Path) -> dict[str, int]:
     files = sorted((raw_dataset / "labelsTr").glob(f"*{dataset.get('file_ending', '.nii.gz')}"))
     if not files:
         raise ValueError(f"{raw_dataset / 'labelsTr'}: no label files")
-    with_lesion = sum(bool(np.any(sitk.GetArrayViewFromImage(sitk.ReadImage(str(f))) == label)) for f in files)
+    with_lesion = sum(bool(np.any(sitk.GetArrayFromImage(sitk.ReadImage(str(f))) == label)) for f in files)
     return {"cases": len(files), "with_lesion": int(with_lesion)}
 
 
