@@ -295,3 +295,46 @@ def test_every_trainer_we_ship_resumes_through_the_safe_loader(tmp_path, monkeyp
         with pytest.raises(InputError, match="would run code"):
             trainer.load_checkpoint(str(hostile))
     assert len(names) == 38 and not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("epochs, drawn", [
+    (50, [4, 9, 14, 19, 24, 29, 34, 39, 44, 49]),  # every fifth epoch (the checkpoint interval), the last included
+    (23, [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 22]),  # every second, and the last although it is off the interval
+    (4, [0, 1, 2, 3]),  # a short run draws every epoch
+])
+def test_a_budgeted_run_draws_its_progress_plot_with_its_checkpoints_and_at_the_end(monkeypatch, tmp_path, epochs, drawn):
+    from types import SimpleNamespace
+
+    from nnunetv2.training.logging.nnunet_logger import MetaLogger
+    from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+
+    monkeypatch.setenv(settings.ENV_EPOCHS, str(epochs))
+    logger = MetaLogger(str(tmp_path), resume=False)
+    calls = []
+    logger.plot_progress_png = lambda folder: calls.append((trainer.current_epoch, folder))
+    trainer = SimpleNamespace(save_every=50, logger=logger, current_epoch=0,
+                              configuration_manager=ConfigurationManager({"architecture": {}, "batch_size": 2}))
+    settings.apply_to_trainer(trainer)
+    for epoch in range(epochs):  # what nnU-Net's on_epoch_end does at each epoch's end
+        trainer.current_epoch = epoch
+        trainer.logger.plot_progress_png(str(tmp_path))
+    assert calls == [(e, str(tmp_path)) for e in drawn]
+
+
+def test_without_a_budget_nnunet_draws_its_progress_plot_every_epoch(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from nnunetv2.training.logging.nnunet_logger import MetaLogger
+    from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+
+    monkeypatch.delenv(settings.ENV_EPOCHS, raising=False)
+    logger = MetaLogger(str(tmp_path), resume=False)
+    calls = []
+    logger.plot_progress_png = lambda folder: calls.append(trainer.current_epoch)
+    trainer = SimpleNamespace(save_every=50, logger=logger, current_epoch=0, num_epochs=1000,
+                              configuration_manager=ConfigurationManager({"architecture": {}, "batch_size": 2}))
+    settings.apply_to_trainer(trainer)
+    for epoch in range(7):
+        trainer.current_epoch = epoch
+        trainer.logger.plot_progress_png(str(tmp_path))
+    assert calls == list(range(7))
