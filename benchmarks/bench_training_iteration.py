@@ -13,7 +13,13 @@ The two joint trainers start from the same weights and step on the same batches,
 losses are printed too: they must agree to float rounding. Rounds are interleaved (plain, before,
 after, plain, ...) so machine noise hits every contender alike; the median is printed.
 
-    python benchmarks/bench_training_iteration.py --run RUN_DIR [--dataset 504] [--iterations 5] [--rounds 5]
+    python benchmarks/bench_training_iteration.py --run RUN_DIR [--dataset 504] [--iterations 5] [--rounds 5] [--threads 1 2]
+
+Each thread count gets its own table (default: 1 and every core). One thread per training is the
+study's layout (``nnunet_joint_reproduce`` runs two trainings at a time on 2 cores, each with
+``cpu_count // jobs`` threads); every core for one training is what ``nnUNetv2_train -device cpu``
+does alone. The two differ here: at this batch our network's small deep feature maps (2 x 2 at
+1/32) gain little from a second thread, nnU-Net's U-Net more.
 
 RUN_DIR is an ``nnunet_joint_reproduce`` run folder with the data prepared (its ``nnUNet_preprocessed``
 is read, nothing is written there); without ``--run`` a tiny phantom run is prepared in a temporary folder.
@@ -52,7 +58,9 @@ def make_with(environment: dict[str, str], *args):
 
 
 def main() -> None:
-    args = benchmark_arguments(__doc__.splitlines()[0], rounds=5).parse_args()
+    parser = benchmark_arguments(__doc__.splitlines()[0], rounds=5)
+    parser.add_argument("--threads", type=int, nargs="+", help="torch thread counts, one table each (default: 1 and every core)")
+    args = parser.parse_args()
 
     with benchmark_run(args.run) as run:
         compare(run, args)
@@ -79,21 +87,27 @@ def compare(run: RunFolder, args: argparse.Namespace) -> None:
     # same weights, same batches, once each: the two joint trainers' losses must agree
     losses = {label: [float(trainer.train_step(b)["loss"]) for b in batches_of[label]]
               for label, trainer in trainers.items() if trainer is not plain}
-    seconds = interleaved_seconds(trainers, batches_of, args.rounds)
+    finish_loaders(trainers.values())  # the batches are drawn: no augmentation worker runs beside the timing
 
-    print(f"dataset {DATASET_FOLDERS[args.dataset]}, device {device}, torch threads {torch.get_num_threads()}, "
-          f"{args.iterations} steps x {args.rounds} interleaved rounds (median)")
-    base = statistics.median(seconds["nnUNetTrainer (defaults)"])
-    print(f"{'trainer':<34} {'plans':<22} {'patch':>8} {'batch':>5} {'ms/iter':>8} {'plain/this':>10}")
-    for label, trainer in trainers.items():
-        cfg = trainer.configuration_manager
-        step = statistics.median(seconds[label])
-        print(f"{label:<34} {trainer.plans_manager.plans_name:<22} {'x'.join(map(str, cfg.patch_size)):>8} "
-              f"{cfg.batch_size:>5} {1000 * step:8.1f} {base / step:10.2f}")
+    for threads in args.threads or (1, os.cpu_count() or 1):
+        torch.set_num_threads(threads)
+        time_steps(plain, batches["plain"][:2])  # warm-up at this thread count
+        time_steps(after, batches["ours"][:2])
+        seconds = interleaved_seconds(trainers, batches_of, args.rounds)
+        layout = ("the study's layout: --jobs 2 trainings, one core each" if threads == 1 else
+                  "nnU-Net's -device cpu default: every core to one training" if threads == os.cpu_count() else "")
+        print(f"\ndataset {DATASET_FOLDERS[args.dataset]}, device {device}, torch threads {threads}"
+              f"{f' ({layout})' if layout else ''}, {args.iterations} steps x {args.rounds} interleaved rounds (median)")
+        base = statistics.median(seconds["nnUNetTrainer (defaults)"])
+        print(f"{'trainer':<34} {'plans':<22} {'patch':>8} {'batch':>5} {'ms/iter':>8} {'plain/this':>10}")
+        for label, trainer in trainers.items():
+            cfg = trainer.configuration_manager
+            step = statistics.median(seconds[label])
+            print(f"{label:<34} {trainer.plans_manager.plans_name:<22} {'x'.join(map(str, cfg.patch_size)):>8} "
+                  f"{cfg.batch_size:>5} {1000 * step:8.1f} {base / step:10.2f}")
     (label_b, loss_b), (label_a, loss_a) = losses.items()
     print(f"losses of the first {args.iterations} steps from the same weights and batches:\n"
           f"  {label_b}: {' '.join(f'{v:.6f}' for v in loss_b)}\n  {label_a}: {' '.join(f'{v:.6f}' for v in loss_a)}")
-    finish_loaders(trainers.values())
 
 
 if __name__ == "__main__":
