@@ -11,8 +11,10 @@ processes at the same moment on the joint dataset (Dataset504) of a prepared run
 both with the study's 30 iterations per epoch for ``--epochs`` epochs, and prints from nnU-Net's own
 log lines, per process: start-up (process start to its ``Epoch 0`` line), the median of nnU-Net's
 ``Epoch time`` (training iterations, validation iterations, learning-curve counts), the median gap
-between one epoch's end and the next one's start (checkpoint saves, the progress plot), the
-final validation, and the whole process's wall time; then the ratio plain/ours of each.
+between one epoch's end and the next one's start, after the epochs that save ``checkpoint_latest.pth``
+and draw ``progress.png`` (every tenth of the epochs) and after the others (where only a new best
+checkpoint may be saved), the final validation, and the whole process's wall time; then the ratio
+plain/ours of each.
 
     python benchmarks/bench_study_rows.py --run RUN_DIR [--epochs 10] [--fold 0]
 
@@ -39,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nnunet_joint.names import DEFAULT_PLANS, PLAIN_TRAINER  # noqa: E402
 from nnunet_joint.planning import plans_name_of  # noqa: E402
 from nnunet_joint.reproduce import RunFolder, nnunet_bin  # noqa: E402
-from nnunet_joint.training.settings import ENV_EPOCHS, ENV_ITERATIONS, ENV_THREADS  # noqa: E402
+from nnunet_joint.training.settings import ENV_EPOCHS, ENV_ITERATIONS, ENV_THREADS, Budget  # noqa: E402
 
 STAMP = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+): "
 #: label -> (trainer, plans) of the study profile's plain row and joint row
@@ -50,15 +52,25 @@ def stamp(text: str) -> float:
     return datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f").timestamp()
 
 
-def phases(log: str, started: float, ended: float) -> dict[str, float]:
-    """Seconds of each phase of one ``nnUNetv2_train`` process, read from its output."""
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def phases(log: str, started: float, ended: float, save_every: int) -> dict[str, float]:
+    """Seconds of each phase of one ``nnUNetv2_train`` process, read from its output.
+
+    The gaps between epochs are split into those after an epoch that saves ``checkpoint_latest.pth``
+    and draws ``progress.png`` (every ``save_every``-th) and the others, so the cost of both shows.
+    """
     epoch_starts = [stamp(m) for m in re.findall(STAMP + r"Epoch \d+ *$", log, re.MULTILINE)]
     epoch_ends = [stamp(m) for m in re.findall(STAMP + r"Epoch time: ", log, re.MULTILINE)]
     epoch_times = [float(v) for v in re.findall(r"Epoch time: ([\d.]+) s", log)]
     (done,) = [stamp(m) for m in re.findall(STAMP + r"Training done\.", log, re.MULTILINE)]
     gaps = [start - end for end, start in zip(epoch_ends, epoch_starts[1:])]
-    return {"start-up": epoch_starts[0] - started, "epoch (median)": statistics.median(epoch_times),
-            "between epochs (median)": statistics.median(gaps) if gaps else float("nan"),
+    saving = [g for epoch, g in enumerate(gaps) if (epoch + 1) % save_every == 0]
+    other = [g for epoch, g in enumerate(gaps) if (epoch + 1) % save_every != 0]
+    return {"start-up": epoch_starts[0] - started, "epoch (median)": median(epoch_times),
+            "gap, saving + plot (median)": median(saving), "gap, other (median)": median(other),
             "training": done - epoch_starts[0], "final validation": ended - done, "whole process": ended - started}
 
 
@@ -92,7 +104,7 @@ def main() -> None:
             log = out.read()
             if proc.returncode != 0:
                 sys.exit(f"{label} failed (exit {proc.returncode}):\n" + "\n".join(log.splitlines()[-8:]))
-            measured[label] = phases(log, started, ended[label])
+            measured[label] = phases(log, started, ended[label], Budget.checkpoint_every(args.epochs))
     print(f"Dataset504 fold {args.fold}, {args.epochs} epochs x {args.iterations} iterations, {len(ROWS)} processes "
           f"at a time, {threads} torch thread(s) each, seconds")
     labels = list(ROWS)
