@@ -293,7 +293,7 @@ PROFILES = {
                     _budget(20, 30), "0", None,
                     (trainer_name("joint"), trainer_name("joint", "LiTS")), jobs=2),
     # Every row that answers the papers' questions, 3 folds, at the budget where the curves flatten
-    # (measured: 55 min for fold 0 on 2 CPU cores, so about 2.5 h for three).
+    # (measured: 4-9 min per training two at a time on 2 CPU cores, 3-4 h for the three folds).
     "study": Profile("study", (0, 1, 2), "small", "seresnet18", _budget(50, 30), CPU_STAGE1,
                      _budget(30, 30), "0", None, STUDY_ROWS, jobs=2),
     # The papers' protocol on the default phantom, every row, 3 folds, SE-ResNet-50: the small phantom's
@@ -832,7 +832,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="run folder (created; a rerun resumes it)")
     p.add_argument("--profile", choices=sorted(PROFILES), default="demo",
                    help="demo: fold 0, joint from scratch and from LiTS (about 75 min on 2 CPU cores); study: 3 "
-                        "folds, the rows of the papers' questions, small phantom (about 2.5 h on 2 CPU cores); full: "
+                        "folds, the rows of the papers' questions, small phantom (3-4 h on 2 CPU cores); full: "
                         "default phantom, every row, SE-ResNet-50 (for a GPU); tiny: for tests")
     p.add_argument("--nnunet-length", action="store_true",
                    help="train every model for nnU-Net's standard 1000 epochs x 250 iterations instead of the "
