@@ -26,7 +26,6 @@ a temporary folder.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import statistics
 import subprocess
@@ -38,6 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from nnunet_joint.cpu import cpu_threads  # noqa: E402
 from nnunet_joint.names import DEFAULT_PLANS, PLAIN_TRAINER  # noqa: E402
 from nnunet_joint.planning import plans_name_of  # noqa: E402
 from nnunet_joint.reproduce import RunFolder, nnunet_bin  # noqa: E402
@@ -83,7 +83,7 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=2, help="processes sharing the machine, as reproduce's --jobs")
     args = p.parse_args()
     run = RunFolder(args.run.resolve())
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = max(1, cpu_threads() // args.jobs)  # reproduce's rule (Study.threads_env)
     with tempfile.TemporaryDirectory() as results, tempfile.TemporaryDirectory() as logs:
         env = run.environment(nnUNet_results=results, **{ENV_EPOCHS: str(args.epochs),
                                                          ENV_ITERATIONS: str(args.iterations), ENV_THREADS: str(threads)})

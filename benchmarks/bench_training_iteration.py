@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_training_speed import (benchmark_arguments, benchmark_run, finish_loaders,  # noqa: E402 (this folder)
                                   interleaved_seconds, make_trainer, time_steps)
+from nnunet_joint.cpu import cpu_threads  # noqa: E402
 from nnunet_joint.reproduce import DATASET_FOLDERS, RunFolder  # noqa: E402
 from nnunet_joint.training.settings import ENV_FUSED_SGD  # noqa: E402
 
@@ -89,13 +90,13 @@ def compare(run: RunFolder, args: argparse.Namespace) -> None:
               for label, trainer in trainers.items() if trainer is not plain}
     finish_loaders(trainers.values())  # the batches are drawn: no augmentation worker runs beside the timing
 
-    for threads in args.threads or (1, os.cpu_count() or 1):
+    for threads in args.threads or sorted({1, cpu_threads()}):
         torch.set_num_threads(threads)
         time_steps(plain, batches["plain"][:2])  # warm-up at this thread count
         time_steps(after, batches["ours"][:2])
         seconds = interleaved_seconds(trainers, batches_of, args.rounds)
         layout = ("the study's layout: --jobs 2 trainings, one core each" if threads == 1 else
-                  "nnU-Net's -device cpu default: every core to one training" if threads == os.cpu_count() else "")
+                  "nnU-Net's -device cpu default: every core to one training" if threads == cpu_threads() else "")
         print(f"\ndataset {DATASET_FOLDERS[args.dataset]}, device {device}, torch threads {threads}"
               f"{f' ({layout})' if layout else ''}, {args.iterations} steps x {args.rounds} interleaved rounds (median)")
         base = statistics.median(seconds["nnUNetTrainer (defaults)"])
