@@ -21,7 +21,10 @@ move less with the load. Peak memory is the largest resident set of the command'
 Usage::
 
     python benchmarks/bench_predict.py --run RUN_DIR [--volume clinical] [--slices 150] [--repeats 3]
-                                       [--tta] [--overlays] [--device cpu]
+                                       [--tta] [--overlays] [--every-slice] [--device cpu]
+
+``--every-slice`` also times ours with stage 1 on every slice (the earlier default) and prints both
+variants' liver Dice against the volume's truth (``segmentation-*.nii.gz`` beside it).
 
 ``RUN_DIR`` is a run folder (``nnunet_joint_reproduce`` or the layout of ``tests/test_predict_e2e.py``)
 with a trained liver model on Dataset501 and a joint model on Dataset504. ``--prepare`` builds one
@@ -83,6 +86,22 @@ def folds_of(folder: Path) -> list[str]:
     return [str(f) for f in available_folds(folder)]
 
 
+def liver_dice(volume: Path, outputs: list[Path]) -> dict[str, str]:
+    """Each output's ``liver.nii.gz`` against the truth beside the volume (liver and lesions count as liver)."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    truth_file = volume.parent / volume.name.replace("volume-", "segmentation-")
+    if not truth_file.is_file():
+        return {out.name: f"no truth ({truth_file.name} not found)" for out in outputs}
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(truth_file))) > 0
+    found = {}
+    for out in outputs:
+        liver = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "liver.nii.gz"))) > 0
+        found[out.name] = f"{2 * np.logical_and(liver, truth).sum() / (liver.sum() + truth.sum()):.4f}"
+    return found
+
+
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float, str]:
     """Wall seconds, CPU seconds (user + system, the process tree), peak resident GB of its largest
     process, stderr."""
@@ -116,6 +135,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--overlays", action="store_true", help="ours also draws its overlay PNGs (default: off, "
                                                              "as nnunet_joint_predict's default)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--every-slice", action="store_true",
+                   help="also time ours with stage 1 on every slice (--liver-slice-gap 0, the earlier default) "
+                        "and print each variant's liver Dice against the clinical volume's truth")
     args = p.parse_args(argv)
 
     run = RunFolder(args.run.resolve())
@@ -148,7 +170,10 @@ def main(argv: list[str] | None = None) -> None:
              "-m", str(folder), "-f", *folds_of(folder), "-device", args.device, "-npp", "1", "-nps", "1",
              "--disable_progress_bar", *([] if args.tta else ["--disable_tta"])]
             for i, folder in enumerate((liver, lesion))]
+        every_cmd = [*ours_cmd, "--liver-slice-gap", "0"]
+        every_cmd[every_cmd.index(str(work / "ours"))] = str(work / "ours_every_slice")
         ours, theirs, ours_cpu, theirs_cpu, ours_rss, theirs_rss = [], [], [], [], [], []
+        every, every_cpu, every_rss = [], [], []
         stages = ""
         for _ in range(args.repeats):
             seconds, cpu, rss, stderr = timed(ours_cmd, env)
@@ -157,10 +182,16 @@ def main(argv: list[str] | None = None) -> None:
             ours_rss.append(rss)
             marker = stderr.find("nnunet_joint_predict: time")
             stages = stderr[marker:].strip() if marker >= 0 else "(no --verbose table in the output)"
+            if args.every_slice:
+                seconds, cpu, rss, _ = timed(every_cmd, env)
+                every.append(seconds)
+                every_cpu.append(cpu)
+                every_rss.append(rss)
             runs = [timed(cmd, env) for cmd in nnunet_cmds]
             theirs.append(sum(r[0] for r in runs))
             theirs_cpu.append(sum(r[1] for r in runs))
             theirs_rss.append(max(r[2] for r in runs))
+        dice = liver_dice(volume, [work / "ours", work / "ours_every_slice"]) if args.every_slice else {}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     o, t = statistics.median(ours), statistics.median(theirs)
@@ -170,14 +201,18 @@ def main(argv: list[str] | None = None) -> None:
           f"test-time mirroring {'on' if args.tta else 'off'} on both sides; overlays {'on' if args.overlays else 'off'}; "
           f"{args.repeats} repeats, interleaved")
     print(f"{'':36s}{'median s':>10s}{'min s':>9s}{'max s':>9s}{'s/slice':>9s}{'CPU s':>9s}{'peak GB':>9s}")
-    for name, values, cpu, rss in (("nnunet_joint_predict (cascade)", ours, ours_cpu, ours_rss),
-                                   ("nnUNetv2_predict x2 (separately)", theirs, theirs_cpu, theirs_rss)):
+    rows = [("nnunet_joint_predict (cascade)", ours, ours_cpu, ours_rss)]
+    if every:
+        rows.append(("  same, stage 1 on every slice", every, every_cpu, every_rss))
+    for name, values, cpu, rss in (*rows, ("nnUNetv2_predict x2 (separately)", theirs, theirs_cpu, theirs_rss)):
         med = statistics.median(values)
         print(f"{name:36s}{med:10.2f}{min(values):9.2f}{max(values):9.2f}{med / n_slices:9.3f}"
               f"{statistics.median(cpu):9.1f}{max(rss):9.2f}")
     print(f"ratio cascade / nnU-Net: {o / t:.2f} (wall, median), per repeat "
           f"{', '.join(f'{a / b:.2f}' for a, b in zip(ours, theirs))}; CPU time "
           f"{statistics.median(ours_cpu) / statistics.median(theirs_cpu):.2f}")
+    for folder, value in dice.items():
+        print(f"stage-1 liver Dice against the volume's truth, {folder}: {value}")
     print(f"\nlast cascade run, by stage (--verbose):\n{stages}")
 
 

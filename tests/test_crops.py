@@ -21,11 +21,13 @@ def test_roi_keeps_every_large_enough_piece_and_joins_diagonal_neighbours():
     assert np.argwhere(out).tolist() == [[0, 0], [1, 1], [2, 2], [4, 4], [5, 4]]
     assert roi_components(mask, min_fraction=0.0).sum() == 6  # every piece
     assert roi_components(mask, min_fraction=1.0).sum() == 3  # the largest only
+    assert roi_components(mask, min_fraction=0.4).sum() == 5  # 1/3 < 0.4 <= 2/3: the single pixel dropped
 
 
 def test_roi_of_empty_mask_or_bad_fraction_raises():
-    with pytest.raises(ValueError, match="empty"):
-        roi_components(np.zeros((3, 3)))
+    for fraction in (0.05, 0.0):
+        with pytest.raises(ValueError, match="empty"):
+            roi_components(np.zeros((3, 3)), min_fraction=fraction)
     with pytest.raises(ValueError, match="min_fraction"):
         roi_components(np.ones((3, 3)), min_fraction=1.5)
 

@@ -135,3 +135,87 @@ def test_stage_timer_adds_up_stages_of_the_same_name_and_reports_per_slice():
     assert timer.rows[0][1] >= 0.03 and timer.rows[0][2] > 0
     report = timer.report("title", slices=10)
     assert "stage 1: network" in report and "per slice, 10 slices" in report
+
+
+# ----------------------------------------------------------------------------- tiles in batches
+
+
+def test_tiles_per_batch_fills_the_voxel_budget():
+    from nnunet_joint.inference.tile_batches import tiles_per_batch
+
+    assert tiles_per_batch((64, 64)) == 16
+    assert tiles_per_batch((128, 128)) == 4
+    assert tiles_per_batch((256, 256)) == 1
+    assert tiles_per_batch((128, 128, 128)) == 1  # a 3-D model's tiles one at a time, as in nnU-Net
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_tile_batches_give_nnunets_own_sliding_window_logits(tta):
+    """Our predictor (tiles 42 at a time for 32 x 48 tiles) against nnU-Net's own predictor (one tile at a
+    time) on the same random U-Net and image: the same logits up to float rounding, mirroring off and on."""
+    from nnunet_joint.inference.tile_batches import nnUNetPredictorTileBatches, tiles_per_batch
+
+    reference = _predictor(tta)
+    ours = nnUNetPredictorTileBatches(tile_step_size=0.5, use_gaussian=True, use_mirroring=tta,
+                                      perform_everything_on_device=False, device=torch.device("cpu"),
+                                      allow_tqdm=False)
+    ours.manual_initialization(reference.network, reference.plans_manager, reference.configuration_manager,
+                               reference.list_of_parameters, DATASET_JSON, "nnUNetTrainer", (0, 1))
+    assert tiles_per_batch(ours.configuration_manager.patch_size) == 42
+    data = torch.from_numpy(np.random.default_rng(3).normal(size=(1, 4, 70, 100)).astype(np.float32))
+    expected = reference.predict_sliding_window_return_logits(data).float()
+    got = ours.predict_sliding_window_return_logits(data).float()
+    assert got.shape == expected.shape == (3, 4, 70, 100)
+    assert len(ours._internal_get_sliding_window_slicers((4, 70, 100))) > 42  # more than one batch
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=2e-3, rtol=2e-3)
+    assert float((got.argmax(0) == expected.argmax(0)).float().mean()) > 0.999
+
+
+# ----------------------------------------------------------------------------- stage 1 on sampled slices
+
+
+def test_sampled_slices_keep_neighbours_at_most_the_gap_apart_and_the_last_slice():
+    from nnunet_joint.inference.cascade import sampled_slices
+
+    assert sampled_slices(10, 1.0, 3.0).tolist() == [0, 3, 6, 9]
+    assert sampled_slices(11, 1.0, 3.0).tolist() == [0, 3, 6, 9, 10]
+    assert sampled_slices(9, 0.75, 3.0).tolist() == [0, 4, 8]
+    assert sampled_slices(5, 2.5, 3.0).tolist() == [0, 1, 2, 3, 4]  # slices already that coarse: every one
+    assert sampled_slices(5, 1.0, None).tolist() == sampled_slices(5, 1.0, 0).tolist() == [0, 1, 2, 3, 4]
+    assert sampled_slices(1, 1.0, 3.0).tolist() == [0]
+
+
+def test_liver_between_sampled_slices_is_the_linear_interpolation_of_the_margin():
+    from nnunet_joint.inference.cascade import liver_from_sampled_slices
+
+    rng = np.random.default_rng(5)
+    indices = np.array([0, 3, 6, 7])
+    margins = rng.normal(size=(4, 5, 6)).astype(np.float32)
+    got = liver_from_sampled_slices(margins, indices, 8)
+    expected = np.zeros((8, 5, 6), dtype=bool)
+    for y in range(5):
+        for x in range(6):
+            expected[:, y, x] = np.interp(np.arange(8), indices, margins[:, y, x]) > 0
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_stage_1_on_sampled_slices_equals_every_slice_there_and_interpolates_between():
+    """The sampled slices' foreground is exactly what predicting every slice gives there; between them it is
+    the interpolated margin of the every-slice prediction's own probabilities (computed here independently)."""
+    from nnunet_joint.inference.cascade import liver_foreground
+
+    model = _model()
+    rng = np.random.default_rng(4)
+    image = rng.normal(100, 40, size=(7, 80, 96)).astype(np.float32)
+    spacing = (1.0, 0.75, 0.7)
+    every = liver_foreground(model, image, spacing, None)
+    sampled = liver_foreground(model, image, spacing, 3.0)  # slices 0, 3, 6
+    assert 0.05 < every.mean() < 0.95  # a real mixture of foreground and background
+    for z in (0, 3, 6):
+        assert float(np.mean(sampled[z] == every[z])) > 0.999
+    probs = model.predict(image, spacing, probabilities=True).probabilities
+    margin = probs[1:].max(axis=0) - probs[0]
+    for z, (a, b) in zip((1, 2, 4, 5), ((0, 3), (0, 3), (3, 6), (3, 6))):
+        w = (z - a) / (b - a)
+        expected = (1 - w) * margin[a] + w * margin[b] > 0
+        assert float(np.mean(sampled[z] == expected)) > 0.999

@@ -8,6 +8,14 @@ and combined by :func:`~nnunet_joint.crops.cascade_labels` (stage 2's lesions, s
 the rule the full-slice scores use too. A stage-1 liver that is no plausible liver (too
 small, or not liver HU: :mod:`~nnunet_joint.inference.liver_check`) stops the cascade: no lesion is
 written.
+
+On a volume with thin slices, a 2-D stage 1 predicts only slices about
+:data:`~nnunet_joint.names.COARSE_SPACING_MM` apart (always the first and the last) and
+interpolates linearly between them (:func:`liver_from_sampled_slices`): the liver mask needs no
+1 mm slices any more than it needs sub-millimetre pixels (:class:`~nnunet_joint.planning.nnUNetPlannerCoarse`,
+TotalSegmentator's fast models at 3 mm), and stage 1 was most of a scan's prediction time.
+A single slice, the converter's cascade crops and the study's scores (slices, all of them) are
+unchanged by construction; stage 2 always sees every slice.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from nnunet_joint.labels import FIRST_LESION_LABEL, JOINT_LABELS, LIVER, type_la
 from nnunet_joint.inference.models import CascadeModel, Prediction
 from nnunet_joint.inference.overlays import write_overlays
 from nnunet_joint.io import write_image_file
-from nnunet_joint.names import slice_spacing_zyx
+from nnunet_joint.names import COARSE_SPACING_MM, slice_spacing_zyx
 
 
 @dataclass
@@ -134,32 +142,98 @@ def predict_in_slabs(model: CascadeModel, image_zyx: np.ndarray, spacing_zyx: tu
             bar.update(min(size, start + step) - start)
 
 
+def sampled_slices(n_slices: int, slice_spacing_mm: float, max_gap_mm: float | None) -> np.ndarray:
+    """Indices of the slices stage 1 predicts: every ``k``-th, ``k`` the largest step that keeps
+    neighbours at most ``max_gap_mm`` apart (at least 1), plus the last slice so that nothing is
+    extrapolated. ``max_gap_mm`` ``None`` or 0: every slice.
+    """
+    step = 1
+    if max_gap_mm and slice_spacing_mm > 0:
+        step = max(1, int(np.floor(max_gap_mm / slice_spacing_mm + 1e-6)))
+    indices = list(range(0, n_slices, step))
+    if indices[-1] != n_slices - 1:
+        indices.append(n_slices - 1)
+    return np.asarray(indices, dtype=np.int64)
+
+
+def liver_from_sampled_slices(margins: np.ndarray, indices: np.ndarray, n_slices: int) -> np.ndarray:
+    """Stage 1's foreground on every slice from its margins on the sampled ones.
+
+    ``margins[i]`` is ``max(p_liver, p_other foreground) - p_background`` on slice ``indices[i]``
+    (nnU-Net's argmax is foreground exactly where it is positive); between two sampled slices the margin
+    is interpolated linearly, which for a two-label liver model is linear interpolation of the
+    probabilities followed by nnU-Net's argmax.
+    """
+    foreground = np.zeros((n_slices, *margins.shape[1:]), dtype=bool)
+    for i, (a, b) in enumerate(zip(indices[:-1], indices[1:])):
+        for z in range(a, b + 1):
+            w = (z - a) / (b - a)
+            foreground[z] = (1 - w) * margins[i] + w * margins[i + 1] > 0
+    if len(indices) == 1:
+        foreground[indices[0]] = margins[0] > 0
+    return foreground
+
+
+def liver_foreground(liver_model: CascadeModel, image_zyx: np.ndarray, spacing_zyx: tuple[float, float, float],
+                     slice_gap_mm: float | None = COARSE_SPACING_MM, timer: Timer | None = None,
+                     progress: bool = False) -> np.ndarray:
+    """Stage 1: where the liver model's argmax is not background, on every slice of ``image_zyx``.
+
+    A 2-D model whose slices run along the first array axis predicts only :func:`sampled_slices`
+    (``slice_gap_mm`` apart at most) and the others are interpolated (:func:`liver_from_sampled_slices`);
+    otherwise, or with ``slice_gap_mm`` ``None`` / 0, every slice.
+    """
+    timer = timer or _no_timer
+    shape = image_zyx.shape
+    # sampling needs slices along the array's first axis and background as the first probability channel
+    can_sample = liver_model.slab_axis == 0 and liver_model.label_values[0] == 0
+    indices = sampled_slices(shape[0], spacing_zyx[0], slice_gap_mm if can_sample else None)
+    if len(indices) == shape[0]:
+        foreground = np.zeros(shape, dtype=bool)
+
+        def liver_slab(where: tuple[slice, ...], prediction: Prediction) -> None:
+            foreground[where] = prediction.segmentation > 0  # liver (and tumour, for a LiTS-style 3-label model)
+
+        predict_in_slabs(liver_model, image_zyx, spacing_zyx, liver_slab, probabilities=False, timer=timer,
+                         label="stage 1 (liver)", progress=progress)
+        return foreground
+    margins = np.empty((len(indices), *shape[1:]), dtype=np.float32)
+
+    def liver_margins(where: tuple[slice, ...], prediction: Prediction) -> None:
+        probs = prediction.probabilities
+        margins[where[0]] = probs[1:].max(axis=0) - probs[0]
+
+    # the slices' own spacing: a 2-D model predicts each slice alone, so a sampled slice gets exactly
+    # the numbers it gets when every slice is predicted (same resampling decisions)
+    predict_in_slabs(liver_model, image_zyx[indices], spacing_zyx, liver_margins, timer=timer,
+                     label="stage 1 (liver)", progress=progress)
+    with timer("stage 1 (liver): between sampled slices"):
+        return liver_from_sampled_slices(margins, indices, shape[0])
+
+
 def run_cascade(ct: CTImage, liver_model: CascadeModel, lesion_model: CascadeModel,
-                timer: Timer | None = None, progress: bool = False) -> CascadeResult:
+                timer: Timer | None = None, progress: bool = False,
+                liver_slice_gap_mm: float | None = COARSE_SPACING_MM) -> CascadeResult:
     """Stage 1 on the whole image, stage 2 on the liver crop, both back on the input grid.
 
     Both stages run slab by slab (:func:`predict_in_slabs`). Stage 1 keeps only its label map
     (nnU-Net's argmax of the resampled logits, no softmax volume); stage 2 runs on the liver's slab
     and box only and its type probabilities stay on that crop. ``timer(name)`` (e.g. a
     :class:`~nnunet_joint.inference.timing.StageTimer`) times each step; ``progress`` shows a
-    progress bar per stage.
+    progress bar per stage. ``liver_slice_gap_mm``: a 2-D stage 1 on a volume predicts slices at most
+    this far apart and interpolates between them (:func:`sampled_slices`; ``None`` or 0: every slice).
     """
     timer = timer or _no_timer
     spacing = model_spacing(ct)
     shape = ct.array.shape
-    foreground = np.zeros(shape, dtype=bool)
-
-    def liver_slab(where: tuple[slice, ...], prediction: Prediction) -> None:
-        foreground[where] = prediction.segmentation > 0  # liver (and tumour, for a LiTS-style 3-label model)
-
-    predict_in_slabs(liver_model, ct.array, spacing, liver_slab, probabilities=False, timer=timer,
-                     label="stage 1 (liver)", progress=progress)
+    foreground = liver_foreground(liver_model, ct.array, spacing, liver_slice_gap_mm, timer, progress)
     with timer("crop"):
         liver = roi_components(foreground) if foreground.any() else foreground
         no_liver = implausible_liver(liver, ct.array, ct.spacing_zyx)
         if no_liver is not None:  # stage 2 does not run: no lesion in air
             return CascadeResult(np.zeros(shape, np.uint8), np.zeros(shape, np.uint8), None, None, no_liver)
-        box = _crop_box(ct, roi_bbox(liver, ct.spacing_zyx, lesion_model.crop_margin_mm))
+        # liver holds only the kept pieces already: min_fraction 0 takes them all without labelling again
+        box = _crop_box(ct, roi_bbox(liver, ct.spacing_zyx, lesion_model.crop_margin_mm, min_fraction=0))
         crop = box.crop_array(ct.array)
     labels_crop = np.zeros(crop.shape, dtype=np.uint8)
     probs_crop = np.empty((len(LESION_TYPES), *crop.shape), dtype=np.float32)

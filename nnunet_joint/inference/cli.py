@@ -22,8 +22,8 @@ from nnunet_joint.errors import InputError, cli_entry, warn
 from nnunet_joint.inference.inputs import InputCase, discover_inputs, read_case
 from nnunet_joint.inference.output_folder import MARKER, check_output_folder, write_marker  # noqa: F401 (cli.MARKER)
 from nnunet_joint.io import atomic_path, clean_stale_temporaries, quiet_stdout
-from nnunet_joint.names import (DATASET_FOLDERS, JOINT_DATASET, LIVER_DATASET, NNUNET_TRAINER, results_folder_name,
-                                trainer_name)
+from nnunet_joint.names import (COARSE_SPACING_MM, DATASET_FOLDERS, JOINT_DATASET, LIVER_DATASET, NNUNET_TRAINER,
+                                results_folder_name, trainer_name)
 
 
 def _device(name: str | None):
@@ -50,6 +50,7 @@ def predict(
     step_size: float = 0.5,
     threads: int | None = None,
     verbose: bool = False,
+    liver_slice_gap_mm: float | None = COARSE_SPACING_MM,
 ) -> dict[str, list[dict]]:
     """Run the cascade on every image under ``input_path`` and write the outputs to ``out_dir``.
 
@@ -65,6 +66,9 @@ def predict(
         step_size: nnU-Net's sliding-window step (fraction of the patch size).
         threads: torch CPU threads (default: the cores this process may use).
         verbose: print the time and peak memory of every stage to stderr.
+        liver_slice_gap_mm: on a volume, a 2-D stage 1 predicts slices at most this far apart and
+            interpolates between them (default 3 mm, the coarse stage 1's spacing; ``None`` or 0: every
+            slice). Stage 2 always predicts every slice.
 
     Returns:
         Input name -> its ``lesions.json`` lesion entries.
@@ -78,6 +82,8 @@ def predict(
 
     if not 0 < step_size <= 1:
         raise InputError(None, f"--step-size {step_size}: must be in (0, 1]")
+    if liver_slice_gap_mm is not None and not liver_slice_gap_mm >= 0:
+        raise InputError(None, f"--liver-slice-gap {liver_slice_gap_mm}: must be 0 (every slice) or more")
     if threads is not None and threads < 1:
         raise InputError(None, f"--threads {threads}: must be at least 1")
     timer = StageTimer()
@@ -103,7 +109,7 @@ def predict(
     if not (lesion.is_joint or lesion.is_ynet):
         raise InputError(lesion_dir, "not a stage-2 model: needs labels cyst/hemangioma/metastasis (joint) or "
                                      "'lesion' with a classification head (Y-Net)")
-    models = {"liver": liver.describe(), "lesion": {**lesion.describe(), "kind": "joint" if lesion.is_joint
+    models = {"liver": {**liver.describe(), "slice_gap_mm": liver_slice_gap_mm or 0}, "lesion": {**lesion.describe(), "kind": "joint" if lesion.is_joint
                                                     else "ynet", "crop_margin_mm": lesion.crop_margin_mm}}
     say(f"liver model: {liver_dir} (folds {liver.folds}); lesion model: {lesion_dir} (folds {lesion.folds}); "
         f"device {torch_device}, {threads} thread(s), test-time mirroring {'on' if settings.tta else 'off'}")
@@ -116,7 +122,7 @@ def predict(
             ct, first = (first, None) if n == 1 else (None, None)  # not held past its case
             results[case.name], case_slices = _predict_case(  # stages add up over the inputs in one table
                 case, ct, tmp if single else tmp / case.name, liver, lesion, models, quiet, overlays, say,
-                f"[{n}/{len(cases)}] {case.name}", timer)
+                f"[{n}/{len(cases)}] {case.name}", timer, liver_slice_gap_mm)
             del ct
             slices += case_slices
         write_marker(tmp, input_path)
@@ -128,7 +134,7 @@ def predict(
 
 
 def _predict_case(case: InputCase, ct, out: Path, liver, lesion, models: dict, quiet: bool, overlays: bool, say,
-                  label: str, timer) -> tuple[list[dict], int]:
+                  label: str, timer, liver_slice_gap_mm: float | None) -> tuple[list[dict], int]:
     from nnunet_joint.inference.cascade import run_cascade, write_case_outputs
 
     start = time.monotonic()
@@ -138,7 +144,7 @@ def _predict_case(case: InputCase, ct, out: Path, liver, lesion, models: dict, q
     say(f"{label}: {'slice' if ct.is_slice else 'volume'} {ct.image.GetSize()}, stage 1 (liver) then stage 2 "
         "(lesions) on the liver crop")
     with quiet_stdout(quiet):
-        result = run_cascade(ct, liver, lesion, timer=timer, progress=not quiet)
+        result = run_cascade(ct, liver, lesion, timer=timer, progress=not quiet, liver_slice_gap_mm=liver_slice_gap_mm)
     lesions = write_case_outputs(ct, result, out, models, overlays=overlays, timer=timer, progress=not quiet)
     if result.no_liver is not None:  # printed even with --quiet: the empty result needs its reason
         warn(case.path, f"{result.no_liver}; no lesions written (lesions.json says so)")
@@ -183,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: on with cuda, off on the CPU")
     p.add_argument("--step-size", type=float, default=0.5,
                    help="nnU-Net's sliding-window step as a fraction of the patch size (default 0.5, nnU-Net's)")
+    p.add_argument("--liver-slice-gap", type=float, default=COARSE_SPACING_MM, metavar="MM",
+                   help=f"on a volume, stage 1 (liver) predicts slices at most MM apart and interpolates between "
+                        f"them (default {COARSE_SPACING_MM:g}; 0: every slice). Stage 2 sees every slice")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: the CPU cores this process may use)")
     p.add_argument("--overlays", action=argparse.BooleanOptionalAction, default=False,
                    help="also write overlay PNGs of the slices with lesions (default: off; they cost about a "
@@ -207,7 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       liver_folds=parse_folds(args.liver_folds) or folds,
                       lesion_folds=parse_folds(args.lesion_folds) or folds,
                       device=args.device, quiet=args.quiet, overlays=args.overlays, tta=args.tta,
-                      step_size=args.step_size, threads=args.threads, verbose=args.verbose)
+                      step_size=args.step_size, threads=args.threads, verbose=args.verbose,
+                      liver_slice_gap_mm=args.liver_slice_gap)
     if not args.quiet:
         total = sum(len(v) for v in results.values())
         print(f"{len(results)} input(s), {total} lesion(s): {args.output}", file=sys.stderr)

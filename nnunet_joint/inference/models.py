@@ -8,7 +8,8 @@ plans' architecture passed the allow-list (:mod:`nnunet_joint.network.from_plans
 the path our trainers resume by too). The trainer class is found by nnU-Net's lookup
 (``nnUNet_extTrainer`` pointed at our ``trainers/`` when unset). Several folds are an ensemble of
 parameter sets, as in nnU-Net (logits averaged). Preprocessing, sliding-window prediction,
-test-time mirroring and the resampling back to the input grid are nnU-Net's.
+test-time mirroring and the resampling back to the input grid are nnU-Net's; the sliding window sends
+its tiles to the network several at a time (:mod:`~nnunet_joint.inference.tile_batches`).
 """
 
 from __future__ import annotations
@@ -415,11 +416,12 @@ def load_model(folder: str | os.PathLike, folds: Sequence[int | str] | None, dev
     find_trainer_class(trainer_name)  # sets nnUNet_extTrainer to our trainers when unset; clear error if unknown
 
     with quiet_stdout():  # nnU-Net's CPU notice and trainer search are not for our users
-        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
+        from nnunet_joint.inference.tile_batches import nnUNetPredictorTileBatches
+
         settings = settings or PredictorSettings()
-        predictor = nnUNetPredictor(tile_step_size=settings.tile_step_size, use_gaussian=True,
+        predictor = nnUNetPredictorTileBatches(tile_step_size=settings.tile_step_size, use_gaussian=True,
                                     use_mirroring=settings.tta, perform_everything_on_device=device.type == "cuda",
                                     device=device, verbose=False,
                                     allow_tqdm=False)  # the cascade shows one bar per stage, not one per slab
