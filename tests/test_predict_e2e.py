@@ -76,6 +76,8 @@ def check_lesions_json(report: dict, lesions_map: np.ndarray, is_slice: bool) ->
     assert report["models"]["lesion"]["kind"] == "joint" and report["models"]["lesion"]["folds"] == [0]
     assert report["models"]["lesion"]["tta"] is False  # no test-time mirroring by default on the CPU
     assert report["models"]["liver"]["slice_gap_mm"] == 3.0  # stage 1 on slices 3 mm apart by default
+    # ... and the tiny phantom's slices are thicker than that (and a slice is one): every slice predicted
+    assert report["liver_slices_predicted"] == (1 if is_slice else lesions_map.shape[0])
     size_key = "area_mm2" if is_slice else "volume_mm3"
     total = 0
     for i, lesion in enumerate(report["lesions"], start=1):

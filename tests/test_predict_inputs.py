@@ -287,6 +287,9 @@ def test_bad_predictor_settings_are_one_line_errors(tmp_path, capsys):
     run_cli_expect_error(capsys, ["-i", str(image), "-o", str(out), "--step-size", "1.5"], "--step-size 1.5")
     run_cli_expect_error(capsys, ["-i", str(image), "-o", str(out), "--step-size", "0"], "must be in (0, 1]")
     run_cli_expect_error(capsys, ["-i", str(image), "-o", str(out), "--threads", "0"], "--threads 0")
+    for gap in ("-1", "nan", "inf"):
+        run_cli_expect_error(capsys, ["-i", str(image), "-o", str(out), "--liver-slice-gap", gap],
+                             f"--liver-slice-gap {float(gap)}")
     assert not out.exists()
 
 

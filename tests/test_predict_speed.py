@@ -183,6 +183,21 @@ def test_sampled_slices_keep_neighbours_at_most_the_gap_apart_and_the_last_slice
     assert sampled_slices(5, 2.5, 3.0).tolist() == [0, 1, 2, 3, 4]  # slices already that coarse: every one
     assert sampled_slices(5, 1.0, None).tolist() == sampled_slices(5, 1.0, 0).tolist() == [0, 1, 2, 3, 4]
     assert sampled_slices(1, 1.0, 3.0).tolist() == [0]
+    assert sampled_slices(6, 1.0, float("inf")).tolist() == [0, 5]
+    assert sampled_slices(5, 1.0, -1.0).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_stage_1_samples_only_a_softmax_model_slicing_along_the_first_axis():
+    from nnunet_joint.inference.cascade import stage1_slices
+
+    assert stage1_slices(_model(), 7, 1.0, 3.0).tolist() == [0, 3, 6]
+    transposed = copy.deepcopy(PLANS)  # nnU-Net slices along the second array axis
+    transposed["transpose_forward"] = transposed["transpose_backward"] = [1, 0, 2]
+    assert stage1_slices(_model(transposed), 7, 1.0, 3.0).tolist() == list(range(7))
+    regions = _model()
+    regions.predictor.label_manager = type(regions.predictor.label_manager)(
+        {"background": 0, "liver": (1, 2), "lesion": 2}, regions_class_order=[1, 2])  # sigmoids, no background
+    assert stage1_slices(regions, 7, 1.0, 3.0).tolist() == list(range(7))
 
 
 def test_liver_between_sampled_slices_is_the_linear_interpolation_of_the_margin():

@@ -53,6 +53,8 @@ class CascadeResult:
             not the whole image: three float32 volumes of a 512 x 512 x 300 scan would be 0.9 GB.
         crop: the stage-2 crop, ``None`` when no liver was found.
         no_liver: why no liver was accepted (:mod:`~nnunet_joint.inference.liver_check`), else ``None``.
+        liver_slices_predicted: how many slices stage 1 predicted (:func:`stage1_slices`; the others
+            interpolated).
     """
 
     liver: np.ndarray
@@ -60,6 +62,7 @@ class CascadeResult:
     type_probabilities: np.ndarray | None
     crop: CropBox | None
     no_liver: str | None = None
+    liver_slices_predicted: int | None = None
 
 
 def _crop_box(ct: CTImage, box: tuple[slice, ...]) -> CropBox:
@@ -148,8 +151,8 @@ def sampled_slices(n_slices: int, slice_spacing_mm: float, max_gap_mm: float | N
     extrapolated. ``max_gap_mm`` ``None`` or 0: every slice.
     """
     step = 1
-    if max_gap_mm and slice_spacing_mm > 0:
-        step = max(1, int(np.floor(max_gap_mm / slice_spacing_mm + 1e-6)))
+    if max_gap_mm and max_gap_mm > 0 and slice_spacing_mm > 0:
+        step = max(1, int(min(n_slices, np.floor(max_gap_mm / slice_spacing_mm + 1e-6))))  # inf: first and last
     indices = list(range(0, n_slices, step))
     if indices[-1] != n_slices - 1:
         indices.append(n_slices - 1)
@@ -174,6 +177,16 @@ def liver_from_sampled_slices(margins: np.ndarray, indices: np.ndarray, n_slices
     return foreground
 
 
+def stage1_slices(liver_model: CascadeModel, n_slices: int, slice_spacing_mm: float,
+                  slice_gap_mm: float | None) -> np.ndarray:
+    """The slices :func:`liver_foreground` predicts: :func:`sampled_slices` for a 2-D softmax model whose
+    slices run along the first array axis, with background its first channel; every slice otherwise
+    (a 3-D model, a transposed one, a region-based model's sigmoids, which have no background channel)."""
+    can_sample = (liver_model.slab_axis == 0 and liver_model.label_values[0] == 0
+                  and not liver_model.predictor.label_manager.has_regions)
+    return sampled_slices(n_slices, slice_spacing_mm, slice_gap_mm if can_sample else None)
+
+
 def liver_foreground(liver_model: CascadeModel, image_zyx: np.ndarray, spacing_zyx: tuple[float, float, float],
                      slice_gap_mm: float | None = COARSE_SPACING_MM, timer: Timer | None = None,
                      progress: bool = False) -> np.ndarray:
@@ -185,9 +198,7 @@ def liver_foreground(liver_model: CascadeModel, image_zyx: np.ndarray, spacing_z
     """
     timer = timer or _no_timer
     shape = image_zyx.shape
-    # sampling needs slices along the array's first axis and background as the first probability channel
-    can_sample = liver_model.slab_axis == 0 and liver_model.label_values[0] == 0
-    indices = sampled_slices(shape[0], spacing_zyx[0], slice_gap_mm if can_sample else None)
+    indices = stage1_slices(liver_model, shape[0], spacing_zyx[0], slice_gap_mm)
     if len(indices) == shape[0]:
         foreground = np.zeros(shape, dtype=bool)
 
@@ -227,11 +238,13 @@ def run_cascade(ct: CTImage, liver_model: CascadeModel, lesion_model: CascadeMod
     spacing = model_spacing(ct)
     shape = ct.array.shape
     foreground = liver_foreground(liver_model, ct.array, spacing, liver_slice_gap_mm, timer, progress)
+    predicted = len(stage1_slices(liver_model, shape[0], spacing[0], liver_slice_gap_mm))
     with timer("crop"):
         liver = roi_components(foreground) if foreground.any() else foreground
         no_liver = implausible_liver(liver, ct.array, ct.spacing_zyx)
         if no_liver is not None:  # stage 2 does not run: no lesion in air
-            return CascadeResult(np.zeros(shape, np.uint8), np.zeros(shape, np.uint8), None, None, no_liver)
+            return CascadeResult(np.zeros(shape, np.uint8), np.zeros(shape, np.uint8), None, None, no_liver,
+                                 predicted)
         # liver holds only the kept pieces already: min_fraction 0 takes them all without labelling again
         box = _crop_box(ct, roi_bbox(liver, ct.spacing_zyx, lesion_model.crop_margin_mm, min_fraction=0))
         crop = box.crop_array(ct.array)
@@ -246,7 +259,7 @@ def run_cascade(ct: CTImage, liver_model: CascadeModel, lesion_model: CascadeMod
                      progress=progress)
     with timer("paste back"):
         labels = cascade_labels(box.paste(labels_crop, fill=0), liver)
-    return CascadeResult(liver.astype(np.uint8), labels, probs_crop, box)
+    return CascadeResult(liver.astype(np.uint8), labels, probs_crop, box, None, predicted)
 
 
 def image_like(array_zyx: np.ndarray, reference: sitk.Image) -> sitk.Image:
@@ -289,6 +302,7 @@ def write_case_outputs(ct: CTImage, result: CascadeResult, out_dir: Path, models
         "liver_found": bool(result.liver.any()),
         "no_liver_reason": result.no_liver,
         "liver_voxels": int(result.liver.sum()),
+        "liver_slices_predicted": result.liver_slices_predicted,  # stage 1's sampled slices; the rest interpolated
         "crop": None if result.crop is None else {"start_zyx": list(result.crop.start),
                                                   "stop_zyx": list(result.crop.stop)},
         "typing": "each connected lesion (full connectivity, 3-D for volumes) takes the majority type of its "

@@ -82,8 +82,9 @@ def predict(
 
     if not 0 < step_size <= 1:
         raise InputError(None, f"--step-size {step_size}: must be in (0, 1]")
-    if liver_slice_gap_mm is not None and not liver_slice_gap_mm >= 0:
-        raise InputError(None, f"--liver-slice-gap {liver_slice_gap_mm}: must be 0 (every slice) or more")
+    if liver_slice_gap_mm is not None and not 0 <= liver_slice_gap_mm < float("inf"):
+        raise InputError(None, f"--liver-slice-gap {liver_slice_gap_mm}: must be 0 (every slice) or a positive "
+                               "number of millimetres")
     if threads is not None and threads < 1:
         raise InputError(None, f"--threads {threads}: must be at least 1")
     timer = StageTimer()
