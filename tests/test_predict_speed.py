@@ -217,14 +217,14 @@ def test_liver_between_sampled_slices_is_the_linear_interpolation_of_the_margin(
 def test_stage_1_on_sampled_slices_equals_every_slice_there_and_interpolates_between():
     """The sampled slices' foreground is exactly what predicting every slice gives there; between them it is
     the interpolated margin of the every-slice prediction's own probabilities (computed here independently)."""
-    from nnunet_joint.inference.cascade import liver_foreground
+    from nnunet_joint.inference.cascade import liver_foreground, stage1_slices
 
     model = _model()
     rng = np.random.default_rng(4)
     image = rng.normal(100, 40, size=(7, 80, 96)).astype(np.float32)
     spacing = (1.0, 0.75, 0.7)
-    every = liver_foreground(model, image, spacing, None)
-    sampled = liver_foreground(model, image, spacing, 3.0)  # slices 0, 3, 6
+    every = liver_foreground(model, image, spacing, stage1_slices(model, 7, spacing[0], None))
+    sampled = liver_foreground(model, image, spacing, stage1_slices(model, 7, spacing[0], 3.0))  # slices 0, 3, 6
     assert 0.05 < every.mean() < 0.95  # a real mixture of foreground and background
     for z in (0, 3, 6):
         assert float(np.mean(sampled[z] == every[z])) > 0.999

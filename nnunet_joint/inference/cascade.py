@@ -168,12 +168,11 @@ def liver_from_sampled_slices(margins: np.ndarray, indices: np.ndarray, n_slices
     probabilities followed by nnU-Net's argmax.
     """
     foreground = np.zeros((n_slices, *margins.shape[1:]), dtype=bool)
+    foreground[indices[-1]] = margins[-1] > 0
     for i, (a, b) in enumerate(zip(indices[:-1], indices[1:])):
-        for z in range(a, b + 1):
+        for z in range(a, b):  # each interval without its end, which the next one (or the line above) covers
             w = (z - a) / (b - a)
             foreground[z] = (1 - w) * margins[i] + w * margins[i + 1] > 0
-    if len(indices) == 1:
-        foreground[indices[0]] = margins[0] > 0
     return foreground
 
 
@@ -188,17 +187,14 @@ def stage1_slices(liver_model: CascadeModel, n_slices: int, slice_spacing_mm: fl
 
 
 def liver_foreground(liver_model: CascadeModel, image_zyx: np.ndarray, spacing_zyx: tuple[float, float, float],
-                     slice_gap_mm: float | None = COARSE_SPACING_MM, timer: Timer | None = None,
-                     progress: bool = False) -> np.ndarray:
+                     indices: np.ndarray, timer: Timer | None = None, progress: bool = False) -> np.ndarray:
     """Stage 1: where the liver model's argmax is not background, on every slice of ``image_zyx``.
 
-    A 2-D model whose slices run along the first array axis predicts only :func:`sampled_slices`
-    (``slice_gap_mm`` apart at most) and the others are interpolated (:func:`liver_from_sampled_slices`);
-    otherwise, or with ``slice_gap_mm`` ``None`` / 0, every slice.
+    The model predicts the slices ``indices`` (:func:`stage1_slices`); the others are interpolated
+    (:func:`liver_from_sampled_slices`). With every slice in ``indices``, nnU-Net's label map as it is.
     """
     timer = timer or _no_timer
     shape = image_zyx.shape
-    indices = stage1_slices(liver_model, shape[0], spacing_zyx[0], slice_gap_mm)
     if len(indices) == shape[0]:
         foreground = np.zeros(shape, dtype=bool)
 
@@ -237,8 +233,9 @@ def run_cascade(ct: CTImage, liver_model: CascadeModel, lesion_model: CascadeMod
     timer = timer or _no_timer
     spacing = model_spacing(ct)
     shape = ct.array.shape
-    foreground = liver_foreground(liver_model, ct.array, spacing, liver_slice_gap_mm, timer, progress)
-    predicted = len(stage1_slices(liver_model, shape[0], spacing[0], liver_slice_gap_mm))
+    indices = stage1_slices(liver_model, shape[0], spacing[0], liver_slice_gap_mm)
+    foreground = liver_foreground(liver_model, ct.array, spacing, indices, timer, progress)
+    predicted = len(indices)
     with timer("crop"):
         liver = roi_components(foreground) if foreground.any() else foreground
         no_liver = implausible_liver(liver, ct.array, ct.spacing_zyx)

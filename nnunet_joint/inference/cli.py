@@ -110,8 +110,9 @@ def predict(
     if not (lesion.is_joint or lesion.is_ynet):
         raise InputError(lesion_dir, "not a stage-2 model: needs labels cyst/hemangioma/metastasis (joint) or "
                                      "'lesion' with a classification head (Y-Net)")
-    models = {"liver": {**liver.describe(), "slice_gap_mm": liver_slice_gap_mm or 0}, "lesion": {**lesion.describe(), "kind": "joint" if lesion.is_joint
-                                                    else "ynet", "crop_margin_mm": lesion.crop_margin_mm}}
+    models = {"liver": {**liver.describe(), "slice_gap_mm": liver_slice_gap_mm or 0},
+              "lesion": {**lesion.describe(), "kind": "joint" if lesion.is_joint else "ynet",
+                         "crop_margin_mm": lesion.crop_margin_mm}}
     say(f"liver model: {liver_dir} (folds {liver.folds}); lesion model: {lesion_dir} (folds {lesion.folds}); "
         f"device {torch_device}, {threads} thread(s), test-time mirroring {'on' if settings.tta else 'off'}")
     results: dict[str, list[dict]] = {}

@@ -422,9 +422,10 @@ def load_model(folder: str | os.PathLike, folds: Sequence[int | str] | None, dev
 
         settings = settings or PredictorSettings()
         predictor = nnUNetPredictorTileBatches(tile_step_size=settings.tile_step_size, use_gaussian=True,
-                                    use_mirroring=settings.tta, perform_everything_on_device=device.type == "cuda",
-                                    device=device, verbose=False,
-                                    allow_tqdm=False)  # the cascade shows one bar per stage, not one per slab
+                                               use_mirroring=settings.tta,
+                                               perform_everything_on_device=device.type == "cuda",
+                                               device=device, verbose=False,
+                                               allow_tqdm=False)  # one bar per stage, not one per slab
         first = folder / f"fold_{folds[0]}" / CHECKPOINT_NAME
         try:
             with nnunet_loads_safely():
