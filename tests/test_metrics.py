@@ -11,6 +11,7 @@ from nnunet_joint.evaluation.metrics import (
     NO_CALL,
     SliceResult,
     classification_report,
+    collapsed_type,
     component_types,
     dice,
     evaluate_slice,
@@ -197,6 +198,33 @@ def test_confusion_matrix_recall_and_no_call_exact():
     assert report["cls_acc"] == pytest.approx(5 / 8)  # no call counts as wrong
     assert report["per_class_recall"] == pytest.approx({"cyst": 1 / 3, "hemangioma": 1.0, "metastasis": 2 / 3})
     assert report["support"] == [3, 2, 3]
+
+
+def test_predicted_counts_and_collapse_flag_on_hand_made_predictions():
+    # 10 slices of each type; a classifier that calls 28 of 30 "cyst" (93 %) has collapsed
+    true = [0] * 10 + [1] * 10 + [2] * 10
+    collapsed = classification_report(_classified(true, [0] * 28 + [2, NO_CALL]))
+    assert collapsed["true_counts"] == {"cyst": 10, "hemangioma": 10, "metastasis": 10, "no call": 0}
+    assert collapsed["predicted_counts"] == {"cyst": 28, "hemangioma": 0, "metastasis": 1, "no call": 1}
+    assert collapsed["collapsed_to"] == "cyst"
+    # the ten cysts and the one metastasis called right: near the majority share, a collapse, not learning
+    assert collapsed["cls_acc"] == pytest.approx(11 / 30)
+    # 18 of 30 (60 %) is the limit itself, not above it; 19 of 30 is above
+    at_limit = [2] * 18 + [0] * 6 + [1] * 6
+    assert classification_report(_classified(true, at_limit))["collapsed_to"] is None
+    assert classification_report(_classified(true, [2] * 19 + [0] * 6 + [1] * 5))["collapsed_to"] == "metastasis"
+    # no calls never make a type collapsed, and an empty row has no flag
+    assert collapsed_type({"cyst": 1, "hemangioma": 1, "metastasis": 1, "no call": 27}) is None
+    assert collapsed_type({"cyst": 0, "hemangioma": 0, "metastasis": 0, "no call": 0}) is None
+
+
+def test_lesion_precision_beside_recall():
+    ref = grid("2222 0000")
+    over = evaluate_slice("over", 0, grid("2222 2222"), ref)  # tp 4, fp 4: recall 1, precision 1/2
+    summary = summarise([over, evaluate_slice("none", 0, grid("0000 0000"), ref)])  # nothing predicted
+    metrics = summary["per_fold"][0]["metrics"]
+    assert metrics["recall"] == {"value": pytest.approx(0.5), "n": 2}  # 1 and 0
+    assert metrics["precision"] == {"value": pytest.approx(0.5), "n": 1}  # undefined without a prediction
 
 
 def test_unclassified_slices_are_left_out():

@@ -371,7 +371,7 @@ def test_summary_json_and_csv_equal_inputs(built):
     assert NO_IMAGENET in [r[9] for r in saved["tables"]["budgets"]["rows"]]
 
     rows = list(csv.DictReader((out / "summary.csv").open()))
-    assert len(rows) == 5 * 9
+    assert len(rows) == 5 * 10  # 10 metrics: Dice, Dice2, recall, precision, success, accuracy, 3 recalls, liver
     by = {(r["experiment"], r["dataset"], r["metric"]): r for r in rows}
     dice = by[("nnUNetTrainerJoint_LiTS", JOINT_DS, "dice")]
     expected = summaries["joint"]["aggregate"]["metrics"]["dice"]
