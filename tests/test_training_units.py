@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from nnunet_joint import TRAINERS_DIR
 from nnunet_joint.errors import InputError
 from nnunet_joint.training import settings
-from nnunet_joint.training.losses import (ClassificationTargetLoss, YNetLoss, lesion_in_patch, inverse_frequency_weights,
-                                          label_frequencies, set_ce_class_weights)
+from nnunet_joint.training.losses import (CLASS_WEIGHT_RULES, ClassificationTargetLoss, YNetLoss, lesion_in_patch,
+                                          inverse_frequency_weights, label_frequencies, lesion_balanced_weights,
+                                          set_ce_class_weights)
 
 
 
@@ -26,6 +27,66 @@ def test_inverse_frequency_weights_absent_class_gets_largest_present_weight():
     np.testing.assert_allclose(inverse_frequency_weights(np.array([50, 50, 0])), [1.0, 1.0, 1.0])
     with pytest.raises(ValueError):
         inverse_frequency_weights(np.zeros(3))
+
+
+def test_lesion_balanced_weights_by_hand():
+    # background 1000, liver 800, cyst 10, hemangioma 30, metastasis 60: rest 1800, lesion 100
+    counts = np.array([1000, 800, 10, 30, 60])
+    # cap 1: the lesion as a whole weighs 1 per voxel; each type's total weight is 100 / 3
+    np.testing.assert_allclose(lesion_balanced_weights(counts, 1.0), [1, 1, 100 / 30, 100 / 90, 100 / 180])
+    # cap 5 (rest / lesion = 18 > 5): five times that
+    np.testing.assert_allclose(lesion_balanced_weights(counts, 5.0), [1, 1, 500 / 30, 500 / 90, 500 / 180])
+    w = lesion_balanced_weights(counts, 5.0)
+    assert (w[2:] * counts[2:]).sum() == pytest.approx(5 * 100)  # lesion mass weighs 5x per voxel
+    np.testing.assert_allclose(w[2:] * counts[2:], [500 / 3] * 3)  # types balanced among themselves
+
+
+def test_lesion_balanced_weights_cap_absent_type_and_binary_labels():
+    # more lesion than rest: the factor is rest / lesion = 20 / 40, below the cap; hemangioma absent
+    np.testing.assert_allclose(lesion_balanced_weights(np.array([10, 10, 30, 0, 10]), 1.0),
+                               [1, 1, 0.5 * 40 / 60, 1.0, 0.5 * 40 / 20])
+    # the segmentation baseline's labels (background, liver, lesion)
+    np.testing.assert_allclose(lesion_balanced_weights(np.array([900, 90, 10]), 5.0), [1, 1, 5])
+    np.testing.assert_allclose(lesion_balanced_weights(np.array([900, 100, 0]), 5.0), [1, 1, 1])
+    with pytest.raises(ValueError):
+        lesion_balanced_weights(np.zeros(5), 1.0)
+
+
+def test_class_weight_rules_by_name():
+    counts = np.array([530, 450, 4, 5, 12])
+    np.testing.assert_allclose(CLASS_WEIGHT_RULES["inverse-frequency"](counts), inverse_frequency_weights(counts))
+    np.testing.assert_allclose(CLASS_WEIGHT_RULES["none"](counts), np.ones(5))
+    np.testing.assert_allclose(CLASS_WEIGHT_RULES["lesion-balanced"](counts), [1, 1, 21 / 12, 21 / 15, 21 / 36])
+    np.testing.assert_allclose(CLASS_WEIGHT_RULES["lesion-balanced-x5"](counts), [1, 1, 105 / 12, 105 / 15, 105 / 36])
+
+
+def test_class_weight_rule_from_environment(monkeypatch):
+    monkeypatch.delenv(settings.ENV_CLASS_WEIGHTS, raising=False)
+    assert settings.class_weight_choice() == "lesion-balanced"
+    monkeypatch.setenv(settings.ENV_CLASS_WEIGHTS, "inverse-frequency")
+    assert settings.class_weight_choice() == "inverse-frequency"
+    monkeypatch.setenv(settings.ENV_CLASS_WEIGHTS, "inverse")
+    with pytest.raises(InputError, match="lesion-balanced"):
+        settings.class_weight_choice()
+
+
+def test_classification_loss_keeps_the_mean_of_the_training_steps_for_the_learning_curve():
+    loss = ClassificationTargetLoss()
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]], requires_grad=True)
+    lesion = torch.zeros(2, 1, 4, 4)
+    lesion[:, :, 0, 0] = 2  # both patches show lesion
+    loss.cls_target = torch.tensor([0, 2])
+    first = loss(logits, lesion)  # a training step: kept
+    expected_first = F.cross_entropy(logits, loss.cls_target).item()
+    loss.cls_target = torch.tensor([1, 1])
+    second = loss(logits, lesion)
+    expected_second = F.cross_entropy(logits, loss.cls_target).item()
+    with torch.no_grad():  # nnU-Net's validation: not a training loss
+        loss(logits, lesion)
+    loss(logits, torch.zeros(2, 1, 4, 4))  # no patch shows lesion: no typed sample, nothing kept
+    assert (first.item(), second.item()) == pytest.approx((expected_first, expected_second))
+    assert loss.epoch_training_loss() == pytest.approx((expected_first + expected_second) / 2)
+    assert loss.epoch_training_loss() is None  # the next epoch starts empty
 
 
 def test_label_frequencies_ignores_negative_padding_label():

@@ -31,7 +31,8 @@ from nnunet_joint.network.imagenet import load_imagenet_weights
 from nnunet_joint.network.unet import SEResNetUNet
 from nnunet_joint.training import settings
 from nnunet_joint.training.curves import LearningCurveMixin, patch_counts
-from nnunet_joint.training.losses import inverse_frequency_weights, label_frequencies, set_ce_class_weights
+from nnunet_joint.training.losses import (CLASS_WEIGHT_RULES, ClassificationTargetLoss, label_frequencies,
+                                          set_ce_class_weights)
 from nnunet_joint.training.recipes import RECIPES, RecipeLRScheduler
 from nnunet_joint.training.sampling import lesion_centred
 
@@ -98,6 +99,10 @@ class nnUNetTrainerSEResNetBase(LearningCurveMixin, nnUNetTrainer):
     def curve_segments(self) -> bool:
         return self.has_segmentation
 
+    def curve_train_cls_loss(self) -> float | None:
+        cls_loss = getattr(self.loss, "cls_loss", self.loss)  # the Y-Net's head term, or the classifier's loss
+        return cls_loss.epoch_training_loss() if isinstance(cls_loss, ClassificationTargetLoss) else None
+
     def curve_counts(self, batch: dict, output) -> dict[str, int]:
         head = self.plain_network().last_cls_logits if self.num_cls_classes > 0 else None
         seg = self.curve_seg_logits(output) if self.has_segmentation else None
@@ -140,10 +145,12 @@ class nnUNetTrainerSEResNetBase(LearningCurveMixin, nnUNetTrainer):
         return label_frequencies((dataset.load_case(k)[1][:] for k in dataset.identifiers), num_classes)
 
     def class_weights(self) -> torch.Tensor:
+        """The CE's weights: the run's rule (:func:`settings.class_weight_choice`) on the training fold's counts."""
+        rule = settings.class_weight_choice()
         counts = self.training_label_counts()
-        weights = inverse_frequency_weights(counts)
-        self.record["class_weights"] = {"label_counts": counts.tolist(), "weights": weights.tolist()}
-        self.print_to_log_file(f"class weights (inverse frequency in the training fold): {np.round(weights, 4)}")
+        weights = CLASS_WEIGHT_RULES[rule](counts)
+        self.record["class_weights"] = {"rule": rule, "label_counts": counts.tolist(), "weights": weights.tolist()}
+        self.print_to_log_file(f"class weights ({rule}, from the training fold's label counts): {np.round(weights, 4)}")
         return torch.tensor(weights, dtype=torch.float32, device=self.device)
 
     def lesion_type_targets(self, keys) -> torch.Tensor:
@@ -202,7 +209,7 @@ class nnUNetTrainerSEResNetBase(LearningCurveMixin, nnUNetTrainer):
             self.frozen_groups = n
 
     def _build_loss(self):
-        """nnU-Net's Dice + CE, the CE weighted by inverse class frequency in the training fold."""
+        """nnU-Net's Dice + CE, the CE weighted by the run's class-weight rule on the training fold."""
         return set_ce_class_weights(super()._build_loss(), self.class_weights())
 
     # ------------------------------------------------------------------ classification of validation cases

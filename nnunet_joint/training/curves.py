@@ -6,7 +6,7 @@ merged) and the type accuracy, so every trainer we ship — plain nnU-Net includ
 on the same validation patches and writes ``fold_N/learning_curve.json``::
 
     {"framework": "joint", "definitions": {...},
-     "epochs": [{"epoch": 0, "iterations": 20, "train_loss": 1.2, "val_loss": 1.1,
+     "epochs": [{"epoch": 0, "iterations": 20, "train_loss": 1.2, "val_loss": 1.1, "train_cls_loss": 0.9,
                  "lesion_dice": 0.31, "type_accuracy": 0.52, "n_typed": 14}, ...]}
 
 * ``lesion_dice``: Dice of predicted vs reference lesion pixels (label >= 2), pooled over the
@@ -15,6 +15,8 @@ on the same validation patches and writes ``fold_N/learning_curve.json``::
   them): the joint vote of the predicted lesion pixels in the patch (a patch without a predicted
   lesion pixel counts as wrong), or the classification head's argmax (Y-Net, classifier), against
   the case's type from ``dataset.json``; ``null`` where the framework does not type lesions.
+* ``train_cls_loss``: the classification head's own training loss (Y-Net, classifier; ``null``
+  otherwise), beside the total ``train_loss``: a Y-Net's total hides a head that memorises.
 
 Patches, not whole slices: the curve shows learning and where it flattens; the tables' numbers are
 the full-slice evaluation after training. Under DDP every rank counts its own patches and the
@@ -43,6 +45,8 @@ DEFINITIONS = {
     "lesion_dice": "Dice of lesion pixels (label >= 2, types merged), pooled over the epoch's validation patches",
     "type_accuracy": "fraction of validation patches holding reference lesion whose type was predicted right "
                      "(joint: vote of predicted lesion pixels, none = wrong; Y-Net/classifier: head argmax)",
+    "train_cls_loss": "mean cross-entropy of the classification head over the epoch's training steps, on the "
+                      "patches that show lesion (Y-Net, classifier; null for the other frameworks)",
 }
 
 
@@ -120,12 +124,13 @@ class LearningCurve:
             self.add(part)
 
     def end_epoch(self, epoch: int, iterations: int, train_loss: float | None, val_loss: float | None,
-                  segments: bool, types: bool) -> dict[str, Any]:
+                  segments: bool, types: bool, train_cls_loss: float | None = None) -> dict[str, Any]:
         c = self.counts
         denominator = 2 * c["tp"] + c["fp"] + c["fn"]
         row = {"epoch": int(epoch), "iterations": int(iterations),
                "train_loss": None if train_loss is None else float(train_loss),
                "val_loss": None if val_loss is None else float(val_loss),
+               "train_cls_loss": None if train_cls_loss is None else float(train_cls_loss),
                "lesion_dice": (2 * c["tp"] / denominator if denominator else None) if segments else None,
                "type_accuracy": (c["correct"] / c["typed"] if c["typed"] else None) if types else None,
                "n_typed": int(c["typed"]) if types else 0}
@@ -168,6 +173,10 @@ class LearningCurveMixin:
 
     def curve_segments(self) -> bool:
         return True
+
+    def curve_train_cls_loss(self) -> float | None:
+        """The epoch's mean training loss of a classification head (trainers with one override this)."""
+        return None
 
     def on_train_start(self):
         super().on_train_start()
@@ -219,6 +228,7 @@ class LearningCurveMixin:
         row = self._learning_curve().end_epoch(
             self.current_epoch, (self.current_epoch + 1) * self.num_iterations_per_epoch,
             finite_or_none(last_value(self.logger, "train_losses")), finite_or_none(last_value(self.logger, "val_losses")),
-            self.curve_segments(), self.curve_types())
-        shown = {k: round(v, 4) for k, v in row.items() if k in ("lesion_dice", "type_accuracy") and v is not None}
+            self.curve_segments(), self.curve_types(), finite_or_none(self.curve_train_cls_loss()))
+        shown = {k: round(v, 4) for k, v in row.items()
+                 if k in ("lesion_dice", "type_accuracy", "train_cls_loss") and v is not None}
         self.print_to_log_file(f"learning curve: {shown}")
