@@ -368,7 +368,7 @@ def handcrafted_row(raw_dataset: str | os.PathLike, splits_file: str | os.PathLi
         true/predicted type counts over all folds), ``feature_names``, ``feature_importance``
         (the forest's impurity importance, mean over folds), ``features`` (case -> values, NaN as
         ``None``), ``cases``, the inputs and ``lesion_cut_by_crop`` (cases whose crop lost lesion
-        pixels). Raises :class:`InputError` on bad input before anything is computed.
+        pixels). Raises :class:`InputError` on bad input (nothing is written here).
     """
     raw_dataset, splits_path = Path(raw_dataset), Path(splits_file)
     if not raw_dataset.is_dir():
