@@ -17,6 +17,7 @@ style: ``nnUNet_n_proc_DA``, ``nnUNet_compile``). Every value used is written to
 | ``nnUNet_joint_warmup_fraction`` | fraction of the epochs the learning rate warms up over (:mod:`nnunet_joint.training.recipes`) | the recipe's |
 | ``nnUNet_joint_peak_lr`` | peak learning rate of the run's recipe (:mod:`nnunet_joint.training.recipes`) | the recipe's (1e-2) |
 | ``nnUNet_joint_lambda`` | Y-Net weight: ``L = λ·L_seg + (1−λ)·L_cls`` | ``0.5`` |
+| ``nnUNet_joint_class_weights`` | the CE's class-weight rule of the segmentation, Y-Net and joint trainers: ``lesion-balanced``, ``lesion-balanced-x5``, ``inverse-frequency`` (the papers' literal reading) or ``none`` (:data:`nnunet_joint.training.losses.CLASS_WEIGHT_RULES`) | ``lesion-balanced`` |
 | ``nnUNet_joint_imagenet_weights`` | local ImageNet SE-ResNet checkpoint (.pth/.safetensors, timm layout) | required by ``*_ImageNet*`` |
 | ``nnUNet_joint_seed`` | seeds Python's, NumPy's and torch's generators of the training process (fresh weights, sampling in the main process); nnU-Net's augmentation workers stay unseeded, so two seeded runs still differ (``nnunet_joint_reproduce --repeats``) | unseeded, as nnU-Net |
 | ``nnUNet_joint_lits_checkpoint`` | ``checkpoint_final.pth`` of the LiTS model on Dataset502_LiTSLesion: ``nnUNetTrainerSEResNetSeg`` (our rows) or ``nnUNetTrainer_JointBudget`` (plain nnU-Net from LiTS) | looked up in ``nnUNet_results`` (same plans) |
@@ -40,6 +41,7 @@ ENV_FUSED_SGD = "nnUNet_joint_fused_sgd"
 ENV_ITERATIONS = "nnUNet_joint_iterations"
 ENV_MAX_BATCH = "nnUNet_joint_max_batch_size"
 ENV_LAMBDA = "nnUNet_joint_lambda"
+ENV_CLASS_WEIGHTS = "nnUNet_joint_class_weights"
 ENV_IMAGENET = "nnUNet_joint_imagenet_weights"
 ENV_LITS = "nnUNet_joint_lits_checkpoint"
 ENV_PEAK_LR = "nnUNet_joint_peak_lr"
@@ -254,6 +256,16 @@ def recipe_with_overrides(recipe):
                                **({"warmup_fraction": warmup} if warmup is not None else {}))
 
 
+def class_weight_choice() -> str:
+    """The CE's class-weight rule (``nnUNet_joint_class_weights``), the same for every row of a run."""
+    from nnunet_joint.training.losses import CLASS_WEIGHT_RULES, DEFAULT_CLASS_WEIGHTS
+
+    name = os.environ.get(ENV_CLASS_WEIGHTS) or DEFAULT_CLASS_WEIGHTS
+    if name not in CLASS_WEIGHT_RULES:
+        raise InputError(ENV_CLASS_WEIGHTS, f"must be one of {', '.join(CLASS_WEIGHT_RULES)}, got {name!r}")
+    return name
+
+
 def lambda_from_env() -> float:
     raw = os.environ.get(ENV_LAMBDA)
     if raw in (None, ""):
@@ -304,5 +316,5 @@ def lits_checkpoint_path(plans_identifier: str, trainer: str = LITS_TRAINER) -> 
 
 def settings_record(budget: Budget) -> dict:
     return {"budget": asdict(budget), "environment": {k: os.environ.get(k) for k in (
-        ENV_EPOCHS, ENV_ITERATIONS, ENV_MAX_BATCH, ENV_LAMBDA, ENV_IMAGENET, ENV_LITS, ENV_RECIPE, ENV_PEAK_LR,
+        ENV_EPOCHS, ENV_ITERATIONS, ENV_MAX_BATCH, ENV_LAMBDA, ENV_CLASS_WEIGHTS, ENV_IMAGENET, ENV_LITS, ENV_RECIPE, ENV_PEAK_LR,
         ENV_WARMUP, ENV_THREADS, ENV_SEED, ENV_FUSED_SGD, ENV_VAL_MIRRORING)}}
