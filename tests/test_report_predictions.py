@@ -1,0 +1,38 @@
+"""The report's "what each row predicts" table on hand-made summaries."""
+
+from __future__ import annotations
+
+from nnunet_joint.evaluation.metrics import NO_CALL, evaluate_slice, summarise
+from nnunet_joint.evaluation.report.predictions import HANDCRAFTED_LABEL, predictions_table
+
+
+def _summary(true: list[int], predicted: list[int]) -> dict:
+    """A one-fold summary of classified slices without segmentation (a classifier's)."""
+    return summarise([evaluate_slice(f"c{i}", 0, None, None, true_type=t, pred_type=p)
+                      for i, (t, p) in enumerate(zip(true, predicted))])
+
+
+def test_collapsed_row_and_counts_and_weights():
+    true = [0] * 9 + [1] * 10 + [2] * 12
+    collapsed = _summary(true, [2] * 26 + [0] * 5)  # 26 of 31 called metastasis: 84 %
+    learning = _summary(true, [0] * 8 + [1] * 11 + [2] * 10 + [NO_CALL] * 2)
+    configs = [{"class_weights": {"rule": "lesion-balanced", "weights": [1, 1, 2, 1, 0.5]}}, None]
+    table = predictions_table([("Joint (scratch)", "Dataset504_ShebaJoint", collapsed["aggregate"], configs),
+                               ("nnU-Net (ShebaJoint)", "Dataset504_ShebaJoint", learning["aggregate"], [None])],
+                              handcrafted=_summary(true, true))
+    first, second, reference = table.rows
+    assert first == ["Joint (scratch)", "Dataset504_ShebaJoint", "9 / 10 / 12", "5 / 0 / 26",
+                     "collapsed to metastasis (26 of 31)", "–", "–", "lesion-balanced"]
+    assert second[3:6] == ["8 / 11 / 10 (+2 no call)", "no", "–"] and second[7] == "–"  # unweighted
+    assert reference[0] == HANDCRAFTED_LABEL and reference[3] == "9 / 10 / 12" and reference[4] == "no"
+    assert "60%" in table.caption
+
+
+def test_recall_and_precision_of_a_segmenting_row():
+    import numpy as np
+
+    ref = np.array([[2, 2, 2, 2], [0, 0, 0, 0]])
+    over = evaluate_slice("a", 0, np.array([[2, 2, 2, 2], [2, 2, 2, 2]]), ref)  # recall 1, precision 0.5
+    half = evaluate_slice("b", 0, np.array([[2, 2, 0, 0], [0, 0, 0, 0]]), ref)  # recall 0.5, precision 1
+    row = predictions_table([("Seg", "Dataset503_ShebaSeg", summarise([over, half])["aggregate"], [])]).rows[0]
+    assert row[2:7] == ["–", "–", "–", "0.75", "0.75"]
