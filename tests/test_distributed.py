@@ -63,8 +63,9 @@ def run_workers(commands: list[list[str]], env: dict[str, str]) -> None:
         assert proc.returncode == 0, f"{' '.join(cmd[-4:])} exited {proc.returncode}:\n{output[-4000:]}"
 
 
-def inverse_frequency_by_hand(folder: Path, keys: list[str], num_classes: int) -> np.ndarray:
-    """Class weights from the preprocessed segmentations: w_c = N / N_c, scaled to mean 1."""
+def lesion_balanced_by_hand(folder: Path, keys: list[str], num_classes: int) -> np.ndarray:
+    """The default class weights (lesion-balanced) of the segmentation labels from the preprocessed
+    segmentations: background and liver 1, the lesion min(5, (background + liver) / lesion)."""
     import blosc2
 
     counts = np.zeros(num_classes)
@@ -72,8 +73,8 @@ def inverse_frequency_by_hand(folder: Path, keys: list[str], num_classes: int) -
         seg = blosc2.open(str(folder / f"{key}_seg.b2nd"), mode="r")[:]
         for c in range(num_classes):
             counts[c] += np.count_nonzero(seg == c)
-    weights = counts.sum() / counts
-    return weights / weights.mean()
+    assert num_classes == 3  # background, liver, lesion
+    return np.array([1.0, 1.0, min(5.0, (counts[0] + counts[1]) / counts[2])])
 
 
 def lesion_patches(npz: Path, types: dict[str, str]) -> int:
@@ -118,7 +119,7 @@ def test_nnunet_sees_two_ranks_and_each_trainer_uses_the_same_class_weights(rank
     assert (r0["device_chosen_by_nnunet"], r1["device_chosen_by_nnunet"]) == ("cuda:0", "cuda:1")  # see the worker
     folder = root / "nnUNet_preprocessed" / DATASET
     train_keys = json.loads((folder / "splits_final.json").read_text(encoding="utf-8"))[0]["train"]
-    expected = inverse_frequency_by_hand(folder / f"{PLANS}_2d", train_keys, 3)
+    expected = lesion_balanced_by_hand(folder / f"{PLANS}_2d", train_keys, 3)
     assert r0["ce_weight"] == r1["ce_weight"] == single["ce_weight"]
     np.testing.assert_allclose(r0["ce_weight"], expected, rtol=1e-6)
 

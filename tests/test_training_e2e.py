@@ -127,9 +127,10 @@ def test_frameworks_train_validate_and_initialise(run, lits_checkpoint, imagenet
 
 
 def check_class_weights_match_training_fold(run: RunFolder, rec: dict, train_cases: list[str]) -> None:
-    """The joint CE weights are the inverse label frequencies of the fold's training cases, counted on
-    the preprocessed segmentations the network trains on (resampled, so not the raw label counts;
-    nnU-Net's -1 outside-the-crop marker is not a class)."""
+    """The joint CE weights follow the default rule (lesion-balanced) on the label counts of the fold's
+    training cases, counted on the preprocessed segmentations the network trains on (resampled, so not
+    the raw label counts; nnU-Net's -1 outside-the-crop marker is not a class): background and liver 1,
+    the lesion as a whole min(5, rest / lesion) per voxel, shared equally by the types present."""
     import blosc2
 
     folder = run.preprocessed / "Dataset504_ShebaJoint" / f"{PLANS}_2d"
@@ -138,8 +139,12 @@ def check_class_weights_match_training_fold(run: RunFolder, rec: dict, train_cas
         seg = np.asarray(blosc2.open(urlpath=str(folder / f"{case}_seg.b2nd"), mode="r")[:])
         counts += np.bincount(seg[seg >= 0].astype(np.int64), minlength=5)[:5]
     assert rec["class_weights"]["label_counts"] == counts.tolist()
-    inv = counts.sum() / counts
-    np.testing.assert_allclose(rec["class_weights"]["weights"], inv / inv.mean(), rtol=1e-6)
+    assert rec["class_weights"]["rule"] == "lesion-balanced"
+    rest, lesion = counts[:2].sum(), counts[2:].sum()
+    per_type = min(5.0, rest / lesion) * lesion / np.count_nonzero(counts[2:])  # each present type's total weight
+    expected = [1.0, 1.0, *(per_type / n if n else 0.0 for n in counts[2:])]
+    expected[2:] = [w if w else max(expected[2:]) for w in expected[2:]]  # an absent type: the largest
+    np.testing.assert_allclose(rec["class_weights"]["weights"], expected, rtol=1e-6)
 
 
 @pytest.mark.parametrize("schedule", ["FreezeEnc", "HierFreeze", "HierUnfreeze"])

@@ -56,8 +56,9 @@ def test_class_weight_rules_by_name():
     counts = np.array([530, 450, 4, 5, 12])
     np.testing.assert_allclose(CLASS_WEIGHT_RULES["inverse-frequency"](counts), inverse_frequency_weights(counts))
     np.testing.assert_allclose(CLASS_WEIGHT_RULES["none"](counts), np.ones(5))
-    np.testing.assert_allclose(CLASS_WEIGHT_RULES["lesion-balanced"](counts), [1, 1, 21 / 12, 21 / 15, 21 / 36])
-    np.testing.assert_allclose(CLASS_WEIGHT_RULES["lesion-balanced-x5"](counts), [1, 1, 105 / 12, 105 / 15, 105 / 36])
+    # rest 980, lesion 21: the lesion weighs 5x (the default's cap) or 1x per voxel, split equally over the types
+    np.testing.assert_allclose(CLASS_WEIGHT_RULES["lesion-balanced"](counts), [1, 1, 105 / 12, 105 / 15, 105 / 36])
+    np.testing.assert_allclose(CLASS_WEIGHT_RULES["lesion-balanced-x1"](counts), [1, 1, 21 / 12, 21 / 15, 21 / 36])
 
 
 def test_class_weight_rule_from_environment(monkeypatch):

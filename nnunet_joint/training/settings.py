@@ -17,7 +17,7 @@ style: ``nnUNet_n_proc_DA``, ``nnUNet_compile``). Every value used is written to
 | ``nnUNet_joint_warmup_fraction`` | fraction of the epochs the learning rate warms up over (:mod:`nnunet_joint.training.recipes`) | the recipe's |
 | ``nnUNet_joint_peak_lr`` | peak learning rate of the run's recipe (:mod:`nnunet_joint.training.recipes`) | the recipe's (1e-2) |
 | ``nnUNet_joint_lambda`` | Y-Net weight: ``L = λ·L_seg + (1−λ)·L_cls`` | ``0.5`` |
-| ``nnUNet_joint_class_weights`` | the CE's class-weight rule of the segmentation, Y-Net and joint trainers: ``lesion-balanced``, ``lesion-balanced-x5``, ``inverse-frequency`` (the papers' literal reading) or ``none`` (:data:`nnunet_joint.training.losses.CLASS_WEIGHT_RULES`) | ``lesion-balanced`` |
+| ``nnUNet_joint_class_weights`` | the CE's class-weight rule of the segmentation, Y-Net and joint trainers: ``lesion-balanced`` (lesion 5x the rest at most), ``lesion-balanced-x1``, ``inverse-frequency`` (the papers' literal reading) or ``none`` (:data:`nnunet_joint.training.losses.CLASS_WEIGHT_RULES`) | ``lesion-balanced`` |
 | ``nnUNet_joint_imagenet_weights`` | local ImageNet SE-ResNet checkpoint (.pth/.safetensors, timm layout) | required by ``*_ImageNet*`` |
 | ``nnUNet_joint_seed`` | seeds Python's, NumPy's and torch's generators of the training process (fresh weights, sampling in the main process); nnU-Net's augmentation workers stay unseeded, so two seeded runs still differ (``nnunet_joint_reproduce --repeats``) | unseeded, as nnU-Net |
 | ``nnUNet_joint_lits_checkpoint`` | ``checkpoint_final.pth`` of the LiTS model on Dataset502_LiTSLesion: ``nnUNetTrainerSEResNetSeg`` (our rows) or ``nnUNetTrainer_JointBudget`` (plain nnU-Net from LiTS) | looked up in ``nnUNet_results`` (same plans) |
