@@ -50,6 +50,7 @@ from sklearn.pipeline import Pipeline
 from nnunet_joint import LESION_TYPES
 from nnunet_joint import labels as label_coding
 from nnunet_joint.errors import InputError, cli_entry, warn
+from nnunet_joint.names import DATASET_FOLDERS, JOINT_DATASET
 from nnunet_joint.evaluation import folds as fold_io
 from nnunet_joint.evaluation.evaluate import format_table, write_summary
 from nnunet_joint.evaluation.metrics import (
@@ -459,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
         "shape features inside the reference lesion mask, with a random forest trained and scored on the deep rows' "
         "folds. Writes summary.json, summary.csv and features.csv.",
     )
-    p.add_argument("raw_dataset", help="converted Sheba raw dataset, e.g. $nnUNet_raw/Dataset504_ShebaJoint")
+    p.add_argument("raw_dataset", help=f"converted Sheba raw dataset, e.g. $nnUNet_raw/{DATASET_FOLDERS[JOINT_DATASET]}")
     p.add_argument("--splits", required=True,
                    help="the deep rows' folds: $nnUNet_preprocessed/<dataset>/splits_final.json")
     p.add_argument("--out", required=True, help="folder for summary.json, summary.csv and features.csv")
