@@ -179,6 +179,27 @@ def test_bootstrap_matches_the_normal_interval_of_a_proportion():
     assert interval.high == pytest.approx(scipy_interval.high, abs=0.006)
 
 
+def test_patient_bootstrap_agrees_with_scipys_paired_bootstrap():
+    # scipy.stats.bootstrap with paired=True resamples patients and keeps each patient's slice sum and slice
+    # count together; the ratio of their totals is the mean over the drawn slices: our resampling scheme
+    rng = np.random.default_rng(6)
+    slices = rng.integers(1, 7, 30)
+    patients = np.repeat(np.arange(30), slices)
+    values = rng.normal(0.6, 0.2, patients.size) + 0.1 * rng.normal(size=30)[patients]
+    sums, counts = np.bincount(patients, weights=values), slices.astype(float)
+
+    def ratio(s, c, axis=-1):
+        return np.sum(s, axis=axis) / np.sum(c, axis=axis)
+
+    scipy_interval = stats.bootstrap((sums, counts), ratio, paired=True, vectorized=True, n_resamples=10_000,
+                                     method="percentile", rng=np.random.default_rng(2)).confidence_interval
+    interval = patient_bootstrap(values, patients)
+    assert interval.estimate == pytest.approx(sums.sum() / counts.sum())
+    width = scipy_interval.high - scipy_interval.low
+    assert interval.low == pytest.approx(scipy_interval.low, abs=0.05 * width)
+    assert interval.high == pytest.approx(scipy_interval.high, abs=0.05 * width)
+
+
 def test_bootstrap_is_reproducible_and_checks_its_input():
     rng = np.random.default_rng(0)
     values, patients = rng.uniform(size=50), rng.integers(0, 12, 50)
