@@ -132,6 +132,59 @@ def as_nnunet_2d(image: sitk.Image) -> sitk.Image:
     return image
 
 
+#: A lesion mask (LiTS: the tumour label) with more than this share of its pixels outside its liver's
+#: outline is refused: "mostly inside" means more than half inside. A lesion centred inside the liver,
+#: at an edge that is straight on the lesion's scale, has at most half its area beyond the edge,
+#: however small it is; swapped masks or a lesion covering the slice lie far beyond (docs/limits.md).
+MAX_LESION_OUTSIDE_SHARE = 0.5
+
+
+def liver_outline(liver: np.ndarray) -> np.ndarray:
+    """The convex outline of the liver on each axial slice of ``liver`` (``z, y, x``).
+
+    The outline fills the notches and holes lesions make: a lesion replacing liver at its edge, or a
+    liver mask drawn around its lesions rather than over them (LiTS's liver label 1), is inside it.
+    scikit-image's ``convex_hull_image`` on the slice's liver box (pixels count by their area).
+    """
+    from skimage.morphology import convex_hull_image
+
+    outline = np.zeros(liver.shape, dtype=bool)
+    for z in range(liver.shape[0]):
+        ys, xs = np.nonzero(liver[z])
+        if ys.size:
+            box = (z, slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+            outline[box] = convex_hull_image(liver[box])
+    return outline
+
+
+def lesion_placement_problem(lesion: np.ndarray, liver: np.ndarray, lesion_name: str, liver_name: str,
+                             unit: str) -> str | None:
+    """Why ``lesion`` cannot be the lesion of ``liver`` (boolean ``z, y, x`` arrays on one grid), or ``None``.
+
+    Measured on the slices holding lesion against the liver's outline (:func:`liver_outline`):
+
+    * more than :data:`MAX_LESION_OUTSIDE_SHARE` of the lesion outside it: swapped lesion and liver
+      masks, a lesion covering the slice, the mask of another organ;
+    * more lesion than outline: a lesion larger than its liver, i.e. swapped masks whose lesion covers
+      most of its liver (then under half of the "lesion" may lie outside the "liver").
+
+    A lesion crossing the liver's edge by a few pixels passes. The message prints the share outside.
+    """
+    slices = np.flatnonzero(lesion.reshape(lesion.shape[0], -1).any(axis=1))
+    lesion, outline = lesion[slices], liver_outline(liver[slices])
+    total = int(np.count_nonzero(lesion))
+    outside = int(np.count_nonzero(lesion & ~outline))
+    outline_size = int(np.count_nonzero(outline))
+    share = f"{100 * outside / total:.1f}% of it ({outside} of {total} {unit}) outside the outline of the {liver_name}"
+    if outside > MAX_LESION_OUTSIDE_SHARE * total:
+        return (f"{lesion_name} is not mostly inside its liver: {share}, more than "
+                f"{MAX_LESION_OUTSIDE_SHARE:.0%} (lesion and liver swapped, or the mask of something else?)")
+    if total > outline_size:
+        return (f"{lesion_name} is larger than its liver: {total} {unit} against {outline_size} inside the outline "
+                f"of the {liver_name} on the same slices, {share} (lesion and liver swapped?)")
+    return None
+
+
 def label_image(labels: np.ndarray, reference: sitk.Image) -> sitk.Image:
     """A uint8 label map on ``reference``'s grid (same size, spacing, origin, direction)."""
     image = sitk.GetImageFromArray(np.ascontiguousarray(labels, dtype=np.uint8))

@@ -13,10 +13,10 @@ Layouts: ``volume-N.nii[.gz]`` + ``segmentation-N.nii[.gz]`` (LiTS release), or
 so the same volume gets the same id whichever copy was converted.
 
 Cheap checks (every pair present, headers readable, geometry equal) run over all cases before
-anything is written; the per-voxel checks (labels, HU range, liver present) run while the
-datasets are staged in hidden folders, which are removed if any case fails. A liver under
-:data:`MIN_LIVER_CM3` is converted with one ``warning:`` line naming the label file, printed once
-the datasets are written.
+anything is written; the per-voxel checks (labels, HU range, liver present, tumour mostly inside
+the liver) run while the datasets are staged in hidden folders, which are removed if any case
+fails. A liver under :data:`MIN_LIVER_CM3` is converted with one ``warning:`` line naming the label
+file, printed once the datasets are written.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from nnunet_joint.dataset_conversion.common import (
     check_target_free,
     dataset_folder_name,
     label_image,
+    lesion_placement_problem,
     make_splits,
     resolve_root,
     staged_datasets,
@@ -126,7 +127,8 @@ def check_headers(pair: LitsPair) -> None:
 
 
 def load_pair(pair: LitsPair) -> tuple[sitk.Image, np.ndarray]:
-    """Read a volume and its labels; refuse non-HU intensities, unknown labels and missing liver."""
+    """Read a volume and its labels; refuse non-HU intensities, unknown labels, a missing liver and a tumour
+    label not mostly inside the liver label (:func:`~nnunet_joint.dataset_conversion.common.lesion_placement_problem`)."""
     image = read_image(pair.image)
     label = read_image(pair.label)
     problem = same_geometry(image, label)
@@ -140,6 +142,12 @@ def load_pair(pair: LitsPair) -> tuple[sitk.Image, np.ndarray]:
         raise InputError(pair.label, f"holds label values {bad[:5].tolist()}; LiTS labels are 0 background, 1 liver, 2 tumour")
     if not np.any(seg > 0):
         raise InputError(pair.label, "has no liver (labels 1/2 absent); cannot crop the liver")
+    tumour = seg == LESION_LABELS["lesion"]
+    if tumour.any():  # the liver label surrounds its tumours: labels swapped or another organ's are refused
+        problem = lesion_placement_problem(tumour, seg == LESION_LABELS["liver"], "tumour label 2", "liver label 1",
+                                           "voxels")
+        if problem:
+            raise InputError(pair.label, problem)
     return image, seg.astype(np.uint8)
 
 

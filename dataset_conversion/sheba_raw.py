@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_joint.dataset_conversion.common import CASE_ID_MAX_LENGTH, CASE_ID_RE
+from nnunet_joint.dataset_conversion.common import CASE_ID_MAX_LENGTH, CASE_ID_RE, lesion_placement_problem
 from nnunet_joint import LESION_TYPES
 from nnunet_joint.errors import InputError
 from nnunet_joint.inference.liver_check import LIVER_HU_RANGE
@@ -191,7 +191,8 @@ def _read_mask(path: Path, image: sitk.Image, where: str, png_spacing: float, wh
     # image's anyway. The slice's position (origin along z) must agree: a mask of another slice of
     # the same series has the same in-plane grid.
     if mask.GetSize() == image.GetSize():
-        problem = same_geometry(image[:, :, 0], mask[:, :, 0]) or _slice_position_problem(image, mask)
+        problem = (same_geometry(image[:, :, 0], mask[:, :, 0])
+                   or same_geometry(image, mask, properties=("Origin", "Direction")))
     else:
         problem = same_geometry(image, mask)
     if problem:
@@ -206,17 +207,9 @@ def _read_mask(path: Path, image: sitk.Image, where: str, png_spacing: float, wh
     return array.astype(bool)
 
 
-def _slice_position_problem(image: sitk.Image, mask: sitk.Image, tol: float = 1e-4) -> str | None:
-    """The mask lies on another slice: same in-plane grid, different origin or direction in 3-D."""
-    for name in ("Origin", "Direction"):
-        va, vb = np.array(getattr(image, f"Get{name}")()), np.array(getattr(mask, f"Get{name}")())
-        if not np.allclose(va, vb, atol=tol, rtol=tol):
-            return f"{name.lower()} {tuple(np.round(vb, 5))} differs from the image's {tuple(np.round(va, 5))}"
-    return None
-
-
 def load_case(row: CaseRow, png_spacing: float = PNG_SPACING_MM_DEFAULT, png_hu_offset: float = PNG_HU_OFFSET_DEFAULT) -> ShebaCase:
-    """Read and check one case: HU image, binary non-empty masks on its grid, lesion touching the liver."""
+    """Read and check one case: HU image, binary non-empty masks on its grid, lesion mostly inside the liver
+    (:func:`~nnunet_joint.dataset_conversion.common.lesion_placement_problem`)."""
     where = _where(row)
     image = read_slice(row.image, where, png_spacing, png_hu_offset)
     try:
@@ -230,6 +223,9 @@ def load_case(row: CaseRow, png_spacing: float = PNG_SPACING_MM_DEFAULT, png_hu_
     liver = _read_mask(row.liver_mask, image, where, png_spacing, "liver mask")
     if not np.any(lesion & liver):
         raise InputError(row.mask, f"lesion lies entirely outside the liver mask {row.liver_mask.name} ({where})")
+    problem = lesion_placement_problem(lesion, liver, "lesion mask", f"liver mask {row.liver_mask.name}", "pixels")
+    if problem:
+        raise InputError(row.mask, f"{problem} ({where})")
     return ShebaCase(row, image, lesion, liver)
 
 

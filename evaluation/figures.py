@@ -93,11 +93,11 @@ def confusion_matrices(items: Sequence[tuple[str, Sequence[Sequence[int]], Seque
 
 def per_class_recall(items: Sequence[tuple[str, Mapping[str, tuple[float | None, float | None]]]],
                      path: str | os.PathLike) -> Path:
-    """Grouped bars: per experiment, the recall of each lesion type (mean ± std over folds).
+    """Grouped bars: per experiment, the recall of each lesion type (over all slices, fold SD as error bar).
 
     Args:
-        items: ``(experiment label, {type: (mean, std)})``; ``None`` means undefined (no slice
-            of that type was validated) and draws no bar.
+        items: ``(experiment label, {type: (value, fold SD)})``; a ``None`` value means undefined
+            (no slice of that type was validated) and draws no bar; a ``None`` SD (one fold) no error bar.
     """
     fig = new_figure(max(6.0, 0.75 * len(items) + 2.0), 4.2)
     ax = fig.add_subplot(1, 1, 1)
@@ -105,13 +105,13 @@ def per_class_recall(items: Sequence[tuple[str, Mapping[str, tuple[float | None,
     x = np.arange(len(items))
     for k, name in enumerate(LESION_TYPES):
         means = [np.nan if r.get(name, (None, None))[0] is None else r[name][0] for _, r in items]
-        stds = [0.0 if r.get(name, (None, None))[1] is None else r[name][1] for _, r in items]
+        stds = [0.0 if r.get(name, (None, None))[1] is None else r[name][1] for _, r in items]  # one fold: none
         ax.bar(x + (k - 1) * width, means, width, yerr=stds, capsize=2, label=name, color=TYPE_COLOURS[name],
                error_kw={"elinewidth": 0.8})
     ax.set_xticks(x, [label for label, _ in items], rotation=35, ha="right", fontsize=8)
     ax.set_ylim(0, 1.2)
     ax.set_yticks(np.linspace(0, 1, 6))
-    ax.set_ylabel("recall (mean ± std over folds)")
+    ax.set_ylabel("recall (all slices; bar: fold SD)")
     ax.set_title("Per-class recall of the lesion type")
     ax.legend(fontsize=8, ncols=3, loc="upper center")
     ax.grid(axis="y", alpha=0.3)
@@ -130,10 +130,10 @@ def framework_init_bars(
     metrics: Mapping[str, str],
     path: str | os.PathLike,
 ) -> Path:
-    """One panel per metric: groups = frameworks, bars = initialisations, std error bars.
+    """One panel per metric: groups = frameworks, bars = initialisations, fold SD error bars.
 
     Args:
-        values: ``framework -> init -> metric -> (mean, std)`` for a measured cell, or a short
+        values: ``framework -> init -> metric -> (value, fold SD or None)`` for a measured cell, or a short
             status text (drawn as a label instead of a bar) for a cell that was not measured.
         paper: ``framework -> init -> metric -> value``; drawn as black ticks beside our bars.
         frameworks: framework key -> display name, in drawing order.
@@ -160,7 +160,7 @@ def framework_init_bars(
         ax.set_xticks(range(len(shown)), [frameworks[f] for f in shown], fontsize=8, rotation=15)
         ax.set_ylim(0, 1.25)  # headroom for the legend above the bars
         ax.set_yticks(np.linspace(0, 1, 6))
-        ax.set_ylabel(f"{label} (mean ± std over folds)", fontsize=9)
+        ax.set_ylabel(f"{label} (all slices; bar: fold SD)", fontsize=9)
         ax.set_title(label)
         ax.grid(axis="y", alpha=0.3)
         handles = [Patch(color=INIT_COLOURS.get(i), label=i) for i in inits]

@@ -35,6 +35,25 @@ def warn(where: str | os.PathLike, problem: str) -> None:
     print(f"warning: {where}: {problem}", file=sys.stderr, flush=True)
 
 
+def plain_numbers(values: object, digits: int = 5) -> str:
+    """Numbers as a user reads them: ``8.65271``, and ``(8.65271, 8.65271)`` for a sequence.
+
+    A tuple of numpy scalars prints numpy 2's reprs (``(np.float64(8.65271), ...)``); every message that
+    prints a number or a vector goes through here instead. Floats are rounded to ``digits`` decimals
+    and printed in Python's shortest form (``-24.0``, ``0.70312``); whole numbers stay whole.
+    """
+    if isinstance(values, (str, bytes)):
+        return str(values)
+    try:
+        items = list(values)  # type: ignore[call-overload]
+    except TypeError:
+        number = values.item() if hasattr(values, "item") else values  # a numpy scalar -> its Python value
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            return str(number)
+        return str(number) if isinstance(number, int) else repr(round(float(number), digits))
+    return "(" + ", ".join(plain_numbers(v, digits) for v in items) + ")"
+
+
 def check_number(option: str, value: float, minimum: float | None = None, strict: bool = False) -> float:
     """Refuse a numeric option that is NaN, infinite, or below ``minimum`` (at or below it when ``strict``).
 

@@ -26,12 +26,12 @@ import sys
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_joint.errors import InputError
+from nnunet_joint.errors import InputError, plain_numbers
 from nnunet_joint.nifti import check_nifti_payload, is_nifti, read_nifti_header
 
 # ----------------------------------------------------------------------------- atomic writes
@@ -453,15 +453,15 @@ def pixel_digest(image: sitk.Image) -> str:
 
 
 def same_geometry(a: sitk.Image | sitk.ImageFileReader, b: sitk.Image | sitk.ImageFileReader,
-                  tol: float = 1e-4) -> str | None:
-    """Return ``None`` when ``a`` and ``b`` share size, spacing, origin and direction, else what differs.
+                  tol: float = 1e-4, properties: Sequence[str] = ("Spacing", "Origin", "Direction")) -> str | None:
+    """Return ``None`` when ``a`` and ``b`` share size and ``properties``, else what differs (plain numbers).
 
     Images or image file readers (headers read, voxels not), which answer the same getters.
     """
     if a.GetSize() != b.GetSize():
-        return f"size {b.GetSize()} differs from the image's {a.GetSize()}"
-    for name in ("Spacing", "Origin", "Direction"):
+        return f"size {plain_numbers(b.GetSize())} differs from the image's {plain_numbers(a.GetSize())}"
+    for name in properties:
         va, vb = np.array(getattr(a, f"Get{name}")()), np.array(getattr(b, f"Get{name}")())
         if va.shape != vb.shape or not np.allclose(va, vb, atol=tol, rtol=tol):
-            return f"{name.lower()} {tuple(np.round(vb, 5))} differs from the image's {tuple(np.round(va, 5))}"
+            return f"{name.lower()} {plain_numbers(vb)} differs from the image's {plain_numbers(va)}"
     return None

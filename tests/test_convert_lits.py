@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -156,7 +157,7 @@ def bad_geometry(root):
     image.SetSpacing((0.8, 0.8, 5.0))
     image.SetOrigin(ORIGIN)
     sitk.WriteImage(image, str(root / "segmentation-2.nii.gz"))
-    return "segmentation-2.nii.gz", "spacing"
+    return "segmentation-2.nii.gz", "spacing (0.8, 0.8, 5.0) differs from the image's (0.8, 0.8, 2.5)"  # plain numbers
 
 
 def bad_size(root):
@@ -168,6 +169,26 @@ def bad_size(root):
 def bad_no_liver(root):
     _write(np.zeros(SHAPE, dtype=np.uint8), root / "segmentation-1.nii.gz")
     return "segmentation-1.nii.gz", "no liver"
+
+
+def bad_tumour_outside_liver(root):
+    """The 9-voxel tumour stays in the liver block; a 5 x 5 tumour painted beside the block (y 22..26, x 22..26,
+    where the block is y 10..19, x 8..21 and its slice's outline the block itself) puts 25 of 34 voxels outside."""
+    _, seg = volume_arrays(1)
+    seg[3, 22:27, 22:27] = 2
+    _write(seg, root / "segmentation-1.nii.gz")
+    return "segmentation-1.nii.gz", ("tumour label 2 is not mostly inside its liver: 73.5% of it (25 of 34 voxels) "
+                                     "outside the outline of the liver label 1, more than 50%")
+
+
+def bad_tumour_and_liver_labels_swapped(root):
+    """Labels 1 and 2 exchanged: the "liver" is the 3 x 3 tumour, the "tumour" the rest of the liver (its block
+    on slices 2 and 3 and the speck on slice 5, 2 x 140 - 9 + 1 = 272 voxels), all outside the 3 x 3 outline."""
+    _, seg = volume_arrays(1)
+    swapped = seg.copy()
+    swapped[seg == 1], swapped[seg == 2] = 2, 1
+    _write(swapped, root / "segmentation-1.nii.gz")
+    return "segmentation-1.nii.gz", "tumour label 2 is not mostly inside its liver: 100.0% of it (272 of 272 voxels)"
 
 
 def bad_not_hu(root):
@@ -266,7 +287,8 @@ def bad_same_volume_hard_linked_and_uncompressed(root):
 
 
 BAD_INPUTS = [
-    bad_label_values, bad_geometry, bad_size, bad_no_liver, bad_not_hu, bad_unreadable, bad_missing_segmentation,
+    bad_label_values, bad_geometry, bad_size, bad_no_liver, bad_tumour_outside_liver, bad_tumour_and_liver_labels_swapped,
+    bad_not_hu, bad_unreadable, bad_missing_segmentation,
     bad_missing_volume, bad_duplicate_case, bad_2d_image, bad_empty_folder,
     bad_truncated_gz, bad_truncated_nii, bad_nan_voxels, bad_pixdim_zero, bad_header_bomb, bad_one_pixel_slices,
     bad_same_volume_copied, bad_same_volume_hard_linked_and_uncompressed,
@@ -307,6 +329,7 @@ def test_bad_input_exits_2_naming_the_file_and_writes_nothing(tmp_path, capsys, 
     assert len(err.splitlines()) == 1 and err.startswith("error: ")
     assert file_name in err and problem in err
     assert ".cxx" not in err and "sitk::" not in err and "ITK ERROR" not in err
+    assert not re.search(r"np\.\w+\(", err)  # plain numbers, never numpy's repr (np.float64(0.8))
     assert not out.exists() or list(out.iterdir()) == []  # no dataset, no partial folders
     assert tree_digest(root) == before  # inputs untouched
 

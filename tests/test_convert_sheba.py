@@ -7,6 +7,7 @@ import errno
 import gzip
 import json
 import os
+import re
 import shutil
 import struct
 from collections import Counter
@@ -17,6 +18,7 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_joint.dataset_conversion import convert_sheba as cs
+from nnunet_joint.dataset_conversion.common import lesion_placement_problem
 from nnunet_joint.dataset_conversion.convert_sheba import convert_sheba, main
 from nnunet_joint.names import SLICE_AXIS_SPACING_2D
 from nnunet_joint import LESION_TYPES
@@ -256,6 +258,98 @@ def test_a_lesion_mask_equal_to_the_liver_mask_is_warned(dirs, tmp_path, capsys)
     assert (joint[liver_pixels] == 2 + LESION_TYPES.index(lesion_type)).all() and not joint[~liver_pixels].any()
 
 
+# ----------------------------------------------------------------------------- lesion inside its liver
+
+
+def _refusal(raw: Path, tmp_path: Path, capsys) -> str:
+    """Run the console script's main; it must refuse with one line and write nothing; returns the line."""
+    with pytest.raises(SystemExit) as e:
+        main([str(raw), "--raw-root", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and err.startswith("error: ")
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+    return err
+
+
+def _share_outside(err: str) -> tuple[int, int]:
+    """(outside, total) from "<share>% of it (<outside> of <total> pixels)"; the share must be their ratio."""
+    found = re.search(r"([\d.]+)% of it \((\d+) of (\d+) pixels\)", err)
+    assert found, err
+    outside, total = int(found[2]), int(found[3])
+    assert found[1] == f"{100 * outside / total:.1f}"
+    return outside, total
+
+
+def test_swapped_lesion_and_liver_masks_are_refused(dirs, tmp_path, capsys):
+    """Row 3 (case p0s1) with its masks exchanged: the "lesion" is the liver disc (radius 12), the "liver" the
+    lesion disc (radius 3 at (29, 25)), whose convex outline holds at most the pixels within 3.5 of its centre."""
+    _edit_csv(dirs["raw"], 1, "mask", "masks/p0s1_liver.nii.gz")
+    _edit_csv(dirs["raw"], 1, "liver_mask", "masks/p0s1_lesion.nii.gz")
+    err = _refusal(dirs["raw"], tmp_path, capsys)
+    assert err.startswith(f"error: {dirs['raw'] / 'masks/p0s1_liver.nii.gz'}: lesion mask is not mostly inside its "
+                          "liver: ")
+    assert "outline of the liver mask p0s1_lesion.nii.gz, more than 50%" in err and "case 'p0s1'" in err
+    liver, lesion = _disc(LIVER_CENTRE, LIVER_RADIUS), _disc((29, 25), 3)
+    outside, total = _share_outside(err)
+    assert total == liver.sum()
+    assert (liver & ~_disc((29, 25), 3.5)).sum() <= outside <= (liver & ~lesion).sum()
+
+
+def test_swapped_masks_of_a_lesion_covering_most_of_its_liver_are_refused(dirs, tmp_path, capsys):
+    """A 16 x 16 lesion (256 pixels) inside the liver disc: swapped, under half of the "lesion" lies outside
+    the "liver" (a square is its own outline), but the lesion is larger than its liver."""
+    liver = _disc(LIVER_CENTRE, LIVER_RADIUS)
+    square = np.zeros_like(liver)
+    square[22:38, 18:34] = True
+    assert not (square & ~liver).any() and (liver.sum() - 256) < liver.sum() / 2
+    _rewrite_nifti(_mask(dirs["raw"]), square.astype(np.uint8)[None])
+    _edit_csv(dirs["raw"], 1, "mask", "masks/p0s1_liver.nii.gz")
+    _edit_csv(dirs["raw"], 1, "liver_mask", "masks/p0s1_lesion.nii.gz")
+    err = _refusal(dirs["raw"], tmp_path, capsys)
+    total = int(liver.sum())
+    assert err.startswith(f"error: {dirs['raw'] / 'masks/p0s1_liver.nii.gz'}: lesion mask is larger than its liver: "
+                          f"{total} pixels against 256 inside the outline of the liver mask p0s1_lesion.nii.gz")
+    assert _share_outside(err) == (total - 256, total)
+
+
+def test_a_lesion_mask_covering_the_whole_slice_is_refused(dirs, tmp_path, capsys):
+    """Every pixel lesion: outside is the slice less the liver disc's outline (within 12.5 pixels of its centre)."""
+    _rewrite_nifti(_mask(dirs["raw"]), np.ones((1, SIZE, SIZE), dtype=np.uint8))
+    err = _refusal(dirs["raw"], tmp_path, capsys)
+    assert err.startswith(f"error: {_mask(dirs['raw'])}: lesion mask is not mostly inside its liver: ")
+    outside, total = _share_outside(err)
+    assert total == SIZE * SIZE
+    assert SIZE * SIZE - _disc(LIVER_CENTRE, 12.5).sum() <= outside <= SIZE * SIZE - _disc(LIVER_CENTRE, 12).sum()
+
+
+def test_a_lesion_crossing_the_liver_edge_by_a_few_pixels_is_converted_as_drawn(dirs, tmp_path, capsys):
+    """A radius-3 lesion centred 11 pixels right of the liver's centre reaches 2 pixels beyond its edge."""
+    liver = _disc(LIVER_CENTRE, LIVER_RADIUS)
+    lesion = _disc((LIVER_CENTRE[0], LIVER_CENTRE[1] + 11), 3)
+    beyond = lesion & ~liver
+    assert beyond.any() and np.nonzero(beyond)[1].max() == LIVER_CENTRE[1] + 14
+    _rewrite_nifti(_mask(dirs["raw"]), lesion.astype(np.uint8)[None])
+    assert _convert_and_warnings(dirs["raw"], tmp_path, capsys) == []
+    seg = _array(tmp_path / "out" / "Dataset503_ShebaSeg" / "labelsFull" / "p0s1.nii.gz")[0]
+    assert (seg[lesion] == 2).all() and (seg[liver & ~lesion] == 1).all()  # the lesion as drawn, edge pixels kept
+
+
+@pytest.mark.parametrize("outside_columns,refused", [(5, False), (6, True)])
+def test_more_than_half_outside_is_the_limit(outside_columns, refused):
+    """A 10 x 10 liver square and a 4 x 10 lesion across its right edge: 5 of 10 columns outside is half
+    (accepted), 6 is more than half (refused); squares are their own outlines. Also as a 3-D volume (LiTS)."""
+    liver = np.zeros((2, 30, 40), dtype=bool)
+    liver[:, 10:20, 10:20] = True
+    lesion = np.zeros_like(liver)
+    lesion[1, 12:16, 20 - (10 - outside_columns):30 - (10 - outside_columns)] = True
+    assert (lesion & ~liver).sum() == 4 * outside_columns and lesion.sum() == 40
+    problem = lesion_placement_problem(lesion, liver, "lesion", "liver", "voxels")
+    if refused:
+        assert problem.startswith("lesion is not mostly inside its liver: 60.0% of it (24 of 40 voxels) outside")
+    else:
+        assert problem is None
+
+
 def test_a_slice_with_doubled_hu_is_warned_by_its_air(dirs, tmp_path, capsys):
     """Doubled, the liver (100 -> 200 HU) still looks like a liver; the air (-1000 -> -2000 HU) does not."""
     header, rows = read_csv(dirs["raw"])
@@ -390,6 +484,12 @@ def bad_unreadable_image(raw):
 def bad_size_mismatch(raw):
     _rewrite_nifti(_mask(raw), np.zeros((1, SIZE, SIZE - 4), dtype=np.uint8))
     return "p0s1_lesion.nii.gz", "size"
+
+
+def bad_spacing_mismatch(raw):
+    _, lesion, _ = slice_arrays(1)
+    _rewrite_nifti(_mask(raw), lesion[None], spacing=(8.65271, 8.65271, 5.0))
+    return "p0s1_lesion.nii.gz", "spacing (8.65271, 8.65271) differs from the image's (0.75, 0.75)"  # plain numbers
 
 
 def bad_origin_mismatch(raw):
@@ -624,7 +724,7 @@ def bad_type_with_fewer_patients_than_folds(raw):
 
 
 BAD_INPUTS = [
-    bad_missing_image, bad_unreadable_image, bad_size_mismatch, bad_origin_mismatch, bad_mask_values,
+    bad_missing_image, bad_unreadable_image, bad_size_mismatch, bad_spacing_mismatch, bad_origin_mismatch, bad_mask_values,
     bad_empty_lesion, bad_lesion_outside_liver, bad_unknown_type, bad_duplicate_case, bad_absolute_path,
     bad_parent_path, bad_missing_column, bad_missing_liver_column, bad_not_hu, bad_4d_image, bad_rgb_image,
     bad_volume_not_slice, bad_8bit_png, bad_same_image_twice, bad_too_few_patients, bad_every_type_rarer_than_folds, bad_no_cases_csv,
@@ -646,6 +746,7 @@ def test_bad_input_exits_2_naming_the_file_and_writes_nothing(dirs, capsys, spoi
     assert len(err.splitlines()) == 1 and err.startswith("error: ")
     assert file_name in err and problem in err
     assert ".cxx" not in err and "sitk::" not in err and "ITK ERROR" not in err  # words, not C++ source paths
+    assert not re.search(r"np\.\w+\(", err)  # plain numbers, never numpy's repr (np.float64(8.65271))
     assert not dirs["out"].exists() or list(dirs["out"].iterdir()) == []  # no dataset, no partial folders
     assert not dirs["pre"].exists()
     assert {p: p.stat().st_mtime_ns for p in dirs["raw"].rglob("*")} == before  # inputs untouched

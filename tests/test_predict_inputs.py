@@ -20,7 +20,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from fake_models import write_model_folder
 from nnunet_joint import io as nj_io
-from nnunet_joint.errors import InputError
+from nnunet_joint.errors import InputError, plain_numbers
 from nnunet_joint.inference import cli, models, output_folder
 from nnunet_joint.inference.inputs import discover_inputs, order_dicom_series, read_case
 
@@ -168,8 +168,38 @@ def test_dicom_series_with_inconsistent_orientation_is_refused(tmp_path):
     folder = dicom_series(tmp_path / "s", [0.0, 2.0, 4.0])
     dicom_slice(folder / "f01.dcm", 2.0, ct_array(), str(pydicom.dcmread(folder / "f00.dcm").SeriesInstanceUID), 2,
                 orientation=(1, 0, 0, 0, 0.8, 0.6))
-    with pytest.raises(InputError, match="inconsistent orientation"):
+    with pytest.raises(InputError) as e:
         order_dicom_series(folder)
+    assert e.value.problem == ("inconsistent orientation in the series: ImageOrientationPatient (1.0, 0.0, 0.0, 0.0, "
+                               "0.8, 0.6) differs from f00.dcm's (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)")  # plain numbers
+
+
+class _Header:
+    """Getters as SimpleITK's, answering numpy 2 scalars (what a computed geometry holds)."""
+
+    def __init__(self, size, spacing, origin, direction):
+        self.values = {"Size": size, "Spacing": spacing, "Origin": origin, "Direction": direction}
+
+    def __getattr__(self, name):
+        return lambda: self.values[name[3:]]
+
+
+def test_messages_print_numpy_2_scalars_as_plain_numbers():
+    """numpy 2 prints ``np.float64(8.65271)`` in a tuple; the converters' and predict's messages print 8.65271."""
+    if int(np.__version__.split(".")[0]) >= 2:  # the repr this guards against
+        assert repr((np.float64(8.65271),)) == "(np.float64(8.65271),)"
+    assert plain_numbers((np.float64(8.652712), np.float32(0.5), np.int64(3), np.uint16(512))) == "(8.65271, 0.5, 3, 512)"
+    assert plain_numbers(np.array([[1.0, -24.0], [0.1, 2e-7]])) == "((1.0, -24.0), (0.1, 0.0))"
+    assert plain_numbers(np.float64(-0.70312)) == "-0.70312" and plain_numbers(np.array(4)) == "4"
+    assert plain_numbers([np.float64("nan"), np.float64("inf")]) == "(nan, inf)"
+    # the geometry message of both converters and of the evaluation, from numpy-scalar headers
+    image = _Header((np.int64(64), np.int64(64)), (np.float64(4.326355), np.float64(4.326355)),
+                    (np.float64(-24.0), np.float64(-24.0)), tuple(np.eye(2).ravel()))
+    mask = _Header((np.int64(64), np.int64(64)), (np.float64(8.65271), np.float64(8.65271)),
+                   (np.float64(-24.0), np.float64(-24.0)), tuple(np.eye(2).ravel()))
+    assert nj_io.same_geometry(image, mask) == "spacing (8.65271, 8.65271) differs from the image's (4.32636, 4.32636)"
+    smaller = _Header((np.int64(60), np.int64(64)), *list(mask.values.values())[1:])
+    assert nj_io.same_geometry(image, smaller) == "size (60, 64) differs from the image's (64, 64)"
 
 
 def test_two_series_in_one_folder_are_refused(tmp_path):

@@ -25,6 +25,7 @@ mean, 0.5, has probability 1/27 (above 2.5 %) and mean 1 has 8/27: interval [0.5
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import re
 import shutil
@@ -37,7 +38,6 @@ from report_helpers import cell, md_table, write_joint_config, write_learning_cu
 
 from nnunet_joint.evaluation import published
 from nnunet_joint.evaluation.evaluate import evaluate_trainer_dir
-from nnunet_joint.evaluation.metrics import format_mean_std
 from nnunet_joint.evaluation.report import Experiment, build_report
 from nnunet_joint.evaluation.report.experiments import (
     RecordError,
@@ -166,13 +166,19 @@ def test_midl_table_cells(built):
     md = (built["out"] / "report.md").read_text(encoding="utf-8")
     rows = md_table(md, "Table 1 (MIDL)")
     joint = built["summaries"]["joint"]["aggregate"]["metrics"]
-    assert cell(rows, "joint", "LiTS: ours", "cls acc") == "0.75 ± 0.25 (n=4) [0.50, 1.00]"
-    assert cell(rows, "joint", "LiTS: ours", "cls acc").startswith(f"{format_mean_std(joint['cls_acc'])} (n=4)")
-    assert cell(rows, "joint", "LiTS: ours", "Dice1 (seg Dice)") == "0.92 ± 0.08 (n=4) [0.67, 1.00]"
-    assert cell(rows, "joint", "LiTS: ours", "seg recall") == f"{format_mean_std(joint['recall'])} (n=4)"  # no interval
+    # one number per cell: the mean over the four slices, its patient interval, then the fold SD (ddof 1):
+    # accuracy folds 0.5 and 1.0 -> SD 0.5 / sqrt(2) = 0.35; Dice folds 1 and 5/6 -> SD (1/6) / sqrt(2) = 0.12
+    assert cell(rows, "joint", "LiTS: ours", "cls acc") == "0.75 [0.50, 1.00] (n=4; fold SD 0.35)"
+    assert f"{0.5 / 2**0.5:.2f} {(1 / 6) / 2**0.5:.2f}" == "0.35 0.12"
+    assert cell(rows, "joint", "LiTS: ours", "Dice1 (seg Dice)") == f"{(3 + 2 / 3) / 4:.2f} [0.67, 1.00] (n=4; fold SD 0.12)"
+    recall = [f["metrics"]["recall"] for f in built["summaries"]["joint"]["per_fold"]]
+    pooled = sum(r["value"] * r["n"] for r in recall) / sum(r["n"] for r in recall)
+    assert cell(rows, "joint", "LiTS: ours", "seg recall") == (  # no interval
+        f"{pooled:.2f} (n=4; fold SD {np.std([r['value'] for r in recall], ddof=1):.2f})")
+    assert joint["recall"]["n"] == 4
     assert cell(rows, "joint", "LiTS: paper", "cls acc") == "0.86"
-    assert cell(rows, "Y-Net", "LiTS: ours", "Dice1 (seg Dice)") == "0.75 ± 0.25 (n=4) [0.00, 1.00]"
-    assert cell(rows, "Y-Net", "LiTS: ours", "cls acc") == "0.75 ± 0.25 (n=4) [0.50, 1.00]"
+    assert cell(rows, "Y-Net", "LiTS: ours", "Dice1 (seg Dice)") == "0.75 [0.00, 1.00] (n=4; fold SD 0.35)"
+    assert cell(rows, "Y-Net", "LiTS: ours", "cls acc") == "0.75 [0.50, 1.00] (n=4; fold SD 0.35)"
     assert cell(rows, "Y-Net", "scratch: paper", "cls acc") == "0.43"
     # the rows and columns that ran; a failure shows its status, never a number
     assert rows[0] == ["framework", "metric", "scratch: ours", "scratch: paper", "LiTS: ours", "LiTS: paper"]
@@ -187,17 +193,17 @@ def test_embc_and_baseline_tables(built):
     md = (built["out"] / "report.md").read_text(encoding="utf-8")
     embc = md_table(md, "Fine-tuning (EMBC)")
     row = "no freezing [joint, LiTS, NoFreeze]"
-    assert cell(embc, row, "Dice1 (seg Dice): ours") == "0.92 ± 0.08 (n=4) [0.67, 1.00]"
+    assert cell(embc, row, "Dice1 (seg Dice): ours") == "0.92 [0.67, 1.00] (n=4; fold SD 0.12)"
     assert cell(embc, row, "Dice1 (seg Dice): paper") == "0.57"
     # Dice2 pooled over all four slices: tp 6 + 4 + 4 + 2, fn 2 -> 32/34 = 0.94; per fold 1 and 12/14
-    assert cell(embc, row, "Dice2 (global): ours") == "0.94 pooled; folds 0.93 ± 0.07 (n=4)"
-    assert f"{32 / 34:.2f}" == "0.94" and f"{(1 + 12 / 14) / 2:.2f} ± {(1 - 12 / 14) / 2:.2f}" == "0.93 ± 0.07"
+    assert cell(embc, row, "Dice2 (global): ours") == "0.94 (n=4; fold SD 0.10)"
+    assert f"{32 / 34:.2f}" == "0.94" and f"{(1 - 12 / 14) / 2**0.5:.2f}" == "0.10"
     assert [r[0] for r in embc[1:]] == [row]  # only the strategy that ran
 
     base = md_table(md, "Plain nnU-Net baselines")
-    assert cell(base, "plain nnU-Net (nnUNetTrainer)", "Dice1 (seg Dice)") == "1.00 ± 0.00 (n=4) [1.00, 1.00]"
-    assert cell(base, "plain nnU-Net (nnUNetTrainer)", "cls acc") == "1.00 ± 0.00 (n=4) [1.00, 1.00]"
-    assert cell(base, "plain nnU-Net (nnUNetTrainer)", "Dice2 (global)") == "1.00 pooled; folds 1.00 ± 0.00 (n=4)"
+    assert cell(base, "plain nnU-Net (nnUNetTrainer)", "Dice1 (seg Dice)") == "1.00 [1.00, 1.00] (n=4; fold SD 0.00)"
+    assert cell(base, "plain nnU-Net (nnUNetTrainer)", "cls acc") == "1.00 [1.00, 1.00] (n=4; fold SD 0.00)"
+    assert cell(base, "plain nnU-Net (nnUNetTrainer)", "Dice2 (global)") == "1.00 (n=4; fold SD 0.00)"
     assert cell(base, "plain nnU-Net (nnUNetTrainer)", "dataset") == JOINT_DS
     assert cell(base, "ours for comparison: segmentation baseline (scratch)", "seg recall") == (
         "failed: RuntimeError: boom | see log")
@@ -223,22 +229,32 @@ def test_paired_tests_at_the_patient_level(built):
     rows = md_table(md, "Paired tests")
     # typing: P1 joint (1, 0) vs Y-Net (0, 1), P2 and P3 both right: every patient's difference 0, p = 1;
     # with 3 patients no sign pattern reaches p < 0.05 (2/8), so nothing is detectable
-    too_few = "not detected; with 3 patients no difference can reach p < 0.05 (too few for the test)"
+    # every patient ties, so no sign pattern moves the statistic: p = 1 and nothing is detectable
+    too_few = ("not detected; only 0 of 3 patients differ (the others tie), so the smallest possible p is 1, not "
+               "below Holm's first step 0.05/2 = 0.025: no difference is detectable with so few")
+    assert rows[0][10] == "smallest detectable (α 0.05/2 = 0.025, power 0.8)"
     assert rows[1] == ["joint (LiTS) vs Y-Net (LiTS)", "type accuracy", "3", "4", "0.75", "0.75",
-                       "+0.00 [+0.00, +0.00]", "1.000", "1.000", "–", too_few, "McNemar (exact) p = 1.000", "+0.07"]
+                       "+0.00 [+0.00, +0.00]", "1.000", "exact (every patient's difference is 0)", "1.000", "none",
+                       too_few, "McNemar (exact) p = 1.000", "+0.07"]
     # Dice per slice: A, B 1 vs 1 (P1), C 1 vs 0 (P2, Y-Net missed it), D 2/3 vs 1 (P3): mean difference
     # (1 - 1/3) / 4 = 1/6; the patients' sums 0, +1, -1/3 under the 8 sign patterns give |total| 2/3 or
     # 4/3, never below the observed 2/3, so p = 1; a bootstrap resample of P3 (P2) alone has probability
-    # 1/27 > 2.5 %: interval [-1/3, 1]
+    # 1/27 > 2.5 %: interval [-1/3, 1]. P1 ties (0), so the smallest p of the two others is 2 / 2**2
+    too_few = ("not detected; only 2 of 3 patients differ (the others tie), so the smallest possible p is 0.5, not "
+               "below Holm's first step 0.05/2 = 0.025: no difference is detectable with so few")
     assert rows[2] == ["joint (LiTS) vs Y-Net (LiTS)", "Dice1", "3", "4", f"{(3 + 2 / 3) / 4:.2f}", "0.75",
-                       f"+{1 / 6:.2f} [-0.33, +1.00]", "1.000", "1.000", "–", too_few,
-                       "Wilcoxon signed-rank p = 1.000", "+0.00"]
+                       f"+{1 / 6:.2f} [-0.33, +1.00]", "1.000", "exact (all 4 sign patterns; 1 tied patient left out)",
+                       "1.000", "none", too_few, "Wilcoxon signed-rank p = 1.000", "+0.00"]
     assert len(rows) == 3  # no other pair has both rows finished
     saved = json.loads((built["out"] / "summary.json").read_text(encoding="utf-8"))
     tested = [t for t in saved["paired_tests"] if t["patient_test"] is not None]
     assert [(t["metric"], t["per_slice_test"]["detail"], t["p_holm"], t["detected"]) for t in tested] == [
         ("cls_acc", {"only_a": 1, "only_b": 1}, 1.0, False), ("dice", {"differing": 2}, 1.0, False)]
     assert tested[1]["patient_test"]["effect"] == pytest.approx(1 / 6)
+    # beside each detectable difference, the level it was computed at: Holm's first step for the 2 tests
+    assert [(t["patient_test"]["detectable"], t["patient_test"]["detectable_alpha"]) for t in tested] == [
+        (None, 0.025), (None, 0.025)]
+    assert tested[1]["patient_test"]["tied"] == 1 and tested[1]["patient_test"]["smallest_p"] == 0.5
     assert saved["statistics"]["bootstrap_resamples"] == 10_000 and saved["statistics"]["bootstrap_seed"] == 0
     assert "Holm" in saved["statistics"]["multiple_comparisons"]
 
@@ -248,8 +264,9 @@ def test_findings_lead_the_report(built):
     findings = md.split("## What this run compared and found\n", 1)[1].split("\n## ", 1)[0]
     assert md.index("## What this run compared and found") < md.index("### Table 1 (MIDL)")
     assert ("- joint vs Y-Net, Dice1: joint (LiTS) 0.92 vs Y-Net (LiTS) 0.75; difference +0.17 [-0.33, +1.00], "
-            "p = 1.000 (Holm-corrected over 2 tests; 3 patients): not detected; with 3 patients no difference can "
-            "reach p < 0.05 (too few for the test); paper (MIDL): +0.00.") in findings
+            "p = 1.000 (Holm-corrected over 2 tests; 3 patients): not detected; only 2 of 3 patients differ (the "
+            "others tie), so the smallest possible p is 0.5, not below Holm's first step 0.05/2 = 0.025: no "
+            "difference is detectable with so few; paper (MIDL): +0.00.") in findings
     assert "joint vs Y-Net, type accuracy: joint (LiTS) 0.75 vs Y-Net (LiTS) 0.75" in findings
     # the failed row is named with its failure; rows not run are named once, not tested
     assert ("Not tested: segmentation baseline (LiTS) vs segmentation baseline (scratch) "
@@ -392,7 +409,7 @@ def test_html_and_figures(built):
     page = (out / "report.html").read_text(encoding="utf-8")
     for key in ("midl", "embc", "nnunet", "intervals", "paired", "budgets", "versions"):
         assert f'<table class="{key}">' in page
-    assert "<td>0.92 ± 0.08 (n=4) [0.67, 1.00]</td>" in page
+    assert "<td>0.92 [0.67, 1.00] (n=4; fold SD 0.12)</td>" in page
     assert "not run" not in page.split('id="provenance"')[0].split("rows this run did not train")[0]
     assert '<td class="status">failed: RuntimeError: boom | see log</td>' in page
     assert "http://" not in page and "https://" not in page and "<script" not in page  # self-contained
@@ -523,3 +540,24 @@ def test_plain_nnunet_from_lits_is_compared_with_plain_nnunet_from_scratch_on_th
     assert len(pairs) == 1
     assert pairs[0].a.experiment is rows[2] and pairs[0].b.experiment is rows[1]
     assert {r.label for r in rows} == {"nnU-Net (ShebaSeg)", "nnU-Net (ShebaJoint)", "nnU-Net (ShebaJoint, LiTS)"}
+
+
+def test_without_patients_a_test_gives_no_verdict():
+    """Slices as units (dataset.json names no patients): the p-value is shown, but never "detected" or "replicates"."""
+    from nnunet_joint.evaluation.report.evidence import ComparisonResult, comparisons
+    from nnunet_joint.evaluation.report.tables import finding_sentence, verdict
+    from nnunet_joint.evaluation.statistics import patient_paired_test
+
+    # 40 slices, A right on 36, B on 4, each slice its own unit: p far below any level
+    a, b = [1.0] * 36 + [0.0] * 4, [0.0] * 36 + [1.0] * 4
+    test = patient_paired_test(a, b, [f"s{k}" for k in range(40)], family=1)
+    pair = next(c for c in comparisons([]) if c.question == "LiTS vs scratch")
+    slices = ComparisonResult(pair, "cls_acc", test, None, "", 0.23, p_holm=test.p_value, units="slices")
+    assert test.p_value < 0.001 and not slices.detected
+    assert verdict(slices).startswith("no verdict: patients missing (dataset.json names none, so each slice counted "
+                                      "as a patient")
+    assert "replicates" not in finding_sentence(slices, 1) and "detected" not in finding_sentence(slices, 1)
+    assert slices.to_dict()["detected"] is None
+    patients = dataclasses.replace(slices, units="patients")
+    assert patients.detected and verdict(patients).startswith("detected: ")
+    assert "the claim replicates in this run" in finding_sentence(patients, 1)

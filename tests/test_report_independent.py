@@ -1,7 +1,8 @@
 """Report cells checked against an independent computation from the raw predictions.
 
-A fake run (no training): 24 slices of 12 patients in 3 folds, ground truth and two joint models'
-predicted label maps written as NIfTI files the way nnU-Net writes them. The pipeline evaluates
+A fake run (no training): 24 slices of 12 patients in 3 folds of unequal size (6, 8 and 10
+slices, so the mean over all slices differs from the mean of the fold means), ground truth and
+two joint models' predicted label maps written as NIfTI files the way nnU-Net writes them. The pipeline evaluates
 the folders (``evaluate_trainer_dir``) and writes the report (``build_report``); this test reads
 the NIfTI files back and recomputes Dice1, Dice2 and the lesion-type accuracy with numpy alone
 (its own Dice, its own majority vote) and the paired tests from its own per-slice values. A bug
@@ -14,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -24,7 +26,8 @@ from nnunet_joint.evaluation.evaluate import evaluate_trainer_dir
 from nnunet_joint.evaluation.report import build_report
 
 DATASET = "Dataset504_ShebaJoint"
-N_FOLDS, PATIENTS_PER_FOLD, SLICES_PER_PATIENT, SIZE = 3, 4, 2, 16
+N_FOLDS, SLICES_PER_PATIENT, SIZE = 3, 2, 16
+PATIENTS_PER_FOLD = (3, 4, 5)
 #: (trainer, init, probability the majority type is right, probability the lesion is missed, seed)
 MODELS = (("nnUNetTrainerJoint_LiTS", "LiTS", 0.85, 0.05, 1), ("nnUNetTrainerJoint", "scratch", 0.4, 0.15, 2))
 
@@ -34,7 +37,7 @@ def make_cases() -> list[dict]:
     rng = np.random.default_rng(0)
     cases = []
     for fold in range(N_FOLDS):
-        for p in range(PATIENTS_PER_FOLD):
+        for p in range(PATIENTS_PER_FOLD[fold]):
             for s in range(SLICES_PER_PATIENT):
                 index = len(cases)
                 size = int(rng.integers(4, 7))
@@ -116,17 +119,19 @@ def recompute(run: dict, trainer: str) -> dict:
             right[case["id"]] = False  # no lesion pixel, no probabilities: no call, wrong
     folds = [[c["id"] for c in run["cases"] if c["fold"] == f] for f in range(N_FOLDS)]
 
-    def over_folds(per_fold: list[float]) -> tuple[float, float]:
-        return float(np.mean(per_fold)), float(np.std(per_fold))  # population std
+    def over_slices(values: dict, per_fold: list[float]) -> tuple[float, float]:
+        """The mean over all slices, and the sample SD (ddof 1) of the fold values."""
+        return float(np.mean(list(values.values()))), float(np.std(per_fold, ddof=1))
 
     def pooled(ids: list[str]) -> float:
         tp, fp, fn = sum(counts[c] for c in ids)
         return 2 * tp / (2 * tp + fp + fn)
 
     return {"dice": dice, "right": right,
-            "dice1": over_folds([np.mean([dice[c] for c in ids]) for ids in folds]),
-            "acc": over_folds([np.mean([right[c] for c in ids]) for ids in folds]),
-            "dice2_pooled": pooled(list(counts)), "dice2_folds": over_folds([pooled(ids) for ids in folds])}
+            "dice1": over_slices(dice, [np.mean([dice[c] for c in ids]) for ids in folds]),
+            "acc": over_slices(right, [np.mean([right[c] for c in ids]) for ids in folds]),
+            "acc_of_folds": float(np.mean([np.mean([right[c] for c in ids]) for ids in folds])),
+            "dice2_pooled": pooled(list(counts)), "dice2_fold_sd": float(np.std([pooled(ids) for ids in folds], ddof=1))}
 
 
 def test_dice1_and_accuracy_cells_match_an_independent_computation(run):
@@ -135,11 +140,23 @@ def test_dice1_and_accuracy_cells_match_an_independent_computation(run):
     n = len(run["cases"])
     dice_cell = cell(rows, "joint", "LiTS: ours", "Dice1 (seg Dice)")
     acc_cell = cell(rows, "joint", "LiTS: ours", "cls acc")
-    assert dice_cell.split(" [")[0] == f"{lits['dice1'][0]:.2f} ± {lits['dice1'][1]:.2f} (n={n})"
-    assert acc_cell.split(" [")[0] == f"{lits['acc'][0]:.2f} ± {lits['acc'][1]:.2f} (n={n})"
+    # one number: the mean over all slices, then its interval, then the fold SD (ddof 1) labelled as such
+    assert re.fullmatch(rf"{lits['dice1'][0]:.2f} \[\d\.\d\d, \d\.\d\d\] \(n={n}; fold SD {lits['dice1'][1]:.2f}\)",
+                        dice_cell), dice_cell
+    assert re.fullmatch(rf"{lits['acc'][0]:.2f} \[\d\.\d\d, \d\.\d\d\] \(n={n}; fold SD {lits['acc'][1]:.2f}\)",
+                        acc_cell), acc_cell
     scratch = recompute(run, "nnUNetTrainerJoint")
-    assert cell(rows, "joint", "scratch: ours", "cls acc").split(" [")[0] == (
-        f"{scratch['acc'][0]:.2f} ± {scratch['acc'][1]:.2f} (n={n})")
+    assert cell(rows, "joint", "scratch: ours", "cls acc").startswith(f"{scratch['acc'][0]:.2f} [")
+    # the folds are unequal, so the mean of the fold means is another number; the report never shows it
+    assert f"{lits['acc_of_folds']:.2f}" != f"{lits['acc'][0]:.2f}"
+    # the same row's number wherever the report shows it: intervals table, paired tests, findings
+    intervals = md_table(run["markdown"], "Bootstrap intervals")
+    assert cell(intervals, "joint (LiTS)", "cls acc (all slices)").startswith(f"{lits['acc'][0]:.2f} [")
+    paired = md_table(run["markdown"], "Paired tests")
+    assert cell(paired, "joint (LiTS) vs joint (scratch)", "A", "type accuracy") == f"{lits['acc'][0]:.2f}"
+    assert cell(paired, "joint (LiTS) vs joint (scratch)", "B", "Dice1") == f"{scratch['dice1'][0]:.2f}"
+    assert (f"type accuracy: joint (LiTS) {lits['acc'][0]:.2f} vs joint (scratch) {scratch['acc'][0]:.2f};"
+            in run["markdown"])
     # the fixture is not degenerate: the two models differ and neither is perfect
     assert 0.5 < lits["acc"][0] < 1.0 and scratch["acc"][0] < lits["acc"][0] and 0.3 < lits["dice1"][0] < 0.95
 
@@ -147,9 +164,8 @@ def test_dice1_and_accuracy_cells_match_an_independent_computation(run):
 def test_dice2_cell_is_pooled_over_all_slices(run):
     lits = recompute(run, "nnUNetTrainerJoint_LiTS")
     rows = md_table(run["markdown"], "Fine-tuning (EMBC)")
-    mean, std = lits["dice2_folds"]
     assert cell(rows, "no freezing [joint, LiTS, NoFreeze]", "Dice2 (global): ours") == (
-        f"{lits['dice2_pooled']:.2f} pooled; folds {mean:.2f} ± {std:.2f} (n={len(run['cases'])})")
+        f"{lits['dice2_pooled']:.2f} (n={len(run['cases'])}; fold SD {lits['dice2_fold_sd']:.2f})")
 
 
 def sign_flip_p(differences: list[float]) -> float:

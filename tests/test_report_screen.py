@@ -148,7 +148,7 @@ def test_only_what_ran_and_no_false_precision(demo):
     midl = md_table(md, "Table 1 (MIDL)")
     assert midl[0] == ["framework", "metric", "scratch: ours", "scratch: paper", "LiTS: ours", "LiTS: paper"]
     assert [r[:2] for r in midl[1:]] == [["joint", "cls acc"], ["joint", "Dice1 (seg Dice)"], ["joint", "seg recall"]]
-    assert re.fullmatch(r"\d\.\d\d \(1 fold, n=30\) \[\d\.\d\d, \d\.\d\d\]", midl[1][2]), midl[1][2]
+    assert re.fullmatch(r"\d\.\d\d \[\d\.\d\d, \d\.\d\d\] \(n=30; 1 fold\)", midl[1][2]), midl[1][2]
     assert [r[0] for r in md_table(md, "Fine-tuning (EMBC)")[1:]] == [
         "baseline (scratch) [joint, scratch, NoFreeze]", "no freezing [joint, LiTS, NoFreeze]"]
     assert "### Plain nnU-Net baselines" not in md  # no plain nnU-Net row ran

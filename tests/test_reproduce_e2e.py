@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -59,7 +60,9 @@ def test_report_tables_show_measured_cells_and_never_invent_numbers(run_dir):
     exps = experiments(run_dir)
     joint = next(e for e in exps.values() if e["trainer"] == "nnUNetTrainerJoint_LiTS")
     acc = joint["aggregate"]["metrics"]["cls_acc"]
-    assert acc["n_folds"] == 1 and f"{acc['mean']:.2f} (1 fold, n={acc['n']})" in report  # never "± 0.00"
+    # one fold: the mean over its slices, its patient interval, and "1 fold" instead of a spread (never "± 0.00")
+    assert acc["n_folds"] == 1 and re.search(rf"{acc['mean']:.2f} \[\d\.\d\d, \d\.\d\d\] \(n={acc['n']}; 1 fold\)",
+                                             report)
     imagenet = [e for e in exps.values() if e["init"] == "ImageNet"]
     assert imagenet and all(e["status"] == "not run: no ImageNet weights given" for e in imagenet)
     assert all(e["aggregate"] is None for e in imagenet)
@@ -77,7 +80,7 @@ def test_report_states_the_stage1_liver_dice(run_dir):
                                  / "gt_segmentations", folds=[0])
     dice = fresh["aggregate"]["metrics"]["liver_dice"]
     assert dice["n"] >= 1 and 0.0 <= dice["mean"] <= 1.0
-    line = f"liver Dice per validation volume {dice['mean']:.2f} (1 fold, n={dice['n']} volumes)"  # fold 0 only
+    line = f"liver Dice per validation volume {dice['mean']:.2f} (n={dice['n']} volumes; 1 fold)"  # fold 0 only
     assert line in (run_dir / "report" / "report.md").read_text(encoding="utf-8")
     assert line in (run_dir / "report" / "report.html").read_text(encoding="utf-8")
 

@@ -2,8 +2,9 @@
 
 Every expected value comes from a closed form or an enumeration written in this file (binomial
 sums with ``math.comb``, all sign patterns of a signed-rank statistic or of per-patient
-differences, the exact distribution of a two-patient bootstrap, Holm by hand, power from the
-noncentral t distribution), never from the function under test.
+differences, scipy's paired permutation test, the exact distribution of a two-patient bootstrap,
+Holm by hand, power from a sign-flip simulation written here, t and chi-square quantiles from
+tables), never from the function under test.
 """
 
 from __future__ import annotations
@@ -20,12 +21,21 @@ from nnunet_joint.evaluation.statistics import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
     EXACT_MAX_PATIENTS,
+    PERMUTATIONS,
     detectable_difference,
     format_p,
     holm,
+    holm_thresholds,
     mcnemar_exact,
     patient_bootstrap,
     patient_paired_test,
+    prediction_factor,
+    sample_sd,
+    sd_interval_factors,
+    settle_borderline,
+    sign_flip_p_value,
+    simulated_power,
+    smallest_p_value,
     wilcoxon_signed_rank,
 )
 
@@ -169,6 +179,27 @@ def test_bootstrap_matches_the_normal_interval_of_a_proportion():
     assert interval.high == pytest.approx(scipy_interval.high, abs=0.006)
 
 
+def test_patient_bootstrap_agrees_with_scipys_paired_bootstrap():
+    # scipy.stats.bootstrap with paired=True resamples patients and keeps each patient's slice sum and slice
+    # count together; the ratio of their totals is the mean over the drawn slices: our resampling scheme
+    rng = np.random.default_rng(6)
+    slices = rng.integers(1, 7, 30)
+    patients = np.repeat(np.arange(30), slices)
+    values = rng.normal(0.6, 0.2, patients.size) + 0.1 * rng.normal(size=30)[patients]
+    sums, counts = np.bincount(patients, weights=values), slices.astype(float)
+
+    def ratio(s, c, axis=-1):
+        return np.sum(s, axis=axis) / np.sum(c, axis=axis)
+
+    scipy_interval = stats.bootstrap((sums, counts), ratio, paired=True, vectorized=True, n_resamples=10_000,
+                                     method="percentile", rng=np.random.default_rng(2)).confidence_interval
+    interval = patient_bootstrap(values, patients)
+    assert interval.estimate == pytest.approx(sums.sum() / counts.sum())
+    width = scipy_interval.high - scipy_interval.low
+    assert interval.low == pytest.approx(scipy_interval.low, abs=0.05 * width)
+    assert interval.high == pytest.approx(scipy_interval.high, abs=0.05 * width)
+
+
 def test_bootstrap_is_reproducible_and_checks_its_input():
     rng = np.random.default_rng(0)
     values, patients = rng.uniform(size=50), rng.integers(0, 12, 50)
@@ -228,8 +259,10 @@ def test_many_slices_of_one_patient_are_one_unit():
     assert (test.n_slices, test.n_patients) == (17, 6)
     assert test.effect == pytest.approx(12 / 17)  # the slice means the tables show: 17/17 vs 5/17
     assert (test.mean_a, test.mean_b) == (pytest.approx(1.0), pytest.approx(5 / 17))
-    assert "exact" in test.method
-    assert test.detectable is not None and test.detectable > test.effect  # 6 patients cannot hold 0.71 still
+    assert "exact" in test.method and "5 tied patients left out" in test.method
+    # one patient differs: the smallest possible p is 2 / 2**1 = 1, so no difference is detectable
+    assert test.tied == 5 and test.smallest_p == 1.0
+    assert patient_paired_test(a, b, patients, family=1).detectable is None
 
 
 def test_patient_test_on_dice_matches_enumeration_of_all_sign_patterns():
@@ -268,22 +301,141 @@ def test_difference_interval_resamples_patients():
     assert (test.effect, test.low, test.high) == (0.75, 0.0, 1.0)
 
 
-def test_detectable_difference_has_the_stated_power():
-    differences = np.random.default_rng(1).normal(0.0, 0.2, 12)
-    n, sd = 12, float(np.std(differences, ddof=1))
-    mde = detectable_difference(differences)
-    # power of the two-sided paired t-test at alpha 0.05 against a true difference of mde:
-    # the noncentral t distribution with noncentrality mde / (sd / sqrt(n))
-    critical = stats.t.ppf(0.975, n - 1)
-    noncentrality = mde / (sd / math.sqrt(n))
-    power = stats.nct.sf(critical, n - 1, noncentrality) + stats.nct.cdf(-critical, n - 1, noncentrality)
-    assert power == pytest.approx(0.80, abs=0.02)
-    assert detectable_difference(differences[:5]) is None  # 2/2^5 > 0.05: no sign pattern reaches alpha
-    assert detectable_difference(differences[:6]) is not None  # 2/2^6 < 0.05
-    # weights: the spread of a weighted mean, sd * sqrt(sum of squared normalised weights)
-    weights = np.arange(1, 13)
-    assert detectable_difference(differences, weights) == pytest.approx(
-        mde / (sd / math.sqrt(n)) * sd * math.sqrt(np.sum((weights / weights.sum()) ** 2)))
+def test_sign_flip_p_equals_scipys_paired_permutation_test():
+    # scipy.stats.permutation_test with permutation_type="samples" swaps A and B within each pair, i.e. flips the
+    # sign of each patient's difference; with the slices as weights its statistic is our mean over slices.
+    # Below 2**n resamples scipy enumerates every pattern, as we do; ties (difference 0) included.
+    rng = np.random.default_rng(4)
+    for n, zeros in [(5, 0), (9, 2), (12, 4)]:
+        differences = rng.normal(0.1, 0.3, n)
+        differences[:zeros] = 0.0
+        weights = rng.integers(1, 6, n).astype(float)
+
+        def weighted_mean(x, y, axis=-1):
+            return np.sum(weights * (x - y), axis=axis) / weights.sum()
+
+        scipy_p = stats.permutation_test((differences, np.zeros(n)), weighted_mean, permutation_type="samples",
+                                         vectorized=True, n_resamples=10**6).pvalue
+        p, method, drawn = sign_flip_p_value(differences, weights)
+        assert p == pytest.approx(scipy_p) and drawn == 0 and method.startswith("exact")
+        terms = weights * differences
+        assert p == pytest.approx(sign_flip_p_by_enumeration(list(terms)))
+
+
+def test_ties_raise_the_smallest_p_value():
+    # 8 patients, 3 of whom tie (difference 0): only 5 carry a sign, so the most extreme pattern has
+    # p = 2 / 2**5 = 0.0625 (every pattern of the tied three gives the same total), never below 0.05
+    differences = [0.3, 0.2, 0.4, 0.1, 0.25, 0.0, 0.0, 0.0]
+    assert sign_flip_p_by_enumeration(differences) == pytest.approx(0.0625)
+    p, method, _ = sign_flip_p_value(differences)
+    assert p == pytest.approx(0.0625) and "3 tied patients left out" in method
+    assert smallest_p_value(differences) == 0.0625
+    assert detectable_difference(differences) is None
+    assert detectable_difference(differences[:5] + [0.15, 0.35, 0.05]) is not None  # no tie: 2 / 256
+
+
+def test_nothing_is_detectable_with_9_patients_in_a_family_of_21():
+    differences = np.random.default_rng(1).normal(0.0, 1.0, 10)
+    # 2 / 2**9 = 0.0039 is the smallest p of 9 patients; Holm's first step in a family of 21 is 0.05 / 21 = 0.0024
+    assert 2 / 2**9 * 21 >= ALPHA
+    assert detectable_difference(differences[:9], family=21) is None
+    assert detectable_difference(differences[:9], family=1) is not None  # uncorrected, 9 patients would do
+    assert 2 / 2**10 * 21 < ALPHA and detectable_difference(differences, family=21) is not None
+
+
+def monte_carlo_sign_flip_power(shift: float, sd: float, weights: np.ndarray, tied: int, level: float,
+                                studies: int, seed: int) -> float:
+    """Power of the two-sided sign-flip test at ``p < level``, simulated here with numpy alone.
+
+    Each study: ``tied`` patients with difference 0, the others normal(delta, sd) with delta chosen so the
+    expected mean over all slices is ``shift``; the p-value from 20,000 random sign patterns of its own
+    generator, (1 + hits) / (1 + 20,000), or all patterns when there are at most 16 informative patients.
+    """
+    rng = np.random.default_rng(seed)
+    informative = weights[tied:]
+    delta = shift * weights.sum() / informative.sum()
+    n = informative.size
+    if n <= 16:
+        signs = np.array(list(itertools.product((1.0, -1.0), repeat=n)))
+    else:
+        signs = rng.choice([-1.0, 1.0], size=(20_000, n))
+    detected = 0
+    for _ in range(studies // 100):
+        d = rng.normal(delta, sd, (100, n)) * informative
+        observed = np.abs(d.sum(axis=1))
+        hits = np.zeros(100)
+        for start in range(0, len(signs), 4_000):
+            hits += np.sum(np.abs(signs[start:start + 4_000] @ d.T) >= observed - 1e-9, axis=0)
+        p = hits / len(signs) if n <= 16 else (1 + hits) / (1 + len(signs))
+        detected += int(np.sum(p < level))
+    return detected / studies
+
+
+def test_detectable_difference_has_the_stated_power_at_holms_first_step():
+    # 38 patients, one slice each, in a family of 21 tests: power 0.8 at 0.05 / 21 under the sign-flip test,
+    # checked by a simulation written here (its own generator, its own sign patterns)
+    differences = np.random.default_rng(1).normal(0.0, 1.0, 38)
+    mde = detectable_difference(differences, family=21)
+    sd = float(np.std(differences, ddof=1))
+    power = monte_carlo_sign_flip_power(mde, sd, np.ones(38), 0, ALPHA / 21, 2_000, seed=7)
+    assert power == pytest.approx(0.80, abs=0.05)
+    # the paired t-test's formula at the uncorrected level (what the report printed before) has far less power
+    t_formula = (stats.t.ppf(0.975, 37) + stats.t.ppf(0.8, 37)) * sd / math.sqrt(38)
+    assert mde > 1.4 * t_formula
+    assert monte_carlo_sign_flip_power(t_formula, sd, np.ones(38), 0, ALPHA / 21, 1_000, seed=8) < 0.5
+
+
+def test_detectable_difference_with_ties_and_unequal_slices():
+    # 12 patients with 1-5 slices, 2 of them tied: the 10 others carry the test (exact, 2**10 patterns)
+    rng = np.random.default_rng(3)
+    weights = np.array([2, 3, 1, 4, 2, 5, 1, 3, 2, 4, 1, 2], dtype=float)
+    differences = rng.normal(0.1, 0.2, 12)
+    differences[:2] = 0.0
+    mde = detectable_difference(differences, weights, family=2)
+    sd = float(np.std(differences[2:], ddof=1))
+    power = monte_carlo_sign_flip_power(mde, sd, weights, 2, ALPHA / 2, 2_000, seed=9)
+    assert power == pytest.approx(0.80, abs=0.05)
+    assert simulated_power(mde * 1.001, differences, weights, family=2) >= 0.8 > simulated_power(
+        mde * 0.95, differences, weights, family=2)
+
+
+def test_monte_carlo_p_near_its_holm_threshold_is_redrawn():
+    # 20 patients (Monte Carlo); the exact p by enumerating all 2**20 patterns here
+    n = EXACT_MAX_PATIENTS + 4
+    differences = np.random.default_rng(12).normal(0.25, 1.0, n)
+    signs = 1 - 2 * ((np.arange(2**n)[:, None] >> np.arange(n)) & 1).astype(np.int8)
+    exact = float(np.mean(np.abs(signs @ differences) >= abs(differences.sum()) - 1e-9))
+    test = patient_paired_test(differences, np.zeros(n), [f"p{k}" for k in range(n)])
+    assert test.permutations == PERMUTATIONS
+    # a family whose threshold sits at the first estimate: within 3 standard errors, so redrawn (x10, x100)
+    far = patient_paired_test(differences * 0, np.zeros(n), [f"q{k}" for k in range(n)])  # p = 1
+    alpha = 2 * test.p_value  # two tests: the smaller p is compared with alpha / 2 = its own value
+    settled = settle_borderline([test, far], alpha)
+    assert settled[1] == far
+    redrawn = settled[0]
+    assert redrawn.permutations >= 10 * PERMUTATIONS and "within 3 standard errors" in redrawn.method
+    assert f"{redrawn.permutations:,} sign patterns" in redrawn.method
+    assert abs(redrawn.p_value - exact) < 4 * math.sqrt(exact * (1 - exact) / redrawn.permutations)
+    # far from every threshold: nothing is redrawn
+    assert settle_borderline([test], alpha=0.5) == [test]
+    assert holm_thresholds([0.03, 0.01, 0.2]) == pytest.approx([0.05 / 2, 0.05 / 3, 0.05])
+
+
+def test_spread_factors_match_t_and_chi_square():
+    # 95 % prediction interval of one more value from K = 3: t[2, 0.975] = 4.302653 times sqrt(1 + 1/3)
+    assert prediction_factor(3) == pytest.approx(4.302653 * math.sqrt(4 / 3), rel=1e-6)
+    assert prediction_factor(3) == pytest.approx(4.97, abs=0.005)
+    assert prediction_factor(2) == pytest.approx(12.706205 * math.sqrt(1.5), rel=1e-6)
+    # chi-square quantiles, 1 degree of freedom: 0.025 -> 0.000982069, 0.975 -> 5.023886 (K = 2 finished repeats)
+    low, high = sd_interval_factors(2)
+    assert (low, high) == (pytest.approx((1 / 5.023886) ** 0.5, rel=1e-5), pytest.approx((1 / 0.000982069) ** 0.5,
+                                                                                            rel=1e-5))
+    assert f"{low:.2f}-{high:.1f}" == "0.45-31.9"
+    low, high = sd_interval_factors(3)  # 2 degrees of freedom: 0.025 -> 0.0506356, 0.975 -> 7.377759
+    assert (low, high) == (pytest.approx((2 / 7.377759) ** 0.5, rel=1e-5), pytest.approx((2 / 0.0506356) ** 0.5,
+                                                                                          rel=1e-5))
+    assert sample_sd([0.2, 0.05, 0.05]) == pytest.approx(math.sqrt(((0.1) ** 2 + 2 * 0.05**2) / 2))
+    assert sample_sd([0.3]) is None
 
 
 def test_holm_on_a_hand_computed_family():

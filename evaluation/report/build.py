@@ -15,7 +15,7 @@ from nnunet_joint.evaluation.report import evidence as evidence_module
 from nnunet_joint.evaluation.report import outputs, tables
 from nnunet_joint.evaluation.report.evidence import ComparisonResult, Evidence
 from nnunet_joint.evaluation.report.experiments import Experiment
-from nnunet_joint.evaluation.report.spread import spread_blocks
+from nnunet_joint.evaluation.report.spread import spread_blocks, spread_summary
 from nnunet_joint.evaluation.report.figure_set import make_figures, pretraining_curve_figure
 from nnunet_joint.io import write_json, write_text
 from nnunet_joint.names import (FREEZE_ENCODER, HIERARCHICAL_FREEZING, HIERARCHICAL_UNFREEZING, SUMMARY_CSV,
@@ -39,8 +39,9 @@ DEFINITIONS = (
     "cls acc: slice lesion type; joint and plain nnU-Net on the joint dataset: majority vote of the predicted "
     "lesion pixels (no lesion pixel: the type with the largest summed probability in the predicted liver); Y-Net "
     "and classifier: argmax of the head. A slice without a call counts as wrong.",
-    "Every metric is computed on the full original slice, and every table shows mean ± std (population std) over "
-    "folds with the number of slices it stands on (with one fold: the value and \"1 fold\").",
+    "Every metric is computed on the full original slice. Every table shows one number per row and metric: the mean "
+    "over all validation slices of all folds (Dice2: pooled TP/FP/FN), with the number of slices it stands on and "
+    "the fold SD, the sample standard deviation (ddof 1) of the per-fold values (with one fold: \"1 fold\").",
 )
 #: Said wherever a fine-tuning schedule is compared: the EMBC paper names its schedules but not their details.
 SCHEDULES_READING = (
@@ -98,7 +99,7 @@ def stage1_line(stage1: Mapping[str, Any] | None) -> str:
     dice = stage1["summary"]["aggregate"]["metrics"]["liver_dice"]
     volumes = f"{dice['n']} volumes"
     return (f"{stage1.get('trainer', '?')} on Dataset501: liver Dice per validation volume "
-            f"{tables.over_folds(dice, volumes)}")
+            f"{tables.estimate_text(stage1['summary'], 'liver_dice', volumes)}")
 
 
 def statistics_definitions() -> list[str]:
@@ -110,17 +111,23 @@ def statistics_definitions() -> list[str]:
         "own unit (the intervals table says so).",
         "Paired tests, on the validation slices both rows evaluated, with the patient as the unit: the effect is "
         "the difference of the two rows' means over those slices; its p-value a two-sided permutation test that "
-        "flips the sign of each patient's mean difference, weighted by its slices (exact over all 2^n sign "
-        f"patterns up to {statistics.EXACT_MAX_PATIENTS} patients, else {statistics.PERMUTATIONS:,} random "
-        f"patterns, seed {statistics.PERMUTATION_SEED}); its interval a percentile bootstrap resampling patients "
-        "with all their slices. The p-values of all the report's comparisons are Holm-corrected as one family; a "
-        f"difference is detected when the corrected p < {statistics.ALPHA:g}.",
-        "Smallest detectable difference (for a difference not detected): (t[n-1, 1 - alpha/2] + t[n-1, power]) x "
-        f"sd x sqrt(sum of w^2), alpha {statistics.ALPHA:g} two-sided, power {statistics.POWER:g}, sd the standard "
-        "deviation of the n per-patient mean differences, w each patient's share of the slices (equal shares: "
-        "sd / sqrt(n)): a true difference this large would be detected in about "
-        f"{statistics.POWER * 100:g} % of studies of this size (before the correction, which makes it larger). With "
-        f"five patients or fewer no sign pattern reaches p < {statistics.ALPHA:g}, so nothing is detectable.",
+        "flips the sign of each patient's mean difference, weighted by its slices (patients whose difference is 0 "
+        f"left out: either sign gives the same statistic; exact over all 2^k sign patterns up to "
+        f"{statistics.EXACT_MAX_PATIENTS} other patients, else {statistics.PERMUTATIONS:,} random patterns, seed "
+        f"{statistics.PERMUTATION_SEED}, ten times more, up to {statistics.MAX_PERMUTATIONS:,}, while p lies within "
+        f"{statistics.BORDERLINE_SE:g} standard errors of its Holm threshold; the table's p method says which); its "
+        "interval a percentile bootstrap resampling patients with all their slices. The p-values of all the "
+        "report's comparisons are Holm-corrected as one family; a difference is detected when the corrected p < "
+        f"{statistics.ALPHA:g}. Without patients in dataset.json each slice counts as a patient; such a test is shown "
+        "without a verdict, since slices of one patient are not independent and its p-value is too small.",
+        "Smallest detectable difference: the mean difference over the slices that the sign-flip test detects with "
+        f"probability {statistics.POWER:g} at Holm's first step (p < {statistics.ALPHA:g} / m, m the tests of this "
+        f"report), from {statistics.POWER_SIMULATIONS:,} simulated studies of the same patients and slices (numpy "
+        f"default_rng, seed {statistics.POWER_SEED}), each tested as above: the patients whose difference was 0 "
+        "stay tied, the others are drawn from a normal distribution with the standard deviation of their observed "
+        "differences. None when even the most extreme sign pattern cannot reach that level: its p is 2 / 2^k for "
+        "the k patients whose difference is not 0, so 9 patients in a family of 21 (2 / 512 x 21 = 0.08) can detect "
+        "nothing.",
         "Per-slice tests, for reference only: exact McNemar for the type (two-sided binomial test on the discordant "
         "slices) and Wilcoxon signed-rank for Dice1 (scipy.stats.wilcoxon defaults), uncorrected. They count "
         "slices as independent, which slices of one patient are not, so their p-values are too small.",
@@ -299,6 +306,7 @@ def build_report(experiments: Sequence[Mapping[str, Any]], out_dir: str | os.Pat
         "statistics": statistics.definitions(),
         "experiments": [outputs.experiment_record(e, evidence) for e in parsed],
         "paired_tests": [r.to_dict() for r in evidence.results],
+        "spread": spread_summary(meta.get("repeats"), parsed, evidence),
         "tables": {t.key: t.to_dict() for t in [*document.tables(), *full_tables(parsed, evidence)]},
         "figures": [entry.relative(out_dir) for entry in figure_entries],
         "notes": notes,

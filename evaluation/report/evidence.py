@@ -12,8 +12,8 @@ segmentation and joint datasets hold the same slices under the same ids). The te
 is at the patient level (:func:`evaluation.statistics.patient_paired_test`), Holm-corrected
 across every pair and metric tested in the run; McNemar (type) and Wilcoxon (Dice1) per slice are
 kept beside it, labelled as counting slices as independent. Intervals resample patients
-(``dataset.json``'s ``patients``); without patients each slice is its own unit, and the report
-says so.
+(``dataset.json``'s ``patients``); without patients each slice is its own unit, the report says
+so, and such a test gets no detected / not detected verdict.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from nnunet_joint.evaluation.statistics import (
     mcnemar_exact,
     patient_bootstrap,
     patient_paired_test,
+    settle_borderline,
     wilcoxon_signed_rank,
 )
 
@@ -111,7 +112,8 @@ class ComparisonResult:
         reason: why not tested (empty when tested).
         paper_effect: the paper's ``a - b`` for this metric, ``None`` where a paper lacks a cell.
         units: what the patient-level test resampled: ``"patients"``, or ``"slices"`` when neither
-            row's ``dataset.json`` lists patients.
+            row's ``dataset.json`` lists patients. With slices as units the test counts slices of one
+            patient as independent, so its p-value is too small: it gets no verdict.
     """
 
     comparison: Comparison
@@ -132,14 +134,21 @@ class ComparisonResult:
         return self.patient is not None
 
     @property
+    def has_patients(self) -> bool:
+        """The test's units are patients, so its p-value may decide (slices of one patient are not independent)."""
+        return self.units == "patients"
+
+    @property
     def detected(self) -> bool:
-        """Whether the difference is detected at :data:`~evaluation.statistics.ALPHA` after Holm's correction."""
-        return self.p_holm is not None and self.p_holm < ALPHA
+        """Whether the difference is detected at :data:`~evaluation.statistics.ALPHA` after Holm's correction
+        (never with slices as units)."""
+        return self.has_patients and self.p_holm is not None and self.p_holm < ALPHA
 
     def to_dict(self) -> dict:
         return {"question": self.comparison.question, "a": self.comparison.a.label, "b": self.comparison.b.label,
                 "metric": self.metric, "patient_test": None if self.patient is None else self.patient.to_dict(),
-                "p_holm": self.p_holm, "detected": self.detected if self.tested else None, "units": self.units,
+                "p_holm": self.p_holm, "detected": self.detected if self.tested and self.has_patients else None,
+                "units": self.units,
                 "per_slice_test": None if self.per_slice is None else self.per_slice.to_dict(),
                 "reason": self.reason, "paper_source": self.comparison.source, "paper_effect": self.paper_effect}
 
@@ -211,6 +220,9 @@ def gather(experiments: Sequence[Experiment]) -> Evidence:
             intervals[e.key] = {m: i for m, i in found.items() if i is not None}
     results = [run_comparison(c, m) for c in comparisons(experiments) for m in c.metrics]
     tested = [i for i, r in enumerate(results) if r.tested]
-    for i, adjusted in zip(tested, holm([results[i].patient.p_value for i in tested])):
-        results[i] = dataclasses.replace(results[i], p_holm=adjusted)
+    # one family: Monte Carlo p-values near their Holm threshold redrawn, then corrected together; each
+    # test's smallest detectable difference at Holm's first step for this family
+    settled = settle_borderline([results[i].patient for i in tested])
+    for i, test, adjusted in zip(tested, settled, holm([t.p_value for t in settled])):
+        results[i] = dataclasses.replace(results[i], patient=test.at_family(len(tested)), p_holm=adjusted)
     return Evidence(intervals, results)

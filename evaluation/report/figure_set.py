@@ -14,7 +14,8 @@ from nnunet_joint.evaluation import figures, published
 from nnunet_joint.evaluation.report.document import Figure
 from nnunet_joint.evaluation.report.experiments import LEARNING_CURVE_FILE, Experiment, find
 from nnunet_joint.evaluation.report.overlays import overlay_rows
-from nnunet_joint.evaluation.report.tables import MIDL_ROWS, midl_cells_run
+from nnunet_joint.evaluation.report.tables import MIDL_ROWS, fold_values, midl_cells_run, row_estimate
+from nnunet_joint.evaluation.statistics import sample_sd
 from nnunet_joint.names import DATASET_FOLDERS, JOINT_DATASET
 
 FIGURES_DIR = "figures"
@@ -27,7 +28,8 @@ def _rank(e: Experiment) -> tuple[int, int, str]:
 
 
 def bar_values(experiments: Sequence[Experiment]) -> dict:
-    """``framework -> init -> metric -> (mean, std)`` of MIDL Table 1's cells that ran, or ``"failed"``."""
+    """``framework -> init -> metric -> (estimate, fold SD)`` of MIDL Table 1's cells that ran (the tables' number,
+    :func:`~evaluation.report.tables.row_estimate`), or ``"failed"``."""
     values: dict[str, dict[str, dict[str, Any]]] = {}
     frameworks, inits = midl_cells_run(experiments)
     for framework in frameworks:
@@ -39,14 +41,17 @@ def bar_values(experiments: Sequence[Experiment]) -> dict:
                     continue
                 entry = None if e is None else e.metric(metric)
                 if entry is not None:
-                    cells[metric] = (entry["mean"], entry["std"])
+                    cells[metric] = _estimate_spread(e, metric)
                 elif e is not None and e.status.startswith("failed"):
                     cells[metric] = "failed"
     return values
 
 
-def _mean_std(entry: dict | None) -> tuple[float | None, float | None]:
-    return (None, None) if entry is None else (entry["mean"], entry["std"])
+def _estimate_spread(e: Experiment, metric: str) -> tuple[float | None, float | None]:
+    """The row's number as the tables show it (mean over all slices) and its fold SD (ddof 1; ``None``: one fold)."""
+    if e.metric(metric) is None:
+        return None, None
+    return row_estimate(e.summary, metric), sample_sd([v for v, _ in fold_values(e.summary, metric)])
 
 
 def curve_panels(experiments: Sequence[Experiment]) -> list[figures.CurvePanel]:
@@ -76,8 +81,9 @@ def make_figures(experiments: Sequence[Experiment], out_dir: Path, meta: Mapping
             {"cls_acc": "cls acc", "dice": "seg Dice (Dice1)"}, folder / "bars_framework_init.png")
         entries.append(Figure(
             "bars", "Frameworks x initialisation",
-            "MIDL Table 1's cells this run trained (fine-tuned without freezing): our mean over folds (error bar: "
-            "std over folds, none with one fold); black ticks: the paper's numbers.", path))
+            "MIDL Table 1's cells this run trained (fine-tuned without freezing): our mean over all validation slices, "
+            "the tables' number (error bar: fold SD, ddof 1, none with one fold); black ticks: the paper's numbers.",
+            path))
 
     classifiers = [e for e in experiments if e.metric("cls_acc") is not None]
     path = figures.confusion_matrices(
@@ -87,9 +93,10 @@ def make_figures(experiments: Sequence[Experiment], out_dir: Path, meta: Mapping
         "confusion", "Confusion matrices",
         "Validation slices of all folds (rows: true type, columns: predicted). Colour: fraction of the row.", path))
 
-    recall_items = [(e.label, {t: _mean_std(e.metric(f"recall_{t}")) for t in LESION_TYPES}) for e in classifiers]
+    recall_items = [(e.label, {t: _estimate_spread(e, f"recall_{t}") for t in LESION_TYPES}) for e in classifiers]
     path = figures.per_class_recall(recall_items, folder / "per_class_recall.png")
-    entries.append(Figure("recall", "Per-class recall", "Recall of each lesion type, mean ± std over folds.", path))
+    entries.append(Figure("recall", "Per-class recall", "Recall of each lesion type over all validation slices "
+                          "(error bar: fold SD, ddof 1).", path))
 
     panels = curve_panels(experiments)
     without = [p.title for p in panels if not p.series]

@@ -4,11 +4,13 @@ The report's tables show the rows that ran (trained, or tried to and failed: a f
 status text, never a number); the rows a profile does not run are named in one line instead
 (:func:`evaluation.report.build.not_run_line`). With ``full=True`` the same functions build every
 row of the papers' matrix, a row that did not run showing its status ("not run: ..."), for
-``summary.json``. A measured cell reads ``mean ± std (n=slices)`` over folds, or
-``mean (1 fold, n=slices)`` when there is one fold (a standard deviation of one number would read
-as precision); type accuracy and Dice1 add ``[low, high]``, the 95 % bootstrap interval over
-patients (:mod:`evaluation.report.evidence`); Dice2 leads with its pooled value
-(:func:`evaluation.metrics.summarise`).
+``summary.json``. A measured cell holds one point estimate, the row's mean over all its
+validation slices of all folds (:func:`row_estimate`; Dice2: TP/FP/FN pooled), the same number
+the findings, the paired tests and the run-to-run table show for that row; type accuracy and
+Dice1 add ``[low, high]``, the 95 % bootstrap interval over patients around that mean
+(:mod:`evaluation.report.evidence`); after it, labelled, the slices it stands on and the fold SD
+(sample SD, ddof 1, of the per-fold values), or "1 fold" (a standard deviation of one number
+would read as precision).
 """
 
 from __future__ import annotations
@@ -17,11 +19,10 @@ from typing import Mapping, Sequence
 
 from nnunet_joint import names as vocabulary
 from nnunet_joint.evaluation import published
-from nnunet_joint.evaluation.metrics import format_mean_std
 from nnunet_joint.evaluation.report.document import Table
 from nnunet_joint.evaluation.report.evidence import METRIC_WORDS, ComparisonResult, Evidence
 from nnunet_joint.evaluation.report.experiments import Experiment, find, training_used
-from nnunet_joint.evaluation.statistics import ALPHA, POWER, Interval, format_p
+from nnunet_joint.evaluation.statistics import ALPHA, POWER, Interval, format_p, sample_sd
 
 METRIC_LABELS: dict[str, str] = {
     "dice": "Dice1 (seg Dice)",
@@ -40,13 +41,15 @@ BASELINE_METRICS: tuple[str, ...] = ("dice", "global_dice", "recall", "success_r
 NOT_RUN_PREFIX = "not run"
 NOT_LISTED = "not run: not in the experiment list"
 CELL_LEGEND = (
-    "Ours: mean ± std over folds (population std), or the value and \"1 fold\" when there is one fold; n = "
-    "validation slices the metric stands on; for cls acc and Dice1, [a, b] is the 95 % bootstrap interval over "
-    "patients of the mean over all validation slices; Dice2 is pooled over all validation slices of all folds, "
-    "with the per-fold values' mean ± std beside it; –: no such metric, or a row this run did not train."
+    "Ours: the mean over all validation slices of all folds, [a, b] its 95 % bootstrap interval over patients (cls "
+    "acc and Dice1), then n = validation slices it stands on and the fold SD: the sample standard deviation "
+    "(ddof 1) of the per-fold values, a spread, not the estimate's uncertainty (\"1 fold\" when there is one fold); "
+    "Dice2 is pooled over the TP/FP/FN of all validation slices of all folds; –: no such metric, or a row this run "
+    "did not train."
 )
 #: The same, short, for table captions.
-CELL_LEGEND_SHORT = "Ours: mean ± std over folds (n = slices) [95 % bootstrap interval over patients]."
+CELL_LEGEND_SHORT = ("Ours: mean over all validation slices [95 % bootstrap interval over patients] (n = slices; "
+                     "fold SD, ddof 1).")
 
 
 def interval_text(interval: Interval | None) -> str:
@@ -58,21 +61,53 @@ def ran(experiment: Experiment | None) -> bool:
     return experiment is not None and not experiment.status.startswith(NOT_RUN_PREFIX)
 
 
-def over_folds(entry: dict, count: str) -> str:
-    """``"0.71 ± 0.03 (n=332)"`` over several folds, ``"0.71 (1 fold, n=110)"`` for one.
+def fold_values(summary: Mapping, metric: str) -> list[tuple[float, int]]:
+    """Per fold of an evaluation summary, ``(value, slices)`` of ``metric`` where it is defined."""
+    out = []
+    for fold in summary.get("per_fold") or []:
+        entry = fold.get("metrics", {}).get(metric) or {}
+        if entry.get("value") is not None:
+            out.append((float(entry["value"]), int(entry.get("n") or 0)))
+    return out
+
+
+def row_estimate(summary: Mapping, metric: str) -> float | None:
+    """A row's one number for ``metric``: its mean over all validation slices of all folds.
+
+    Each fold's value is a mean over its ``n`` slices, so the slice-weighted mean of the folds is
+    the mean over all slices (for type accuracy and Dice1 the same number as the bootstrap
+    interval's centre); Dice2 is the Dice of the pooled TP/FP/FN. ``None`` when undefined.
+    """
+    entry = summary["aggregate"]["metrics"].get(metric) or {}
+    if entry.get("pooled") is not None:
+        return float(entry["pooled"])
+    folds = fold_values(summary, metric)
+    slices = sum(n for _, n in folds)
+    return None if not slices else sum(v * n for v, n in folds) / slices
+
+
+def estimate_text(summary: Mapping, metric: str, count: str, interval: Interval | None = None) -> str:
+    """``"0.73 [0.65, 0.81] (n=93; fold SD 0.13)"``, ``"0.71 (n=30; 1 fold)"``; ``"–"`` when undefined.
 
     Args:
-        entry: an aggregate metric entry (``mean``, ``std``, ``n_folds``).
+        summary: the evaluation summary (``aggregate`` and ``per_fold``).
+        metric: the metric's name.
         count: what ``n`` counts, as it follows ``n=`` (``"332"``, ``"12 volumes"``).
+        interval: the bootstrap interval of the same mean (its centre is the number shown).
     """
-    if entry.get("n_folds") == 1 and entry.get("mean") is not None:
-        return f"{entry['mean']:.2f} (1 fold, n={count})"
-    return f"{format_mean_std(entry)} (n={count})"
+    value = interval.estimate if interval is not None else row_estimate(summary, metric)
+    if value is None:
+        return "–"
+    folds = [v for v, _ in fold_values(summary, metric)]
+    spread = sample_sd(folds)
+    spread_text = "1 fold" if spread is None else f"fold SD {spread:.2f}"
+    return f"{value:.2f}{'' if interval is None else ' ' + interval_text(interval)} (n={count}; {spread_text})"
 
 
 def ours_cell(experiment: Experiment | None, metric: str, evidence: Evidence | None = None,
               full: bool = False) -> str:
-    """``"0.71 ± 0.03 (n=332) [0.66, 0.76]"``; the status text if it failed (``full``: or did not run); else ``–``."""
+    """``"0.73 [0.65, 0.81] (n=93; fold SD 0.13)"``; the status text if it failed (``full``: or did not run);
+    else ``–``."""
     if experiment is None:
         return NOT_LISTED if full else "–"
     if not ran(experiment) and not full:
@@ -82,13 +117,8 @@ def ours_cell(experiment: Experiment | None, metric: str, evidence: Evidence | N
     entry = experiment.metric(metric)
     if entry is None:
         return "–"
-    if entry.get("pooled") is not None:
-        spread = "(1 fold)" if entry.get("n_folds") == 1 else f"folds {format_mean_std(entry)}"
-        text = f"{entry['pooled']:.2f} pooled; {spread} (n={entry['n']})"
-    else:
-        text = over_folds(entry, str(entry["n"]))
     interval = None if evidence is None else evidence.interval(experiment, metric)
-    return text if interval is None else f"{text} {interval_text(interval)}"
+    return estimate_text(experiment.summary, metric, str(entry["n"]), interval)
 
 
 def paper_cell(value: float | None) -> str:
@@ -209,15 +239,30 @@ def difference_text(r: ComparisonResult) -> str:
     return f"{signed(t.effect)} [{signed(t.low)}, {signed(t.high)}]"
 
 
+NO_PATIENTS = "no verdict: patients missing"
+
+
 def verdict(r: ComparisonResult) -> str:
-    """The finding in words: detected (which way), or not detected and how large it would have had to be."""
+    """The finding in words: detected (which way), or not detected and how large it would have had to be;
+    no verdict when the units are slices (dataset.json names no patients)."""
     t = r.patient
+    if not r.has_patients:
+        return (f"{NO_PATIENTS} (dataset.json names none, so each slice counted as a patient; slices of one "
+                "patient are not independent, so this p-value is too small to decide anything)")
     if r.detected:
         return f"detected: {r.comparison.a.label} {'higher' if t.effect > 0 else 'lower'}"
     if t.detectable is None:
-        return (f"not detected; with {t.n_patients} {r.units} no difference can reach p < {ALPHA:g} "
-                "(too few for the test)")
+        who = (f"only {t.n_patients - t.tied} of {t.n_patients} patients differ (the others tie), so"
+               if t.tied else f"with {t.n_patients} patients")
+        return (f"not detected; {who} the smallest possible p is {t.smallest_p:.2g}, not below Holm's first step "
+                f"{detectable_level(t)}: no difference is detectable with so few")
     return f"not detected at this sample size; smallest detectable difference {t.detectable:.2f}"
+
+
+def detectable_level(t) -> str:
+    """``"0.05/21 = 0.0024"``: the level the smallest detectable difference was computed at."""
+    family = round(ALPHA / t.detectable_alpha)
+    return f"{ALPHA:g}/{family} = {t.detectable_alpha:.2g}" if family > 1 else f"{ALPHA:g}"
 
 
 def paper_text(r: ComparisonResult) -> str:
@@ -243,29 +288,35 @@ def finding_sentence(r: ComparisonResult, family: int) -> str:
 
 
 def comparisons_table(evidence: Evidence) -> Table:
+    family = len(evidence.tested)
+    level = f"{ALPHA:g}/{family} = {ALPHA / family:.2g}" if family > 1 else f"{ALPHA:g}"
     header = ["comparison (A vs B)", "metric", "patients", "slices", "A", "B", "A − B [95 % interval]",
-              "p (patients)", "p (Holm)", f"smallest detectable (power {POWER:g})", "verdict",
+              "p (patients)", "p method", "p (Holm)", f"smallest detectable (α {level}, power {POWER:g})", "verdict",
               "per slice (slices not independent)", "paper A − B"]
     rows = []
     for r in evidence.tested:
         t, s = r.patient, r.per_slice
-        patients = str(t.n_patients) if r.units == "patients" else f"– ({t.n_patients} slices as units)"
+        patients = str(t.n_patients) if r.has_patients else f"– ({t.n_patients} slices as units)"
+        detectable = ("– (no patients)" if not r.has_patients else "none" if t.detectable is None
+                      else f"{t.detectable:.2f}")
         rows.append([r.title, METRIC_WORDS[r.metric], patients, str(t.n_slices), f"{t.mean_a:.2f}", f"{t.mean_b:.2f}",
-                     difference_text(r), format_p(t.p_value), format_p(r.p_holm),
-                     "–" if t.detectable is None else f"{t.detectable:.2f}", verdict(r),
+                     difference_text(r), format_p(t.p_value), t.method, format_p(r.p_holm), detectable, verdict(r),
                      f"{s.test} p = {format_p(s.p_value)}",
                      "–" if r.paper_effect is None else f"{r.paper_effect:+.2f}"])
     return Table("paired", "Paired tests",
                  "The pairs the papers compare, on the validation slices both rows evaluated, with the patient as "
-                 "the unit: A and B are the means over those slices; A − B with its 95 % paired bootstrap interval "
+                 "the unit: A and B are the means over those slices (the rows' numbers in the tables above when both "
+                 "rows evaluated the same slices); A − B with its 95 % paired bootstrap interval "
                  "(patients resampled with all their slices); p from a two-sided permutation test flipping the sign "
-                 "of each patient's mean difference (weighted by its slices), then Holm-corrected over the "
-                 f"{len(evidence.tested)} tests of this report; "
-                 f"detected: Holm p < {ALPHA:g}; smallest detectable: the difference this many patients would detect "
-                 f"with probability {POWER:g}. Per slice: exact McNemar (type) or Wilcoxon signed-rank (Dice1) on the "
-                 "slices, uncorrected, shown for reference only: slices of one patient are not independent, so these "
-                 "p-values are too small. Paper A − B: the same difference in the paper (MIDL Table 1; fine-tuning "
-                 "rows: EMBC).", header, rows)
+                 "of each patient's mean difference (weighted by its slices; p method: exact, or Monte Carlo with "
+                 "more sign patterns where p lay within 3 standard errors of its Holm threshold), then Holm-corrected "
+                 f"over the {family} tests of this report; detected: Holm p < {ALPHA:g}, never with slices as units "
+                 "(dataset.json without patients); smallest detectable: the mean difference the sign-flip test "
+                 f"detects with probability {POWER:g} at Holm's first step (α {level}), from simulated studies of "
+                 "these patients (none: even the most extreme sign pattern cannot reach that level). Per slice: exact "
+                 "McNemar (type) or Wilcoxon signed-rank (Dice1) on the slices, uncorrected, shown for reference "
+                 "only: slices of one patient are not independent, so these p-values are too small. Paper A − B: the "
+                 "same difference in the paper (MIDL Table 1; fine-tuning rows: EMBC).", header, rows)
 
 
 def budget_table(experiments: Sequence[Experiment], full: bool = False) -> Table:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_joint.errors import InputError
+from nnunet_joint.errors import InputError, plain_numbers
 from nnunet_joint.io import check_hu, check_image_size, check_slice_size, itk_problem, quiet_itk, read_image
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
@@ -173,8 +173,8 @@ def order_dicom_series(folder: str | os.PathLike) -> list[Path]:
         if not np.allclose(np.asarray(h.ImageOrientationPatient, dtype=float), orientation0,
                            atol=ORIENTATION_TOLERANCE):
             raise InputError(f, f"inconsistent orientation in the series: ImageOrientationPatient "
-                                f"{list(h.ImageOrientationPatient)} differs from {files[0].name}'s "
-                                f"{orientation0.tolist()}")
+                                f"{plain_numbers(h.ImageOrientationPatient)} differs from {files[0].name}'s "
+                                f"{plain_numbers(orientation0)}")
         if (int(h.Rows), int(h.Columns)) != grid0:
             raise InputError(f, f"slice of {h.Rows}x{h.Columns} pixels in a series of {grid0[0]}x{grid0[1]}")
     normal = np.cross(orientation0[:3], orientation0[3:])
@@ -232,7 +232,7 @@ def check_ct_image(image: sitk.Image, where: str | os.PathLike) -> CTImage:
     spacing_xyz = list(image.GetSpacing()) + ([1.0] if dim == 2 else [])
     spacing_zyx = tuple(float(abs(s)) for s in reversed(spacing_xyz))
     if any(s <= 0 for s in spacing_zyx):
-        raise InputError(where, f"spacing {image.GetSpacing()} is not positive")
+        raise InputError(where, f"spacing {plain_numbers(image.GetSpacing())} is not positive")
     return CTImage(where, image, array, spacing_zyx)  # type: ignore[arg-type]
 
 
