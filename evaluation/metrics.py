@@ -30,9 +30,9 @@ Conventions decided here (and tested in ``tests/test_metrics.py``):
 * **Connected lesions** use full connectivity (8-neighbourhood in 2-D, 26 in 3-D): pixels that
   touch at a corner belong to one lesion, as a reader would see them.
 * **Aggregation over folds**: a fold's value is the mean over its slices (Dice2: pooled
-  TP/FP/FN over its slices); the aggregate is the mean and the population standard deviation
-  (numpy's default, ``ddof=0``) of the fold values, and ``n``, the number of slices the metric
-  stands on in all folds together.
+  TP/FP/FN over its slices); the aggregate is the mean and the sample standard deviation
+  (``ddof=1``, the report's fold SD; ``None`` with one fold, where it is undefined) of the fold
+  values, and ``n``, the number of slices the metric stands on in all folds together.
 * **Dice2 over folds** (the papers' global Dice, pooled over all validation slices of all folds):
   the aggregate's Dice2 is ``pooled``, TP/FP/FN summed over every validation slice of every
   fold, not the mean of the per-fold Dice2 values (which would weigh a small fold's lesions
@@ -373,7 +373,8 @@ def summarise(results: Iterable[SliceResult]) -> dict:
         "n_slices", "metrics": {name: {"mean", "std", "n", "n_folds"}}, "confusion_matrix", "no_call",
         "true_counts", "predicted_counts", "collapsed_to"}}``: the counts per type name (and ``"no call"``)
         of the classified slices, and the type more than :data:`COLLAPSE_SHARE` of them were called, if any.
-        ``std`` is the population std (``ddof=0``) over the folds where the metric is defined;
+        ``std`` is the sample std (``ddof=1``) over the folds where the metric is defined (``None``
+        with fewer than two);
         ``n`` counts slices over all folds; matrices and no-call counts are summed over folds.
         A metric defined in no fold has ``mean``/``std`` ``None``. Dice2's entry also has
         ``pooled``: the Dice of TP/FP/FN summed over all slices of all folds, the figure tables
@@ -405,7 +406,7 @@ def summarise(results: Iterable[SliceResult]) -> dict:
         values = [f["metrics"][name]["value"] for f in per_fold if f["metrics"][name]["value"] is not None]
         aggregate_metrics[name] = {
             "mean": float(np.mean(values)) if values else None,
-            "std": float(np.std(values, ddof=0)) if values else None,
+            "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
             "n": int(sum(f["metrics"][name]["n"] for f in per_fold)),
             "n_folds": len(values),
         }
@@ -433,7 +434,10 @@ def summarise(results: Iterable[SliceResult]) -> dict:
 
 
 def format_mean_std(metric: dict, digits: int = 2) -> str:
-    """``"0.71 ± 0.03"`` for an aggregate metric entry, ``"–"`` when undefined."""
+    """``"0.71 ± 0.03"`` for an aggregate metric entry (``"0.71 (1 fold)"`` without a fold SD), ``"–"``
+    when undefined."""
     if metric.get("mean") is None or (isinstance(metric["mean"], float) and math.isnan(metric["mean"])):
         return "–"
+    if metric.get("std") is None:
+        return f"{metric['mean']:.{digits}f} (1 fold)"
     return f"{metric['mean']:.{digits}f} ± {metric['std']:.{digits}f}"

@@ -266,12 +266,12 @@ def test_summarise_mean_std_over_folds_exact():
     assert (agg["n_folds"], agg["n_slices"]) == (2, 4)
     dice_agg = agg["metrics"]["dice"]
     assert dice_agg["mean"] == pytest.approx((5 / 6 + 0.7) / 2)
-    assert dice_agg["std"] == pytest.approx((5 / 6 - 0.7) / 2)  # ddof=0: half the gap of two folds
+    assert dice_agg["std"] == pytest.approx((5 / 6 - 0.7) / np.sqrt(2))  # ddof=1: the gap of two folds / sqrt 2
     assert dice_agg["n"] == 4
     assert agg["metrics"]["recall"]["n"] == 3
     gd = agg["metrics"]["global_dice"]
     assert gd["mean"] == pytest.approx((12 / 14 + 0.4) / 2)  # spread over folds: mean and std of fold values
-    assert gd["std"] == pytest.approx(abs(12 / 14 - 0.4) / 2)
+    assert gd["std"] == pytest.approx(abs(12 / 14 - 0.4) / np.sqrt(2))
     # Dice2 itself: TP/FP/FN summed over all four slices (tp 6 + 1, fp 0, fn 2 + 3), not the mean of folds
     assert gd["pooled"] == pytest.approx(2 * 7 / (2 * 7 + 0 + 5))
     assert agg["metrics"]["success_rate"]["mean"] == pytest.approx(1.0)
@@ -279,16 +279,18 @@ def test_summarise_mean_std_over_folds_exact():
     assert "pooled" not in agg["metrics"]["dice"]  # only Dice2 is pooled
     assert agg["confusion_matrix"] == [[1, 0, 0], [1, 0, 0], [0, 0, 1]]
     assert agg["no_call"] == [0, 0, 1]
-    assert format_mean_std(dice_agg) == "0.77 ± 0.07"
+    assert format_mean_std(dice_agg) == "0.77 ± 0.09"
+    assert format_mean_std({"mean": 0.5, "std": None}) == "0.50 (1 fold)"
     assert format_mean_std(agg["metrics"]["liver_dice"]) == "–"
 
 
-def test_std_over_three_folds_is_population_std():
+def test_std_over_three_folds_is_the_sample_std_and_undefined_for_one_fold():
     results = [SliceResult(f"c{f}", f, d, d, 1, 0, 0, True) for f, d in enumerate([0.5, 0.6, 1.0])]
     metrics = summarise(results)["aggregate"]["metrics"]["dice"]
     assert metrics["mean"] == pytest.approx(0.7)
-    assert metrics["std"] == pytest.approx(np.sqrt(((0.2) ** 2 + 0.1**2 + 0.3**2) / 3))
-    assert metrics["std"] == pytest.approx(0.21602468994692867)
+    assert metrics["std"] == pytest.approx(np.sqrt(((0.2) ** 2 + 0.1**2 + 0.3**2) / 2))
+    assert metrics["std"] == pytest.approx(0.2645751311064591)
+    assert summarise(results[:1])["aggregate"]["metrics"]["dice"]["std"] is None
 
 
 def test_slice_result_to_dict_is_json():
@@ -316,5 +318,5 @@ def test_pooled_dice2_weighs_folds_by_their_lesion_pixels():
     big = grid("2222 2222 2222 2222")
     results = [evaluate_slice("a", 0, big, big), evaluate_slice("b", 1, grid("2000"), grid("0002"))]
     gd = summarise(results)["aggregate"]["metrics"]["global_dice"]
-    assert (gd["mean"], gd["std"]) == (pytest.approx(0.5), pytest.approx(0.5))  # folds 1.0 and 0.0
+    assert (gd["mean"], gd["std"]) == (pytest.approx(0.5), pytest.approx(np.sqrt(0.5)))  # folds 1.0 and 0.0, ddof 1
     assert gd["pooled"] == pytest.approx(32 / 34)  # 2*16 / (2*16 + 1 + 1)
