@@ -561,3 +561,20 @@ def test_without_patients_a_test_gives_no_verdict():
     patients = dataclasses.replace(slices, units="patients")
     assert patients.detected and verdict(patients).startswith("detected: ")
     assert "the claim replicates in this run" in finding_sentence(patients, 1)
+
+
+def test_report_shows_what_each_row_predicts(built):
+    """The predictions table counts each row's own slices (recounted here from the evaluated cases)."""
+    from nnunet_joint import LESION_TYPES
+
+    out, summaries = built["out"], built["summaries"]
+    report = (out / "report.md").read_text(encoding="utf-8")
+    section = report[report.index("What each row predicts"):]
+    rows = [line for line in section.splitlines() if line.startswith("| ")][2:]  # header and rule left out
+    for key, label in (("joint", "joint (LiTS)"), ("nnunet", "nnU-Net")):
+        cases = [c for c in summaries[key]["cases"] if c["true_type"] is not None and c["pred_type"] is not None]
+        true = [sum(c["true_type"] == k for c in cases) for k in range(len(LESION_TYPES))]
+        called = [sum(c["pred_type"] == k for c in cases) for k in range(len(LESION_TYPES))]
+        line = next(r for r in rows if r.startswith(f"| {label}"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[2] == " / ".join(map(str, true)) and cells[3].startswith(" / ".join(map(str, called)))

@@ -12,7 +12,7 @@ from nnunet_joint.evaluation.coverage import coverage_lines
 from nnunet_joint.evaluation import published, statistics
 from nnunet_joint.evaluation.report import document as doc
 from nnunet_joint.evaluation.report import evidence as evidence_module
-from nnunet_joint.evaluation.report import outputs, tables
+from nnunet_joint.evaluation.report import outputs, predictions, tables
 from nnunet_joint.evaluation.report.evidence import ComparisonResult, Evidence
 from nnunet_joint.evaluation.report.experiments import Experiment
 from nnunet_joint.evaluation.report.spread import spread_blocks, spread_summary
@@ -232,6 +232,7 @@ def build_document(experiments: Sequence[Experiment], evidence: Evidence, figure
         doc.Section("Results", [doc.Paragraph(tables.CELL_LEGEND),
                                 doc.BulletList(coverage_lines(meta.get("cascade")), "The cascade's crops:"),
                                 *result_tables, tables.intervals_table(experiments, evidence),
+                                predictions.experiments_predictions_table(experiments, meta.get("handcrafted")),
                                 *([doc.Paragraph(not_run)] if not_run else [])], "results"),
         doc.Section("Paired comparisons", comparison_blocks(evidence), "comparisons"),
         doc.Section(SPREAD_TITLE, spread_blocks(meta.get("repeats"), experiments, evidence), "spread"),

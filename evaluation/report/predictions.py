@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 from nnunet_joint import LESION_TYPES
 from nnunet_joint.evaluation.metrics import COLLAPSE_SHARE
 from nnunet_joint.evaluation.report.document import Table
+from nnunet_joint.evaluation.report.experiments import Experiment
 
 #: The report's name for the handcrafted reference row.
 HANDCRAFTED_LABEL = "handcrafted features (reference mask, random forest)"
@@ -76,3 +77,9 @@ def predictions_table(rows: Sequence[tuple[str, str, Mapping[str, Any], Sequence
                  f"near the majority type's share is then a collapse, not learning). Lesion pixel recall and "
                  f"precision, mean over slices (precision over the slices with a predicted lesion); class weights: "
                  f"the CE's rule of the row's trainings (– : unweighted, nnU-Net's).", header, body)
+
+
+def experiments_predictions_table(experiments: Sequence[Experiment], handcrafted: Mapping[str, Any] | None) -> Table:
+    """:func:`predictions_table` of the report's finished experiments, each with its folds' ``joint_config.json``."""
+    return predictions_table([(e.label, e.dataset, e.summary["aggregate"], [r.config for r in e.records])
+                              for e in experiments if e.done and e.summary is not None], handcrafted)
