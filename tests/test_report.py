@@ -569,8 +569,8 @@ def test_report_shows_what_each_row_predicts(built):
 
     out, summaries = built["out"], built["summaries"]
     report = (out / "report.md").read_text(encoding="utf-8")
-    section = report[report.index("What each row predicts"):]
-    rows = [line for line in section.splitlines() if line.startswith("| ")][2:]  # header and rule left out
+    section = report[report.index("### What each row predicts"):]
+    rows = [line for line in section.splitlines() if line.startswith("| ")][1:]  # the header left out
     for key, label in (("joint", "joint (LiTS)"), ("nnunet", "nnU-Net")):
         cases = [c for c in summaries[key]["cases"] if c["true_type"] is not None and c["pred_type"] is not None]
         true = [sum(c["true_type"] == k for c in cases) for k in range(len(LESION_TYPES))]
