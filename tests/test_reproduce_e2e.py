@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from nnunet_joint.evaluation.evaluate import evaluate_trainer_dir
-from nnunet_joint.reproduce import DATASET_FOLDERS, PLAIN_TRAINER, PROFILES
+from nnunet_joint.names import DATASET_FOLDERS, PLAIN_TRAINER
+from nnunet_joint.study.profiles import PROFILES
 
 pytestmark = pytest.mark.slow
 
@@ -114,8 +115,10 @@ def test_a_changed_stage1_recuts_the_crops_and_sets_the_rows_on_old_crops_aside(
 
     from nnunet_joint.checkpoints import safe_torch_load
     from nnunet_joint.io import file_sha256
-    from nnunet_joint.reproduce import RunFolder, Study, reproduce
-    from nnunet_joint.study import steps_to_run
+    from nnunet_joint.study.cli import reproduce
+    from nnunet_joint.study.folder import RunFolder
+    from nnunet_joint.study.graph import steps_to_run
+    from nnunet_joint.study.steps import Study
 
     run = RunFolder(tmp_path / "run")
     shutil.copytree(tiny_reproduced.root, run.root)
@@ -147,3 +150,27 @@ def test_a_changed_stage1_recuts_the_crops_and_sets_the_rows_on_old_crops_aside(
     cut = crops_json.stat().st_mtime_ns
     reproduce(run.root, PROFILES["tiny"], stop_after="data", quiet=True)
     assert crops_json.stat().st_mtime_ns == cut  # unchanged stage 1: the crops are kept
+
+
+def test_a_run_folder_of_the_earlier_layout_resumes_to_its_report(tiny_reproduced, tmp_path):
+    """A run folder made before the study became a package (its markers as that code wrote them, byte for
+    byte; fold folders and crops.json are unchanged formats): the rerun finds every step done but the
+    report, and writes the same report."""
+    import shutil
+
+    from test_reproduce_units import EARLIER_MARKERS
+
+    from nnunet_joint.study.cli import reproduce
+    from nnunet_joint.study.folder import RunFolder
+    from nnunet_joint.study.graph import steps_to_run
+    from nnunet_joint.study.steps import Study
+
+    run = RunFolder(tmp_path / "run")
+    shutil.copytree(tiny_reproduced.root, run.root, ignore=shutil.ignore_patterns("report", "slurm"))
+    for name, content in EARLIER_MARKERS.items():
+        (run.root / "logs" / f"{name}.done").write_text(content, encoding="utf-8")
+    assert [s.id for s in steps_to_run(Study(run, PROFILES["tiny"], folds=(0,)).steps())] == ["report"]
+    reproduce(run.root, PROFILES["tiny"], quiet=True)
+    assert {k: e["status"] for k, e in experiments(run.root).items()} == {
+        k: e["status"] for k, e in experiments(tiny_reproduced.root).items()}
+

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from conftest import copy_run
-from nnunet_joint import slurm
+from nnunet_joint.study import slurm
 from nnunet_joint.names import DATASET_FOLDERS
-from nnunet_joint.reproduce import RunFolder, main
+from nnunet_joint.reproduce import main
+from nnunet_joint.study.folder import RunFolder
 from slurm_cluster import SlurmUnavailable, local_slurm
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nnunet_joint import slurm
+from nnunet_joint.study import slurm
 from nnunet_joint.errors import InputError
 
 BUSY = "slurm_load_jobs error: Socket timed out on send/recv operation"

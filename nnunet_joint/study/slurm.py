@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 
 from nnunet_joint.errors import InputError
 from nnunet_joint.io import write_json
-from nnunet_joint.study import Step, check_graph, steps_to_run
+from nnunet_joint.study.graph import Step, check_graph, steps_to_run
 
 JOB_PREFIX = "nj-"
 #: a job state in ``squeue`` of a job that will still run or runs now
