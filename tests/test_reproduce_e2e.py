@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -174,3 +176,62 @@ def test_a_run_folder_of_the_earlier_layout_resumes_to_its_report(tiny_reproduce
     assert {k: e["status"] for k, e in experiments(run.root).items()} == {
         k: e["status"] for k, e in experiments(tiny_reproduced.root).items()}
 
+
+def _session_processes(session: int) -> list[int]:
+    """Processes of a session that still run (zombies waiting to be reaped have ended)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session and fields[0] not in ("Z", "X"):
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[-1].split()[1]) == pid:
+                out.append(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
+def test_kill_9_while_the_phantom_pool_works_leaves_no_process_and_the_rerun_reports(tmp_path):
+    """``kill -9`` of ``nnunet_joint_reproduce --profile tiny`` while the phantom generator's process pool
+    renders: every process it started dies with it, and the rerun on the same folder resumes to the report."""
+    import signal
+    import subprocess
+    import time
+
+    from nnunet_joint.reproduce import main
+
+    out = tmp_path / "run"
+    cmd = [str(Path(sys.executable).parent / "nnunet_joint_reproduce"), "--profile", "tiny", "--out", str(out),
+           "--device", "cpu", "--quiet"]
+    study = subprocess.Popen(cmd, start_new_session=True)  # its own session: whatever it starts is found there
+    try:
+        deadline = time.monotonic() + 120
+        workers: list[int] = []
+        while len(workers) < 2 and time.monotonic() < deadline and study.poll() is None:
+            workers = [c for c in _children(study.pid) if (out / "phantom").exists()
+                       and Path(f"/proc/{c}/cmdline").read_bytes() == Path(f"/proc/{study.pid}/cmdline").read_bytes()]
+            time.sleep(0.02)
+        assert len(workers) == 2, "the phantom's pool did not start"
+        os.kill(study.pid, signal.SIGKILL)
+        study.wait()
+        deadline = time.monotonic() + 10
+        while _session_processes(study.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _session_processes(study.pid) == [], "processes outlived the killed study"
+    finally:
+        for pid in _session_processes(study.pid):
+            os.kill(pid, signal.SIGKILL)
+    assert main(cmd[1:]) == 0  # the rerun: not refused by a lock, resumes to the report
+    assert (out / "report" / "report.md").is_file()
+    assert {e["status"] for e in experiments(out).values() if e["trainer"] in PROFILES["tiny"].rows} == {"done"}

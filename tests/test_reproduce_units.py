@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from nnunet_joint.errors import InputError
 from nnunet_joint.names import DATASET_FOLDERS
 from nnunet_joint.process import LOCK_NAME, lock_folder
 from nnunet_joint.reproduce import main
@@ -197,6 +198,100 @@ def test_run_nnunet_reports_the_commands_exit_status(tmp_path):
     assert (tmp_path / "ok.log").read_text().endswith("fine\n")
     with pytest.raises(RuntimeError, match=r"failed \(exit 3\)"):
         folder.run_nnunet([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], run, tmp_path / "x.log")
+
+
+_POOL_PARENT = """
+import os, sys, time
+from pathlib import Path
+from nnunet_joint.process import lock_folder, tied_pool
+root = Path(sys.argv[1])
+lock = lock_folder(root, "nnunet_joint_reproduce")  # as reproduce holds its run folder
+def pid_after(seconds):
+    time.sleep(seconds)
+    return os.getpid()
+pool = tied_pool(2)
+pids = set()
+while len(pids) < 2:  # tasks that overlap: both workers started
+    pids = set(pool.map(pid_after, [0.5] * 4))
+(root / "pids.tmp").write_text(" ".join(map(str, pids)))
+os.replace(root / "pids.tmp", root / "pids")
+time.sleep(120)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
+def test_a_tied_pool_s_workers_die_with_kill_9_of_their_parent_and_leave_the_lock_free(tmp_path):
+    """The phantom generator's pool (nnunet_joint.process.tied_pool): after ``kill -9`` of the process that
+    started it, no worker survives, and the run folder's lock is free for the rerun at once."""
+    root = tmp_path / "run"
+    root.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    parent = subprocess.Popen([sys.executable, "-c", _POOL_PARENT, str(root)], env=env)
+    workers: list[int] = []
+    try:
+        assert wait_for(lambda: (root / "pids").is_file(), 60), "the pool did not start"
+        workers = [int(p) for p in (root / "pids").read_text().split()]
+        assert len(workers) == 2 and all(alive(w) for w in workers)
+        assert all(int(Path(f"/proc/{w}/stat").read_text().rsplit(")", 1)[-1].split()[1]) == parent.pid
+                   for w in workers)  # the pool's workers, children of the killed process
+        parent.send_signal(signal.SIGKILL)
+        assert wait_for(lambda: not any(alive(w) for w in workers), 5), "a pool worker outlived its parent"
+        lock_folder(root, "nnunet_joint_reproduce").close()  # not refused: nobody holds it any more
+    finally:
+        parent.kill()
+        parent.wait()
+        for pid in workers:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+_ORPHAN_HOLDER = """
+import os, sys, time
+from pathlib import Path
+from nnunet_joint.process import lock_folder
+root = Path(sys.argv[1])
+lock = lock_folder(root, "nnunet_joint_reproduce")
+child = os.fork()  # inherits the locked file, as a plain fork of a worker would
+if child == 0:
+    time.sleep(120)
+    os._exit(0)
+(root / "orphan.tmp").write_text(str(child))
+os.replace(root / "orphan.tmp", root / "orphan")
+time.sleep(120)
+"""
+
+
+def test_a_lock_held_only_by_survivors_of_a_dead_owner_does_not_block_the_rerun(tmp_path, capsys):
+    """The lock's recorded owner died (kill -9) but a process that inherited its locked file lives on: the rerun
+    takes the lock over; a living owner still refuses the next one, naming its pid."""
+    root = tmp_path / "run"
+    root.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    owner = subprocess.Popen([sys.executable, "-c", _ORPHAN_HOLDER, str(root)], env=env)
+    orphan = None
+    try:
+        assert wait_for(lambda: (root / "orphan").is_file(), 60), "the owner did not start"
+        orphan = int((root / "orphan").read_text())
+        with pytest.raises(InputError, match=f"another nnunet_joint_reproduce is running on this folder \\(pid {owner.pid}\\)"):
+            lock_folder(root, "nnunet_joint_reproduce")  # the owner lives: refused
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+        assert alive(orphan)  # still holds the inherited lock
+        taken = lock_folder(root, "nnunet_joint_reproduce")
+        try:
+            assert (root / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+            code = ("import sys; from pathlib import Path; from nnunet_joint.process import lock_folder\n"
+                    "lock_folder(Path(sys.argv[1]), 'nnunet_joint_reproduce')")
+            other = subprocess.run([sys.executable, "-c", code, str(root)], env=env, capture_output=True, text=True)
+            assert other.returncode != 0 and f"(pid {os.getpid()})" in other.stderr
+        finally:
+            taken.close()
+        assert sorted(p.name for p in root.iterdir()) == sorted([LOCK_NAME, "orphan"])  # no temporary file left
+    finally:
+        owner.kill()
+        owner.wait()
+        if orphan is not None and alive(orphan):
+            os.kill(orphan, signal.SIGKILL)
 
 
 # ----------------------------------------------------------------------------- one reproduce per run folder
