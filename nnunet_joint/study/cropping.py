@@ -28,9 +28,11 @@ def liver_model(study: Study) -> Path | None:
     """The stage-1 results folder that crops the Sheba slices (``None``: oracle crops)."""
     return None if study.oracle_crops else trainer_dir(study.run, PLAIN_TRAINER, LIVER_DATASET, DEFAULT_PLANS)
 
+
 def stage1_sha256(study: Study) -> str | None:
     checkpoint = study.stage1().fold_dir(study.run) / "checkpoint_final.pth"
     return file_sha256(checkpoint) if checkpoint.is_file() else None
+
 
 def crops_stage1(study: Study) -> str | None:
     """The stage-1 checkpoint (by content) that cut the current crops, from ``crops.json``."""
@@ -41,12 +43,14 @@ def crops_stage1(study: Study) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None
 
+
 def crops_current(study: Study) -> bool:
     """The Sheba datasets exist with this study's settings and, in the cascade, were cut by the stage-1
     checkpoint there now (a retrained stage 1 means the crops must be made again)."""
     if not marked(study.run, "targets", targets_settings(liver_model(study), study.profile.encoder)):
         return False
     return study.oracle_crops or crops_stage1(study) == stage1_sha256(study)
+
 
 def make_crops(study: Study) -> None:
     """Cut the Sheba slices; rows trained on crops of another stage 1 are moved aside first, so that

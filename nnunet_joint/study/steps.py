@@ -71,7 +71,8 @@ class Study:
     """One study in one run folder, described as steps (:mod:`nnunet_joint.study.graph`).
 
     Data preparation → stage 1 and the LiTS pretraining → the Sheba crops (by stage 1, or oracle)
-    → every row × fold → evaluation and report. Each step can be run here (:func:`run_local`), or
+    → every row × fold → evaluation and report. Each step can be run here
+    (:func:`~nnunet_joint.study.graph.run_local`), or
     on its own (``nnunet_joint_reproduce ... --step ID``, what a scheduler job runs).
     """
 
@@ -93,7 +94,7 @@ class Study:
     started: float = field(default_factory=time.time)
     #: why row steps failed in this process (for the report; a scheduler's report job finds unfinished folds)
     failures: dict[str, str] = field(default_factory=dict)
-    #: what :meth:`report` wrote
+    #: what the report step wrote (:func:`~nnunet_joint.study.reporting.report`)
     reported: dict = field(default_factory=dict)
 
     @property
