@@ -12,7 +12,9 @@ The pipeline is described once as steps (:meth:`~nnunet_joint.study.steps.Study.
 local run performs them here (:func:`~nnunet_joint.study.graph.run_local`), ``--scheduler slurm``
 submits one job per step (:mod:`nnunet_joint.study.slurm`), and ``--write-jobs`` lists them for any
 other scheduler. This module holds the command line: its options, their checks, and which of those
-three it does.
+three it does. A new option of the study goes into :func:`build_parser`, :func:`parse_checked` (what
+argparse cannot check), :func:`study_of` (into the :class:`~nnunet_joint.study.steps.Study`) and
+``Study.cli`` (so that a scheduler's job, which rebuilds the study from its options, repeats it).
 """
 
 from __future__ import annotations
