@@ -272,7 +272,8 @@ def test_a_lock_held_only_by_survivors_of_a_dead_owner_does_not_block_the_rerun(
     try:
         assert wait_for(lambda: (root / "orphan").is_file(), 60), "the owner did not start"
         orphan = int((root / "orphan").read_text())
-        with pytest.raises(InputError, match=f"another nnunet_joint_reproduce is running on this folder \\(pid {owner.pid}\\)"):
+        refused = f"another nnunet_joint_reproduce is running on this folder \\(pid {owner.pid}\\)"
+        with pytest.raises(InputError, match=refused):
             lock_folder(root, "nnunet_joint_reproduce")  # the owner lives: refused
         owner.send_signal(signal.SIGKILL)
         owner.wait()
@@ -402,8 +403,9 @@ def test_a_row_s_outcome_comes_from_the_study_and_its_folds(tmp_path):
     assert training_outcome(study, experiment("joint", "ImageNet"), trainings) == Outcome.needs_imagenet_weights()
     assert training_outcome(study, experiment("ynet"), trainings) == Outcome.not_in_profile("demo")
     assert training_outcome(study, joint, trainings) == Outcome.failed("fold 0 did not finish (see its log)")
-    study.failures[step_id(joint_lits, 0)] = "nnUNetv2_train failed (exit 1); see the log"
-    assert training_outcome(study, joint_lits, trainings) == Outcome.failed("nnUNetv2_train failed (exit 1); see the log")
+    failure = "nnUNetv2_train failed (exit 1); see the log"
+    study.failures[step_id(joint_lits, 0)] = failure
+    assert training_outcome(study, joint_lits, trainings) == Outcome.failed(failure)
     fold_dir = next(t for e, _, t in trainings if e == joint).fold_dir(study.run)
     (fold_dir / "validation").mkdir(parents=True)
     (fold_dir / "validation" / "summary.json").write_text("{}")

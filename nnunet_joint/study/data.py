@@ -68,8 +68,8 @@ def prepare_data(run: RunFolder, phantom_size: str, seed: int, max_lits_cases: i
                  encoder: str = "seresnet18") -> None:
     """The phantom and all four datasets without training anything, the Sheba ones on *oracle* crops.
 
-    For tests and benchmarks that need data, not a study: :func:`reproduce` crops the Sheba slices
-    with a trained stage-1 model instead, unless asked for oracle crops.
+    For tests and benchmarks that need data, not a study: :func:`~nnunet_joint.study.cli.reproduce` crops the
+    Sheba slices with a trained stage-1 model instead, unless asked for oracle crops.
     """
     prepare_sources(run, run.phantom / "LiTS", run.phantom / "Sheba", {"size": phantom_size, "seed": seed},
                     max_lits_cases, encoder)

@@ -43,7 +43,7 @@ def priority_order(pretrainings: Sequence[Step], crops: Step,
 
     The executor (and a scheduler's job list) starts ready steps in list order, so this order decides
     what a run stopped after a few hours holds: first stage 1, the SE-ResNet LiTS model and the crops
-    (every row waits on them), then the central comparison (:func:`central_comparison`) on every fold,
+    (every row waits on them), then the central comparison (:func:`~.matrix.central_comparison`) on every fold,
     then its repeats fold by fold, then plain nnU-Net's LiTS pretraining, then the other rows fold by
     fold, so that one fold's table is complete before the next fold's rows start.
 
