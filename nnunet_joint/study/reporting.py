@@ -14,14 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from nnunet_joint.errors import InputError
-from nnunet_joint.names import (
-    DATASET_FOLDERS,
-    JOINT_DATASET,
-    LITS_LESION_DATASET,
-    LITS_TRAINER,
-    LIVER_DATASET,
-    PLAIN_TRAINER,
-)
+from nnunet_joint.names import (DATASET_FOLDERS, JOINT_DATASET, LITS_LESION_DATASET, LITS_TRAINER, LIVER_DATASET,
+                                PLAIN_TRAINER)
 from nnunet_joint.study.folder import RunFolder
 from nnunet_joint.study.matrix import Experiment, central_comparison, experiment_matrix, step_id
 from nnunet_joint.study.training import Training, fold_done, trainer_dir
