@@ -28,7 +28,9 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> None:
     from nnunet_joint.evaluation.coverage import cascade_coverage, coverage_lines
     from nnunet_joint.names import DATASET_FOLDERS
-    from nnunet_joint.reproduce import PROFILES, RunFolder, reproduce
+    from nnunet_joint.study.cli import reproduce
+    from nnunet_joint.study.folder import RunFolder
+    from nnunet_joint.study.profiles import PROFILES
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True, help="run folder (created; a rerun resumes it)")

@@ -45,14 +45,15 @@ import time
 from pathlib import Path
 
 from nnunet_joint.names import DATASET_FOLDERS, JOINT_DATASET, LIVER_DATASET, results_folder_pattern, trainer_name
-from nnunet_joint.reproduce import RunFolder, nnunet_bin
+from nnunet_joint.study.folder import RunFolder, nnunet_bin
 
 LIVER_FOLDER, JOINT_FOLDER = DATASET_FOLDERS[LIVER_DATASET], DATASET_FOLDERS[JOINT_DATASET]
 
 
 def prepare(run: RunFolder) -> None:
     """A run folder with both models: ``nnunet_joint_reproduce --profile tiny`` (tiny phantom, cascade)."""
-    from nnunet_joint.reproduce import PROFILES, reproduce
+    from nnunet_joint.study.cli import reproduce
+    from nnunet_joint.study.profiles import PROFILES
 
     reproduce(run.root, PROFILES["tiny"], quiet=True)
 

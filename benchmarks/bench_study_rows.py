@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nnunet_joint.cpu import cpu_threads  # noqa: E402
 from nnunet_joint.names import DEFAULT_PLANS, PLAIN_TRAINER  # noqa: E402
 from nnunet_joint.planning import plans_name_of  # noqa: E402
-from nnunet_joint.reproduce import RunFolder, nnunet_bin  # noqa: E402
+from nnunet_joint.study.folder import RunFolder, nnunet_bin  # noqa: E402
 from nnunet_joint.training.settings import ENV_EPOCHS, ENV_ITERATIONS, ENV_THREADS, Budget  # noqa: E402
 
 STAMP = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+): "

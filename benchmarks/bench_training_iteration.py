@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_training_speed import (benchmark_arguments, benchmark_run, finish_loaders,  # noqa: E402 (this folder)
                                   interleaved_seconds, make_trainer, time_steps)
 from nnunet_joint.cpu import cpu_threads  # noqa: E402
-from nnunet_joint.reproduce import DATASET_FOLDERS, RunFolder  # noqa: E402
+from nnunet_joint.names import DATASET_FOLDERS  # noqa: E402
+from nnunet_joint.study.folder import RunFolder  # noqa: E402
 from nnunet_joint.training.settings import ENV_FUSED_SGD  # noqa: E402
 
 

@@ -33,7 +33,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nnunet_joint.planning import plan_and_preprocess, planner_of, plans_name_of  # noqa: E402
-from nnunet_joint.reproduce import DATASET_FOLDERS, RunFolder, prepare_data  # noqa: E402
+from nnunet_joint.names import DATASET_FOLDERS  # noqa: E402
+from nnunet_joint.study.data import prepare_data  # noqa: E402
+from nnunet_joint.study.folder import RunFolder  # noqa: E402
 
 
 def make_trainer(name: str, dataset_folder: Path, plans_name: str, device: torch.device):

@@ -32,7 +32,7 @@ import SimpleITK as sitk
 from nnunet_joint import LESION_TYPES
 from nnunet_joint.evaluation.metrics import (NO_CALL, evaluate_slice, joint_slice_type, lesion_dice, liver_dice,
                                              summarise)
-from nnunet_joint.reproduce import RunFolder
+from nnunet_joint.study.folder import RunFolder
 
 from bench_predict import JOINT_FOLDER, LIVER_FOLDER, model_folder
 

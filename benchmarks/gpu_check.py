@@ -43,7 +43,7 @@ from typing import Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nnunet_joint.errors import InputError, cli_entry  # noqa: E402
-from nnunet_joint.experiments import experiment_matrix  # noqa: E402
+from nnunet_joint.study.matrix import experiment_matrix  # noqa: E402
 from nnunet_joint.names import DATASET_FOLDERS, DEFAULT_PLANS, PLAIN_TRAINER  # noqa: E402
 from nnunet_joint.training.settings import ENV_EPOCHS, ENV_ITERATIONS, Budget  # noqa: E402
 
@@ -186,7 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise InputError("cuda", "no CUDA device (torch.cuda.is_available() is False): the GPU check needs an "
                                  "NVIDIA GPU and a CUDA build of torch")
     from nnunet_joint.planning import plans_name_of
-    from nnunet_joint.reproduce import PROFILES, Progress, RunFolder, prepare_data
+    from nnunet_joint.study.data import prepare_data
+    from nnunet_joint.study.folder import RunFolder
+    from nnunet_joint.study.graph import Progress
+    from nnunet_joint.study.profiles import PROFILES
 
     full = PROFILES["full"]
     run = RunFolder(args.work.resolve())

@@ -33,6 +33,7 @@ import SimpleITK as sitk
 
 from nnunet_joint.errors import InputError, plain_numbers
 from nnunet_joint.nifti import check_nifti_payload, is_nifti, read_nifti_header
+from nnunet_joint.process import process_alive
 
 # ----------------------------------------------------------------------------- atomic writes
 
@@ -44,21 +45,6 @@ _HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
 def _temporary_prefix(dest: Path, kind: str) -> str:
     """``.<name>.<kind>-<host>.<pid>.``: the owner of a temporary, read back by :func:`clean_stale_temporaries`."""
     return f".{dest.name}.{kind}-{_HOST}.{os.getpid()}."
-
-
-def _process_alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process on this host (a zombie is dead: it only waits to be reaped)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc (not Linux): os.kill said it exists
-    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
 def clean_stale_temporaries(dest: str | os.PathLike) -> list[Path]:
@@ -80,7 +66,7 @@ def clean_stale_temporaries(dest: str | os.PathLike) -> list[Path]:
         return removed
     for entry in entries:
         m = pattern.match(entry.name)
-        if not m or m.group(1) != _HOST or _process_alive(int(m.group(2))):
+        if not m or m.group(1) != _HOST or process_alive(int(m.group(2))):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)

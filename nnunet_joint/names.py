@@ -5,7 +5,7 @@ the 2-D spacing of single-slice crops.
 This module imports nothing heavier than the standard library (no torch), so converters, the
 report and the tests can use it cheaply. ``tests/test_names.py`` fails if a dataset folder name, the
 ``__2d`` results-folder rule or a schedule name is written as a literal anywhere else.
-:mod:`nnunet_joint.experiments` builds the study's matrix from these words; the freezing tables of the
+:mod:`nnunet_joint.study.matrix` builds the study's matrix from these words; the freezing tables of the
 schedules are data in :mod:`nnunet_joint.freezing`.
 
 ==========  ==========================  ===============================  =======================

@@ -27,7 +27,8 @@ from typing import Callable  # noqa: E402
 import pytest  # noqa: E402
 from filelock import FileLock  # noqa: E402
 
-from nnunet_joint.reproduce import RunFolder, prepare_data  # noqa: E402
+from nnunet_joint.study.data import prepare_data  # noqa: E402
+from nnunet_joint.study.folder import RunFolder  # noqa: E402
 
 
 #: Module order for the xdist scheduler (unlisted modules: 1).

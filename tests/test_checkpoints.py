@@ -285,16 +285,17 @@ def test_refused_checkpoint_met_on_resume_is_kept_aside_unchanged(tmp_path, monk
     import json
     import re
 
-    from nnunet_joint import reproduce
+    from nnunet_joint.study import training
+    from nnunet_joint.study.folder import RunFolder
 
     launched: list[list[str]] = []  # the nnUNetv2_train command, not run: only the resume decision is tested
-    monkeypatch.setattr(reproduce, "run_nnunet", lambda cmd, run, log, **env: launched.append(cmd))
-    run = reproduce.RunFolder(tmp_path / "run")
+    monkeypatch.setattr(training, "run_nnunet", lambda cmd, run, log, **env: launched.append(cmd))
+    run = RunFolder(tmp_path / "run")
     fold_dir = run.results / "Dataset504_ShebaJoint" / "nnUNetTrainerJoint__nnUNetPlans__2d" / "fold_0"
     marker = tmp_path / "pwned"
     original = spoil(fold_dir / "checkpoint_final.pth", marker)
 
-    reproduce.train_fold(run, "nnUNetTrainerJoint", 504, "0", "cpu", {}, {})
+    training.train_fold(run, "nnUNetTrainerJoint", 504, "0", "cpu", {}, {})
 
     assert not marker.exists()  # nothing in the file ran
     (kept,) = [p for p in fold_dir.iterdir()]  # moved, not copied; nothing else written there
@@ -364,18 +365,20 @@ def test_torch_warnings_are_held_back_on_refusal_and_issued_on_success(tmp_path,
 def test_reproduce_exits_3_after_a_run_that_met_an_unsafe_checkpoint_and_0_on_the_next(tmp_path, monkeypatch, capsys):
     """The console script's exit status: the pipeline is a stand-in that resumes one fold whose final checkpoint
     was planted; the nnUNetv2_train it would start is not run."""
-    from nnunet_joint import reproduce
+    from nnunet_joint.reproduce import main
+    from nnunet_joint.study import cli, training
+    from nnunet_joint.study.folder import RunFolder
 
-    monkeypatch.setattr(reproduce, "run_nnunet", lambda cmd, run, log, **env: None)
+    monkeypatch.setattr(training, "run_nnunet", lambda cmd, run, log, **env: None)
     fold_dir = tmp_path / "run" / "nnUNet_results" / "Dataset504_ShebaJoint" / "nnUNetTrainerJoint__nnUNetPlans__2d"
 
     def resume_one_fold(out, *args, **kwargs):
-        reproduce.train_fold(reproduce.RunFolder(out.resolve()), "nnUNetTrainerJoint", 504, "0", "cpu", {}, {})
+        training.train_fold(RunFolder(out.resolve()), "nnUNetTrainerJoint", 504, "0", "cpu", {}, {})
         return {}
 
-    monkeypatch.setattr(reproduce, "reproduce", resume_one_fold)
+    monkeypatch.setattr(cli, "reproduce", resume_one_fold)
     _hostile_checkpoint(fold_dir / "fold_0" / "checkpoint_final.pth", tmp_path / "pwned")
-    assert reproduce.main(["--out", str(tmp_path / "run"), "--profile", "tiny", "--device", "cpu"]) == 3
+    assert main(["--out", str(tmp_path / "run"), "--profile", "tiny", "--device", "cpu"]) == 3
     assert capsys.readouterr().err.splitlines()[-1].endswith("the run finished, exit status 3")
-    assert reproduce.main(["--out", str(tmp_path / "run"), "--profile", "tiny", "--device", "cpu"]) == 0
+    assert main(["--out", str(tmp_path / "run"), "--profile", "tiny", "--device", "cpu"]) == 0
     assert capsys.readouterr().err == "" and not (tmp_path / "pwned").exists()

@@ -16,7 +16,7 @@ import SimpleITK as sitk
 
 from nnunet_joint.names import COARSE_PLANS, COARSE_SPACING_MM, DEFAULT_PLANS
 from nnunet_joint.planning import plan_and_preprocess
-from nnunet_joint.reproduce import RunFolder
+from nnunet_joint.study.folder import RunFolder
 
 DATASET = "Dataset990_CoarseTest"
 SHAPE_ZYX = (12, 48, 48)

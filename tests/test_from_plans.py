@@ -39,7 +39,7 @@ def test_allowed_networks_build():
     "dynamic_network_architectures.architectures.unet.os.system",  # attribute chain through an allowed module
     "dynamic_network_architectures.architectures.unet.np",  # a module, not a network class
     "dynamic_network_architectures.building_blocks.helper.convert_dim_to_conv_op",
-    "nnunet_joint.network.unet.SEResNetUNet.__init__", "nnunet_joint.reproduce.run_nnunet",
+    "nnunet_joint.network.unet.SEResNetUNet.__init__", "nnunet_joint.study.training.run_nnunet",
     "PlainConvUNet", "", None, 3, "a b.c",
 ])
 def test_network_classes_outside_the_allow_list_are_refused(name):

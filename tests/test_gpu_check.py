@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nnunet_joint.reproduce import PROFILES
+from nnunet_joint.study.profiles import PROFILES
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 

@@ -9,9 +9,9 @@ import torch
 
 from conftest import copy_run
 from nnunet_joint.checkpoints import safe_torch_load
-from nnunet_joint.experiments import experiment
+from nnunet_joint.study.matrix import experiment
 from nnunet_joint.names import DATASET_FOLDERS, DEFAULT_PLANS, PLAIN_TRAINER
-from nnunet_joint.reproduce import train_fold, trainer_dir
+from nnunet_joint.study.training import train_fold, trainer_dir
 
 pytestmark = pytest.mark.slow  # real nnU-Net trainings on the tiny phantom run
 

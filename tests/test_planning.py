@@ -13,7 +13,8 @@ import torch
 
 from nnunet_joint.network.from_plans import SERESNET_UNET
 from nnunet_joint.planning import PLANNERS, plan_and_preprocess, plans_name_of
-from nnunet_joint.reproduce import DATASET_FOLDERS, RunFolder
+from nnunet_joint.names import DATASET_FOLDERS
+from nnunet_joint.study.folder import RunFolder
 
 pytestmark = pytest.mark.slow  # shares the tiny phantom run (nnU-Net planning) with the e2e modules
 

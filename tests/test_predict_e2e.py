@@ -15,7 +15,7 @@ import SimpleITK as sitk
 
 from nnunet_joint import LESION_TYPES
 from nnunet_joint.inference import cli
-from nnunet_joint.reproduce import RunFolder, nnunet_bin
+from nnunet_joint.study.folder import RunFolder, nnunet_bin
 
 from conftest import copy_run
 

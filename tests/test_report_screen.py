@@ -24,7 +24,7 @@ from report_helpers import md_table, write_joint_config, write_joint_dataset, wr
 
 from nnunet_joint.evaluation.evaluate import evaluate_trainer_dir
 from nnunet_joint.evaluation.report import build_report
-from nnunet_joint.experiments import experiment_matrix
+from nnunet_joint.study.matrix import experiment_matrix
 from nnunet_joint.names import DATASET_FOLDERS
 
 REPO = Path(__file__).resolve().parent.parent

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
 
 from nnunet_joint.evaluation.evaluate import evaluate_trainer_dir
-from nnunet_joint.reproduce import DATASET_FOLDERS, PLAIN_TRAINER, PROFILES
+from nnunet_joint.names import DATASET_FOLDERS, PLAIN_TRAINER
+from nnunet_joint.study.profiles import PROFILES
 
 pytestmark = pytest.mark.slow
 
@@ -117,8 +120,10 @@ def test_a_changed_stage1_recuts_the_crops_and_sets_the_rows_on_old_crops_aside(
 
     from nnunet_joint.checkpoints import safe_torch_load
     from nnunet_joint.io import file_sha256
-    from nnunet_joint.reproduce import RunFolder, Study, reproduce
-    from nnunet_joint.study import steps_to_run
+    from nnunet_joint.study.cli import reproduce
+    from nnunet_joint.study.folder import RunFolder
+    from nnunet_joint.study.graph import steps_to_run
+    from nnunet_joint.study.steps import Study
 
     run = RunFolder(tmp_path / "run")
     shutil.copytree(tiny_reproduced.root, run.root)
@@ -150,3 +155,86 @@ def test_a_changed_stage1_recuts_the_crops_and_sets_the_rows_on_old_crops_aside(
     cut = crops_json.stat().st_mtime_ns
     reproduce(run.root, PROFILES["tiny"], stop_after="data", quiet=True)
     assert crops_json.stat().st_mtime_ns == cut  # unchanged stage 1: the crops are kept
+
+
+def test_a_run_folder_of_the_earlier_layout_resumes_to_its_report(tiny_reproduced, tmp_path):
+    """A run folder made before the study became a package (its markers as that code wrote them, byte for
+    byte; fold folders and crops.json are unchanged formats): the rerun finds every step done but the
+    report, and writes the same report."""
+    import shutil
+
+    from test_reproduce_units import EARLIER_MARKERS
+
+    from nnunet_joint.study.cli import reproduce
+    from nnunet_joint.study.folder import RunFolder
+    from nnunet_joint.study.graph import steps_to_run
+    from nnunet_joint.study.steps import Study
+
+    run = RunFolder(tmp_path / "run")
+    shutil.copytree(tiny_reproduced.root, run.root, ignore=shutil.ignore_patterns("report", "slurm"))
+    for name, content in EARLIER_MARKERS.items():
+        (run.root / "logs" / f"{name}.done").write_text(content, encoding="utf-8")
+    assert [s.id for s in steps_to_run(Study(run, PROFILES["tiny"], folds=(0,)).steps())] == ["report"]
+    reproduce(run.root, PROFILES["tiny"], quiet=True)
+    assert {k: e["status"] for k, e in experiments(run.root).items()} == {
+        k: e["status"] for k, e in experiments(tiny_reproduced.root).items()}
+
+
+def _session_processes(session: int) -> list[int]:
+    """Processes of a session that still run (zombies waiting to be reaped have ended)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session and fields[0] not in ("Z", "X"):
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[-1].split()[1]) == pid:
+                out.append(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
+def test_kill_9_while_the_phantom_pool_works_leaves_no_process_and_the_rerun_reports(tmp_path):
+    """``kill -9`` of ``nnunet_joint_reproduce --profile tiny`` while the phantom generator's process pool
+    renders: every process it started dies with it, and the rerun on the same folder resumes to the report."""
+    import signal
+    import subprocess
+    import time
+
+    from nnunet_joint.reproduce import main
+
+    out = tmp_path / "run"
+    cmd = [str(Path(sys.executable).parent / "nnunet_joint_reproduce"), "--profile", "tiny", "--out", str(out),
+           "--device", "cpu", "--quiet"]
+    study = subprocess.Popen(cmd, start_new_session=True)  # its own session: whatever it starts is found there
+    try:
+        deadline = time.monotonic() + 120
+        workers: list[int] = []
+        while len(workers) < 2 and time.monotonic() < deadline and study.poll() is None:
+            workers = [c for c in _children(study.pid) if (out / "phantom").exists()
+                       and Path(f"/proc/{c}/cmdline").read_bytes() == Path(f"/proc/{study.pid}/cmdline").read_bytes()]
+            time.sleep(0.02)
+        assert len(workers) == 2, "the phantom's pool did not start"
+        os.kill(study.pid, signal.SIGKILL)
+        study.wait()
+        deadline = time.monotonic() + 10
+        while _session_processes(study.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _session_processes(study.pid) == [], "processes outlived the killed study"
+    finally:
+        for pid in _session_processes(study.pid):
+            os.kill(pid, signal.SIGKILL)
+    assert main(cmd[1:]) == 0  # the rerun: not refused by a lock, resumes to the report
+    assert (out / "report" / "report.md").is_file()
+    assert {e["status"] for e in experiments(out).values() if e["trainer"] in PROFILES["tiny"].rows} == {"done"}

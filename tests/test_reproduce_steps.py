@@ -1,4 +1,4 @@
-"""The study as steps (nnunet_joint.study): the order and failures of the local executor, the ETA from
+"""The study as steps (nnunet_joint.study.graph): the order and failures of the local executor, the ETA from
 measured costs only, what a resumed run counts, and the job list a scheduler gets. No training here."""
 
 from __future__ import annotations
@@ -10,8 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from nnunet_joint.reproduce import PROFILES, LITS_TRAINER, Study, RunFolder, main
-from nnunet_joint.study import Progress, Step, StepCosts, run_local, steps_to_run, time_left
+from nnunet_joint.names import LITS_TRAINER
+from nnunet_joint.reproduce import main
+from nnunet_joint.study.folder import RunFolder
+from nnunet_joint.study.graph import Progress, Step, StepCosts, run_local, steps_to_run, time_left
+from nnunet_joint.study.profiles import PROFILES
+from nnunet_joint.study.steps import Study
 
 
 def step(sid: str, after: tuple[str, ...] = (), kind: str = "k", done: bool = False, run=None, **kw) -> Step:
@@ -165,7 +169,7 @@ def test_local_executor_respects_dependencies_and_optional_failures(tmp_path):
 
 
 def test_a_cycle_is_refused():
-    from nnunet_joint.study import check_graph
+    from nnunet_joint.study.graph import check_graph
 
     with pytest.raises(ValueError, match="cycle"):
         check_graph([step("a", ("b",)), step("b", ("a",))])

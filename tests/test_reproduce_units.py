@@ -16,9 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from nnunet_joint import reproduce
+from nnunet_joint.errors import InputError
+from nnunet_joint.names import DATASET_FOLDERS
 from nnunet_joint.process import LOCK_NAME, lock_folder
-from nnunet_joint.reproduce import DATASET_FOLDERS, RunFolder, fold_done, train_fold
+from nnunet_joint.reproduce import main
+from nnunet_joint.study import cli, folder, training
+from nnunet_joint.study.folder import RunFolder
+from nnunet_joint.study.profiles import PROFILES
+from nnunet_joint.study.training import fold_done, train_fold
 
 TRAINER = "nnUNetTrainerJoint"
 
@@ -70,7 +75,7 @@ UNREADABLE = [truncated, empty, garbage, legacy_pickle_cut_short, hostile]
 @pytest.fixture
 def calls(monkeypatch) -> list[list[str]]:
     recorded: list[list[str]] = []
-    monkeypatch.setattr(reproduce, "run_nnunet", lambda cmd, run, log, **env: recorded.append(cmd))
+    monkeypatch.setattr(training, "run_nnunet", lambda cmd, run, log, **env: recorded.append(cmd))
     return recorded
 
 
@@ -138,7 +143,7 @@ def test_readable_checkpoint_is_skipped_or_only_validated(tmp_path, calls, capsy
 _PARENT = """
 import sys
 from pathlib import Path
-from nnunet_joint.reproduce import RunFolder, run_nnunet
+from nnunet_joint.study.folder import RunFolder, run_nnunet
 root = Path(sys.argv[1])
 # a stand-in for nnUNetv2_train: it starts a worker (like nnU-Net's augmentation processes), records both pids
 child = ("import os, subprocess, sys, time; w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
@@ -189,10 +194,105 @@ def test_killing_reproduce_kills_its_nnunet_child_and_the_childs_workers(tmp_pat
 
 def test_run_nnunet_reports_the_commands_exit_status(tmp_path):
     run = RunFolder(tmp_path)
-    reproduce.run_nnunet([sys.executable, "-c", "print('fine')"], run, tmp_path / "ok.log")
+    folder.run_nnunet([sys.executable, "-c", "print('fine')"], run, tmp_path / "ok.log")
     assert (tmp_path / "ok.log").read_text().endswith("fine\n")
     with pytest.raises(RuntimeError, match=r"failed \(exit 3\)"):
-        reproduce.run_nnunet([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], run, tmp_path / "x.log")
+        folder.run_nnunet([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], run, tmp_path / "x.log")
+
+
+_POOL_PARENT = """
+import os, sys, time
+from pathlib import Path
+from nnunet_joint.process import lock_folder, tied_pool
+root = Path(sys.argv[1])
+lock = lock_folder(root, "nnunet_joint_reproduce")  # as reproduce holds its run folder
+def pid_after(seconds):
+    time.sleep(seconds)
+    return os.getpid()
+pool = tied_pool(2)
+pids = set()
+while len(pids) < 2:  # tasks that overlap: both workers started
+    pids = set(pool.map(pid_after, [0.5] * 4))
+(root / "pids.tmp").write_text(" ".join(map(str, pids)))
+os.replace(root / "pids.tmp", root / "pids")
+time.sleep(120)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
+def test_a_tied_pool_s_workers_die_with_kill_9_of_their_parent_and_leave_the_lock_free(tmp_path):
+    """The phantom generator's pool (nnunet_joint.process.tied_pool): after ``kill -9`` of the process that
+    started it, no worker survives, and the run folder's lock is free for the rerun at once."""
+    root = tmp_path / "run"
+    root.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    parent = subprocess.Popen([sys.executable, "-c", _POOL_PARENT, str(root)], env=env)
+    workers: list[int] = []
+    try:
+        assert wait_for(lambda: (root / "pids").is_file(), 60), "the pool did not start"
+        workers = [int(p) for p in (root / "pids").read_text().split()]
+        assert len(workers) == 2 and all(alive(w) for w in workers)
+        assert all(int(Path(f"/proc/{w}/stat").read_text().rsplit(")", 1)[-1].split()[1]) == parent.pid
+                   for w in workers)  # the pool's workers, children of the killed process
+        parent.send_signal(signal.SIGKILL)
+        assert wait_for(lambda: not any(alive(w) for w in workers), 5), "a pool worker outlived its parent"
+        lock_folder(root, "nnunet_joint_reproduce").close()  # not refused: nobody holds it any more
+    finally:
+        parent.kill()
+        parent.wait()
+        for pid in workers:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+_ORPHAN_HOLDER = """
+import os, sys, time
+from pathlib import Path
+from nnunet_joint.process import lock_folder
+root = Path(sys.argv[1])
+lock = lock_folder(root, "nnunet_joint_reproduce")
+child = os.fork()  # inherits the locked file, as a plain fork of a worker would
+if child == 0:
+    time.sleep(120)
+    os._exit(0)
+(root / "orphan.tmp").write_text(str(child))
+os.replace(root / "orphan.tmp", root / "orphan")
+time.sleep(120)
+"""
+
+
+def test_a_lock_held_only_by_survivors_of_a_dead_owner_does_not_block_the_rerun(tmp_path, capsys):
+    """The lock's recorded owner died (kill -9) but a process that inherited its locked file lives on: the rerun
+    takes the lock over; a living owner still refuses the next one, naming its pid."""
+    root = tmp_path / "run"
+    root.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    owner = subprocess.Popen([sys.executable, "-c", _ORPHAN_HOLDER, str(root)], env=env)
+    orphan = None
+    try:
+        assert wait_for(lambda: (root / "orphan").is_file(), 60), "the owner did not start"
+        orphan = int((root / "orphan").read_text())
+        refused = f"another nnunet_joint_reproduce is running on this folder \\(pid {owner.pid}\\)"
+        with pytest.raises(InputError, match=refused):
+            lock_folder(root, "nnunet_joint_reproduce")  # the owner lives: refused
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+        assert alive(orphan)  # still holds the inherited lock
+        taken = lock_folder(root, "nnunet_joint_reproduce")
+        try:
+            assert (root / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+            code = ("import sys; from pathlib import Path; from nnunet_joint.process import lock_folder\n"
+                    "lock_folder(Path(sys.argv[1]), 'nnunet_joint_reproduce')")
+            other = subprocess.run([sys.executable, "-c", code, str(root)], env=env, capture_output=True, text=True)
+            assert other.returncode != 0 and f"(pid {os.getpid()})" in other.stderr
+        finally:
+            taken.close()
+        assert sorted(p.name for p in root.iterdir()) == sorted([LOCK_NAME, "orphan"])  # no temporary file left
+    finally:
+        owner.kill()
+        owner.wait()
+        if orphan is not None and alive(orphan):
+            os.kill(orphan, signal.SIGKILL)
 
 
 # ----------------------------------------------------------------------------- one reproduce per run folder
@@ -203,7 +303,7 @@ def test_second_reproduce_on_the_same_folder_exits_2_with_one_line(tmp_path, cap
     holder = lock_folder(out, "nnunet_joint_reproduce")  # as the first reproduce holds it
     try:
         with pytest.raises(SystemExit) as e:
-            reproduce.main(["--profile", "tiny", "--out", str(out), "--device", "cpu", "--quiet"])
+            main(["--profile", "tiny", "--out", str(out), "--device", "cpu", "--quiet"])
         assert e.value.code == 2
         err = capsys.readouterr().err
         assert err == (f"error: {out}: another nnunet_joint_reproduce is running on this folder (pid {os.getpid()}); "
@@ -235,10 +335,10 @@ def test_reproduce_closes_its_lock_file(tmp_path, monkeypatch):
     import gc
     import warnings
 
-    monkeypatch.setattr(reproduce, "run_local", lambda steps, jobs, progress_of: {})
+    monkeypatch.setattr(cli, "run_local", lambda steps, jobs, progress_of: {})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        reproduce.reproduce(tmp_path / "run", reproduce.PROFILES["tiny"], quiet=True)
+        cli.reproduce(tmp_path / "run", PROFILES["tiny"], quiet=True)
         gc.collect()
     assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
     lock_folder(tmp_path / "run", "nnunet_joint_reproduce").close()  # released
@@ -248,15 +348,14 @@ def test_out_that_is_a_file_is_refused(tmp_path, capsys):
     a_file = tmp_path / "run"
     a_file.write_text("x")
     with pytest.raises(SystemExit) as e:
-        reproduce.main(["--profile", "tiny", "--out", str(a_file), "--quiet"])
+        main(["--profile", "tiny", "--out", str(a_file), "--quiet"])
     assert e.value.code == 2
     assert capsys.readouterr().err == f"error: {a_file}: is not a folder (the run folder must be a folder or a new path)\n"
     assert a_file.read_text() == "x"
 
 
 def test_the_study_profile_runs_both_sides_of_every_question_the_papers_ask_without_imagenet():
-    from nnunet_joint.experiments import comparisons, experiment, experiment_matrix
-    from nnunet_joint.reproduce import PROFILES
+    from nnunet_joint.study.matrix import comparisons, experiment, experiment_matrix
 
     study = PROFILES["study"]
     assert study.folds == (0, 1, 2)
@@ -269,3 +368,71 @@ def test_the_study_profile_runs_both_sides_of_every_question_the_papers_ask_with
     assert experiment("nnunet", "LiTS", dataset=504) in selected  # and from LiTS on the joint labels
     assert len(selected) == 14
     assert set(study.budget) == {"nnUNet_joint_epochs", "nnUNet_joint_iterations"}  # one budget for every row
+
+
+# ----------------------------------------------------------------------------- one record of an experiment's outcome
+
+
+def test_each_outcome_is_worded_as_the_report_always_wrote_it_and_read_back_from_those_words():
+    from nnunet_joint.evaluation.report.experiments import Outcome
+
+    worded = {Outcome.ran(): "done", Outcome.needs_imagenet_weights(): "not run: no ImageNet weights given",
+              Outcome.not_in_profile("demo"): "not run: not in the demo profile",
+              Outcome.failed("fold 0 did not finish (see its log)\nTraceback ..."):
+                  "failed: fold 0 did not finish (see its log)"}
+    for outcome, text in worded.items():
+        assert outcome.status == str(outcome) == text
+        assert Outcome.from_status(text) == outcome
+    assert Outcome.not_in_profile("demo").not_run_reason == "not in the demo profile"
+    assert Outcome.failed("x").not_run_reason is None and Outcome.ran().not_run_reason is None
+    with pytest.raises(ValueError, match="none of"):
+        Outcome.from_status("not run: the cat sat on it")
+
+
+def test_a_row_s_outcome_comes_from_the_study_and_its_folds(tmp_path):
+    """Needs ImageNet weights (never given here), not in the profile, failed (a fold not finished, or the
+    failure the step recorded), else to be evaluated (None)."""
+    from nnunet_joint.evaluation.report.experiments import Outcome
+    from nnunet_joint.study.matrix import experiment, experiment_matrix, step_id
+    from nnunet_joint.study.reporting import training_outcome
+    from nnunet_joint.study.steps import Study
+
+    study = Study(RunFolder(tmp_path / "run"), PROFILES["demo"], folds=(0,))
+    trainings = study.row_trainings()
+    joint_lits, joint = experiment("joint", "LiTS"), experiment("joint")
+    assert training_outcome(study, experiment("joint", "ImageNet"), trainings) == Outcome.needs_imagenet_weights()
+    assert training_outcome(study, experiment("ynet"), trainings) == Outcome.not_in_profile("demo")
+    assert training_outcome(study, joint, trainings) == Outcome.failed("fold 0 did not finish (see its log)")
+    failure = "nnUNetv2_train failed (exit 1); see the log"
+    study.failures[step_id(joint_lits, 0)] = failure
+    assert training_outcome(study, joint_lits, trainings) == Outcome.failed(failure)
+    fold_dir = next(t for e, _, t in trainings if e == joint).fold_dir(study.run)
+    (fold_dir / "validation").mkdir(parents=True)
+    (fold_dir / "validation" / "summary.json").write_text("{}")
+    torch.save({"network_weights": {}}, fold_dir / "checkpoint_final.pth")
+    assert training_outcome(study, joint, trainings) is None  # trained: the report step evaluates it
+    assert {training_outcome(study, e, trainings) for e in experiment_matrix() if e.init == "ImageNet"} == {
+        Outcome.needs_imagenet_weights()}
+
+
+# ----------------------------------------------------------------------------- run folders of earlier versions
+
+#: The markers of a run folder made before the study became a package (byte for byte, as that code wrote them
+#: for ``--profile tiny``): a rerun on this code must take its data steps as done.
+EARLIER_MARKERS = {"sources": '{"encoder": "seresnet18", "phantom": {"size": "tiny", "seed": 0}}\n',
+                   "targets": '{"crop_mode": "cascade", "encoder": "seresnet18"}\n'}
+
+
+def test_markers_are_written_and_read_as_earlier_versions_wrote_them(tmp_path):
+    from nnunet_joint.study.data import sources_settings, targets_settings
+    from nnunet_joint.study.folder import mark, marked, marker
+    from nnunet_joint.study.steps import Study
+
+    run = RunFolder(tmp_path / "run")
+    study = Study(run, PROFILES["tiny"], folds=(0,))
+    mark(run, "sources", sources_settings(study.phantom(), "seresnet18"))
+    mark(run, "targets", targets_settings(Path("stage1"), "seresnet18"))
+    assert {name: marker(run, name).read_text(encoding="utf-8") for name in EARLIER_MARKERS} == EARLIER_MARKERS
+    data = next(s for s in study.steps() if s.id == "data")
+    assert data.done()  # the data step of the earlier folder counts as done
+    assert marked(run, "targets", targets_settings(Path("stage1"), "seresnet18"))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nnunet_joint.labels import FIRST_LESION_LABEL
-from nnunet_joint.reproduce import DATASET_FOLDERS
+from nnunet_joint.names import DATASET_FOLDERS
 from nnunet_joint.training.losses import ClassificationTargetLoss
 from nnunet_joint.training.sampling import LesionCentredBlosc2, lesion_centred, lesion_locations
 

@@ -6,17 +6,20 @@ replaced by the resubmission."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from conftest import copy_run
-from nnunet_joint import slurm
+from nnunet_joint.study import slurm
 from nnunet_joint.names import DATASET_FOLDERS
-from nnunet_joint.reproduce import RunFolder, main
+from nnunet_joint.reproduce import main
+from nnunet_joint.study.folder import RunFolder
 from slurm_cluster import SlurmUnavailable, local_slurm
 
 pytestmark = pytest.mark.slow
@@ -97,3 +100,55 @@ def test_cancelled_job_is_replaced_by_the_resubmission(cluster, tiny_reproduced,
     second = json.loads((run.root / "slurm" / "jobs.json").read_text())["jobs"]
     assert set(second) == {row, "report"} and second[row] != first[row]
     assert rows(run.root) == rows(tiny_reproduced.root)  # every row done again, as in the local run
+
+
+def node_cpus() -> int:
+    """The test node's CPUs, as tests/slurm_cluster.py configured it."""
+    return os.cpu_count() or 1
+
+
+def queued() -> str:
+    return subprocess.run(["squeue", "--noheader"], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_a_study_asking_more_than_the_node_has_is_refused_before_anything_is_queued(cluster, tmp_path, capsys):
+    run = tmp_path / "run"
+    too_many = node_cpus() + 1
+    for options, problem in [
+        (["--device", "cpu", "--slurm-gpus", "0", "--slurm-cpus", str(too_many), "--slurm-mem", "1G"],
+         f"--slurm-cpus {too_many}: the nodes of partition debug have at most {node_cpus()} CPUs; "
+         f"give --slurm-cpus {node_cpus()} or fewer"),
+        (["--slurm-cpus", "1", "--slurm-mem", "1G"],  # no --device cpu: the trainings ask for a GPU
+         "--slurm-gpus 1: the nodes of partition debug have no GPUs (sinfo's GRES); train on CPUs with --device cpu"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            main(["--profile", "tiny", "--scheduler", "slurm", "--wait", "--out", str(run), *options])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {problem}") and err.count("\n") == 1
+        assert queued() == "" and not (run / "slurm" / "jobs.json").exists()
+
+
+def test_a_job_that_can_never_start_ends_wait_with_exit_1_naming_it_and_the_reason(cluster, tmp_path):
+    """The partition's time limit drops below the jobs' --slurm-time after they were queued: SLURM keeps them
+    pending (PartitionTimeLimit) for ever, and --wait says so instead of waiting."""
+    run = tmp_path / "run"
+    cmd = [str(Path(sys.executable).parent / "nnunet_joint_reproduce"), "--profile", "tiny", "--scheduler", "slurm",
+           "--wait", "--out", str(run), "--slurm-time", "10", *ON_THE_TEST_NODE]
+    subprocess.run(["scontrol", "update", "PartitionName=debug", "State=DOWN"], check=True)  # queued, not started
+    waiting = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "slurm" / "jobs.json").is_file() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        jobs = json.loads((run / "slurm" / "jobs.json").read_text())["jobs"]
+        subprocess.run(["scontrol", "update", "PartitionName=debug", "MaxTime=1", "State=UP"], check=True)
+        out, err = waiting.communicate(timeout=180)
+        assert waiting.returncode == 1, (out, err)
+        assert (f"error: job {jobs['data']} (nj-data) can never start: SLURM keeps it pending with reason "
+                "PartitionTimeLimit (its --slurm-time is above the partition's time limit)") in err
+    finally:
+        waiting.kill()
+        waiting.communicate()
+        subprocess.run(["scontrol", "update", "PartitionName=debug", "MaxTime=INFINITE", "State=UP"], check=True)
+        subprocess.run(["scancel", "--user", str(os.getuid())], check=True)

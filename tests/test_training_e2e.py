@@ -19,7 +19,8 @@ import torch
 from nnunet_joint import LESION_TYPES
 from nnunet_joint.checkpoints import safe_torch_load
 from nnunet_joint.freezing import SCHEDULES, epoch_boundaries
-from nnunet_joint.reproduce import DATASET_FOLDERS, RunFolder, nnunet_bin
+from nnunet_joint.names import DATASET_FOLDERS
+from nnunet_joint.study.folder import RunFolder, nnunet_bin
 
 pytestmark = pytest.mark.slow
 
@@ -289,7 +290,7 @@ def test_a_training_killed_mid_run_continues_from_its_latest_checkpoint(run):
     import signal
     import time
 
-    from nnunet_joint.reproduce import train_fold
+    from nnunet_joint.study.training import train_fold
 
     # 10 iterations an epoch: the kill lands inside epoch 2, well before its end saves the next checkpoint
     trainer, budget = "nnUNetTrainerJoint_LiTS", {"nnUNet_joint_epochs": "4", "nnUNet_joint_iterations": "10"}

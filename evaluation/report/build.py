@@ -14,7 +14,7 @@ from nnunet_joint.evaluation.report import document as doc
 from nnunet_joint.evaluation.report import evidence as evidence_module
 from nnunet_joint.evaluation.report import outputs, predictions, tables
 from nnunet_joint.evaluation.report.evidence import ComparisonResult, Evidence
-from nnunet_joint.evaluation.report.experiments import Experiment
+from nnunet_joint.evaluation.report.experiments import Experiment, Outcome
 from nnunet_joint.evaluation.report.spread import spread_blocks, spread_summary
 from nnunet_joint.evaluation.report.figure_set import make_figures, pretraining_curve_figure
 from nnunet_joint.io import write_json, write_text
@@ -136,25 +136,26 @@ def statistics_definitions() -> list[str]:
 
 def not_run_line(experiments: Sequence[Experiment], profile: str) -> str | None:
     """One line naming the papers' rows this run did not train, and which profiles run them (``None``: all ran)."""
-    from nnunet_joint.reproduce import PROFILES  # the profiles' row lists; imported here, reproduce imports us
+    from nnunet_joint.study.profiles import PROFILES  # the profiles' row lists
 
-    groups: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    groups: dict[tuple[Outcome, tuple[str, ...]], list[str]] = {}
     for e in experiments:
-        if tables.ran(e):
+        if e.outcome.not_run_reason is None:
             continue
-        reason = e.status.removeprefix(tables.NOT_RUN_PREFIX).lstrip(": ") or "not run"
         runs = tuple(name for name, p in PROFILES.items() if name != profile and (
             p.rows is None or e.trainer in p.rows or f"{e.trainer}@{e.dataset}" in p.rows))
         if e.init == "ImageNet":
             runs = ()  # every profile lists them; what they lack is the weights
-        groups.setdefault((reason, runs), []).append(e.label)
+        groups.setdefault((e.outcome, runs), []).append(e.label)
     if not groups:
         return None
     parts = []
-    for (reason, runs), labels in groups.items():
+    for (outcome, runs), labels in groups.items():
+        reason = outcome.not_run_reason
         names = ", ".join(runs[:-1]) + f" and {runs[-1]}" if len(runs) > 1 else "".join(runs)
         where = (f"run by the {names} profile{'s' if len(runs) > 1 else ''}" if runs
-                 else "run when --imagenet-weights is given" if "ImageNet" in reason else "")
+                 else "run when --imagenet-weights is given"
+                 if outcome.kind == Outcome.NEEDS_IMAGENET_WEIGHTS else "")
         parts.append(f"{', '.join(labels)} (not run: {reason}{'; ' + where if where else ''})")
     return "The papers' rows this run did not train: " + "; ".join(parts) + "."
 
@@ -265,7 +266,8 @@ def build_report(experiments: Sequence[Mapping[str, Any]], out_dir: str | os.Pat
         experiments: one dictionary per experiment with ``row``, ``framework`` (``joint``,
             ``ynet``, ``cls``, ``seg`` or ``nnunet``), ``init`` (``scratch``, ``ImageNet``,
             ``LiTS`` or ``-``), ``schedule`` (``NoFreeze``, ``FreezeEnc``, ``HierFreeze``,
-            ``HierUnfreeze``), ``trainer``, ``dataset``, ``trainer_dir``, ``status`` (``"done"``,
+            ``HierUnfreeze``), ``trainer``, ``dataset``, ``trainer_dir``, ``status`` (an
+            :class:`~nnunet_joint.evaluation.report.experiments.Outcome`, or its text: ``"done"``,
             ``"not run: <why>"`` or ``"failed: <why>"``), ``summary``
             (:func:`~evaluation.evaluate.evaluate_trainer_dir`'s result, or ``None``), optional
             ``folds`` and ``budget`` (the requested ``{"epochs", "iterations", "encoder"}``; what

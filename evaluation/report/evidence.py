@@ -1,6 +1,6 @@
 """The evidence behind the tables: a bootstrap interval per experiment, paired tests per compared pair.
 
-Which pairs are compared is the papers' questions, as data (:func:`nnunet_joint.experiments.comparisons`):
+Which pairs are compared is the papers' questions, as data (:func:`nnunet_joint.study.matrix.comparisons`):
 
 * joint vs Y-Net, same initialisation (MIDL: does pixel-wise typing beat a classification head?);
 * LiTS vs scratch, same framework (MIDL: does the LiTS initialisation help?);
@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-from nnunet_joint import experiments as vocabulary
+from nnunet_joint.study import matrix as vocabulary
 from nnunet_joint.evaluation import published
 from nnunet_joint.evaluation.report.experiments import NO_INIT, Experiment, find
 from nnunet_joint.evaluation.statistics import (
@@ -83,7 +83,7 @@ class Comparison:
 
 
 def comparisons(experiments: Sequence[Experiment]) -> list[Comparison]:
-    """The papers' pairs (:func:`nnunet_joint.experiments.comparisons`), whether or not their experiments ran."""
+    """The papers' pairs (:func:`nnunet_joint.study.matrix.comparisons`), whether or not their experiments ran."""
 
     def side(key: tuple[str, str, str], dataset: int | None) -> Side:
         if dataset is None:

@@ -27,6 +27,10 @@ from nnunet_joint.evaluation import published
 NO_INIT = "-"
 
 REQUIRED_KEYS = ("row", "framework", "init", "schedule", "trainer", "dataset", "trainer_dir", "status")
+#: The status text of a row that trained and was evaluated; the other outcomes' words are :attr:`Outcome.status`.
+DONE = "done"
+NOT_RUN = "not run"
+FAILED = "failed"
 #: What our trainers write into each fold folder (``nnunet_joint.training.base``).
 #: Per-epoch validation curve each trained fold folder holds (written by the trainers).
 #: nnU-Net's copies in the trainer folder.
@@ -153,6 +157,91 @@ def read_fold_record(trainer_dir: Path, fold: int, notes: list[str]) -> FoldReco
     return FoldRecord(fold, config, curve)
 
 
+# ----------------------------------------------------------------------------- outcomes
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What became of one experiment of the matrix: the study decides it, the report words it.
+
+    Build one with :meth:`ran`, :meth:`not_in_profile`, :meth:`needs_imagenet_weights` or
+    :meth:`failed`; an entry's ``status`` holds it (or, written by hand, its text, read once by
+    :meth:`from_status`). Its text (:attr:`status`, also ``str()``, what ``summary.json`` keeps) is
+    worded here and nowhere else.
+
+    Attributes:
+        kind: ``"ran"``, ``"not in profile"``, ``"needs ImageNet weights"`` or ``"failed"``.
+        detail: the profile's name (not in profile) or the reason (failed); empty otherwise.
+    """
+
+    kind: str
+    detail: str = ""
+
+    RAN = "ran"
+    NOT_IN_PROFILE = "not in profile"
+    NEEDS_IMAGENET_WEIGHTS = "needs ImageNet weights"
+    FAILED = "failed"
+
+    @classmethod
+    def ran(cls) -> "Outcome":
+        return cls(cls.RAN)
+
+    @classmethod
+    def not_in_profile(cls, profile: str) -> "Outcome":
+        return cls(cls.NOT_IN_PROFILE, profile)
+
+    @classmethod
+    def needs_imagenet_weights(cls) -> "Outcome":
+        return cls(cls.NEEDS_IMAGENET_WEIGHTS)
+
+    @classmethod
+    def failed(cls, reason: str) -> "Outcome":
+        """``reason``: its first line is kept (a status is one line)."""
+        return cls(cls.FAILED, (reason.splitlines() or [""])[0])
+
+    @property
+    def not_run_reason(self) -> str | None:
+        """Why the row did not train (``None``: it trained, or tried to)."""
+        if self.kind == self.NOT_IN_PROFILE:
+            return f"not in the {self.detail} profile"
+        if self.kind == self.NEEDS_IMAGENET_WEIGHTS:
+            return "no ImageNet weights given"
+        return None
+
+    @property
+    def status(self) -> str:
+        """The report's words: ``done``, ``not run: <why>`` or ``failed: <why>``."""
+        if self.kind == self.RAN:
+            return DONE
+        if self.kind == self.FAILED:
+            return f"{FAILED}: {self.detail}" if self.detail else FAILED
+        return f"{NOT_RUN}: {self.not_run_reason}"
+
+    def __str__(self) -> str:
+        return self.status
+
+    @classmethod
+    def from_status(cls, text: str) -> "Outcome":
+        """The outcome a hand-written status text names (the inverse of :attr:`status`).
+
+        Raises:
+            ValueError: a "not run" reason that is none of the study's.
+        """
+        line = text.splitlines()[0] if text.strip() else f"{FAILED}: no status"
+        if line == DONE:
+            return cls.ran()
+        if line.startswith(FAILED):
+            return cls.failed(line.removeprefix(FAILED).lstrip(": "))
+        for candidate in (cls.needs_imagenet_weights(),):
+            if line == candidate.status:
+                return candidate
+        reason = line.removeprefix(NOT_RUN).lstrip(": ")
+        if line.startswith(NOT_RUN) and reason.startswith("not in the ") and reason.endswith(" profile"):
+            return cls.not_in_profile(reason.removeprefix("not in the ").removesuffix(" profile"))
+        raise ValueError(f"status {line!r} is none of: {DONE}, {FAILED}: <why>, "
+                         f"{cls.needs_imagenet_weights().status}, {cls.not_in_profile('<name>').status}")
+
+
 # ----------------------------------------------------------------------------- experiments
 
 
@@ -161,7 +250,8 @@ class Experiment:
     """One row of the experiment matrix: the pipeline's entry and, when done, its folder's records.
 
     Attributes:
-        row, framework, init, schedule, trainer, dataset, trainer_dir, status: the entry's keys.
+        row, framework, init, schedule, trainer, dataset, trainer_dir: the entry's keys.
+        status: the entry's :class:`Outcome` in the report's words.
         summary: :func:`evaluation.evaluate.evaluate_trainer_dir`'s result (``None`` unless done).
         budget: the budget the entry *requested* (``{"epochs", "iterations", "encoder"}``).
         folds: the folds evaluated (summary), else the entry's ``folds``.
@@ -184,6 +274,12 @@ class Experiment:
     records: list[FoldRecord] = dataclasses.field(default_factory=list)
     patients: dict[str, str] | None = None
     plans_network: str | None = None
+    #: the typed form of ``status`` (built from it when not given)
+    outcome: Outcome | None = None
+
+    def __post_init__(self) -> None:
+        if self.outcome is None:
+            self.outcome = Outcome.from_status(self.status)
 
     @classmethod
     def from_dict(cls, entry: Mapping[str, Any], notes: list[str] | None = None) -> "Experiment":
@@ -195,15 +291,16 @@ class Experiment:
         missing = [k for k in REQUIRED_KEYS if k not in entry]
         if missing:
             raise ValueError(f"experiment {entry.get('trainer', entry)!r} lacks {', '.join(missing)}")
-        status = str(entry["status"]).splitlines()[0] if str(entry["status"]).strip() else "failed: no status"
+        given = entry["status"]
+        outcome = given if isinstance(given, Outcome) else Outcome.from_status(str(given))
         summary = entry.get("summary")
-        if status == "done" and summary is None:
-            status = "failed: finished but has no evaluation summary"
-        done = status == "done"
+        if outcome.kind == Outcome.RAN and summary is None:
+            outcome = Outcome.failed("finished but has no evaluation summary")
+        done, status = outcome.kind == Outcome.RAN, outcome.status
         folds = [int(f) for f in (summary or {}).get("folds") or entry.get("folds") or [] if str(f).isdigit()]
         experiment = cls(str(entry["row"]), str(entry["framework"]), str(entry["init"]), str(entry["schedule"]),
                          str(entry["trainer"]), str(entry["dataset"]), Path(entry["trainer_dir"]), status,
-                         summary if done else None, dict(entry.get("budget") or {}), folds)
+                         summary if done else None, dict(entry.get("budget") or {}), folds, outcome=outcome)
         if done:
             experiment.read_records([] if notes is None else notes)
         return experiment
@@ -232,7 +329,7 @@ class Experiment:
 
     @property
     def done(self) -> bool:
-        return self.status == "done"
+        return self.outcome.kind == Outcome.RAN
 
     @property
     def key(self) -> str:

@@ -25,7 +25,6 @@ import csv
 import io
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -37,6 +36,7 @@ import SimpleITK as sitk
 from nnunet_joint import LESION_TYPES
 from nnunet_joint.errors import InputError
 from nnunet_joint.io import atomic_path, write_image, write_json
+from nnunet_joint.process import tied_pool
 from nnunet_joint.phantom.acquisition import Acquisition, apply_acquisition, sample_acquisition
 from nnunet_joint.phantom.anatomy import LIVER_CODES, Grid, Patient, render_anatomy, sample_patient
 from nnunet_joint.phantom.lesions import Lesion, lesion_count, paint_lesion, place_lesions, sample_lesion
@@ -415,11 +415,12 @@ def render_sheba_patient(plan: CorpusPlan, cases: tuple[ShebaCasePlan, ...]) -> 
 
 
 def _map(func, items: list, workers: int) -> Iterator:
-    """``map`` in order, over a process pool when ``workers > 1`` (items are independent and seeded)."""
+    """``map`` in order, over a process pool when ``workers > 1`` (items are independent and seeded); the
+    workers die with this process, ``kill -9`` included (:func:`~nnunet_joint.process.tied_pool`)."""
     if workers <= 1 or len(items) < 2:
         yield from map(func, items)
         return
-    pool = ProcessPoolExecutor(max_workers=workers)
+    pool = tied_pool(workers)
     try:
         yield from pool.map(func, items, chunksize=max(1, len(items) // (4 * workers)))
     finally:

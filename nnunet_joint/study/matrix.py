@@ -109,3 +109,13 @@ def central_comparison() -> tuple[Experiment, Experiment]:
     """The papers' central question, the one ``--repeats`` measures the run-to-run spread of: the
     joint model from LiTS (MIDL's best row) against the same model from scratch, no freezing."""
     return experiment("joint", "LiTS"), experiment("joint")
+
+
+def step_id(exp: Experiment, fold: int | str) -> str:
+    """``Joint_LiTS-f0``: the trainer without nnU-Net's prefix (plain nnU-Net: ``nnUNet503``, from LiTS
+    ``nnUNet504_LiTS``), and the fold."""
+    if exp.framework == "nnunet":
+        short = f"nnUNet{exp.dataset}" + ("" if exp.init == SCRATCH else f"_{exp.init}")
+    else:
+        short = exp.trainer.removeprefix("nnUNetTrainer")
+    return f"{short}-f{fold}"

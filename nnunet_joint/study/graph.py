@@ -1,4 +1,4 @@
-"""The study as a graph of steps, run here (:func:`run_local`) or handed to a scheduler (``nnunet_joint.slurm``).
+"""The study as a graph of steps, run here (:func:`run_local`) or handed to a scheduler (:mod:`.slurm`).
 
 ``nnunet_joint_reproduce`` describes its pipeline once, as :class:`Step` objects with dependencies
 and a "done" check; the local executor and the SLURM backend both read that description, so a
@@ -287,7 +287,8 @@ def run_local(steps: Sequence[Step], workers: int, progress_of: Callable[[Sequen
     after an optional failure still run (the report lists the failure).
 
     Returns:
-        Each step's failure (its first line), ``None`` for steps that finished or were done already.
+        Each step's failure (its first line; "skipped: ..." for one after a failed required step), ``None``
+        for steps that finished or were done already.
 
     Raises:
         RuntimeError: a step that is not optional failed.
@@ -318,7 +319,7 @@ def run_local(steps: Sequence[Step], workers: int, progress_of: Callable[[Sequen
                     blocked = [d for d in step.after if outcome[d] is not None and not by_id[d].optional]
                     todo.remove(step)
                     if blocked:
-                        outcome[step.id] = f"not run: {blocked[0]} failed"
+                        outcome[step.id] = f"skipped: {blocked[0]} failed"
                         continue
                     running[pool.submit(perform, step)] = step
             if not running:

@@ -1,0 +1,77 @@
+"""The study's data steps: the phantom and the LiTS datasets 501/502 (``sources``), and the Sheba
+datasets 503/504 cut from the Sheba slices (``targets``), each planned and preprocessed.
+
+Each records its settings in a marker (:func:`~nnunet_joint.study.folder.marked`), so that a rerun
+skips it and a run folder never mixes two studies' data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nnunet_joint.names import DATASET_IDS, DEFAULT_PLANS
+from nnunet_joint.study.folder import RunFolder, mark
+
+
+def sources_settings(phantom: dict | None, encoder: str) -> dict:
+    """What the LiTS datasets were made with (the ``sources`` marker; a run folder holds one study)."""
+    return {"encoder": encoder, "phantom": phantom}
+
+
+def prepare_sources(run: RunFolder, lits_dir: Path, sheba_dir: Path, phantom: dict | None,
+                    max_lits_cases: int | None = None, encoder: str = "seresnet18") -> None:
+    """Phantom (``phantom``: its size and seed; ``None`` for given raw folders) → the LiTS datasets
+    501/502, planned and preprocessed.
+
+    501 (whole volumes, stage 1) gets nnU-Net's default plans; 502 (the LiTS lesion model's
+    slices) the SE-ResNet preset of ``encoder``, which :func:`prepare_targets` later carries to the
+    Sheba datasets.
+    """
+    from nnunet_joint.dataset_conversion.convert_lits import convert_lits
+    from nnunet_joint.phantom import generate_corpus
+    from nnunet_joint.planning import plan_and_preprocess, planner_of
+
+    if phantom is not None and not (run.phantom / "Sheba" / "cases.csv").is_file():
+        generate_corpus(run.phantom, seed=phantom["seed"], size=phantom["size"])
+    convert_lits(lits_dir, raw_root=run.raw, overwrite=True, max_cases=max_lits_cases,
+                 preprocessed_root=run.preprocessed)
+    with run.nnunet_environment():
+        plan_and_preprocess([DATASET_IDS["liver"]], "ExperimentPlanner", verify_dataset_integrity=True)
+        plan_and_preprocess([DATASET_IDS["lits_lesion"]], planner_of(encoder), verify_dataset_integrity=True)
+        plan_and_preprocess([DATASET_IDS["lits_lesion"]], "ExperimentPlanner")  # plain nnU-Net's, carried to 503/504
+    mark(run, "sources", sources_settings(phantom, encoder))
+
+
+def targets_settings(liver_model: Path | None, encoder: str) -> dict:
+    """What the Sheba datasets were made with (the ``targets`` marker)."""
+    return {"crop_mode": "oracle" if liver_model is None else "cascade", "encoder": encoder}
+
+
+def prepare_targets(run: RunFolder, sheba_dir: Path, encoder: str = "seresnet18", liver_model: Path | None = None
+                    ) -> None:
+    """The Sheba datasets 503/504: crops by the stage-1 ``liver_model`` (the cascade) or, without one, by the
+    reference masks (oracle crops); both plans carried over from LiTS (502): nnU-Net's default plans (plain
+    rows, from scratch and from LiTS alike) and the SE-ResNet preset's (our rows)."""
+    from nnunet_joint.dataset_conversion.convert_sheba import convert_sheba
+    from nnunet_joint.planning import plans_name_of, transfer_plans
+
+    convert_sheba(sheba_dir, raw_root=run.raw, preprocessed_root=run.preprocessed, overwrite=True,
+                  liver_model=liver_model, liver_folds=None if liver_model is None else [0])
+    with run.nnunet_environment():
+        for plans in (DEFAULT_PLANS, plans_name_of(encoder)):  # plain rows (scratch and LiTS alike) and ours
+            transfer_plans(DATASET_IDS["lits_lesion"], [DATASET_IDS["seg"], DATASET_IDS["joint"]], plans,
+                           verify_dataset_integrity=True)
+    mark(run, "targets", targets_settings(liver_model, encoder))
+
+
+def prepare_data(run: RunFolder, phantom_size: str, seed: int, max_lits_cases: int | None = None,
+                 encoder: str = "seresnet18") -> None:
+    """The phantom and all four datasets without training anything, the Sheba ones on *oracle* crops.
+
+    For tests and benchmarks that need data, not a study: :func:`~nnunet_joint.study.cli.reproduce` crops the
+    Sheba slices with a trained stage-1 model instead, unless asked for oracle crops.
+    """
+    prepare_sources(run, run.phantom / "LiTS", run.phantom / "Sheba", {"size": phantom_size, "seed": seed},
+                    max_lits_cases, encoder)
+    prepare_targets(run, run.phantom / "Sheba", encoder)
+

@@ -1,0 +1,106 @@
+"""The study's profiles: which folds, phantom, encoder and rows each runs, and how long each model trains.
+
+A profile's budgets are our trainers' variables (``nnUNet_joint_epochs``, ``nnUNet_joint_iterations``,
+...; :mod:`nnunet_joint.training.settings`); ``--nnunet-length`` replaces them all with nnU-Net's
+standard length (:func:`with_nnunet_length`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from nnunet_joint.names import (
+    FREEZE_ENCODER,
+    HIERARCHICAL_FREEZING,
+    HIERARCHICAL_UNFREEZING,
+    PLAIN_TRAINER,
+    trainer_name,
+)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What a profile runs, and how long each training is (our budget variables; {} = nnU-Net's length)."""
+
+    name: str
+    folds: tuple[int, ...]
+    phantom_size: str
+    encoder: str  # the SE-ResNet preset of our rows and the LiTS pretraining
+    budget: dict[str, str]  # every Sheba row, plain nnU-Net included: one budget for all
+    stage1_budget: dict[str, str]  # stage 1 (liver) on the LiTS volumes
+    lits_budget: dict[str, str]  # the LiTS lesion model (pretraining)
+    lits_fold: str  # fold of the LiTS lesion model our LiTS init loads
+    max_lits_cases: int | None
+    rows: tuple[str, ...] | None  # trainers (every dataset) or TRAINER@DatasetXXX_Name to run (None = all)
+    jobs: int = 1  # trainings at a time
+
+
+def _budget(epochs: int, iterations: int, max_batch_size: int | None = None, val_mirroring: bool = True
+            ) -> dict[str, str]:
+    budget = {"nnUNet_joint_epochs": str(epochs), "nnUNet_joint_iterations": str(iterations)}
+    if max_batch_size is not None:
+        budget["nnUNet_joint_max_batch_size"] = str(max_batch_size)
+    if not val_mirroring:
+        budget["nnUNet_joint_val_mirroring"] = "0"
+    return budget
+
+
+#: Stage 1's batch on the CPU profiles. nnU-Net plans the batch for a GPU's memory, capped at 5 % of
+#: the dataset: 64 slices of 128 x 128 for the small phantom's 48 LiTS-like volumes. On 2 CPU cores
+#: one such step of nnU-Net's U-Net costs about 6-10 s, so the 100 iterations that reach a liver
+#: pseudo-Dice of 0.9 (measured when the phantom's 8 volumes planned a batch of about 10) would take
+#: most of an hour; 12 keeps stage 1 a few minutes, as measured. The full profile (a GPU) keeps
+#: nnU-Net's batch. Its final validation also predicts without test-time mirroring there: with it,
+#: the 10 validation volumes took 14 min of the demo on 2 cores (sharing them with the LiTS model's
+#: training), 4 forward passes per tile; the rows' validations (30 slices) keep nnU-Net's mirroring.
+CPU_STAGE1_BATCH = 12
+CPU_STAGE1 = _budget(4, 25, CPU_STAGE1_BATCH, val_mirroring=False)
+
+
+#: The study's rows: the papers' questions (MIDL: 4 frameworks from scratch and from LiTS; EMBC: the
+#: joint model from LiTS with each fine-tuning schedule) and plain nnU-Net on both Sheba datasets.
+STUDY_ROWS = (
+    *(trainer_name(framework, init) for framework in ("cls", "seg", "ynet", "joint") for init in ("scratch", "LiTS")),
+    *(trainer_name("joint", "LiTS", schedule) for schedule in (FREEZE_ENCODER, HIERARCHICAL_FREEZING,
+                                                               HIERARCHICAL_UNFREEZING)),
+    PLAIN_TRAINER, trainer_name("nnunet", "LiTS"))
+
+#: Budgets, chosen from measured learning curves (docs/measured_figures.md): on the small phantom
+#: (fold 0, 60 training slices, batch 6 of 64 x 64) the joint model's validation type accuracy was
+#: still at chance after 600 iterations and flattened after about 1,500 (full-slice type accuracy
+#: 0.43 at 600, 0.77 at 1,800 iterations); stage 1 reaches a liver pseudo-Dice of 0.9 in about 100.
+PROFILES = {
+    # The README's main command: about 75 minutes on the shared 2-core machine (measured, docs/measured_figures.md). The small phantom, fold 0, the
+    # papers' central comparison (joint from scratch and from LiTS) at a budget where typing is
+    # learned, two trainings at a time.
+    "demo": Profile("demo", (0,), "small", "seresnet18", _budget(40, 30), CPU_STAGE1,
+                    _budget(20, 30), "0", None,
+                    (trainer_name("joint"), trainer_name("joint", "LiTS")), jobs=2),
+    # Every row that answers the papers' questions, 3 folds, at the budget where the curves flatten
+    # (measured: 4-9 min per training two at a time on 2 CPU cores, 3-4 h for the three folds).
+    "study": Profile("study", (0, 1, 2), "small", "seresnet18", _budget(50, 30), CPU_STAGE1,
+                     _budget(30, 30), "0", None, STUDY_ROWS, jobs=2),
+    # The papers' protocol on the default phantom, every row, 3 folds, SE-ResNet-50: the small phantom's
+    # converging length scaled to the default phantom's 3.7 times more training slices, with margin
+    # (docs/measured_figures.md); --nnunet-length trains nnU-Net's standard 1000 x 250 instead.
+    "full": Profile("full", (0, 1, 2), "default", "seresnet50", _budget(40, 100), _budget(20, 100), _budget(40, 100),
+                    "all", None, None),
+    # For tests: the tiny phantom and a minimal budget.
+    "tiny": Profile("tiny", (0,), "tiny", "seresnet18", _budget(1, 2), _budget(1, 2), _budget(1, 2), "0", None,
+                    (*(trainer_name(framework, "LiTS") for framework in ("cls", "seg", "ynet", "joint")),
+                     PLAIN_TRAINER)),
+}
+NNUNET_LENGTH = {}  # nnU-Net's standard length: no budget variables at all
+
+
+#: Appended to a profile's name when ``--nnunet-length`` replaces its budgets.
+NNUNET_LENGTH_SUFFIX = "-nnunet-length"
+
+
+def with_nnunet_length(profile: Profile) -> Profile:
+    """The profile with nnU-Net's standard training length for every model."""
+    return dataclasses.replace(profile, name=profile.name + NNUNET_LENGTH_SUFFIX, budget=NNUNET_LENGTH,
+                               stage1_budget=NNUNET_LENGTH, lits_budget=NNUNET_LENGTH)
+
+
