@@ -436,3 +436,33 @@ def test_markers_are_written_and_read_as_earlier_versions_wrote_them(tmp_path):
     data = next(s for s in study.steps() if s.id == "data")
     assert data.done()  # the data step of the earlier folder counts as done
     assert marked(run, "targets", targets_settings(Path("stage1"), "seresnet18"))
+
+
+# ----------------------------------------------------------------------------- --rows
+
+
+def test_rows_selects_some_of_the_profile_s_rows_with_their_pretraining_and_stage_1(tmp_path):
+    from nnunet_joint.study.steps import Study
+
+    rows = ("nnUNetTrainerSEResNetCls_LiTS", "nnUNetTrainer_JointBudget@Dataset504_ShebaJoint")
+    study = Study(RunFolder(tmp_path / "run"), PROFILES["study"], folds=(0,), rows=rows)
+    ids = [s.id for s in study.steps()]
+    # the classifier from LiTS on its dataset (503) and plain nnU-Net on the joint labels only, fold 0
+    assert sorted(i for i in ids if i.endswith("-f0")) == ["SEResNetCls_LiTS-f0", "nnUNet504-f0"]
+    assert {"data", "stage1", "lits", "crops", "report"} <= set(ids) and "lits-plain" not in ids
+    # a scheduler's job rebuilds the same study
+    assert study.cli()[study.cli().index("--rows") + 1:][:2] == list(rows)
+    # plain nnU-Net by its trainer name alone runs on both Sheba datasets
+    both = Study(RunFolder(tmp_path / "run"), PROFILES["study"], folds=(0,), rows=("nnUNetTrainer_JointBudget",))
+    assert sorted(i for i in (s.id for s in both.steps()) if i.endswith("-f0")) == ["nnUNet503-f0", "nnUNet504-f0"]
+
+
+def test_a_row_the_profile_does_not_run_is_refused_in_one_line(tmp_path, capsys):
+    for name in ("nnUNetTrainerSEResNetCls_LiTS", "nnUNetTrainerNoSuchRow", "nnUNetTrainerJoint@Dataset503_ShebaSeg"):
+        with pytest.raises(SystemExit) as e:  # the demo runs the joint rows only; the joint model is not on 503
+            main(["--profile", "demo", "--out", str(tmp_path / "run"), "--rows", name, "--quiet"])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --rows {name}: not a row of profile demo (its rows: nnUNetTrainerJoint, "
+                              "nnUNetTrainerJoint_LiTS;") and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()

@@ -28,6 +28,7 @@ from typing import Sequence
 from nnunet_joint.cpu import passive_openmp
 from nnunet_joint.errors import InputError, cli_entry
 from nnunet_joint.process import lock_folder
+from nnunet_joint.study import matrix
 from nnunet_joint.study.folder import RunFolder
 from nnunet_joint.study.graph import Progress, run_local
 from nnunet_joint.study.profiles import PROFILES, Profile, with_nnunet_length
@@ -37,20 +38,22 @@ from nnunet_joint.study.steps import Study
 def reproduce(out: Path, profile: Profile, device: str = "cpu", imagenet_weights: Path | None = None,
               lits_dir: Path | None = None, sheba_dir: Path | None = None, seed: int = 0,
               folds: Sequence[int] | None = None, stop_after: str | None = None, quiet: bool = False,
-              oracle_crops: bool = False, jobs: int | None = None, repeats: int = 1) -> dict:
+              oracle_crops: bool = False, jobs: int | None = None, repeats: int = 1,
+              rows: Sequence[str] | None = None) -> dict:
     """Run the whole pipeline into ``out``; finished steps and folds are skipped, so a rerun resumes.
 
     The papers' cascade: stage 1 (plain nnU-Net on the LiTS volumes) is trained first and crops
     the Sheba slices (``oracle_crops`` crops them with the reference masks instead, which no user
     gets at inference, and the report says so); the LiTS lesion model trains beside stage 1; then
     the matrix. ``jobs`` steps run at a time (default: the profile's). ``repeats`` trains the central
-    comparison that many times per fold (``Study.repeats``).
+    comparison that many times per fold (``Study.repeats``); ``rows`` runs only those of the profile's rows
+    (``--rows``; stage 1, the LiTS pretraining and the crops still run, the report shows those rows).
     """
     run = RunFolder(out.resolve())
     with lock_folder(run.root, "nnunet_joint_reproduce"):
         study = Study(run, profile, device, imagenet_weights, lits_dir, sheba_dir, seed,
                       tuple(folds) if folds is not None else profile.folds, stop_after, oracle_crops,
-                      profile.jobs if jobs is None else jobs, repeats)
+                      profile.jobs if jobs is None else jobs, repeats, None if rows is None else tuple(rows))
         costs = study.step_costs()
         outcome = run_local(study.steps(), study.jobs, lambda todo: Progress(todo, costs, study.jobs, quiet))
         if "report" in outcome and outcome["report"] is None and not quiet:  # the report step ran and finished
@@ -84,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train the central comparison (joint model from LiTS and from scratch) K times per fold, "
                         "repeat r > 0 seeded with r, and report its run-to-run spread beside the fold spread "
                         "(default 1: no repeat)")
+    p.add_argument("--rows", nargs="+", metavar="NAME",
+                   help="run only these of the profile's rows (with stage 1, the LiTS pretraining and the crops): a "
+                        "trainer name (every dataset it runs on) or TRAINER@DatasetXXX_Name, e.g. "
+                        "nnUNetTrainerSEResNetCls_LiTS nnUNetTrainer_JointBudget@Dataset504_ShebaJoint")
     p.add_argument("--jobs", type=int, default=None,
                    help="steps at a time on this machine (default: the profile's); each training gets "
                         "cpu_count // jobs torch threads")
@@ -138,7 +145,19 @@ def parse_checked(argv: Sequence[str] | None) -> argparse.Namespace:
         raise InputError(None, f"--jobs must be at least 1, got {args.jobs}")
     if args.wait and args.scheduler != "slurm":
         raise InputError(None, "--wait goes with --scheduler slurm")
+    if args.rows is not None:
+        check_rows(args.rows, PROFILES[args.profile])
     return args
+
+
+def check_rows(names: Sequence[str], profile: Profile) -> None:
+    """Each ``--rows`` name must select at least one of the profile's rows (one line naming them otherwise)."""
+    rows = matrix.selected(profile.rows)
+    for name in names:
+        if not matrix.selected((name,)) or not set(matrix.selected((name,))) & set(rows):
+            known = ", ".join(sorted({e.trainer for e in rows}))
+            raise InputError(None, f"--rows {name}: not a row of profile {profile.name} (its rows: {known}; or "
+                                   f"TRAINER@DatasetXXX_Name for one dataset)")
 
 
 def device_of(args: argparse.Namespace) -> str:
@@ -157,7 +176,7 @@ def study_of(args: argparse.Namespace, profile: Profile, device: str) -> Study:
     """The study the options describe (a scheduler's job rebuilds it from the same options)."""
     return Study(RunFolder(args.out.resolve()), profile, device, args.imagenet_weights, args.lits, args.sheba,
                  args.seed, tuple(args.folds) if args.folds else profile.folds, args.stop_after, args.oracle_crops,
-                 repeats=args.repeats)
+                 repeats=args.repeats, rows=None if args.rows is None else tuple(args.rows))
 
 
 def scheduled(args: argparse.Namespace, study: Study) -> int:
@@ -199,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         events_before = len(security_events(args.out))
         reproduce(args.out, profile, device, args.imagenet_weights, args.lits, args.sheba, args.seed,
-                  args.folds, args.stop_after, args.quiet, args.oracle_crops, args.jobs, args.repeats)
+                  args.folds, args.stop_after, args.quiet, args.oracle_crops, args.jobs, args.repeats, args.rows)
         return security_exit_code(args.out, events_before)  # 3: a checkpoint would have run code (docs/reliability.md)
     study = study_of(args, profile, device)
     if args.step is None:

@@ -12,6 +12,7 @@ nnU-Net's network; it has no ImageNet initialisation and no fine-tuning schedule
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 from nnunet_joint.names import (
     DATASET_FOLDERS,
@@ -119,3 +120,9 @@ def step_id(exp: Experiment, fold: int | str) -> str:
     else:
         short = exp.trainer.removeprefix("nnUNetTrainer")
     return f"{short}-f{fold}"
+
+
+def selected(rows: Sequence[str] | None) -> list[Experiment]:
+    """The matrix's experiments a profile's ``rows`` name: a trainer (every dataset it runs on) or
+    ``TRAINER@DatasetXXX_Name`` (one); ``None``: every experiment."""
+    return [e for e in experiment_matrix() if rows is None or e.trainer in rows or e.name in rows]

@@ -25,11 +25,11 @@ from nnunet_joint.names import (
     LIVER_DATASET,
     PLAIN_TRAINER,
 )
-from nnunet_joint.study import cropping, reporting
+from nnunet_joint.study import cropping, matrix, reporting
 from nnunet_joint.study.data import prepare_sources, sources_settings
 from nnunet_joint.study.folder import RunFolder, marked, nnunet_bin
 from nnunet_joint.study.graph import Step, StepCosts
-from nnunet_joint.study.matrix import Experiment, central_comparison, experiment_matrix, step_id
+from nnunet_joint.study.matrix import Experiment, central_comparison, step_id
 from nnunet_joint.study.profiles import NNUNET_LENGTH_SUFFIX, Profile
 from nnunet_joint.study.training import Training, fold_done, train_fold
 from nnunet_joint.training.curves import LEARNING_CURVE_FILE
@@ -91,6 +91,8 @@ class Study:
     #: the first being the main run's; repeat r > 0 sets ``nnUNet_joint_seed=r`` and trains into
     #: ``RunFolder.repeated(r)``, so that the report can set the comparison beside its run-to-run spread
     repeats: int = 1
+    #: only these of the profile's rows (``--rows``: trainer names or ``TRAINER@DatasetXXX_Name``); ``None``: all
+    rows: tuple[str, ...] | None = None
     started: float = field(default_factory=time.time)
     #: why row steps failed in this process (for the report; a scheduler's report job finds unfinished folds)
     failures: dict[str, str] = field(default_factory=dict)
@@ -124,6 +126,8 @@ class Study:
             args += ["--stop-after", self.stop_after]
         if self.repeats > 1:
             args += ["--repeats", str(self.repeats)]
+        if self.rows is not None:
+            args += ["--rows", *self.rows]
         return args
 
     def step_command(self, step: Step) -> list[str]:
@@ -148,8 +152,9 @@ class Study:
                         dict(self.profile.lits_budget), self.plans)
 
     def selected(self) -> list[Experiment]:
-        rows = self.profile.rows
-        return [e for e in experiment_matrix() if rows is None or e.trainer in rows or e.name in rows]
+        """The profile's rows, and of those only the ``--rows`` ones when given."""
+        wanted = None if self.rows is None else matrix.selected(self.rows)
+        return [e for e in matrix.selected(self.profile.rows) if wanted is None or e in wanted]
 
     def runnable(self) -> list[Experiment]:
         return [e for e in self.selected() if e.init != "ImageNet" or self.imagenet_weights is not None]
