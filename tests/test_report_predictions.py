@@ -21,10 +21,14 @@ def test_collapsed_row_and_counts_and_weights():
                                ("nnU-Net (ShebaJoint)", "Dataset504_ShebaJoint", learning["aggregate"], [None])],
                               handcrafted=_summary(true, true))
     first, second, reference = table.rows
+    # collapsed: the first 26 slices (9 cysts, 10 hemangiomas, 7 metastases) called metastasis, the last 5
+    # metastases called cyst: 7 right of 31
     assert first == ["Joint (scratch)", "Dataset504_ShebaJoint", "9 / 10 / 12", "5 / 0 / 26",
-                     "collapsed to metastasis (26 of 31)", "–", "–", "lesion-balanced"]
-    assert second[3:6] == ["8 / 11 / 10 (+2 no call)", "no", "–"] and second[7] == "–"  # unweighted
-    assert reference[0] == HANDCRAFTED_LABEL and reference[3] == "9 / 10 / 12" and reference[4] == "no"
+                     "collapsed to metastasis (26 of 31)", f"{7 / 31:.2f}", "–", "–", "lesion-balanced"]
+    # learning: 8 of 9 cysts (the ninth called hemangioma), 10 of 10 hemangiomas, 10 of 12 metastases (2 no
+    # calls, counted wrong): 28 right of 31
+    assert second[3:7] == ["8 / 11 / 10 (+2 no call)", "no", f"{28 / 31:.2f}", "–"] and second[8] == "–"
+    assert reference[0] == HANDCRAFTED_LABEL and reference[3] == "9 / 10 / 12" and reference[4:6] == ["no", "1.00"]
     assert "60%" in table.caption
 
 
@@ -35,4 +39,4 @@ def test_recall_and_precision_of_a_segmenting_row():
     over = evaluate_slice("a", 0, np.array([[2, 2, 2, 2], [2, 2, 2, 2]]), ref)  # recall 1, precision 0.5
     half = evaluate_slice("b", 0, np.array([[2, 2, 0, 0], [0, 0, 0, 0]]), ref)  # recall 0.5, precision 1
     row = predictions_table([("Seg", "Dataset503_ShebaSeg", summarise([over, half])["aggregate"], [])]).rows[0]
-    assert row[2:7] == ["–", "–", "–", "0.75", "0.75"]
+    assert row[2:8] == ["–", "–", "–", "–", "0.75", "0.75"]

@@ -44,6 +44,17 @@ def test_run_folder_is_self_contained(run_dir):
             / "fold_0" / "checkpoint_final.pth").is_file()
 
 
+def test_the_handcrafted_reference_types_the_validation_slices_of_the_study_s_folds(run_dir):
+    """The report step runs the handcrafted reference on the joint dataset's folds; the report shows its row."""
+    summary = json.loads((run_dir / "handcrafted" / "summary.json").read_text(encoding="utf-8"))
+    splits = json.loads((run_dir / "nnUNet_preprocessed" / DATASET_FOLDERS[504] / "splits_final.json")
+                        .read_text(encoding="utf-8"))
+    assert sorted(c["case_id"] for c in summary["cases"]) == sorted(splits[0]["val"])  # fold 0's validation slices
+    assert (run_dir / "handcrafted" / "features.csv").is_file()
+    report = (run_dir / "report" / "report.md").read_text(encoding="utf-8")
+    assert "| handcrafted features (reference mask, random forest) |" in report
+
+
 def test_summary_matches_the_fold_folders(run_dir):
     done = [e for e in experiments(run_dir).values() if e["status"] == "done"]
     trained = {e["trainer"] for e in done}

@@ -42,6 +42,14 @@ def collapse_text(aggregate: Mapping[str, Any]) -> str:
     return f"collapsed to {name} ({predicted[name]} of {sum(predicted.values())})" if name else "no"
 
 
+def accuracy_text(aggregate: Mapping[str, Any]) -> str:
+    """Type accuracy over all classified slices of all folds (a no call is wrong): the report's one number
+    for the row, from the pooled confusion matrix."""
+    matrix, no_call = aggregate.get("confusion_matrix"), aggregate.get("no_call") or []
+    n = sum(map(sum, matrix or [])) + sum(no_call)
+    return "–" if not n else f"{sum(matrix[k][k] for k in range(len(matrix))) / n:.2f}"
+
+
 def seg_text(aggregate: Mapping[str, Any], metric: str) -> str:
     value = (aggregate.get("metrics", {}).get(metric) or {}).get("mean")
     return "–" if value is None else f"{value:.2f}"
@@ -57,7 +65,8 @@ def weight_rules(configs: Sequence[Mapping[str, Any] | None]) -> str:
 def prediction_row(label: str, dataset: str, aggregate: Mapping[str, Any],
                    configs: Sequence[Mapping[str, Any] | None] = ()) -> list[str]:
     return [label, dataset, counts_text(aggregate.get("true_counts")), counts_text(aggregate.get("predicted_counts")),
-            collapse_text(aggregate), seg_text(aggregate, "recall"), seg_text(aggregate, "precision"),
+            collapse_text(aggregate), accuracy_text(aggregate), seg_text(aggregate, "recall"),
+            seg_text(aggregate, "precision"),
             weight_rules(configs)]
 
 
@@ -69,12 +78,14 @@ def predictions_table(rows: Sequence[tuple[str, str, Mapping[str, Any], Sequence
     if handcrafted is not None:
         body.append(prediction_row(HANDCRAFTED_LABEL, "reference lesion masks", handcrafted["aggregate"]))
     types = " / ".join(LESION_TYPES)
-    header = ["experiment", "dataset", f"true ({types})", f"predicted ({types})", "collapsed",
+    header = ["experiment", "dataset", f"true ({types})", f"predicted ({types})", "collapsed", "cls acc",
               "seg recall", "seg precision", "class weights"]
     return Table("predictions", "What each row predicts",
                  f"Slices of each type over all validation folds, and how many each row called that type; a row is "
                  f"flagged collapsed when more than {COLLAPSE_SHARE:.0%} of its calls fall on one type (an accuracy "
-                 f"near the majority type's share is then a collapse, not learning). Lesion pixel recall and "
+                 f"near the majority type's share is then a collapse, not learning); cls acc over all those slices. "
+                 f"The handcrafted reference types from features inside the reference lesion mask with a random "
+                 f"forest on the same folds: how separable the types are on these data. Lesion pixel recall and "
                  f"precision, mean over slices (precision over the slices with a predicted lesion); class weights: "
                  f"the CE's rule of the row's trainings (– : unweighted, nnU-Net's).", header, body)
 

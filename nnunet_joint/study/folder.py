@@ -63,6 +63,11 @@ class RunFolder:
     def report(self) -> Path:
         return self.root / "report"
 
+    @property
+    def handcrafted(self) -> Path:
+        """The handcrafted reference row's outputs (:mod:`nnunet_joint.evaluation.handcrafted`)."""
+        return self.root / "handcrafted"
+
     @contextlib.contextmanager
     def nnunet_environment(self) -> Iterator[None]:
         """This run's nnU-Net variables in ``os.environ`` while nnU-Net code runs in this process.

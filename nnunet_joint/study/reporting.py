@@ -83,7 +83,8 @@ def report(study: Study) -> None:
             "stage_budget": {"stage 1": profile.stage1_budget, "LiTS pretraining": profile.lits_budget},
             "device": study.device,
             "phantom": None if not study.own_data else {"size": profile.phantom_size, "seed": study.seed},
-            "pretraining": pretraining_record(study), "repeats": repeat_record(study)}
+            "pretraining": pretraining_record(study), "repeats": repeat_record(study),
+            "handcrafted": handcrafted_record(study)}
     study.reported = {"experiments": experiments, "report": build_report(experiments, study.run.report, meta)}
 
 
@@ -124,6 +125,20 @@ def repeat_record(study: Study) -> list[dict] | None:
             entries.append(entry)
         out.append({"repeat": repeat, "seed": repeat or None, "experiments": entries})
     return out
+
+
+def handcrafted_record(study: Study) -> dict:
+    """The handcrafted reference row (no network: features inside the reference lesion mask, a random forest)
+    on the joint dataset's folds, written to ``DIR/handcrafted/``: how separable the types are on this data, the
+    yardstick every deep row's typing is read against (:mod:`nnunet_joint.evaluation.handcrafted`)."""
+    from nnunet_joint.evaluation.handcrafted import handcrafted_row, write_outputs
+
+    joint = DATASET_FOLDERS[JOINT_DATASET]
+    summary = handcrafted_row(study.run.raw / joint, study.run.preprocessed / joint / "splits_final.json",
+                              list(study.folds))
+    write_outputs(summary, study.run.handcrafted)
+    return {key: summary[key] for key in ("per_fold", "aggregate", "classification")} | {
+        "outputs": str(study.run.handcrafted)}
 
 
 def pretraining_record(study: Study) -> dict | None:
