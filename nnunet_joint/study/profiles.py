@@ -58,8 +58,8 @@ CPU_STAGE1_BATCH = 12
 CPU_STAGE1 = _budget(4, 25, CPU_STAGE1_BATCH, val_mirroring=False)
 
 
-#: The LiTS lesion models' batch on the CPU profiles (ours and plain nnU-Net's alike). nnU-Net plans 45 patches of 64² for the small
-#: phantom's LiTS crops (a GPU's batch, capped at 5 % of the dataset): about 2 s a step on one CPU core,
+#: The LiTS lesion models' batch on the CPU profiles (ours and plain nnU-Net's alike). nnU-Net plans 45
+#: patches of 64² for the small phantom's LiTS crops (a GPU's batch, capped at 5 % of the dataset): about 2 s a step on one CPU core,
 #: so its 600 iterations were the demo's critical path (17 of 22.5 min). At a batch of 12 its validation
 #: lesion Dice reached 0.82 at 300 iterations and flattened at about 0.85 from 450 on (0.90 at 1,500;
 #: docs/model_diagnosis.md), above the 0.75 the batch of 45 reached in 600: the demo trains it 600
