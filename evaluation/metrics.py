@@ -299,11 +299,14 @@ def type_counts(type_indices: Iterable[int]) -> dict[str, int]:
 
 
 def collapsed_type(predicted: dict[str, int], share: float = COLLAPSE_SHARE) -> str | None:
-    """The type that more than ``share`` of the predictions fall on (:data:`COLLAPSE_SHARE`), else ``None``.
+    """The type that more than ``share`` of the type calls fall on (:data:`COLLAPSE_SHARE`; no calls are not
+    calls of a type, so they are left out of the count), else ``None``.
 
-    An accuracy near the majority type's share with such a flag is a collapse, not learning.
+    An accuracy near the majority type's share with such a flag is a collapse, not learning. The share is
+    absolute: on data where one type is itself more than 60 % of the slices, a model that learned would be
+    flagged too; read the flag beside the true counts.
     """
-    total = sum(predicted.values())
+    total = sum(count for name, count in predicted.items() if name != "no call")
     if total == 0:
         return None
     name, count = max(((n, c) for n, c in predicted.items() if n != "no call"), key=lambda item: item[1])

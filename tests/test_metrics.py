@@ -213,8 +213,9 @@ def test_predicted_counts_and_collapse_flag_on_hand_made_predictions():
     at_limit = [2] * 18 + [0] * 6 + [1] * 6
     assert classification_report(_classified(true, at_limit))["collapsed_to"] is None
     assert classification_report(_classified(true, [2] * 19 + [0] * 6 + [1] * 5))["collapsed_to"] == "metastasis"
-    # no calls never make a type collapsed, and an empty row has no flag
+    # no calls are not type calls: every call "cyst" among many no calls is a collapse; an empty row has no flag
     assert collapsed_type({"cyst": 1, "hemangioma": 1, "metastasis": 1, "no call": 27}) is None
+    assert collapsed_type({"cyst": 5, "hemangioma": 0, "metastasis": 0, "no call": 5}) == "cyst"
     assert collapsed_type({"cyst": 0, "hemangioma": 0, "metastasis": 0, "no call": 0}) is None
 
 

@@ -466,3 +466,39 @@ def test_a_row_the_profile_does_not_run_is_refused_in_one_line(tmp_path, capsys)
         assert err.startswith(f"error: --rows {name}: not a row of profile demo (its rows: nnUNetTrainerJoint, "
                               "nnUNetTrainerJoint_LiTS;") and err.count("\n") == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_a_row_rows_left_out_is_not_selected_unless_an_earlier_call_trained_it(tmp_path):
+    from nnunet_joint.evaluation.report.experiments import Outcome
+    from nnunet_joint.study.matrix import experiment
+    from nnunet_joint.study.reporting import training_outcome
+    from nnunet_joint.study.steps import Study
+
+    study = Study(RunFolder(tmp_path / "run"), PROFILES["demo"], folds=(0,), rows=("nnUNetTrainerJoint_LiTS",))
+    trainings = study.row_trainings()
+    joint = experiment("joint")  # a demo row, left out by --rows
+    assert training_outcome(study, joint, trainings) == Outcome.not_selected()
+    assert Outcome.from_status(str(Outcome.not_selected())) == Outcome.not_selected()
+    assert str(Outcome.not_selected()) == "not run: not among --rows"
+    assert training_outcome(study, experiment("ynet"), trainings) == Outcome.not_in_profile("demo")
+    # an earlier call without --rows trained it: the report shows it
+    fold_dir = RunFolder(tmp_path / "run").results / DATASET_FOLDERS[504] / (
+        f"{joint.trainer}__{joint.plans(study.plans)}__2d") / "fold_0"
+    (fold_dir / "validation").mkdir(parents=True)
+    (fold_dir / "validation" / "summary.json").write_text("{}")
+    torch.save({"network_weights": {}}, fold_dir / "checkpoint_final.pth")
+    assert training_outcome(study, joint, trainings) is None
+
+
+def test_every_training_of_ours_gets_the_study_s_class_weight_rule_and_plain_nnunet_none(tmp_path, monkeypatch):
+    from nnunet_joint.study.steps import Study
+
+    monkeypatch.delenv("nnUNet_joint_class_weights", raising=False)
+    study = Study(RunFolder(tmp_path / "run"), PROFILES["study"], folds=(0,))
+    rules = {(e.framework, t.dataset): t.budget.get("nnUNet_joint_class_weights") for e, _, t in study.row_trainings()}
+    assert rules[("joint", 504)] == rules[("cls", 503)] == "lesion-balanced" and rules[("nnunet", 504)] is None
+    assert study.lits().budget["nnUNet_joint_class_weights"] == "lesion-balanced"
+    assert "nnUNet_joint_class_weights=lesion-balanced" in study.lits().command("cpu")
+    monkeypatch.setenv("nnUNet_joint_class_weights", "inverse-frequency")  # the user's choice is pinned too
+    assert {t.budget["nnUNet_joint_class_weights"] for e, _, t in study.row_trainings() if e.framework != "nnunet"} == {
+        "inverse-frequency"}

@@ -131,7 +131,7 @@ def check_class_weights_match_training_fold(run: RunFolder, rec: dict, train_cas
     """The joint CE weights follow the default rule (lesion-balanced) on the label counts of the fold's
     training cases, counted on the preprocessed segmentations the network trains on (resampled, so not
     the raw label counts; nnU-Net's -1 outside-the-crop marker is not a class): background and liver 1,
-    the lesion as a whole min(5, rest / lesion) per voxel, shared equally by the types present."""
+    the lesion as a whole min(5, rest / lesion) per voxel, shared equally by the types present, none above 15."""
     import blosc2
 
     folder = run.preprocessed / "Dataset504_ShebaJoint" / f"{PLANS}_2d"
@@ -143,7 +143,7 @@ def check_class_weights_match_training_fold(run: RunFolder, rec: dict, train_cas
     assert rec["class_weights"]["rule"] == "lesion-balanced"
     rest, lesion = counts[:2].sum(), counts[2:].sum()
     per_type = min(5.0, rest / lesion) * lesion / np.count_nonzero(counts[2:])  # each present type's total weight
-    expected = [1.0, 1.0, *(per_type / n if n else 0.0 for n in counts[2:])]
+    expected = [1.0, 1.0, *(min(per_type / n, 15.0) if n else 0.0 for n in counts[2:])]  # no type above 3 x 5
     expected[2:] = [w if w else max(expected[2:]) for w in expected[2:]]  # an absent type: the largest
     np.testing.assert_allclose(rec["class_weights"]["weights"], expected, rtol=1e-6)
 

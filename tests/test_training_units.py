@@ -30,12 +30,12 @@ def test_inverse_frequency_weights_absent_class_gets_largest_present_weight():
 
 
 def test_lesion_balanced_weights_by_hand():
-    # background 1000, liver 800, cyst 10, hemangioma 30, metastasis 60: rest 1800, lesion 100
-    counts = np.array([1000, 800, 10, 30, 60])
+    # background 1000, liver 800, cyst 20, hemangioma 30, metastasis 50: rest 1800, lesion 100
+    counts = np.array([1000, 800, 20, 30, 50])
     # cap 1: the lesion as a whole weighs 1 per voxel; each type's total weight is 100 / 3
-    np.testing.assert_allclose(lesion_balanced_weights(counts, 1.0), [1, 1, 100 / 30, 100 / 90, 100 / 180])
+    np.testing.assert_allclose(lesion_balanced_weights(counts, 1.0), [1, 1, 100 / 60, 100 / 90, 100 / 150])
     # cap 5 (rest / lesion = 18 > 5): five times that
-    np.testing.assert_allclose(lesion_balanced_weights(counts, 5.0), [1, 1, 500 / 30, 500 / 90, 500 / 180])
+    np.testing.assert_allclose(lesion_balanced_weights(counts, 5.0), [1, 1, 500 / 60, 500 / 90, 500 / 150])
     w = lesion_balanced_weights(counts, 5.0)
     assert (w[2:] * counts[2:]).sum() == pytest.approx(5 * 100)  # lesion mass weighs 5x per voxel
     np.testing.assert_allclose(w[2:] * counts[2:], [500 / 3] * 3)  # types balanced among themselves
@@ -50,6 +50,12 @@ def test_lesion_balanced_weights_cap_absent_type_and_binary_labels():
     np.testing.assert_allclose(lesion_balanced_weights(np.array([900, 100, 0]), 5.0), [1, 1, 1])
     with pytest.raises(ValueError):
         lesion_balanced_weights(np.zeros(5), 1.0)
+
+
+def test_a_very_rare_type_weighs_at_most_three_times_the_lesion_cap():
+    # cyst 1 voxel of 101 lesion voxels: balanced it would weigh 5 * 101 / 3 = 168; the bound is 15
+    w = lesion_balanced_weights(np.array([5000, 5000, 1, 50, 50]), 5.0)
+    np.testing.assert_allclose(w, [1, 1, 15, 5 * 101 / 150, 5 * 101 / 150])
 
 
 def test_class_weight_rules_by_name():
@@ -86,8 +92,9 @@ def test_classification_loss_keeps_the_mean_of_the_training_steps_for_the_learni
         loss(logits, lesion)
     loss(logits, torch.zeros(2, 1, 4, 4))  # no patch shows lesion: no typed sample, nothing kept
     assert (first.item(), second.item()) == pytest.approx((expected_first, expected_second))
-    assert loss.epoch_training_loss() == pytest.approx((expected_first + expected_second) / 2)
-    assert loss.epoch_training_loss() is None  # the next epoch starts empty
+    total, steps = loss.epoch_training_loss()
+    assert (total, steps) == (pytest.approx(expected_first + expected_second), 2)
+    assert loss.epoch_training_loss() == (0.0, 0)  # the next epoch starts empty
 
 
 def test_label_frequencies_ignores_negative_padding_label():

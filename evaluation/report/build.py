@@ -144,8 +144,8 @@ def not_run_line(experiments: Sequence[Experiment], profile: str) -> str | None:
             continue
         runs = tuple(name for name, p in PROFILES.items() if name != profile and (
             p.rows is None or e.trainer in p.rows or f"{e.trainer}@{e.dataset}" in p.rows))
-        if e.init == "ImageNet":
-            runs = ()  # every profile lists them; what they lack is the weights
+        if e.init == "ImageNet" or e.outcome.kind == Outcome.NOT_SELECTED:
+            runs = ()  # every profile lists them; what they lack is the weights, or a place in --rows
         groups.setdefault((e.outcome, runs), []).append(e.label)
     if not groups:
         return None
@@ -155,7 +155,8 @@ def not_run_line(experiments: Sequence[Experiment], profile: str) -> str | None:
         names = ", ".join(runs[:-1]) + f" and {runs[-1]}" if len(runs) > 1 else "".join(runs)
         where = (f"run by the {names} profile{'s' if len(runs) > 1 else ''}" if runs
                  else "run when --imagenet-weights is given"
-                 if outcome.kind == Outcome.NEEDS_IMAGENET_WEIGHTS else "")
+                 if outcome.kind == Outcome.NEEDS_IMAGENET_WEIGHTS else "run without --rows, or named in it"
+                 if outcome.kind == Outcome.NOT_SELECTED else "")
         parts.append(f"{', '.join(labels)} (not run: {reason}{'; ' + where if where else ''})")
     return "The papers' rows this run did not train: " + "; ".join(parts) + "."
 

@@ -170,7 +170,8 @@ class Outcome:
     worded here and nowhere else.
 
     Attributes:
-        kind: ``"ran"``, ``"not in profile"``, ``"needs ImageNet weights"`` or ``"failed"``.
+        kind: ``"ran"``, ``"not in profile"``, ``"not selected"`` (``--rows``), ``"needs ImageNet weights"`` or
+            ``"failed"``.
         detail: the profile's name (not in profile) or the reason (failed); empty otherwise.
     """
 
@@ -179,6 +180,7 @@ class Outcome:
 
     RAN = "ran"
     NOT_IN_PROFILE = "not in profile"
+    NOT_SELECTED = "not selected"
     NEEDS_IMAGENET_WEIGHTS = "needs ImageNet weights"
     FAILED = "failed"
 
@@ -189,6 +191,11 @@ class Outcome:
     @classmethod
     def not_in_profile(cls, profile: str) -> "Outcome":
         return cls(cls.NOT_IN_PROFILE, profile)
+
+    @classmethod
+    def not_selected(cls) -> "Outcome":
+        """A row of the profile that ``--rows`` left out (and that the run folder holds no finished folds of)."""
+        return cls(cls.NOT_SELECTED)
 
     @classmethod
     def needs_imagenet_weights(cls) -> "Outcome":
@@ -206,6 +213,8 @@ class Outcome:
             return f"not in the {self.detail} profile"
         if self.kind == self.NEEDS_IMAGENET_WEIGHTS:
             return "no ImageNet weights given"
+        if self.kind == self.NOT_SELECTED:
+            return "not among --rows"
         return None
 
     @property
@@ -232,7 +241,7 @@ class Outcome:
             return cls.ran()
         if line.startswith(FAILED):
             return cls.failed(line.removeprefix(FAILED).lstrip(": "))
-        for candidate in (cls.needs_imagenet_weights(),):
+        for candidate in (cls.needs_imagenet_weights(), cls.not_selected()):
             if line == candidate.status:
                 return candidate
         reason = line.removeprefix(NOT_RUN).lstrip(": ")

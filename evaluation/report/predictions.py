@@ -20,6 +20,7 @@ from nnunet_joint import LESION_TYPES
 from nnunet_joint.evaluation.metrics import COLLAPSE_SHARE
 from nnunet_joint.evaluation.report.document import Table
 from nnunet_joint.evaluation.report.experiments import Experiment
+from nnunet_joint.evaluation.report.tables import row_estimate
 
 #: The report's name for the handcrafted reference row.
 HANDCRAFTED_LABEL = "handcrafted features (reference mask, random forest)"
@@ -39,7 +40,8 @@ def collapse_text(aggregate: Mapping[str, Any]) -> str:
     if not predicted or not sum(predicted.values()):
         return "–"
     name = aggregate.get("collapsed_to")
-    return f"collapsed to {name} ({predicted[name]} of {sum(predicted.values())})" if name else "no"
+    calls = sum(count for kind, count in predicted.items() if kind != "no call")
+    return f"collapsed to {name} ({predicted[name]} of {calls} calls)" if name else "no"
 
 
 def accuracy_text(aggregate: Mapping[str, Any]) -> str:
@@ -50,8 +52,9 @@ def accuracy_text(aggregate: Mapping[str, Any]) -> str:
     return "–" if not n else f"{sum(matrix[k][k] for k in range(len(matrix))) / n:.2f}"
 
 
-def seg_text(aggregate: Mapping[str, Any], metric: str) -> str:
-    value = (aggregate.get("metrics", {}).get(metric) or {}).get("mean")
+def seg_text(summary: Mapping[str, Any], metric: str) -> str:
+    """The row's one number for ``metric``, its mean over all validation slices (:func:`tables.row_estimate`)."""
+    value = row_estimate(summary, metric)
     return "–" if value is None else f"{value:.2f}"
 
 
@@ -62,21 +65,25 @@ def weight_rules(configs: Sequence[Mapping[str, Any] | None]) -> str:
     return ", ".join(rules) if rules else "–"
 
 
-def prediction_row(label: str, dataset: str, aggregate: Mapping[str, Any],
+def prediction_row(label: str, dataset: str, summary: Mapping[str, Any],
                    configs: Sequence[Mapping[str, Any] | None] = ()) -> list[str]:
+    """One row of the table from an evaluation summary (``per_fold`` and ``aggregate``)."""
+    aggregate = summary["aggregate"]
     return [label, dataset, counts_text(aggregate.get("true_counts")), counts_text(aggregate.get("predicted_counts")),
-            collapse_text(aggregate), accuracy_text(aggregate), seg_text(aggregate, "recall"),
-            seg_text(aggregate, "precision"),
-            weight_rules(configs)]
+            collapse_text(aggregate), accuracy_text(aggregate), seg_text(summary, "recall"),
+            seg_text(summary, "precision"), weight_rules(configs)]
 
 
 def predictions_table(rows: Sequence[tuple[str, str, Mapping[str, Any], Sequence[Mapping[str, Any] | None]]],
                       handcrafted: Mapping[str, Any] | None = None) -> Table:
-    """One line per finished row: ``(label, dataset, summary aggregate, each fold's joint_config or None)``;
-    ``handcrafted``: the reference's summary (``summarise``'s result), last."""
+    """One line per finished row: ``(label, dataset, evaluation summary, each fold's joint_config or None)``;
+    ``handcrafted``: the reference's summary (``summarise``'s result), or ``{"error": why}``, last."""
     body = [prediction_row(*row) for row in rows]
-    if handcrafted is not None:
-        body.append(prediction_row(HANDCRAFTED_LABEL, "reference lesion masks", handcrafted["aggregate"]))
+    if handcrafted is not None and "error" in handcrafted:
+        body.append([HANDCRAFTED_LABEL, "reference lesion masks", f"not computed: {handcrafted['error']}",
+                     *["–"] * 6])
+    elif handcrafted is not None:
+        body.append(prediction_row(HANDCRAFTED_LABEL, "reference lesion masks", handcrafted))
     types = " / ".join(LESION_TYPES)
     header = ["experiment", "dataset", f"true ({types})", f"predicted ({types})", "collapsed", "cls acc",
               "seg recall", "seg precision", "class weights"]
@@ -92,5 +99,5 @@ def predictions_table(rows: Sequence[tuple[str, str, Mapping[str, Any], Sequence
 
 def experiments_predictions_table(experiments: Sequence[Experiment], handcrafted: Mapping[str, Any] | None) -> Table:
     """:func:`predictions_table` of the report's finished experiments, each with its folds' ``joint_config.json``."""
-    return predictions_table([(e.label, e.dataset, e.summary["aggregate"], [r.config for r in e.records])
+    return predictions_table([(e.label, e.dataset, e.summary, [r.config for r in e.records])
                               for e in experiments if e.done and e.summary is not None], handcrafted)

@@ -90,8 +90,9 @@ class Comparison:
 def comparisons() -> list[Comparison]:
     """The papers' questions: joint vs Y-Net (each init), LiTS vs scratch (each framework), each
     fine-tuning schedule vs no freezing (joint from LiTS); and whether the papers' SE-ResNet rows
-    beat plain nnU-Net trained on the same labels (both from scratch, so only the method differs); and LiTS vs
-    scratch for plain nnU-Net on the joint labels."""
+    beat plain nnU-Net trained on the same labels (both from scratch: the method differs, network and
+    loss weighting included, since plain nnU-Net trains an unweighted CE); and LiTS vs scratch for plain
+    nnU-Net on the joint labels."""
     out = [Comparison("joint vs Y-Net", ("joint", i, NO_FREEZING), ("ynet", i, NO_FREEZING), ("cls_acc", "dice"),
                       "MIDL") for i in INITS]
     out += [Comparison("LiTS vs scratch", (f, "LiTS", NO_FREEZING), (f, SCRATCH, NO_FREEZING),

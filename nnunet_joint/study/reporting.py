@@ -17,6 +17,7 @@ from nnunet_joint.errors import InputError
 from nnunet_joint.names import (DATASET_FOLDERS, JOINT_DATASET, LITS_LESION_DATASET, LITS_TRAINER, LIVER_DATASET,
                                 PLAIN_TRAINER)
 from nnunet_joint.study.folder import RunFolder
+from nnunet_joint.study import matrix
 from nnunet_joint.study.matrix import Experiment, central_comparison, experiment_matrix, step_id
 from nnunet_joint.study.training import Training, fold_done, trainer_dir
 
@@ -130,13 +131,21 @@ def repeat_record(study: Study) -> list[dict] | None:
 def handcrafted_record(study: Study) -> dict:
     """The handcrafted reference row (no network: features inside the reference lesion mask, a random forest)
     on the joint dataset's folds, written to ``DIR/handcrafted/``: how separable the types are on this data, the
-    yardstick every deep row's typing is read against (:mod:`nnunet_joint.evaluation.handcrafted`)."""
+    yardstick every deep row's typing is read against (:mod:`nnunet_joint.evaluation.handcrafted`).
+
+    A reference that cannot be computed (e.g. a fold whose training slices lack a type the forest needs,
+    user data without lesion types) becomes ``{"error": first line}``, which the report shows in its row:
+    the deep rows' report is never lost to it.
+    """
     from nnunet_joint.evaluation.handcrafted import handcrafted_row, write_outputs
 
     joint = DATASET_FOLDERS[JOINT_DATASET]
-    summary = handcrafted_row(study.run.raw / joint, study.run.preprocessed / joint / "splits_final.json",
-                              list(study.folds))
-    write_outputs(summary, study.run.handcrafted)
+    try:
+        summary = handcrafted_row(study.run.raw / joint, study.run.preprocessed / joint / "splits_final.json",
+                                  list(study.folds))
+        write_outputs(summary, study.run.handcrafted)
+    except Exception as e:  # noqa: BLE001 - a reference row must not take the report down with it
+        return {"error": (str(e).splitlines() or [type(e).__name__])[0]}
     return {key: summary[key] for key in ("per_fold", "aggregate", "classification")} | {
         "outputs": str(study.run.handcrafted)}
 
@@ -165,8 +174,11 @@ def training_outcome(study: Study, exp: Experiment, trainings: Sequence[tuple[Ex
 
     if exp.init == "ImageNet" and study.imagenet_weights is None:
         return Outcome.needs_imagenet_weights()
-    if exp not in study.selected():
+    if exp not in matrix.selected(study.profile.rows):
         return Outcome.not_in_profile(study.profile.name)
+    if exp not in study.selected():  # left out by --rows: shown when an earlier call trained all its folds
+        directory = trainer_dir(study.run, exp.trainer, exp.dataset, exp.plans(study.plans))
+        return None if all(fold_done(directory / f"fold_{f}") for f in study.folds) else Outcome.not_selected()
     for e, fold, t in trainings:
         if e == exp and (study.failures.get(step_id(exp, fold)) or not fold_done(t.fold_dir(study.run))):
             return Outcome.failed(study.failures.get(step_id(exp, fold)) or f"fold {fold} did not finish (see its log)")

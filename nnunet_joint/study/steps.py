@@ -149,7 +149,15 @@ class Study:
     def lits(self) -> Training:
         return Training(f"LiTS lesion pretraining: {LITS_TRAINER} on {DATASET_FOLDERS[LITS_LESION_DATASET]} fold "
                         f"{self.profile.lits_fold}", LITS_TRAINER, LITS_LESION_DATASET, self.profile.lits_fold,
-                        dict(self.profile.lits_budget), self.plans)
+                        {**self.profile.lits_budget, **self.class_weights_variable()}, self.plans)
+
+    def class_weights_variable(self) -> dict[str, str]:
+        """The CE's class-weight rule of our trainers (``nnUNet_joint_class_weights``: this process's, else the
+        default), set for every training of the study and shown in its commands, so that a resumed fold or a
+        scheduler's job trains with the rule the others did whatever its shell says."""
+        from nnunet_joint.training.settings import ENV_CLASS_WEIGHTS, class_weight_choice
+
+        return {ENV_CLASS_WEIGHTS: class_weight_choice()}
 
     def selected(self) -> list[Experiment]:
         """The profile's rows, and of those only the ``--rows`` ones when given."""
@@ -180,8 +188,11 @@ class Study:
             env["nnUNet_joint_imagenet_weights"] = str(Path(self.imagenet_weights).resolve())
         plain_env = {**env, "nnUNet_joint_lits_checkpoint": str(self.plain_lits().fold_dir(self.run)
                                                                  / "checkpoint_final.pth")}
+        weights = self.class_weights_variable()
         return [(exp, fold, Training(f"{exp.trainer} on {DATASET_FOLDERS[exp.dataset]} fold {fold}", exp.trainer,
-                                     exp.dataset, str(fold), dict(self.profile.budget), exp.plans(self.plans),
+                                     exp.dataset, str(fold),
+                                     {**self.profile.budget, **(weights if exp.framework != "nnunet" else {})},
+                                     exp.plans(self.plans),
                                      plain_env if exp.framework == "nnunet" else env,
                                      npz=exp.framework == "nnunet" and exp.dataset == JOINT_DATASET))
                 for exp in self.runnable() for fold in self.folds]

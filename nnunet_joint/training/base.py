@@ -99,7 +99,7 @@ class nnUNetTrainerSEResNetBase(LearningCurveMixin, nnUNetTrainer):
     def curve_segments(self) -> bool:
         return self.has_segmentation
 
-    def curve_train_cls_loss(self) -> float | None:
+    def curve_train_cls_loss(self) -> tuple[float, int] | None:
         cls_loss = getattr(self.loss, "cls_loss", self.loss)  # the Y-Net's head term, or the classifier's loss
         return cls_loss.epoch_training_loss() if isinstance(cls_loss, ClassificationTargetLoss) else None
 

@@ -174,9 +174,24 @@ class LearningCurveMixin:
     def curve_segments(self) -> bool:
         return True
 
-    def curve_train_cls_loss(self) -> float | None:
-        """The epoch's mean training loss of a classification head (trainers with one override this)."""
+    def curve_train_cls_loss(self) -> tuple[float, int] | None:
+        """Sum and count of this rank's training-step losses of a classification head this epoch (trainers
+        with one override this; ``None``: no head)."""
         return None
+
+    def epoch_train_cls_loss(self) -> float | None:
+        """The epoch's mean head loss over every training step of every rank (a collective under DDP:
+        every rank calls it, as every rank trained)."""
+        part = self.curve_train_cls_loss()
+        if part is None:
+            return None
+        if self.is_ddp:
+            import torch.distributed as dist
+
+            parts: list = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, part)
+            part = (sum(p[0] for p in parts), sum(p[1] for p in parts))
+        return part[0] / part[1] if part[1] else None
 
     def on_train_start(self):
         super().on_train_start()
@@ -223,12 +238,13 @@ class LearningCurveMixin:
         self._curve_hook.remove()
         if self.is_ddp:
             self._learning_curve().gather()
+        train_cls_loss = self.epoch_train_cls_loss()  # every rank: it empties each rank's list
         if self.local_rank != 0:
             return
         row = self._learning_curve().end_epoch(
             self.current_epoch, (self.current_epoch + 1) * self.num_iterations_per_epoch,
             finite_or_none(last_value(self.logger, "train_losses")), finite_or_none(last_value(self.logger, "val_losses")),
-            self.curve_segments(), self.curve_types(), finite_or_none(self.curve_train_cls_loss()))
+            self.curve_segments(), self.curve_types(), finite_or_none(train_cls_loss))
         shown = {k: round(v, 4) for k, v in row.items()
                  if k in ("lesion_dice", "type_accuracy", "train_cls_loss") and v is not None}
         self.print_to_log_file(f"learning curve: {shown}")
