@@ -27,6 +27,7 @@ from typing import Sequence
 
 from nnunet_joint.cpu import passive_openmp
 from nnunet_joint.errors import InputError, cli_entry
+from nnunet_joint.names import DATASET_FOLDERS, JOINT_DATASET, PLAIN_TRAINER, trainer_name
 from nnunet_joint.process import lock_folder
 from nnunet_joint.study import matrix
 from nnunet_joint.study.folder import RunFolder
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nnunet_joint_reproduce", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, type=Path, help="run folder (created; a rerun resumes it)")
     p.add_argument("--profile", choices=sorted(PROFILES), default="demo",
-                   help="demo: fold 0, joint from scratch and from LiTS (about 75 min on 2 CPU cores); study: 3 "
+                   help="demo: fold 0, joint from scratch and from LiTS (about 22 min on 2 CPU cores, as measured); study: 3 "
                         "folds, the rows of the papers' questions, small phantom (3-4 h on 2 CPU cores); full: "
                         "default phantom, every row, SE-ResNet-50 (for a GPU); tiny: for tests")
     p.add_argument("--nnunet-length", action="store_true",
@@ -90,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", nargs="+", metavar="NAME",
                    help="run only these of the profile's rows (with stage 1, the LiTS pretraining and the crops): a "
                         "trainer name (every dataset it runs on) or TRAINER@DatasetXXX_Name, e.g. "
-                        "nnUNetTrainerSEResNetCls_LiTS nnUNetTrainer_JointBudget@Dataset504_ShebaJoint")
+                        f"{trainer_name('cls', 'LiTS')} {PLAIN_TRAINER}@{DATASET_FOLDERS[JOINT_DATASET]}")
     p.add_argument("--jobs", type=int, default=None,
                    help="steps at a time on this machine (default: the profile's); each training gets "
                         "cpu_count // jobs torch threads")
