@@ -224,7 +224,10 @@ def test_fast_path_gives_the_previous_paths_label_maps(env, tta):
     assert lesion_model.predictor.use_mirroring is tta
     fast = run_cascade(ct, liver_model, lesion_model)
     liver, labels = _previous_path(ct, liver_dir, lesion_dir, 0, tta, lesion_model.crop_margin_mm)
-    assert liver.sum() > 500 and (labels >= 2).sum() > 20  # a real comparison: liver and lesions found
+    # a real comparison: liver and lesions found. The tiny run's lesion model trains a few iterations, so how
+    # many lesion pixels it marks varies from run to run (20-odd with the default class weights, which no
+    # longer weigh a lesion pixel 20-100x the liver's); any lesion makes the label comparison cover lesions
+    assert liver.sum() > 500 and (labels >= 2).sum() > 0
     liver_diff = float(np.mean(fast.liver.astype(bool) != liver))
     label_diff = float(np.mean(fast.labels != labels))
     print(f"\ntta={tta}: liver differs on {liver_diff:.2e}, joint labels on {label_diff:.2e} of the voxels")
