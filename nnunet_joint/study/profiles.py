@@ -80,8 +80,8 @@ STUDY_ROWS = (
 #: still at chance after 600 iterations and flattened after about 1,500 (full-slice type accuracy
 #: 0.43 at 600, 0.77 at 1,800 iterations); stage 1 reaches a liver pseudo-Dice of 0.9 in about 100.
 PROFILES = {
-    # The README's main command: about 22 minutes on 2 CPU cores (22.5 idle before the LiTS model's CPU batch, 21.6
-    # on a loaded machine after; docs/measured_figures.md). The small phantom, fold 0, the
+    # The README's main command: 17 minutes on 2 idle CPU cores (22.5 before the LiTS model's CPU batch;
+    # docs/measured_figures.md). The small phantom, fold 0, the
     # papers' central comparison (joint from scratch and from LiTS) at a budget where typing is
     # learned, two trainings at a time.
     "demo": Profile("demo", (0,), "small", "seresnet18", _budget(40, 30), CPU_STAGE1,
