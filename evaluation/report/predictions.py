@@ -44,15 +44,7 @@ def collapse_text(aggregate: Mapping[str, Any]) -> str:
     return f"collapsed to {name} ({predicted[name]} of {calls} calls)" if name else "no"
 
 
-def accuracy_text(aggregate: Mapping[str, Any]) -> str:
-    """Type accuracy over all classified slices of all folds (a no call is wrong): the report's one number
-    for the row, from the pooled confusion matrix."""
-    matrix, no_call = aggregate.get("confusion_matrix"), aggregate.get("no_call") or []
-    n = sum(map(sum, matrix or [])) + sum(no_call)
-    return "–" if not n else f"{sum(matrix[k][k] for k in range(len(matrix))) / n:.2f}"
-
-
-def seg_text(summary: Mapping[str, Any], metric: str) -> str:
+def estimate_cell(summary: Mapping[str, Any], metric: str) -> str:
     """The row's one number for ``metric``, its mean over all validation slices (:func:`tables.row_estimate`)."""
     value = row_estimate(summary, metric)
     return "–" if value is None else f"{value:.2f}"
@@ -70,8 +62,8 @@ def prediction_row(label: str, dataset: str, summary: Mapping[str, Any],
     """One row of the table from an evaluation summary (``per_fold`` and ``aggregate``)."""
     aggregate = summary["aggregate"]
     return [label, dataset, counts_text(aggregate.get("true_counts")), counts_text(aggregate.get("predicted_counts")),
-            collapse_text(aggregate), accuracy_text(aggregate), seg_text(summary, "recall"),
-            seg_text(summary, "precision"), weight_rules(configs)]
+            collapse_text(aggregate), estimate_cell(summary, "cls_acc"), estimate_cell(summary, "recall"),
+            estimate_cell(summary, "precision"), weight_rules(configs)]
 
 
 def predictions_table(rows: Sequence[tuple[str, str, Mapping[str, Any], Sequence[Mapping[str, Any] | None]]],
