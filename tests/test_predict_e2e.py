@@ -26,8 +26,12 @@ LIVER_TRAINER = "nnUNetTrainer_JointBudget"
 LIVER_BUDGET = {"nnUNet_joint_epochs": "1", "nnUNet_joint_iterations": "60"}
 #: Long enough for lesions to be found and typed above chance (measured on the tiny phantom, all 18 slices
 #: of which 12 trained fold 0: 23/27 found, 16/23 typed right, median diameter ratio 1.17); about 2-4 min
-#: of training on a 2-core machine.
-JOINT_BUDGET = {"nnUNet_joint_epochs": "20", "nnUNet_joint_iterations": "15"}
+#: of training on a 2-core machine. These tests check the prediction pipeline, not the training recipe, so the
+#: model is trained with the papers' literal class weights (``inverse-frequency``): after 300 iterations they
+#: make it mark lesions in every run, where the default rule (lesion at most 5x the rest) sometimes left the
+#: barely trained model marking none (0 of 32 Sheba lesions in one CI run), and nothing would be compared.
+JOINT_BUDGET = {"nnUNet_joint_epochs": "20", "nnUNet_joint_iterations": "15",
+                "nnUNet_joint_class_weights": "inverse-frequency"}
 JOINT_PLANS = "nnUNetSEResNet18Plans"  # the tiny run's preset (LiTS plans carried to 504)
 
 
@@ -224,10 +228,7 @@ def test_fast_path_gives_the_previous_paths_label_maps(env, tta):
     assert lesion_model.predictor.use_mirroring is tta
     fast = run_cascade(ct, liver_model, lesion_model)
     liver, labels = _previous_path(ct, liver_dir, lesion_dir, 0, tta, lesion_model.crop_margin_mm)
-    # a real comparison: liver and lesions found. The tiny run's lesion model trains a few iterations, so how
-    # many lesion pixels it marks varies from run to run (20-odd with the default class weights, which no
-    # longer weigh a lesion pixel 20-100x the liver's); any lesion makes the label comparison cover lesions
-    assert liver.sum() > 500 and (labels >= 2).sum() > 0
+    assert liver.sum() > 500 and (labels >= 2).sum() > 20  # a real comparison: liver and lesions found
     liver_diff = float(np.mean(fast.liver.astype(bool) != liver))
     label_diff = float(np.mean(fast.labels != labels))
     print(f"\ntta={tta}: liver differs on {liver_diff:.2e}, joint labels on {label_diff:.2e} of the voxels")
