@@ -135,6 +135,58 @@ def test_whole_slice_type_probabilities_pad_to_the_divisor_and_do_not_depend_on_
     torch.testing.assert_close(probs.sum(1), torch.ones(5))
 
 
+def test_lesion_pooling_weighs_each_feature_cell_by_its_share_of_the_hand_made_mask():
+    """A 4 x 4 map under a 128 x 128 mask (cells of 32 x 32 pixels): the pooled feature is the
+    mean of the cells weighted by the lesion pixels each holds, computed here cell by cell."""
+    from nnunet_joint.network.heads import lesion_pool
+
+    features = torch.arange(2 * 3 * 16, dtype=torch.float32).reshape(2, 3, 4, 4)
+    mask = torch.zeros(2, 1, 128, 128)
+    mask[0, 0, 40:50, 70:80] = 1  # 100 pixels, all in cell (1, 2)
+    mask[0, 0, 0:8, 0:4] = 1  # 32 pixels in cell (0, 0)
+    # sample 1: no lesion at all
+    pooled = lesion_pool(features, mask)
+    expected0 = (100 * features[0, :, 1, 2] + 32 * features[0, :, 0, 0]) / 132
+    torch.testing.assert_close(pooled[0], expected0)
+    torch.testing.assert_close(pooled[1], features[1].mean(dim=(1, 2)))  # empty mask: the global average
+
+    head = ClassificationHead(3, 2, pooling="lesion")
+    torch.testing.assert_close(head(features, mask), head.fc(pooled))
+    torch.testing.assert_close(head(features), head.fc(features.mean(dim=(2, 3))))  # no mask given
+    global_head = ClassificationHead(3, 2, pooling="global")
+    global_head.load_state_dict(head.state_dict())  # parameter-free pooling: the same weights
+    torch.testing.assert_close(global_head(features, mask), head.fc(features.mean(dim=(2, 3))))
+    with pytest.raises(ValueError, match="unknown pooling"):
+        ClassificationHead(3, 2, pooling="max")
+
+
+def test_a_lesion_pooling_head_reads_the_reference_mask_given_else_the_lesion_the_ynet_segments():
+    torch.manual_seed(0)
+    net = SEResNetUNet(1, 3, "seresnet18", num_cls_classes=3, cls_pooling="lesion").eval()
+    x = torch.randn(2, 1, 64, 64)
+    reference = torch.zeros(2, 1, 64, 64, dtype=torch.bool)
+    reference[:, :, 40:48, 8:16] = True  # in the 1/32 map's cell (1, 0)
+    with torch.no_grad():
+        deepest = net.encoder(x)[-1]
+        with net.pooling_inside(reference):
+            seg, cls = net(x, return_cls=True)
+        assert net.cls_pool_mask is None  # the block's mask does not outlive it
+        torch.testing.assert_close(cls, net.cls_head.fc(deepest[:, :, 1, 0]))
+        torch.testing.assert_close(net.classify(x, reference), cls)
+        # without a mask: inside the lesion of its own segmentation (labels >= 2 of the argmax)
+        seg, cls = net(x, return_cls=True)
+        own = seg.argmax(1, keepdim=True) >= 2
+        torch.testing.assert_close(cls, net.cls_head(deepest, own))
+        torch.testing.assert_close(net.slice_type_probabilities(x), torch.softmax(cls, 1))
+        torch.testing.assert_close(net.slice_type_probabilities(x, lesion_masks=reference),
+                                   torch.softmax(net.cls_head.fc(deepest[:, :, 1, 0]), 1))
+    clf = SEResNetUNet(1, 0, "seresnet18", segmentation=False, num_cls_classes=3, cls_pooling="lesion").eval()
+    with torch.no_grad():
+        deepest = clf.encoder(x)[-1]
+        torch.testing.assert_close(clf.classify(x, reference), clf.cls_head.fc(deepest[:, :, 1, 0]))
+        torch.testing.assert_close(clf.classify(x), clf.cls_head.fc(deepest.mean(dim=(2, 3))))  # no mask, no decoder
+
+
 def test_unwrap_network_removes_the_compile_wrapper():
     from nnunet_joint.network import unwrap_network
 

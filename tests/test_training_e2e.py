@@ -119,6 +119,7 @@ def test_frameworks_train_validate_and_initialise(run, lits_checkpoint, imagenet
     if framework in ("nnUNetTrainerSEResNetCls", "nnUNetTrainerYNet"):
         cls = json.loads((fold_dir / "validation" / "classification.json").read_text(encoding="utf-8"))
         assert sorted(cls) == val_cases
+        assert rec["cls_pooling"] == "lesion"
         for entry in cls.values():
             assert entry["predicted"] in LESION_TYPES
             assert sum(entry["probabilities"]) == pytest.approx(1.0, abs=1e-5)

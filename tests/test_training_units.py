@@ -272,6 +272,7 @@ def test_trainers_build_the_plans_network_and_add_only_their_head(monkeypatch, t
     net = cls.build_network_architecture(_Plans(), _configuration(SERESNET_ARCHITECTURE), 1, 5, True)
     assert net.encoder_name == "seresnet34" and net.encoder.depth == 34  # the encoder is the plans'
     assert (net.cls_head is not None) == head and (net.decoder is not None) == decoder
+    assert net.pools_inside_lesion == head  # the classifier's and the Y-Net's heads pool inside the lesion
     if decoder:
         assert net.decoder.deep_supervision and net.decoder.seg_layers[-1].out_channels == 5
 

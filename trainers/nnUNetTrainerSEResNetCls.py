@@ -9,9 +9,10 @@ from nnunet_joint.training.losses import ClassificationTargetLoss, lesion_in_pat
 
 
 class nnUNetTrainerSEResNetCls(nnUNetTrainerSEResNetBase):
-    """SE-ResNet encoder + global pooling + linear head, trained with CE on the case's lesion type
-    (``dataset.json['lesion_types']``) on nnU-Net's augmented patches that show lesion
-    (lesion-centred sampling, masked loss: :mod:`nnunet_joint.training.sampling`).
+    """SE-ResNet encoder + pooling inside the reference lesion + linear head, trained with CE on the case's
+    lesion type (``dataset.json['lesion_types']``) on nnU-Net's augmented patches that show lesion
+    (lesion-centred sampling, masked loss: :mod:`nnunet_joint.training.sampling`). It answers "which type
+    is this lesion?" given the lesion's outline, in training and validation alike (``cls_pooling``).
 
     nnU-Net's "pseudo Dice" in the training log and progress.png is the validation accuracy over
     patches that show lesion (tp = correct, fp = fn = wrong gives 2tp/(2tp+fp+fn) = accuracy).
@@ -35,12 +36,14 @@ class nnUNetTrainerSEResNetCls(nnUNetTrainerSEResNetBase):
 
     def train_step(self, batch: dict) -> dict:
         self.loss.cls_target = self.lesion_type_targets(batch["keys"])
-        return super().train_step(batch)
+        with self.head_sees_reference_lesion(batch):
+            return super().train_step(batch)
 
     def validation_step(self, batch: dict) -> dict:
         target = self.lesion_type_targets(batch["keys"])
         self.loss.cls_target = target
-        logits = self.network(batch["data"].to(self.device, non_blocking=True))
+        with self.head_sees_reference_lesion(batch):
+            logits = self.network(batch["data"].to(self.device, non_blocking=True))
         loss = self.loss(logits, batch["target"])
         shows_lesion = lesion_in_patch(batch["target"]).to(target.device)
         correct = int(((logits.argmax(1) == target) & shows_lesion).sum())

@@ -38,8 +38,9 @@ patch sizes are.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -49,6 +50,7 @@ from dynamic_network_architectures.initialization.weight_init import InitWeights
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from nnunet_joint.labels import FIRST_LESION_LABEL
 from nnunet_joint.network.heads import ClassificationHead
 from nnunet_joint.network.seresnet import ENCODER_DEPTHS, SEResNetEncoder, StrideLike, normalize_strides
 
@@ -111,6 +113,10 @@ class SEResNetUNet(nn.Module):
         deep_supervision: return one logit map per decoder level (highest resolution first).
         num_cls_classes: size of the classification head; 0 for no head.
         segmentation: build the decoder; False gives the classification baseline (encoder + head).
+        cls_pooling: how the head pools the deepest feature: ``"global"`` or ``"lesion"`` (inside a
+            lesion mask: :meth:`pooling_inside` gives it, the reference lesion in training; without
+            one a network with a decoder pools inside the lesion it segments itself, a head-only
+            network globally). Parameter-free: the weights are the same either way.
     """
 
     #: prefix of encoder keys in this network's state dict (ImageNet weights load there)
@@ -129,6 +135,7 @@ class SEResNetUNet(nn.Module):
         deep_supervision: bool = False,
         num_cls_classes: int = 0,
         segmentation: bool = True,
+        cls_pooling: str = "global",
     ):
         super().__init__()
         if encoder_name not in ENCODER_DEPTHS:
@@ -164,8 +171,11 @@ class SEResNetUNet(nn.Module):
 
         self.cls_head: ClassificationHead | None = None
         self.last_cls_logits: torch.Tensor | None = None
+        #: the lesion mask the head pools inside during the current forward (:meth:`pooling_inside`)
+        self.cls_pool_mask: torch.Tensor | None = None
         if num_cls_classes > 0:
-            self.cls_head = ClassificationHead(self.encoder.output_channels[-1], num_cls_classes)
+            self.cls_head = ClassificationHead(self.encoder.output_channels[-1], num_cls_classes,
+                                               pooling=cls_pooling)
 
     @property
     def input_divisor(self) -> list[int]:
@@ -178,6 +188,33 @@ class SEResNetUNet(nn.Module):
         projected = [lateral(f) for lateral, f in zip(self.lateral, encoder_features[:-1])]
         return [self.full_res(x), *projected, encoder_features[-1]]
 
+    @property
+    def pools_inside_lesion(self) -> bool:
+        return self.cls_head is not None and self.cls_head.pooling == "lesion"
+
+    @contextlib.contextmanager
+    def pooling_inside(self, lesion_mask: torch.Tensor | None) -> Iterator[None]:
+        """The head pools inside ``lesion_mask`` ``(B, 1, Y, X)`` (the input's size) for the forwards
+        in this block: how a trainer hands the reference lesion to the head through nnU-Net's
+        ``train_step``, which calls ``network(data)`` and nothing else."""
+        previous, self.cls_pool_mask = self.cls_pool_mask, lesion_mask
+        try:
+            yield
+        finally:
+            self.cls_pool_mask = previous
+
+    def head_mask(self, seg) -> torch.Tensor | None:
+        """The mask the head pools inside: the one given (:meth:`pooling_inside`), else the lesion this
+        network segments (labels >= 2 of its full-resolution argmax, no gradient), else none."""
+        if not self.pools_inside_lesion:
+            return None
+        if self.cls_pool_mask is not None:
+            return self.cls_pool_mask
+        if seg is None:
+            return None
+        full_resolution = seg[0] if isinstance(seg, (list, tuple)) else seg
+        return (full_resolution.detach().argmax(1, keepdim=True) >= FIRST_LESION_LABEL)
+
     def forward(self, x: torch.Tensor, return_cls: bool = False):
         """Segmentation logits; ``(seg, cls_logits)`` with ``return_cls``; cls logits for a head-only net.
 
@@ -187,34 +224,47 @@ class SEResNetUNet(nn.Module):
         changing nnU-Net's ``train_step`` (the forward still runs through DDP's wrapper).
         """
         features = self.encoder(x)
-        cls_logits = self.cls_head(features[-1]) if self.cls_head is not None else None
+        seg = self.decoder(self.skips(x, features)) if self.decoder is not None else None
+        cls_logits = self.cls_head(features[-1], self.head_mask(seg)) if self.cls_head is not None else None
         self.last_cls_logits = cls_logits
-        if self.decoder is None:
+        if seg is None:
             return cls_logits
-        seg = self.decoder(self.skips(x, features))
         if not return_cls:
             return seg
         if cls_logits is None:
             raise ValueError("return_cls=True but this network has no classification head")
         return seg, cls_logits
 
-    def classify(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits of the head alone (no decoder pass)."""
+    def classify(self, x: torch.Tensor, lesion_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Class logits of the head. A head that pools inside the lesion reads ``lesion_mask`` when
+        given, else (with a decoder) the lesion this network segments in the same pass; otherwise
+        the head alone runs, without a decoder pass."""
         if self.cls_head is None:
             raise ValueError("this network has no classification head")
-        return self.cls_head(self.encoder(x)[-1])
+        if self.pools_inside_lesion and lesion_mask is None and self.decoder is not None:
+            return self.forward(x, return_cls=True)[1]
+        with self.pooling_inside(lesion_mask):
+            return self.cls_head(self.encoder(x)[-1], self.head_mask(None))
 
-    def slice_type_probabilities(self, slices: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    def slice_type_probabilities(self, slices: torch.Tensor, batch_size: int = 16,
+                                 lesion_masks: torch.Tensor | None = None) -> torch.Tensor:
         """The head's softmax for whole slices ``(S, C, Y, X)`` of any size: ``(S, classes)``, float32.
 
         The whole-slice classification of the Y-Net and the classifier, in training's validation and
         in prediction alike. Slices are zero-padded at the end (zero is the mean after nnU-Net's CT
         normalisation) to a multiple of :attr:`input_divisor` and classified ``batch_size`` at a time.
+        ``lesion_masks`` ``(S, 1, Y, X)``: where a lesion-pooling head looks (padded with "no lesion");
+        without them a Y-Net's head pools inside the lesion it segments (:meth:`classify`).
         """
         pad = [(-s) % int(d) for s, d in zip(slices.shape[2:], self.input_divisor[-2:])]
         slices = torch.nn.functional.pad(slices.float(), (0, pad[1], 0, pad[0]))
-        return torch.cat([torch.softmax(self.classify(slices[start:start + batch_size]).float(), dim=1)
-                          for start in range(0, slices.shape[0], batch_size)])
+        if lesion_masks is not None:
+            lesion_masks = torch.nn.functional.pad(lesion_masks.float(), (0, pad[1], 0, pad[0]))
+        return torch.cat([
+            torch.softmax(self.classify(slices[start:start + batch_size],
+                                        None if lesion_masks is None else lesion_masks[start:start + batch_size]
+                                        ).float(), dim=1)
+            for start in range(0, slices.shape[0], batch_size)])
 
     def deep_supervision_scales(self) -> list[list[float]]:
         """Downsampling factor of each decoder output, highest resolution first.

@@ -9,8 +9,9 @@ budget, initialisation report, freezing schedule, class weights) is written to
 from __future__ import annotations
 
 import dataclasses
+import contextlib
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Iterator
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from nnunet_joint import LESION_TYPES
 from nnunet_joint.checkpoints import load_transfer_weights, nnunet_loads_safely
 from nnunet_joint.freezing import SCHEDULES, epoch_boundaries, frozen_groups_at, set_frozen_encoder_groups
 from nnunet_joint.io import write_json
-from nnunet_joint.labels import type_index
+from nnunet_joint.labels import FIRST_LESION_LABEL, type_index
 from nnunet_joint.names import CLASSIFICATION_FILE, JOINT_CONFIG_FILE, NO_FREEZING, SCRATCH
 from nnunet_joint.network.from_plans import SERESNET_UNET, build_network
 from nnunet_joint.network import unwrap_network
@@ -36,6 +37,11 @@ from nnunet_joint.training.losses import (CLASS_WEIGHT_RULES, ClassificationTarg
 from nnunet_joint.training.recipes import RECIPES, RecipeLRScheduler
 from nnunet_joint.training.sampling import lesion_centred
 
+
+
+def as_slices(array: torch.Tensor) -> torch.Tensor:
+    """A preprocessed case ``(C, Z, Y, X)`` or ``(C, Y, X)`` as 2-D slices ``(slices, C, Y, X)``."""
+    return array.permute(1, 0, 2, 3) if array.ndim == 4 else array[None]
 
 
 class nnUNetTrainerSEResNetBase(LearningCurveMixin, nnUNetTrainer):
@@ -53,6 +59,11 @@ class nnUNetTrainerSEResNetBase(LearningCurveMixin, nnUNetTrainer):
     has_segmentation: ClassVar[bool] = True
     #: centre forced-foreground patches on lesion (trainers of a slice-level type: nnunet_joint.training.sampling)
     lesion_centred_sampling: ClassVar[bool] = False
+    #: how a classification head pools (nnunet_joint.network.heads): inside the lesion, the reference one in
+    #: training (:meth:`head_sees_reference_lesion`); at validation and prediction the Y-Net pools inside the
+    #: lesion it segments, the classifier inside the reference lesion (it has no decoder: it answers "which
+    #: type is this lesion?", as the handcrafted reference does). Why: docs/model_diagnosis.md
+    cls_pooling: ClassVar[str] = "lesion"
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -73,7 +84,8 @@ class nnUNetTrainerSEResNetBase(LearningCurveMixin, nnUNetTrainer):
                              "num_val_iterations_per_epoch": self.num_val_iterations_per_epoch,
                              "learning_rate": {"recipe": self.recipe_name, **self.recipe.as_dict(),
                                                "warmup_epochs": self.recipe.warmup_epochs(self.num_epochs)},
-                             "lesion_centred_sampling": self.lesion_centred_sampling}
+                             "lesion_centred_sampling": self.lesion_centred_sampling,
+                             **({"cls_pooling": self.cls_pooling} if self.num_cls_classes else {})}
 
     def initialize(self):
         super().initialize()
@@ -129,11 +141,19 @@ class nnUNetTrainerSEResNetBase(LearningCurveMixin, nnUNetTrainer):
                 f"and train with '-p nnUNetSEResNet50Plans'")
         return build_network(architecture, num_input_channels, num_output_channels, enable_deep_supervision,
                              where=f"plans {plans_manager.plans_name}", num_cls_classes=cls.num_cls_classes,
-                             segmentation=cls.has_segmentation)
+                             segmentation=cls.has_segmentation, cls_pooling=cls.cls_pooling)
 
     def plain_network(self) -> SEResNetUNet:
         """The network without DDP / torch.compile wrappers."""
         return unwrap_network(self.network)
+
+    @contextlib.contextmanager
+    def head_sees_reference_lesion(self, batch: dict) -> Iterator[None]:
+        """The head pools inside the batch's reference lesion (labels >= 2 of the full-resolution
+        target) for the steps in this block (:meth:`SEResNetUNet.pooling_inside`)."""
+        target = batch["target"][0] if isinstance(batch["target"], (list, tuple)) else batch["target"]
+        with self.plain_network().pooling_inside((target >= FIRST_LESION_LABEL).to(self.device)):
+            yield
 
     # ------------------------------------------------------------------ data of the fold
 
@@ -224,10 +244,14 @@ class nnUNetTrainerSEResNetBase(LearningCurveMixin, nnUNetTrainer):
         net.eval()
         dataset = self.dataset_class(self.preprocessed_dataset_folder, list(keys))
         out = {}
+        # a head-only network pooling inside the lesion is given the reference lesion; a Y-Net finds its own
+        reference_lesion = net.pools_inside_lesion and net.decoder is None
         for k in dataset.identifiers:
-            data = torch.from_numpy(np.asarray(dataset.load_case(k)[0][:], dtype=np.float32))
-            slices = data.permute(1, 0, 2, 3) if data.ndim == 4 else data[None]  # (slices, C, Y, X)
-            probs = net.slice_type_probabilities(slices.to(self.device)).mean(0).cpu().numpy()
+            data, seg = dataset.load_case(k)[:2]
+            slices = as_slices(torch.from_numpy(np.asarray(data[:], dtype=np.float32)))
+            masks = as_slices(torch.from_numpy(np.asarray(seg[:]) >= FIRST_LESION_LABEL)) if reference_lesion else None
+            probs = net.slice_type_probabilities(slices.to(self.device), lesion_masks=None if masks is None
+                                                 else masks.to(self.device)).mean(0).cpu().numpy()
             out[k] = {"probabilities": [float(p) for p in probs], "predicted": LESION_TYPES[int(np.argmax(probs))]}
         net.train(was_training)
         return out
