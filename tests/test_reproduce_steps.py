@@ -60,6 +60,33 @@ def test_costs_come_from_this_run_first_then_from_the_machines_calibration(tmp_p
     assert StepCosts("demo|cpu", path).costs() == {"training": 200.0}  # what the next run starts from
 
 
+def test_shipped_costs_count_only_where_neither_this_run_nor_the_machine_timed_the_kind(tmp_path):
+    path = tmp_path / "costs.json"
+    shipped = {"training": 500.0, "report": 20.0, "data": 60.0}
+    costs = StepCosts("demo|cpu", path, shipped=shipped)
+    assert costs.costs() == shipped  # a fresh machine: the development machine's figures
+    path.write_text(json.dumps({"demo|cpu": {"training": 300.0}}))
+    assert costs.costs() == {"training": 300.0, "report": 20.0, "data": 60.0}  # this machine's calibration first
+    costs.record("report", 10.0)
+    assert costs.costs() == {"training": 300.0, "report": 10.0, "data": 60.0}  # then this run's own
+
+
+def test_the_demo_ships_a_cost_for_every_kind_of_step_it_runs_and_only_on_the_cpu(tmp_path):
+    """The demo's first progress line has an estimate (no kind left untimed) on a machine that timed nothing;
+    another device, or nnU-Net's length, has no shipped figures."""
+    from nnunet_joint.study.folder import RunFolder
+    from nnunet_joint.study.profiles import PROFILES, with_nnunet_length
+    from nnunet_joint.study.steps import Study
+
+    demo = PROFILES["demo"]
+    study = Study(RunFolder(tmp_path / "run"), demo, "cpu", folds=demo.folds)
+    kinds = {s.kind for s in study.steps()}
+    assert kinds == set(demo.cpu_step_costs) and min(demo.cpu_step_costs.values()) > 0
+    assert study.step_costs().shipped == demo.cpu_step_costs
+    assert Study(RunFolder(tmp_path / "run"), demo, "cuda").step_costs().shipped == {}
+    assert with_nnunet_length(demo).cpu_step_costs == {}
+
+
 def lines(capsys) -> list[str]:
     return capsys.readouterr().out.splitlines()
 

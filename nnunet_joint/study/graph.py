@@ -130,7 +130,8 @@ def calibration_file() -> Path:
 
 @dataclass
 class StepCosts:
-    """Measured seconds per step kind: this run's finished steps first, else the machine's calibration.
+    """Measured seconds per step kind: this run's finished steps first, else the machine's calibration,
+    else ``shipped`` (what the profile measured on the development machine).
 
     ``scope`` (profile and device) keeps costs of different budgets and devices apart. Each finished
     step is written to the calibration file (under a lock, renamed into place), so that the next run
@@ -140,6 +141,7 @@ class StepCosts:
     scope: str
     path: Path = field(default_factory=calibration_file)
     measured: dict[str, list[float]] = field(default_factory=dict)
+    shipped: Mapping[str, float] = field(default_factory=dict)
 
     def _recorded(self) -> dict:
         try:
@@ -148,8 +150,10 @@ class StepCosts:
             return {}
 
     def costs(self) -> dict[str, float]:
-        """Seconds per kind: the mean of this run's measurements, else the last calibration."""
-        known = {k: float(v) for k, v in self._recorded().get(self.scope, {}).items() if isinstance(v, (int, float))}
+        """Seconds per kind: the mean of this run's measurements, else the last calibration, else shipped."""
+        known = {k: float(v) for k, v in self.shipped.items()}
+        known.update({k: float(v) for k, v in self._recorded().get(self.scope, {}).items()
+                      if isinstance(v, (int, float))})
         known.update({k: sum(v) / len(v) for k, v in self.measured.items()})
         return known
 

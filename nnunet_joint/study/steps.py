@@ -281,6 +281,7 @@ class Study:
         return ("data", "crops") + ((pretraining,) if pretraining else ())
 
     def step_costs(self) -> StepCosts:
-        return StepCosts(f"{self.profile.name}|{self.device}")
+        shipped = self.profile.cpu_step_costs if self.device == "cpu" else {}
+        return StepCosts(f"{self.profile.name}|{self.device}", shipped=shipped)
 
 
