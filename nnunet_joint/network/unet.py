@@ -243,8 +243,7 @@ class SEResNetUNet(nn.Module):
             raise ValueError("this network has no classification head")
         if self.pools_inside_lesion and lesion_mask is None and self.decoder is not None:
             return self.forward(x, return_cls=True)[1]
-        with self.pooling_inside(lesion_mask):
-            return self.cls_head(self.encoder(x)[-1], self.head_mask(None))
+        return self.cls_head(self.encoder(x)[-1], lesion_mask)
 
     def slice_type_probabilities(self, slices: torch.Tensor, batch_size: int = 16,
                                  lesion_masks: torch.Tensor | None = None) -> torch.Tensor:

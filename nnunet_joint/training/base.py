@@ -8,8 +8,8 @@ budget, initialisation report, freezing schedule, class weights) is written to
 
 from __future__ import annotations
 
-import dataclasses
 import contextlib
+import dataclasses
 from pathlib import Path
 from typing import ClassVar, Iterator
 
