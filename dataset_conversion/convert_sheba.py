@@ -81,8 +81,10 @@ def case_label_maps(case: ShebaCase, liver: np.ndarray) -> tuple[np.ndarray, np.
     return seg, joint
 
 
-def stage1_livers(cases: Sequence[ShebaCase], liver_model: str | os.PathLike, folds, device: str) -> dict[str, np.ndarray]:
-    """Liver masks of every slice predicted by the stage-1 model (the paper's cascade crop)."""
+def stage1_livers(cases: Sequence[ShebaCase], liver_model: str | os.PathLike, folds, device: str,
+                  threads: int | None = None) -> dict[str, np.ndarray]:
+    """Liver masks of every slice predicted by the stage-1 model (the paper's cascade crop), with ``threads``
+    torch threads (default: every core this process may use)."""
     import torch
 
     from nnunet_joint.inference.models import PredictorSettings, load_model
@@ -90,7 +92,7 @@ def stage1_livers(cases: Sequence[ShebaCase], liver_model: str | os.PathLike, fo
     torch_device = torch.device(device)
     # nnunet_joint_predict's default settings: the crops are those a user's prediction makes
     model = load_model(liver_model, folds, torch_device, settings=PredictorSettings(
-        tta=PredictorSettings.tta_default(torch_device)))
+        tta=PredictorSettings.tta_default(torch_device), threads=threads))
     out = {}
     for case in cases:
         array = sitk.GetArrayFromImage(case.image).astype(np.float32)  # 1 x H x W
@@ -144,6 +146,7 @@ def convert_sheba(
     liver_model: str | os.PathLike | None = None,
     liver_folds: Sequence[int | str] | None = None,
     device: str = "cpu",
+    threads: int | None = None,
 ) -> dict:
     """Convert a Sheba-like raw folder; every row is validated before anything is written.
 
@@ -163,6 +166,8 @@ def convert_sheba(
             the given liver mask where there is one, else the predicted liver.
         liver_folds: folds of the stage-1 model (default: every trained fold, ensembled).
         device: ``cpu`` or ``cuda`` for stage 1.
+        threads: torch CPU threads of stage 1 (default: every core this process may use); a caller
+            that converts beside running trainings gives its share of the cores.
 
     Returns:
         ``{"seg_dataset": path, "joint_dataset": path, "cases": [...], "splits": [...],
@@ -193,7 +198,7 @@ def convert_sheba(
     notes += [note for case in cases for note in case_warnings(case)]
     splits = make_splits(case_ids, patients, types, folds, seed, where=raw_dir / "cases.csv")
 
-    predicted = stage1_livers(cases, liver_model, liver_folds, device) if liver_model is not None else {}
+    predicted = stage1_livers(cases, liver_model, liver_folds, device, threads) if liver_model is not None else {}
     crops: dict[str, dict] = {}
     with staged_datasets(destinations) as (seg_tmp, joint_tmp):
         for tmp in (seg_tmp, joint_tmp):

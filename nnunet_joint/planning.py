@@ -384,10 +384,14 @@ def plan_and_preprocess(dataset_ids: Sequence[int], planner: str = "ExperimentPl
                         configurations: Sequence[str] = ("2d",), num_processes: int = 1,
                         verify_dataset_integrity: bool = False, plans_name: str | None = None,
                         gpu_memory_target_in_gb: float | None = None, preprocess: bool = True,
-                        quiet: bool = True, ct_window: tuple[float, float] | None = CT_WINDOW_HU) -> str:
+                        quiet: bool = True, ct_window: tuple[float, float] | None = CT_WINDOW_HU,
+                        reuse_fingerprint: bool = False) -> str:
     """Fingerprint, plan (with ``planner``) and preprocess datasets, as ``nnUNetv2_plan_and_preprocess``.
 
     The plans get ``ct_window`` before preprocessing (None: nnU-Net's own percentile window).
+    ``reuse_fingerprint`` keeps a ``dataset_fingerprint.json`` already in the preprocessed folder
+    (nnU-Net's ``clean=False``): for a second preset planned on the same raw data right after the
+    first, whose fingerprint it would compute again (about 10 s per dataset on the small phantom).
 
     Returns:
         The plans identifier written (e.g. ``nnUNetSEResNet18Plans``).
@@ -399,7 +403,7 @@ def plan_and_preprocess(dataset_ids: Sequence[int], planner: str = "ExperimentPl
     n = max(1, num_processes)
     with pools, quiet_stdout(quiet):
         extract_fingerprints(list(dataset_ids), num_processes=n, check_dataset_integrity=verify_dataset_integrity,
-                             clean=True, verbose=False, show_progress_bar=not quiet)
+                             clean=not reuse_fingerprint, verbose=False, show_progress_bar=not quiet)
         identifier = None
         for d in dataset_ids:
             _, identifier = plan_experiment_dataset(d, planner_cls, gpu_memory_target_in_gb,
@@ -423,14 +427,16 @@ def preprocess_(dataset_ids: Sequence[int], plans_identifier: str, configuration
 
 def transfer_plans(source_id: int, target_ids: Sequence[int], plans_identifier: str,
                    configurations: Sequence[str] = ("2d",), num_processes: int = 1, quiet: bool = True,
-                   ct_window: tuple[float, float] | None = CT_WINDOW_HU, verify_dataset_integrity: bool = False) -> None:
+                   ct_window: tuple[float, float] | None = CT_WINDOW_HU, verify_dataset_integrity: bool = False,
+                   reuse_fingerprint: bool = False) -> None:
     """nnU-Net's transfer route: the source's plans moved to each target, which is then preprocessed with them.
 
     Pretraining and fine-tuning then share spacing, normalisation (``ct_window``, or with None the
     source's intensity statistics) and architecture; the batch size is the target's own under nnU-Net's
     rule (:func:`fit_batch_to_dataset`). The targets are fingerprinted first (nnU-Net's
     trainer copies ``dataset_fingerprint.json`` into its results), and each one's ``dataset.json`` is
-    copied to its preprocessed folder, which nnU-Net's preprocessor reads.
+    copied to its preprocessed folder, which nnU-Net's preprocessor reads. ``reuse_fingerprint``: as in
+    :func:`plan_and_preprocess` (a second preset moved to the same targets).
     """
     from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints
     from nnunetv2.experiment_planning.plans_for_pretraining.move_plans_between_datasets import (
@@ -444,7 +450,8 @@ def transfer_plans(source_id: int, target_ids: Sequence[int], plans_identifier: 
         raise InputError(plans_file, f"not found: plan dataset {source_id} with the {plans_identifier} preset first")
     pools = in_process_pools() if num_processes <= 1 else contextlib.nullcontext()
     with pools, quiet_stdout(quiet):
-        extract_fingerprints(list(target_ids), num_processes=max(1, num_processes), clean=True, verbose=False,
+        extract_fingerprints(list(target_ids), num_processes=max(1, num_processes), clean=not reuse_fingerprint,
+                             verbose=False,
                              check_dataset_integrity=verify_dataset_integrity, show_progress_bar=not quiet)
         for target in target_ids:
             name = _dataset_name(target)

@@ -125,6 +125,20 @@ def test_transfer_carries_lits_spacing_normalisation_and_architecture(tiny_run):
     assert own["foreground_intensity_properties_per_channel"] == source["foreground_intensity_properties_per_channel"]
 
 
+def test_a_second_preset_reuses_the_fingerprint_and_a_first_one_computes_it_afresh(planned):
+    """reuse_fingerprint keeps the dataset_fingerprint.json there (a marker written into it survives);
+    without it nnU-Net fingerprints the raw data again (the marker is gone, the spacings are back)."""
+    fingerprint_file = planned.preprocessed / DATASET_FOLDERS[504] / "dataset_fingerprint.json"
+    original = json.loads(fingerprint_file.read_text(encoding="utf-8"))
+    fingerprint_file.write_text(json.dumps({**original, "marker": 1}), encoding="utf-8")
+    with planned.nnunet_environment():
+        plan_and_preprocess([504], "ExperimentPlanner", preprocess=False, reuse_fingerprint=True)
+        assert json.loads(fingerprint_file.read_text(encoding="utf-8"))["marker"] == 1
+        plan_and_preprocess([504], "ExperimentPlanner", preprocess=False)
+    again = json.loads(fingerprint_file.read_text(encoding="utf-8"))
+    assert "marker" not in again and again["spacings"] == original["spacings"]
+
+
 WINDOW = (-160.0, 240.0)  # the abdominal soft-tissue window, W 400 / L 40
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from nnunet_joint.names import LITS_TRAINER
 from nnunet_joint.reproduce import main
+from nnunet_joint.study import steps as steps_module
 from nnunet_joint.study.folder import RunFolder
 from nnunet_joint.study.graph import Progress, Step, StepCosts, run_local, steps_to_run, time_left
 from nnunet_joint.study.profiles import PROFILES
@@ -300,3 +301,19 @@ def test_a_study_cut_short_holds_the_central_comparison_on_every_fold_first(tmp_
     folds = [int(r.rsplit("-f", 1)[1]) for r in rest]
     assert folds == sorted(folds) and folds.count(0) == folds.count(2) == len(rest) // 3
     assert len(set(ids)) == len(ids)  # nothing lost or doubled by the reordering
+
+
+def test_the_crops_step_predicts_on_its_share_of_the_cores_beside_the_trainings(tmp_path, monkeypatch):
+    """With two jobs stage 1 crops the Sheba slices on cpu_count // 2 torch threads, as each training
+    beside it gets (nnUNet_joint_threads): two threads beside a training overbook a 2-core machine."""
+    from nnunet_joint.study import cropping
+
+    monkeypatch.setattr(steps_module, "cpu_threads", lambda: 4)
+    given = []
+    monkeypatch.setattr(cropping, "prepare_targets", lambda *args: given.append(args))
+    study = Study(RunFolder(tmp_path / "run"), PROFILES["demo"], "cpu", folds=(0,), jobs=PROFILES["demo"].jobs)
+    assert study.jobs == 2 and study.threads_env() == {"nnUNet_joint_threads": "2"}
+    cropping.make_crops(study)
+    assert given[0][-1] == 2
+    one_job = Study(RunFolder(tmp_path / "run1"), PROFILES["full"], "cpu", folds=(0,), jobs=1)
+    assert one_job.threads_per_job() is None and one_job.threads_env() == {}

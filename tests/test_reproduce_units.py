@@ -79,6 +79,24 @@ def calls(monkeypatch) -> list[list[str]]:
     return recorded
 
 
+@pytest.mark.parametrize("device, user_setting, expected", [
+    ("cpu", None, "0"),  # augmentation inside the training process
+    ("cpu", "3", None),  # the user's setting stands (the run folder's environment carries it)
+    ("cuda", None, None),  # nnU-Net's own default: workers keep a GPU fed
+])
+def test_a_cpu_training_augments_in_its_own_process_unless_the_user_says_otherwise(
+        tmp_path, monkeypatch, device, user_setting, expected):
+    recorded = []
+    monkeypatch.setattr(training, "run_nnunet", lambda cmd, run, log, **env: recorded.append(env))
+    if user_setting is None:
+        monkeypatch.delenv("nnUNet_n_proc_DA", raising=False)
+    else:
+        monkeypatch.setenv("nnUNet_n_proc_DA", user_setting)
+    train_fold(RunFolder(tmp_path / "run"), TRAINER, 504, "0", device, {"nnUNet_joint_epochs": "2"}, {"X": "1"})
+    (env,) = recorded
+    assert env.get("nnUNet_n_proc_DA") == expected and env["nnUNet_joint_epochs"] == "2" and env["X"] == "1"
+
+
 @pytest.mark.parametrize("spoil", UNREADABLE, ids=[f.__name__ for f in UNREADABLE])
 @pytest.mark.parametrize("validated", [True, False], ids=["validated", "validation-interrupted"])
 def test_unreadable_final_checkpoint_means_retrain_from_scratch(tmp_path, calls, capsys, spoil, validated):

@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nnunet_joint_reproduce", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, type=Path, help="run folder (created; a rerun resumes it)")
     p.add_argument("--profile", choices=sorted(PROFILES), default="demo",
-                   help="demo: fold 0, joint from scratch and from LiTS (about 15 min on 2 idle CPU cores, as measured); study: 3 "
+                   help="demo: fold 0, joint from scratch and from LiTS (12-13 min on 2 idle CPU cores, as measured); study: 3 "
                         "folds, the rows of the papers' questions, small phantom (3-4 h on 2 CPU cores); full: "
                         "default phantom, every row, SE-ResNet-50 (for a GPU); tiny: for tests")
     p.add_argument("--nnunet-length", action="store_true",

@@ -69,5 +69,5 @@ def make_crops(study: Study) -> None:
              f"cut by another stage-1 checkpoint (sha256 {old[:12]}...); cropping again with the current one"
              + (f", the rows trained on the old crops moved to {aside}" if aside.exists() else ""))
     marker(study.run, "targets").unlink(missing_ok=True)
-    prepare_targets(study.run, study.sources()[1], study.profile.encoder, liver_model(study))
+    prepare_targets(study.run, study.sources()[1], study.profile.encoder, liver_model(study), study.threads_per_job())
 

@@ -38,7 +38,8 @@ def prepare_sources(run: RunFolder, lits_dir: Path, sheba_dir: Path, phantom: di
     with run.nnunet_environment():
         plan_and_preprocess([DATASET_IDS["liver"]], "ExperimentPlanner", verify_dataset_integrity=True)
         plan_and_preprocess([DATASET_IDS["lits_lesion"]], planner_of(encoder), verify_dataset_integrity=True)
-        plan_and_preprocess([DATASET_IDS["lits_lesion"]], "ExperimentPlanner")  # plain nnU-Net's, carried to 503/504
+        # plain nnU-Net's, carried to 503/504: the same raw data, fingerprinted by the line above
+        plan_and_preprocess([DATASET_IDS["lits_lesion"]], "ExperimentPlanner", reuse_fingerprint=True)
     mark(run, "sources", sources_settings(phantom, encoder))
 
 
@@ -47,20 +48,20 @@ def targets_settings(liver_model: Path | None, encoder: str) -> dict:
     return {"crop_mode": "oracle" if liver_model is None else "cascade", "encoder": encoder}
 
 
-def prepare_targets(run: RunFolder, sheba_dir: Path, encoder: str = "seresnet18", liver_model: Path | None = None
-                    ) -> None:
-    """The Sheba datasets 503/504: crops by the stage-1 ``liver_model`` (the cascade) or, without one, by the
-    reference masks (oracle crops); both plans carried over from LiTS (502): nnU-Net's default plans (plain
-    rows, from scratch and from LiTS alike) and the SE-ResNet preset's (our rows)."""
+def prepare_targets(run: RunFolder, sheba_dir: Path, encoder: str = "seresnet18", liver_model: Path | None = None,
+                    threads: int | None = None) -> None:
+    """The Sheba datasets 503/504: crops by the stage-1 ``liver_model`` (the cascade, on ``threads`` torch
+    threads) or, without one, by the reference masks (oracle crops); both plans carried over from LiTS (502):
+    nnU-Net's default plans (plain rows, from scratch and from LiTS alike) and the SE-ResNet preset's (our rows)."""
     from nnunet_joint.dataset_conversion.convert_sheba import convert_sheba
     from nnunet_joint.planning import plans_name_of, transfer_plans
 
     convert_sheba(sheba_dir, raw_root=run.raw, preprocessed_root=run.preprocessed, overwrite=True,
-                  liver_model=liver_model, liver_folds=None if liver_model is None else [0])
+                  liver_model=liver_model, liver_folds=None if liver_model is None else [0], threads=threads)
     with run.nnunet_environment():
-        for plans in (DEFAULT_PLANS, plans_name_of(encoder)):  # plain rows (scratch and LiTS alike) and ours
+        for i, plans in enumerate((DEFAULT_PLANS, plans_name_of(encoder))):  # plain rows (scratch and LiTS) and ours
             transfer_plans(DATASET_IDS["lits_lesion"], [DATASET_IDS["seg"], DATASET_IDS["joint"]], plans,
-                           verify_dataset_integrity=True)
+                           verify_dataset_integrity=i == 0, reuse_fingerprint=i > 0)  # checked once
     mark(run, "targets", targets_settings(liver_model, encoder))
 
 

@@ -204,11 +204,17 @@ class Study:
         return [(exp, fold, repeat, dataclasses.replace(t, env={**t.env, ENV_SEED: str(repeat)}))
                 for repeat in range(1, self.repeats) for exp, fold, t in self.row_trainings() if exp in central]
 
+    def threads_per_job(self) -> int | None:
+        """With ``jobs > 1`` each step that computes (a training, stage 1 cropping the Sheba slices) gets
+        ``cpu_count // jobs`` torch threads, so that the steps share the machine instead of overbooking it,
+        and the single-threaded parts of one (start-up, data loading, validation export) overlap the
+        training of another; ``None``: one step at a time, every core."""
+        return max(1, cpu_threads() // self.jobs) if self.jobs > 1 else None
+
     def threads_env(self) -> dict[str, str]:
-        """With ``jobs > 1`` each training gets ``cpu_count // jobs`` torch threads (``nnUNet_joint_threads``),
-        so that the processes share the machine instead of overbooking it, and the single-threaded parts of
-        one (start-up, data loading, validation export) overlap the training of another."""
-        return {"nnUNet_joint_threads": str(max(1, cpu_threads() // self.jobs))} if self.jobs > 1 else {}
+        """A training's share of the cores (:meth:`threads_per_job`) as ``nnUNet_joint_threads``."""
+        threads = self.threads_per_job()
+        return {} if threads is None else {"nnUNet_joint_threads": str(threads)}
 
     def train(self, t: Training, repeat: int = 0) -> None:
         train_fold(self.run.repeated(repeat), t.trainer, t.dataset, t.fold, self.device, t.budget,

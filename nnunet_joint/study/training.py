@@ -7,6 +7,7 @@ A fold is done when its validation finished and its final checkpoint loads with 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,8 +74,26 @@ def train_fold(run: RunFolder, trainer: str, dataset: int, fold: str, device: st
         # half-written (killed while saving) or refused: kept as evidence
         warn(checkpoint, f"{refused[1]}; kept as {refused[0]}; retraining fold {fold} of {trainer} from scratch")
         break
-    run_nnunet(cmd, run, run.logs / f"{trainer}_{dataset}_fold{fold}.log", **budget, **extra_env)
+    run_nnunet(cmd, run, run.logs / f"{trainer}_{dataset}_fold{fold}.log",
+               **{**cpu_augmentation(device), **budget, **extra_env})
     return fold_dir
+
+
+#: nnU-Net's data-augmentation processes per training on the CPU (``nnUNet_n_proc_DA``), unless the
+#: user set it: none, the augmentation runs in the training process. On the 2-core development machine,
+#: two trainings side by side (the demo's and the study's two jobs), a step of the LiTS model (batch 12 of
+#: 64²) took 513 ms with one augmentation process each and 384 ms + 26 ms of augmentation without; a
+#: joint row's step (batch 3) 214 and 187 + 11 ms (docs/measured_figures.md). The CPU is the budget there:
+#: a worker process only adds a process competing for the cores the trainings already fill. On a GPU
+#: the workers keep the GPU fed, and nnU-Net's own default stands.
+CPU_DA_PROCESSES = "0"
+
+
+def cpu_augmentation(device: str) -> dict[str, str]:
+    """``nnUNet_n_proc_DA`` for a training on ``device`` (see :data:`CPU_DA_PROCESSES`)."""
+    if device == "cpu" and "nnUNet_n_proc_DA" not in os.environ:
+        return {"nnUNet_n_proc_DA": CPU_DA_PROCESSES}
+    return {}
 
 
 @dataclass
