@@ -81,9 +81,9 @@ def train_fold(run: RunFolder, trainer: str, dataset: int, fold: str, device: st
 
 #: nnU-Net's data-augmentation processes per training on the CPU (``nnUNet_n_proc_DA``), unless the
 #: user set it: none, the augmentation runs in the training process. On the 2-core development machine,
-#: two trainings side by side (the demo's and the study's two jobs), a step of the LiTS model (batch 12 of
-#: 64²) took 513 ms with one augmentation process each and 384 ms + 26 ms of augmentation without; a
-#: joint row's step (batch 3) 214 and 187 + 11 ms (docs/measured_figures.md). The CPU is the budget there:
+#: two trainings side by side (the demo's and the study's two jobs), an iteration of the LiTS model (batch
+#: 12 of 64²) took 538 ms with one augmentation process each and 460 ms without, a joint row's (batch 3) 265
+#: and 200 ms (``benchmarks/bench_augmentation_processes.py``; docs/measured_figures.md). The CPU is the budget there:
 #: a worker process only adds a process competing for the cores the trainings already fill. On a GPU
 #: the workers keep the GPU fed, and nnU-Net's own default stands.
 CPU_DA_PROCESSES = "0"
