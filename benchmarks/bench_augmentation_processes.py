@@ -28,7 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
-TRAININGS = (("nnUNetTrainerSEResNetSeg", 502, "12"), ("nnUNetTrainerJoint", 504, ""))
+from nnunet_joint.names import DATASET_FOLDERS, JOINT_DATASET, LITS_LESION_DATASET
+
+TRAININGS = (("nnUNetTrainerSEResNetSeg", LITS_LESION_DATASET, "12"), ("nnUNetTrainerJoint", JOINT_DATASET, ""))
 PLANS = "nnUNetSEResNet18Plans"
 
 
@@ -91,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.worker:
         worker(args.worker[0], int(args.worker[1]), int(args.worker[2]), warmup=5)
-    if args.run is None or not (args.run / "nnUNet_preprocessed" / "Dataset504_ShebaJoint").is_dir():
-        p.error("--run needs a reproduce run folder whose crops are made (nnUNet_preprocessed/Dataset504_ShebaJoint)")
+    joint = Path("nnUNet_preprocessed") / DATASET_FOLDERS[JOINT_DATASET]
+    if args.run is None or not (args.run / joint).is_dir():
+        p.error(f"--run needs a reproduce run folder whose crops are made ({joint})")
     times: dict[tuple[str, str], list[float]] = {}
     with tempfile.TemporaryDirectory() as results:
         for _ in range(args.rounds):
