@@ -451,8 +451,8 @@ def transfer_plans(source_id: int, target_ids: Sequence[int], plans_identifier: 
     pools = in_process_pools() if num_processes <= 1 else contextlib.nullcontext()
     with pools, quiet_stdout(quiet):
         extract_fingerprints(list(target_ids), num_processes=max(1, num_processes), clean=not reuse_fingerprint,
-                             verbose=False,
-                             check_dataset_integrity=verify_dataset_integrity, show_progress_bar=not quiet)
+                             verbose=False, check_dataset_integrity=verify_dataset_integrity,
+                             show_progress_bar=not quiet)
         for target in target_ids:
             name = _dataset_name(target)
             (Path(nnUNet_preprocessed) / name).mkdir(parents=True, exist_ok=True)

@@ -84,8 +84,8 @@ def train_fold(run: RunFolder, trainer: str, dataset: int, fold: str, device: st
 #: two trainings side by side (the demo's and the study's two jobs), an iteration of the LiTS model (batch
 #: 12 of 64²) took 538 ms with one augmentation process each and 460 ms without, a joint row's (batch 3) 265
 #: and 200 ms (``benchmarks/bench_augmentation_processes.py``; docs/measured_figures.md). The CPU is the budget there:
-#: a worker process only adds a process competing for the cores the trainings already fill. On a GPU
-#: the workers keep the GPU fed, and nnU-Net's own default stands.
+#: a worker process only adds a process competing for the cores the trainings already fill. On another
+#: device the run folder's environment gives one worker (:meth:`RunFolder.environment`), as before.
 CPU_DA_PROCESSES = "0"
 
 
