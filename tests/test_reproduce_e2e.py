@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from nnunet_joint.evaluation.evaluate import evaluate_trainer_dir
-from nnunet_joint.names import DATASET_FOLDERS, PLAIN_TRAINER
+from nnunet_joint.names import DATASET_FOLDERS, LITS_TRAINER, PLAIN_TRAINER
 from nnunet_joint.study.profiles import PROFILES
 
 pytestmark = pytest.mark.slow
@@ -97,6 +97,23 @@ def test_report_states_the_stage1_liver_dice(run_dir):
     line = f"liver Dice per validation volume {dice['mean']:.2f} (n={dice['n']} volumes; 1 fold)"  # fold 0 only
     assert line in (run_dir / "report" / "report.md").read_text(encoding="utf-8")
     assert line in (run_dir / "report" / "report.html").read_text(encoding="utf-8")
+
+
+def test_each_pretraining_trains_then_validates_in_a_step_of_its_own(run_dir):
+    """Stage 1 and the LiTS model train without their final validation (their dependants need only the
+    checkpoint), then ``nnUNetv2_train ... --val`` validates the saved checkpoint in the same log."""
+    logs = {"stage 1": run_dir / "logs" / f"{PLAIN_TRAINER}_501_fold0.log",
+            "LiTS model": run_dir / "logs" / f"{LITS_TRAINER}_502_fold0.log"}
+    for what, log in logs.items():
+        text = log.read_text(encoding="utf-8")
+        commands = [line for line in text.splitlines() if line.startswith("$ ")]
+        assert len(commands) == 2 and not commands[0].endswith("--val") and commands[1].endswith(" --val"), what
+        trained, validated = text.split(commands[1])
+        assert "final validation deferred (nnUNet_joint_final_validation=0)" in trained, what
+        assert "Mean Validation Dice" not in trained and "Mean Validation Dice" in validated, what
+    for dataset, trainer, plans in ((501, PLAIN_TRAINER, "nnUNetPlans"), (502, LITS_TRAINER, "nnUNetSEResNet18Plans")):
+        fold = run_dir / "nnUNet_results" / DATASET_FOLDERS[dataset] / f"{trainer}__{plans}__2d" / "fold_0"
+        assert (fold / "validation" / "summary.json").is_file() and (fold / "checkpoint_final.pth").is_file()
 
 
 def test_the_cascade_crops_the_sheba_slices_and_the_report_says_so(run_dir):

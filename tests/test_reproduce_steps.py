@@ -243,8 +243,13 @@ def test_job_list_is_the_studys_dag(tmp_path, profile):
         pretraining = "lits-plain" if e.framework == "nnunet" else "lits"
         assert (pretraining in ancestors(jobs, job["id"])) == (e.init == "LiTS"), job["id"]
         assert not {"lits", "lits-plain"} - {pretraining} & ancestors(jobs, job["id"]), job["id"]
+        # a row needs its pretraining's checkpoint, not its final validation
+        assert not {a for a in ancestors(jobs, job["id"]) if a.endswith("-val")}, job["id"]
         assert job["resources"]["gpus"] == 1  # the default device of a scheduler's jobs is a GPU
-    assert set(jobs["report"]["after"]) >= {j["id"] for j in rows}
+    assert set(jobs["report"]["after"]) >= {j["id"] for j in rows} | {"stage1-val", "lits-val"}
+    for training in ("stage1", "lits"):  # each pretraining's final validation is a step of its own, after it
+        assert jobs[f"{training}-val"]["after"] == [training] and jobs[f"{training}-val"]["command"][-1].endswith("-val")
+    assert jobs["crops"]["after"] == ["data", "stage1"]  # the cascade needs stage 1's checkpoint only
     assert set(jobs["report"]["after_optional"]) == {j["id"] for j in rows}  # a failed row still gets a report
     assert "gpus" not in jobs["data"]["resources"] and "gpus" not in jobs["report"]["resources"]
     assert jobs["lits"]["description"].startswith(f"LiTS lesion pretraining: {LITS_TRAINER}")
@@ -285,7 +290,8 @@ def test_repeats_below_one_are_refused(tmp_path, capsys):
 
 def test_a_study_cut_short_holds_the_central_comparison_on_every_fold_first(tmp_path):
     """The order ready steps start in: stage 1, the LiTS model and the crops, then joint from LiTS and
-    from scratch on all folds, their repeats fold by fold, plain nnU-Net's pretraining, the rest by fold."""
+    from scratch on all folds, their repeats fold by fold, the pretrainings' validations, plain nnU-Net's
+    pretraining and its validation, the rest by fold."""
     study = Study(RunFolder(tmp_path / "run"), PROFILES["study"], folds=(0, 1, 2), repeats=3)
     ids = [s.id for s in study.steps()]
     assert ids[:4] == ["data", "stage1", "lits", "crops"]
@@ -295,8 +301,9 @@ def test_a_study_cut_short_holds_the_central_comparison_on_every_fold_first(tmp_
     repeats = ids[10:22]
     assert [r.rsplit("-f", 1)[1] for r in repeats] == ["0-r1", "0-r1", "0-r2", "0-r2", "1-r1", "1-r1", "1-r2",
                                                        "1-r2", "2-r1", "2-r1", "2-r2", "2-r2"]
-    assert ids[22] == "lits-plain" and ids[-1] == "report"
-    rest = ids[23:-1]
+    assert ids[22:24] == ["stage1-val", "lits-val"]  # only the report reads them
+    assert ids[24:26] == ["lits-plain", "lits-plain-val"] and ids[-1] == "report"
+    rest = ids[26:-1]
     assert len(rest) == 3 * (len(study.runnable()) - 2)
     folds = [int(r.rsplit("-f", 1)[1]) for r in rest]
     assert folds == sorted(folds) and folds.count(0) == folds.count(2) == len(rest) // 3

@@ -156,6 +156,25 @@ def test_readable_checkpoint_is_skipped_or_only_validated(tmp_path, calls, capsy
     assert checkpoint.read_bytes() == data and capsys.readouterr().err == ""
 
 
+def test_a_training_without_validation_is_done_at_its_checkpoint_and_validated_later(tmp_path, monkeypatch, capsys):
+    """``validate=False`` trains with ``nnUNet_joint_final_validation=0`` and counts as done once
+    checkpoint_final.pth loads; ``validate=True`` then runs only the validation (``--val``, the variable 1)."""
+    recorded = []
+    monkeypatch.setattr(training, "run_nnunet", lambda cmd, run, log, **env: recorded.append((cmd, env)))
+    run = RunFolder(tmp_path / "run")
+    train_fold(run, TRAINER, 504, "0", "cpu", {}, {}, validate=False)
+    cmd, env = recorded[-1]
+    assert env["nnUNet_joint_final_validation"] == "0" and "--val" not in cmd and "--c" not in cmd
+    good_checkpoint(fold_dir(run) / "checkpoint_final.pth")
+    assert training.fold_trained(fold_dir(run)) and not fold_done(fold_dir(run))
+    train_fold(run, TRAINER, 504, "0", "cpu", {}, {}, validate=False)
+    assert len(recorded) == 1  # trained: nothing to do without the validation
+    train_fold(run, TRAINER, 504, "0", "cpu", {}, {})
+    cmd, env = recorded[-1]
+    assert cmd[-1] == "--val" and env["nnUNet_joint_final_validation"] == "1"
+    assert capsys.readouterr().err == ""
+
+
 # ----------------------------------------------------------------------------- children die with reproduce
 
 _PARENT = """

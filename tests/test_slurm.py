@@ -62,7 +62,7 @@ def test_tiny_study_runs_through_slurm_and_reports_like_the_local_run(cluster, t
     wall = time.monotonic() - start
     out = capsys.readouterr().out
     submitted = json.loads((run.root / "slurm" / "jobs.json").read_text())["jobs"]
-    assert {"crops", "report"} <= set(submitted) and not {"stage1", "lits", "lits-plain"} & set(submitted)
+    assert {"crops", "report"} <= set(submitted) and not {"stage1", "lits", "lits-plain", "stage1-val", "lits-val"} & set(submitted)
     for step, job in submitted.items():  # printed: job id, name; each finished and logged
         assert f"{job}\tnj-{step}\t" in out
         assert slurm.ok_file(run.root, job).is_file()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -177,7 +179,6 @@ def test_budget_from_environment(monkeypatch):
 
 
 def test_max_batch_size_caps_the_plans_batch_and_keeps_a_smaller_one(monkeypatch):
-    from types import SimpleNamespace
 
     from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
@@ -192,7 +193,6 @@ def test_max_batch_size_caps_the_plans_batch_and_keeps_a_smaller_one(monkeypatch
 
 
 def test_a_budgeted_run_saves_its_latest_checkpoint_every_tenth_never_less_often_than_nnunet(monkeypatch):
-    from types import SimpleNamespace
 
     from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
@@ -217,6 +217,22 @@ def test_validation_mirroring_switch(monkeypatch):
     monkeypatch.setenv(settings.ENV_VAL_MIRRORING, "no")
     with pytest.raises(InputError, match=settings.ENV_VAL_MIRRORING):
         settings.validation_mirror_axes((0, 1))
+
+
+def test_final_validation_now_or_deferred(monkeypatch):
+    """Unset or 1: nnU-Net validates right after training; 0: the trainer says in its log that it left the
+    validation to a later --val, after setting the mirroring axes that run will use."""
+    logged = []
+    trainer = SimpleNamespace(inference_allowed_mirroring_axes=(0, 1), print_to_log_file=logged.append)
+    monkeypatch.delenv(settings.ENV_FINAL_VALIDATION, raising=False)
+    assert settings.prepare_final_validation(trainer) is True and logged == []
+    monkeypatch.setenv(settings.ENV_FINAL_VALIDATION, "0")
+    monkeypatch.setenv(settings.ENV_VAL_MIRRORING, "0")
+    assert settings.prepare_final_validation(trainer) is False
+    assert trainer.inference_allowed_mirroring_axes is None and "--val" in logged[0]
+    monkeypatch.setenv(settings.ENV_FINAL_VALIDATION, "later")
+    with pytest.raises(InputError, match=settings.ENV_FINAL_VALIDATION):
+        settings.prepare_final_validation(trainer)
 
 
 def test_lambda_validation(monkeypatch):
@@ -373,7 +389,6 @@ def test_every_trainer_we_ship_resumes_through_the_safe_loader(tmp_path, monkeyp
     (4, [0, 1, 2, 3]),  # a short run draws every epoch
 ])
 def test_a_budgeted_run_draws_its_progress_plot_with_its_checkpoints_and_at_the_end(monkeypatch, tmp_path, epochs, drawn):
-    from types import SimpleNamespace
 
     from nnunetv2.training.logging.nnunet_logger import MetaLogger
     from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
@@ -392,7 +407,6 @@ def test_a_budgeted_run_draws_its_progress_plot_with_its_checkpoints_and_at_the_
 
 
 def test_without_a_budget_nnunet_draws_its_progress_plot_every_epoch(monkeypatch, tmp_path):
-    from types import SimpleNamespace
 
     from nnunetv2.training.logging.nnunet_logger import MetaLogger
     from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager

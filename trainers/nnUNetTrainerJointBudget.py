@@ -9,8 +9,8 @@ from nnunet_joint.network.from_plans import check_architecture
 from nnunet_joint.network import unwrap_network
 from nnunet_joint.training.curves import LearningCurveMixin
 from nnunet_joint.training.recipes import RECIPES, RecipeLRScheduler
-from nnunet_joint.training.settings import (apply_to_trainer, fused_sgd, lits_checkpoint_path,
-                                            recipe_choice, recipe_with_overrides, validation_mirror_axes)
+from nnunet_joint.training.settings import (apply_to_trainer, fused_sgd, lits_checkpoint_path, prepare_final_validation,
+                                            recipe_choice, recipe_with_overrides)
 
 
 class nnUNetTrainer_JointBudget(LearningCurveMixin, nnUNetTrainer):
@@ -48,9 +48,10 @@ class nnUNetTrainer_JointBudget(LearningCurveMixin, nnUNetTrainer):
         return optimizer, RecipeLRScheduler(optimizer, self.recipe, self.num_epochs)
 
     def perform_actual_validation(self, save_probabilities: bool = False):
-        """nnU-Net's final validation; without test-time mirroring when ``nnUNet_joint_val_mirroring=0``."""
-        self.inference_allowed_mirroring_axes = validation_mirror_axes(self.inference_allowed_mirroring_axes)
-        super().perform_actual_validation(save_probabilities)
+        """nnU-Net's final validation; without test-time mirroring when ``nnUNet_joint_val_mirroring=0``,
+        and none now when ``nnUNet_joint_final_validation=0`` (a later ``--val`` runs it)."""
+        if prepare_final_validation(self):
+            super().perform_actual_validation(save_probabilities)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         with nnunet_loads_safely():

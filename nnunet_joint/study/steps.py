@@ -1,6 +1,6 @@
 """The steps of a study: what :class:`Study` trains (stage 1, the LiTS pretraining, every row x fold, the
 repeats of the central comparison) and the step graph it describes (data → stage 1 and pretraining
-→ crops → rows → report), in the order that answers the papers' central question first.
+→ crops → rows → report; the pretrainings' final validations → report), in the order that answers the papers' central question first.
 
 Each step's work lives beside it: the data in :mod:`.data`, the crops in :mod:`.cropping`, a training
 in :mod:`.training`, the report in :mod:`.reporting`; the graph is run by :mod:`.graph` (here) or
@@ -31,21 +31,22 @@ from nnunet_joint.study.folder import RunFolder, marked, nnunet_bin
 from nnunet_joint.study.graph import Step, StepCosts
 from nnunet_joint.study.matrix import Experiment, central_comparison, step_id
 from nnunet_joint.study.profiles import NNUNET_LENGTH_SUFFIX, Profile
-from nnunet_joint.study.training import Training, fold_done, train_fold
+from nnunet_joint.study.training import Training, fold_done, fold_trained, train_fold
 from nnunet_joint.training.curves import LEARNING_CURVE_FILE
 from nnunet_joint.training.settings import ENV_SEED
 
 
-def priority_order(pretrainings: Sequence[Step], crops: Step,
-                   rows: Sequence[tuple[Experiment, int, int, Step]], folds: Sequence[int]) -> list[Step]:
+def priority_order(pretrainings: Sequence[Step], crops: Step, rows: Sequence[tuple[Experiment, int, int, Step]],
+                   folds: Sequence[int], validations: Sequence[Step]) -> list[Step]:
     """The study's steps (the data step and the report aside) in the order they start when several are
     ready, so that a run cut short still answers the papers' central question, fold by fold.
 
     The executor (and a scheduler's job list) starts ready steps in list order, so this order decides
     what a run stopped after a few hours holds: first stage 1, the SE-ResNet LiTS model and the crops
     (every row waits on them), then the central comparison (:func:`~.matrix.central_comparison`) on every fold,
-    then its repeats fold by fold, then plain nnU-Net's LiTS pretraining, then the other rows fold by
-    fold, so that one fold's table is complete before the next fold's rows start.
+    then its repeats fold by fold, then the pretrainings' final validations (only the report reads them),
+    then plain nnU-Net's LiTS pretraining, then the other rows fold by fold, so that one fold's table is
+    complete before the next fold's rows start.
 
     Args:
         rows: ``(experiment, fold, repeat, step)`` of every row training (repeat 0: the main run),
@@ -63,7 +64,9 @@ def priority_order(pretrainings: Sequence[Step], crops: Step,
     central_first = [row[3] for row in ordered if rank(row)[0] < 2]
     the_rest = [row[3] for row in ordered if rank(row)[0] == 2]
     plain_lits = [s for s in pretrainings if s.id == "lits-plain"]
-    return [*(s for s in pretrainings if s.id != "lits-plain"), crops, *central_first, *plain_lits, *the_rest]
+    first = [*(s for s in pretrainings if s.id != "lits-plain"), crops, *central_first]
+    early = [v for v in validations if set(v.after) <= {s.id for s in first}]  # of a pretraining already listed
+    return [*first, *early, *plain_lits, *(v for v in validations if v not in early), *the_rest]
 
 
 @dataclass
@@ -216,9 +219,9 @@ class Study:
         threads = self.threads_per_job()
         return {} if threads is None else {"nnUNet_joint_threads": str(threads)}
 
-    def train(self, t: Training, repeat: int = 0) -> None:
+    def train(self, t: Training, repeat: int = 0, validate: bool = True) -> None:
         train_fold(self.run.repeated(repeat), t.trainer, t.dataset, t.fold, self.device, t.budget,
-                   {**t.env, **self.threads_env()}, t.plans, t.npz)
+                   {**t.env, **self.threads_env()}, t.plans, t.npz, validate)
 
     def train_row(self, row: str, t: Training, repeat: int = 0) -> None:
         try:
@@ -239,6 +242,7 @@ class Study:
                                             encoder),
                     lambda: marked(self.run, "sources", sources))
         train_steps = self.pretraining_steps()
+        validations = [self.validation_step(s) for s in train_steps]
         crop_mode = "oracle" if self.oracle_crops else "cascade"
         crops = Step("crops", f"Sheba conversion: Dataset503/504, {crop_mode} crops; planning and preprocessing",
                      f"crops ({crop_mode})", ("data",) if self.oracle_crops else ("data", "stage1"),
@@ -246,27 +250,42 @@ class Study:
         if self.stop_after == "data":
             return [data, crops] if self.oracle_crops else [data, train_steps[0], crops]
         rows = self.row_steps()
-        report = Step("report", "evaluation and report", "report", ("stage1", "crops", *(r[3].id for r in rows)),
+        report = Step("report", "evaluation and report", "report",
+                      ("crops", *(v.id for v in validations), *(r[3].id for r in rows)),
                       lambda: reporting.report(self), lambda: False)
-        return [data, *priority_order(train_steps, crops, rows, self.folds), report]
+        return [data, *priority_order(train_steps, crops, rows, self.folds, validations), report]
 
     def training_step(self, step: str, kind: str, t: Training, after: tuple[str, ...], repeat: int = 0,
-                      what: str | None = None, optional: bool = False) -> Step:
+                      what: str | None = None, optional: bool = False, validate: bool = True) -> Step:
         """The step that trains ``t`` (into repeat ``repeat``'s results); done when its fold is
-        (:func:`~nnunet_joint.study.training.fold_done`). An ``optional`` one (a row) records its failure
-        for the report instead of stopping the study."""
+        (:func:`~nnunet_joint.study.training.fold_done`), or without ``validate`` once it is trained
+        (:func:`~nnunet_joint.study.training.fold_trained`; :meth:`validation_step` validates it). An
+        ``optional`` one (a row) records its failure for the report instead of stopping the study."""
         fold_dir = t.fold_dir(self.run.repeated(repeat))
-        work = (lambda: self.train_row(step, t, repeat)) if optional else (lambda: self.train(t, repeat))
-        return Step(step, what or t.what, kind, after, work, lambda: fold_done(fold_dir), t.iterations(),
+        work = (lambda: self.train_row(step, t, repeat)) if optional else (lambda: self.train(t, repeat, validate))
+        done = fold_done if validate else fold_trained
+        return Step(step, what or t.what, kind, after, work, lambda: done(fold_dir), t.iterations(),
                     fold_dir / LEARNING_CURVE_FILE, optional=optional, gpu=True)
 
     def pretraining_steps(self) -> list[Step]:
-        """Stage 1, the SE-ResNet LiTS model and, when a plain row starts from LiTS, plain nnU-Net's."""
-        steps = [self.training_step("stage1", "stage 1", self.stage1(), ("data",)),
-                 self.training_step("lits", "LiTS pretraining", self.lits(), ("data",))]
+        """Stage 1, the SE-ResNet LiTS model and, when a plain row starts from LiTS, plain nnU-Net's, each
+        without its final validation (:meth:`validation_step`)."""
+        steps = [self.training_step("stage1", "stage 1", self.stage1(), ("data",), validate=False),
+                 self.training_step("lits", "LiTS pretraining", self.lits(), ("data",), validate=False)]
         if self.needs_plain_lits() and self.stop_after != "data":
-            steps.append(self.training_step("lits-plain", "LiTS pretraining", self.plain_lits(), ("data",)))
+            steps.append(self.training_step("lits-plain", "LiTS pretraining", self.plain_lits(), ("data",),
+                                            validate=False))
         return steps
+
+    def validation_step(self, training: Step) -> Step:
+        """The final validation of a pretraining (``nnUNetv2_train ... --val``), a step of its own: the crops
+        and the rows need only the pretraining's checkpoint, the report its validation. On the demo's 2 cores
+        stage 1's validation took 1.2-1.6 min and the LiTS model's 0.8, each before its dependants could
+        start; as steps of their own they run beside the rows (docs/measured_figures.md)."""
+        t = {"stage1": self.stage1, "lits": self.lits, "lits-plain": self.plain_lits}[training.id]()
+        fold_dir = t.fold_dir(self.run)
+        return Step(f"{training.id}-val", f"final validation of {t.what}", f"{training.kind} validation",
+                    (training.id,), lambda: self.train(t), lambda: fold_done(fold_dir), gpu=True)
 
     def row_steps(self) -> list[tuple[Experiment, int, int, Step]]:
         """``(experiment, fold, repeat, step)`` of every row training, the repeats of the central comparison

@@ -2,7 +2,8 @@
 :func:`train_fold`, which runs it, resuming a fold a killed run left behind.
 
 A fold is done when its validation finished and its final checkpoint loads with the safe loader
-(:func:`fold_done`): that is what a rerun skips.
+(:func:`fold_done`): that is what a rerun skips. A pretraining trains and validates in two steps: the
+trainings that start from its checkpoint need only :func:`fold_trained`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from nnunet_joint.errors import InputError, warn
 from nnunet_joint.names import CLASSIFICATION_FILE, DATASET_FOLDERS, DEFAULT_PLANS, results_folder_name
 from nnunet_joint.study.folder import RunFolder, nnunet_bin, run_nnunet
+from nnunet_joint.training.settings import ENV_FINAL_VALIDATION
 
 
 def checkpoint_problem(path: Path) -> str | None:
@@ -29,12 +31,17 @@ def checkpoint_problem(path: Path) -> str | None:
     return None
 
 
+def fold_trained(fold_dir: Path) -> bool:
+    """A trained fold: nnU-Net's final checkpoint is readable (a half-written one, from a killed run, is
+    not); its final validation may still be to run."""
+    return checkpoint_problem(fold_dir / "checkpoint_final.pth") is None
+
+
 def fold_done(fold_dir: Path) -> bool:
-    """A finished fold: the validation finished and nnU-Net's final checkpoint is readable (a
-    half-written one, from a killed run, is not finished)."""
+    """A finished fold: trained (:func:`fold_trained`) and its final validation finished."""
     validation = fold_dir / "validation"
     return ((validation / "summary.json").is_file() or (validation / CLASSIFICATION_FILE).is_file()) and (
-        checkpoint_problem(fold_dir / "checkpoint_final.pth") is None)
+        fold_trained(fold_dir))
 
 
 def trainer_dir(run: RunFolder, trainer: str, dataset: int, plans: str) -> Path:
@@ -43,8 +50,13 @@ def trainer_dir(run: RunFolder, trainer: str, dataset: int, plans: str) -> Path:
 
 
 def train_fold(run: RunFolder, trainer: str, dataset: int, fold: str, device: str, budget: dict[str, str],
-               extra_env: dict[str, str], plans: str = DEFAULT_PLANS, npz: bool = False) -> Path:
+               extra_env: dict[str, str], plans: str = DEFAULT_PLANS, npz: bool = False, validate: bool = True
+               ) -> Path:
     """``nnUNetv2_train DATASET 2d FOLD -tr TRAINER -p PLANS -device DEVICE [--npz]``, skipped when done.
+
+    ``validate=False`` trains only (``nnUNet_joint_final_validation=0``: done once the final checkpoint is
+    saved, :func:`fold_trained`); a later call with ``validate=True`` then runs only the validation
+    (``--val``), as for a fold whose validation a kill interrupted.
 
     A fold a killed run left behind resumes: with ``checkpoint_final.pth`` only its validation runs
     again (``--val``); with only ``checkpoint_latest.pth`` (saved every tenth of a budgeted run,
@@ -59,7 +71,7 @@ def train_fold(run: RunFolder, trainer: str, dataset: int, fold: str, device: st
     cmd = [nnunet_bin("nnUNetv2_train"), str(dataset), "2d", fold, "-tr", trainer, "-p", plans, "-device", device]
     if npz:
         cmd.append("--npz")
-    if fold_done(fold_dir):
+    if (fold_done if validate else fold_trained)(fold_dir):
         return fold_dir
     from nnunet_joint.checkpoints import set_aside_refused_checkpoint
 
@@ -75,7 +87,7 @@ def train_fold(run: RunFolder, trainer: str, dataset: int, fold: str, device: st
         warn(checkpoint, f"{refused[1]}; kept as {refused[0]}; retraining fold {fold} of {trainer} from scratch")
         break
     run_nnunet(cmd, run, run.logs / f"{trainer}_{dataset}_fold{fold}.log",
-               **{**cpu_augmentation(device), **budget, **extra_env})
+               **{**cpu_augmentation(device), **budget, **extra_env, ENV_FINAL_VALIDATION: "1" if validate else "0"})
     return fold_dir
 
 

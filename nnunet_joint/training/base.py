@@ -280,9 +280,10 @@ class nnUNetTrainerSEResNetBase(LearningCurveMixin, nnUNetTrainer):
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         """nnU-Net's final validation; without test-time mirroring when ``nnUNet_joint_val_mirroring=0``
-        (the final checkpoint, saved before, keeps the mirroring axes for prediction)."""
-        self.inference_allowed_mirroring_axes = settings.validation_mirror_axes(self.inference_allowed_mirroring_axes)
-        super().perform_actual_validation(save_probabilities)
+        (the final checkpoint, saved before, keeps the mirroring axes for prediction), and none now when
+        ``nnUNet_joint_final_validation=0`` (:func:`~nnunet_joint.training.settings.prepare_final_validation`)."""
+        if settings.prepare_final_validation(self):
+            super().perform_actual_validation(save_probabilities)
 
     def on_train_end(self):
         super().on_train_end()

@@ -12,6 +12,7 @@ style: ``nnUNet_n_proc_DA``, ``nnUNet_compile``). Every value used is written to
 | ``nnUNet_joint_max_batch_size`` | upper bound on the plans' batch size (a CPU budget: nnU-Net plans the batch for a GPU's memory, and on a CPU an iteration's cost grows with it; the plans' smaller batch is kept) | the plans' |
 | ``nnUNet_joint_fused_sgd`` | ``1``: on CPU, nnU-Net's SGD runs PyTorch's fused kernel (the same update, to float rounding; about 3x faster optimiser step); ``0``: its per-tensor loop. Plain rows (``nnUNetTrainer_JointBudget``) follow it too | ``1`` |
 | ``nnUNet_joint_val_mirroring`` | ``0``: the final validation predicts without test-time mirroring (the checkpoint keeps its mirroring axes for prediction); on 2 CPU cores mirroring made stage 1's validation of 10 phantom volumes last 14 min | ``1``, nnU-Net's |
+| ``nnUNet_joint_final_validation`` | ``0``: the training ends once ``checkpoint_final.pth`` is saved, and its final validation is left to a later ``nnUNetv2_train ... --val`` (the study runs it as a step of its own, beside the trainings that only need the checkpoint) | ``1``, nnU-Net's: validate right after training |
 | ``nnUNet_joint_threads`` | torch threads of the training process (nnU-Net sets the CPU count on ``-device cpu``) | nnU-Net's |
 | ``nnUNet_joint_lr_recipe`` | learning-rate recipe of every row, whatever its initialisation: ``poly`` or ``warmup-poly`` (:mod:`nnunet_joint.training.recipes`) | ``poly`` |
 | ``nnUNet_joint_warmup_fraction`` | fraction of the epochs the learning rate warms up over (:mod:`nnunet_joint.training.recipes`) | the recipe's |
@@ -48,6 +49,7 @@ ENV_PEAK_LR = "nnUNet_joint_peak_lr"
 ENV_RECIPE = "nnUNet_joint_lr_recipe"
 ENV_SEED = "nnUNet_joint_seed"
 ENV_VAL_MIRRORING = "nnUNet_joint_val_mirroring"
+ENV_FINAL_VALIDATION = "nnUNet_joint_final_validation"
 ENV_THREADS = "nnUNet_joint_threads"
 ENV_WARMUP = "nnUNet_joint_warmup_fraction"
 
@@ -155,6 +157,27 @@ def validation_mirror_axes(axes: tuple[int, ...] | None) -> tuple[int, ...] | No
     if raw not in ("0", "1"):
         raise InputError(None, f"{ENV_VAL_MIRRORING} must be 0 or 1, got {raw!r}")
     return axes if raw == "1" else None
+
+
+def final_validation_now() -> bool:
+    """Whether the final validation runs right after training (nnU-Net's way), or is deferred to a later
+    ``nnUNetv2_train ... --val`` (``nnUNet_joint_final_validation=0``)."""
+    raw = os.environ.get(ENV_FINAL_VALIDATION, "1")
+    if raw not in ("0", "1"):
+        raise InputError(None, f"{ENV_FINAL_VALIDATION} must be 0 or 1, got {raw!r}")
+    return raw == "1"
+
+
+def prepare_final_validation(trainer) -> bool:
+    """What every trainer of ours (and the plain rows') does before nnU-Net's final validation: sets its
+    test-time mirroring (:func:`validation_mirror_axes`) and says whether to validate now
+    (:func:`final_validation_now`); a deferred validation is named in the training log."""
+    trainer.inference_allowed_mirroring_axes = validation_mirror_axes(trainer.inference_allowed_mirroring_axes)
+    if final_validation_now():
+        return True
+    trainer.print_to_log_file(f"final validation deferred ({ENV_FINAL_VALIDATION}=0): checkpoint_final.pth is saved; "
+                              "'nnUNetv2_train ... --val' validates it")
+    return False
 
 
 def apply_seed() -> int | None:
@@ -317,4 +340,4 @@ def lits_checkpoint_path(plans_identifier: str, trainer: str = LITS_TRAINER) -> 
 def settings_record(budget: Budget) -> dict:
     return {"budget": asdict(budget), "environment": {k: os.environ.get(k) for k in (
         ENV_EPOCHS, ENV_ITERATIONS, ENV_MAX_BATCH, ENV_LAMBDA, ENV_CLASS_WEIGHTS, ENV_IMAGENET, ENV_LITS, ENV_RECIPE, ENV_PEAK_LR,
-        ENV_WARMUP, ENV_THREADS, ENV_SEED, ENV_FUSED_SGD, ENV_VAL_MIRRORING)}}
+        ENV_WARMUP, ENV_THREADS, ENV_SEED, ENV_FUSED_SGD, ENV_VAL_MIRRORING, ENV_FINAL_VALIDATION)}}
