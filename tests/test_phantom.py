@@ -282,15 +282,20 @@ def test_lits_like_burden_several_lesions_per_volume_many_small_a_wide_size_rang
 
 
 @pytest.mark.slow
-def test_small_source_holds_ten_times_the_targets_training_slices_of_lesion(tmp_path: Path) -> None:
-    summary = generate_corpus(tmp_path / "small", seed=0, size="small")
+@pytest.mark.parametrize("size, training_slices, patients", [("small", 60, 38), ("paper", 332 * 2 / 3, 140)])
+def test_the_source_holds_ten_times_the_targets_training_slices_of_lesion(tmp_path: Path, size, training_slices,
+                                                                         patients) -> None:
+    """The demo's (``small``) and the study's (``paper``: the papers' 332 slices of 140 patients) phantoms."""
+    summary = generate_corpus(tmp_path / size, seed=0, size=size)
     lesion_slices = liver_slices = 0
-    for segmentation in sorted((tmp_path / "small" / "LiTS").glob("segmentation-*.nii.gz")):
+    for segmentation in sorted((tmp_path / size / "LiTS").glob("segmentation-*.nii.gz")):
         labels = _array(segmentation)
         liver_slices += int((labels > 0).any(axis=(1, 2)).sum())  # a Dataset502 case each
         lesion_slices += int((labels == 2).any(axis=(1, 2)).sum())
-    training_per_fold = len(_rows(tmp_path / "small")) * 2 / 3  # 3 folds by patient
-    assert training_per_fold == 60
+    rows = _rows(tmp_path / size)
+    training_per_fold = len(rows) * 2 / 3  # 3 folds by patient
+    assert training_per_fold == pytest.approx(training_slices)
+    assert len({r["patient_id"] for r in rows}) == patients
     assert lesion_slices >= 10 * training_per_fold
     census = summary["census"]
     assert (census["lits_lesion_slices"], census["lits_liver_slices"]) == (lesion_slices, liver_slices)

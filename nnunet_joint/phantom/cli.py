@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same bytes")
     parser.add_argument("--size", choices=sorted(SIZES), default="default",
-                        help="default: 131 volumes + 332 slices / 140 patients; small: 48 volumes (128^2) + 90 slices (128^2), for the demo and the study; tiny: 3 volumes + 18 slices, for tests")
+                        help="default: 131 volumes + 332 slices / 140 patients (256^2); paper: 160 volumes + the same 332 slices / 140 patients at 128^2, for the study; small: 48 volumes + 90 slices / 38 patients (128^2), for the demo; tiny: 3 volumes + 18 slices, for tests")
     parser.add_argument("--difficulty", type=float, default=DEFAULT_DIFFICULTY, help=DIFFICULTY_HELP)
     return parser
 

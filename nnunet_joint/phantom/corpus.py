@@ -74,9 +74,9 @@ class SizeSpec:
 
 
 #: The source is what LiTS is to the Sheba set (the papers' data-rich source, data-poor target):
-#: ``small`` and ``default`` hold at least ten times more lesion-bearing LiTS slices than a Sheba
-#: fold trains on (measured with :func:`source_target_census`: docs/study-setting.md). ``default``
-#: has LiTS's 131 volumes.
+#: ``small``, ``paper`` and ``default`` hold at least ten times more lesion-bearing LiTS slices than a
+#: Sheba fold trains on (measured with :func:`source_target_census`: docs/study-setting.md).
+#: ``default`` has LiTS's 131 volumes; ``paper`` and ``default`` the papers' Sheba set's size.
 SIZES: dict[str, SizeSpec] = {
     # the tests': three small volumes, still more lesion slices than the target's training slices
     "tiny": SizeSpec(3, 64, (8, 8), 18, 9, (1, 1, 1), 96, lits_slice_mm=(8.0, 10.0)),
@@ -84,6 +84,10 @@ SIZES: dict[str, SizeSpec] = {
     # 7 s at the default size (nnU-Net plans batch 15 x 112x128) and about 13x less here (half the matrix)
     "small": SizeSpec(48, 128, (24, 32), 90, 38, (75, 71, 93), 128, lits_slice_mm=(5.0, 6.0)),
     "default": SizeSpec(131, 256, (24, 48), 332, 140, (75, 71, 93), 256),
+    # the study's: the papers' target (332 slices of 140 patients, 75 / 71 / 93 per type) at the small
+    # size's matrix, which 2 CPU cores afford; 160 LiTS-like volumes keep the source at least ten times
+    # the 221 slices a fold trains on (``small``'s 48 volumes held 770 lesion slices, 16 each)
+    "paper": SizeSpec(160, 128, (24, 32), 332, 140, (75, 71, 93), 128, lits_slice_mm=(5.0, 6.0)),
 }
 #: Folds of the Sheba datasets (``nnunet_joint_convert_sheba``'s default): a fold trains on 2/3 of them.
 TARGET_FOLDS = 3
