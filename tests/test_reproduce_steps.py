@@ -249,7 +249,10 @@ def test_job_list_is_the_studys_dag(tmp_path, profile):
     assert set(jobs["report"]["after"]) >= {j["id"] for j in rows} | {"stage1-val", "lits-val"}
     for training in ("stage1", "lits"):  # each pretraining's final validation is a step of its own, after it
         assert jobs[f"{training}-val"]["after"] == [training] and jobs[f"{training}-val"]["command"][-1].endswith("-val")
-    assert jobs["crops"]["after"] == ["data", "stage1"]  # the cascade needs stage 1's checkpoint only
+    assert jobs["crops"]["after"] == ["lits-data", "stage1"]  # 502's plans and stage 1's checkpoint
+    # 501 and 502 are preprocessed side by side, each pretraining waiting only on its own dataset
+    assert jobs["lits-data"]["after"] == jobs["liver-data"]["after"] == ["data"]
+    assert jobs["stage1"]["after"] == ["liver-data"] and jobs["lits"]["after"] == ["lits-data"]
     assert set(jobs["report"]["after_optional"]) == {j["id"] for j in rows}  # a failed row still gets a report
     assert "gpus" not in jobs["data"]["resources"] and "gpus" not in jobs["report"]["resources"]
     assert jobs["lits"]["description"].startswith(f"LiTS lesion pretraining: {LITS_TRAINER}")
@@ -294,7 +297,8 @@ def test_a_study_cut_short_holds_the_central_comparison_on_every_fold_first(tmp_
     pretraining and its validation, the rest by fold."""
     study = Study(RunFolder(tmp_path / "run"), PROFILES["study"], folds=(0, 1, 2), repeats=3)
     ids = [s.id for s in study.steps()]
-    assert ids[:4] == ["data", "stage1", "lits", "crops"]
+    assert ids[:6] == ["data", "lits-data", "liver-data", "stage1", "lits", "crops"]
+    ids = ids[2:]  # the rest as before the LiTS datasets were preprocessed in steps of their own
     central = ids[4:10]
     assert sorted(central) == sorted(f"{r}-f{f}" for r in ("Joint", "Joint_LiTS") for f in range(3))
     assert [c.rsplit("-f", 1)[1] for c in central] == ["0", "0", "1", "1", "2", "2"]

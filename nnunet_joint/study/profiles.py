@@ -83,7 +83,7 @@ CPU_LITS_BATCH = 12
 
 #: The demo's steps on the 2-core development machine, idle (docs/measured_figures.md): what the first
 #: progress line estimates from before this machine has timed any step.
-DEMO_CPU_STEP_COSTS = {"data preparation": 90.0, "stage 1": 150.0, "stage 1 validation": 95.0,
+DEMO_CPU_STEP_COSTS = {"data preparation": 25.0, "preprocessing": 40.0, "stage 1": 150.0, "stage 1 validation": 95.0,
                        "LiTS pretraining": 320.0, "LiTS pretraining validation": 55.0, "crops (cascade)": 66.0,
                        "row training (joint)": 280.0, "report": 10.0}
 #: The study's rows: the papers' questions (MIDL: 4 frameworks from scratch and from LiTS; EMBC: the

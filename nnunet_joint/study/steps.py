@@ -1,6 +1,6 @@
 """The steps of a study: what :class:`Study` trains (stage 1, the LiTS pretraining, every row x fold, the
-repeats of the central comparison) and the step graph it describes (data → stage 1 and pretraining
-→ crops → rows → report; the pretrainings' final validations → report), in the order that answers the papers' central question first.
+repeats of the central comparison) and the step graph it describes (data → 501 and 502 preprocessed →
+stage 1 and pretraining → crops → rows → report; the pretrainings' final validations → report), in the order that answers the papers' central question first.
 
 Each step's work lives beside it: the data in :mod:`.data`, the crops in :mod:`.cropping`, a training
 in :mod:`.training`, the report in :mod:`.reporting`; the graph is run by :mod:`.graph` (here) or
@@ -26,8 +26,9 @@ from nnunet_joint.names import (
     PLAIN_TRAINER,
 )
 from nnunet_joint.study import cropping, matrix, reporting
-from nnunet_joint.study.data import prepare_sources, sources_settings
-from nnunet_joint.study.folder import RunFolder, marked, nnunet_bin
+from nnunet_joint.study.data import (CONVERTED, LITS_DATA, LIVER_DATA, convert_sources, preprocess_liver,
+                                     preprocess_lits, sources_done, sources_settings)
+from nnunet_joint.study.folder import RunFolder, nnunet_bin
 from nnunet_joint.study.graph import Step, StepCosts
 from nnunet_joint.study.matrix import Experiment, central_comparison, step_id
 from nnunet_joint.study.profiles import NNUNET_LENGTH_SUFFIX, Profile
@@ -233,27 +234,38 @@ class Study:
     # ------------------------------------------------------------------ the description
     def steps(self) -> list[Step]:
         """The study's steps in a valid order; ``stop_after="data"`` ends with the Sheba crops."""
-        lits_dir, sheba_dir = self.sources()
-        encoder = self.profile.encoder
-        sources = sources_settings(self.phantom(), encoder)
-        data = Step("data", "data: " + ("phantom, " if self.own_data else "") + "LiTS conversion (Dataset501/502), "
-                    "planning and preprocessing", "data preparation", (),
-                    lambda: prepare_sources(self.run, lits_dir, sheba_dir, self.phantom(), self.profile.max_lits_cases,
-                                            encoder),
-                    lambda: marked(self.run, "sources", sources))
+        sources = self.source_steps()
         train_steps = self.pretraining_steps()
         validations = [self.validation_step(s) for s in train_steps]
         crop_mode = "oracle" if self.oracle_crops else "cascade"
         crops = Step("crops", f"Sheba conversion: Dataset503/504, {crop_mode} crops; planning and preprocessing",
-                     f"crops ({crop_mode})", ("data",) if self.oracle_crops else ("data", "stage1"),
+                     f"crops ({crop_mode})", ("lits-data",) if self.oracle_crops else ("lits-data", "stage1"),
                      lambda: cropping.make_crops(self), lambda: cropping.crops_current(self), gpu=not self.oracle_crops)
         if self.stop_after == "data":
-            return [data, crops] if self.oracle_crops else [data, train_steps[0], crops]
+            return [*sources, crops] if self.oracle_crops else [*sources, train_steps[0], crops]
         rows = self.row_steps()
         report = Step("report", "evaluation and report", "report",
                       ("crops", *(v.id for v in validations), *(r[3].id for r in rows)),
                       lambda: reporting.report(self), lambda: False)
-        return [data, *priority_order(train_steps, crops, rows, self.folds, validations), report]
+        return [*sources, *priority_order(train_steps, crops, rows, self.folds, validations), report]
+
+    def source_steps(self) -> list[Step]:
+        """The phantom and the LiTS conversion (``data``), then 502 (``lits-data``, the LiTS model's and the
+        plans the Sheba datasets get) and 501 (``liver-data``, stage 1's) planned and preprocessed side by side,
+        502 first: the LiTS model's training is the longest path of the demo."""
+        lits_dir, _ = self.sources()
+        settings = sources_settings(self.phantom(), self.profile.encoder)
+        data = Step("data", "data: " + ("phantom, " if self.own_data else "") + "LiTS conversion (Dataset501/502)",
+                    "data preparation", (),
+                    lambda: convert_sources(self.run, lits_dir, self.phantom(), self.profile.max_lits_cases, settings),
+                    lambda: sources_done(self.run, CONVERTED, settings))
+        lits = Step("lits-data", f"planning and preprocessing: {DATASET_FOLDERS[LITS_LESION_DATASET]}", "preprocessing",
+                    ("data",), lambda: preprocess_lits(self.run, self.profile.encoder, settings),
+                    lambda: sources_done(self.run, LITS_DATA, settings))
+        liver = Step("liver-data", f"planning and preprocessing: {DATASET_FOLDERS[LIVER_DATASET]}", "preprocessing",
+                     ("data",), lambda: preprocess_liver(self.run, settings, child=self.jobs > 1),
+                     lambda: sources_done(self.run, LIVER_DATA, settings))
+        return [data, lits, liver]
 
     def training_step(self, step: str, kind: str, t: Training, after: tuple[str, ...], repeat: int = 0,
                       what: str | None = None, optional: bool = False, validate: bool = True) -> Step:
@@ -270,10 +282,10 @@ class Study:
     def pretraining_steps(self) -> list[Step]:
         """Stage 1, the SE-ResNet LiTS model and, when a plain row starts from LiTS, plain nnU-Net's, each
         without its final validation (:meth:`validation_step`)."""
-        steps = [self.training_step("stage1", "stage 1", self.stage1(), ("data",), validate=False),
-                 self.training_step("lits", "LiTS pretraining", self.lits(), ("data",), validate=False)]
+        steps = [self.training_step("stage1", "stage 1", self.stage1(), ("liver-data",), validate=False),
+                 self.training_step("lits", "LiTS pretraining", self.lits(), ("lits-data",), validate=False)]
         if self.needs_plain_lits() and self.stop_after != "data":
-            steps.append(self.training_step("lits-plain", "LiTS pretraining", self.plain_lits(), ("data",),
+            steps.append(self.training_step("lits-plain", "LiTS pretraining", self.plain_lits(), ("lits-data",),
                                             validate=False))
         return steps
 
