@@ -82,8 +82,58 @@ def test_a_scratch_row_and_its_lits_row_get_the_same_recipe(tmp_path, monkeypatc
     for name, labels in rows:
         trainer = _trainer(name, labels)
         assert _learning_rates(trainer) == pytest.approx(expected), name
-        if hasattr(trainer, "record"):  # ours: joint_config.json says which recipe
-            assert trainer.record["learning_rate"] == record, name
+        if hasattr(trainer, "record"):  # ours: joint_config.json says which recipe (and a head's own scale)
+            head = {"head_lr_scale": 0.1} if trainer.num_cls_classes else {}
+            assert trainer.record["learning_rate"] == {**record, **head}, name
+
+
+class _WithHead(torch.nn.Module):
+    """A stand-in network with a classification head where the SE-ResNet U-Net has it (``cls_head.*``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = torch.nn.Conv2d(1, 2, 3)
+        self.cls_head = torch.nn.Sequential(torch.nn.Linear(2, 3))
+
+
+@pytest.mark.parametrize("scale", [None, "0.5"])
+def test_a_classification_head_learns_at_its_own_fraction_of_the_recipe(tmp_path, monkeypatch, scale):
+    """Classifier and Y-Net: the head's parameters (and only they) form a group at the recipe's rate times
+    the scale (0.1 by default); the joint model, which has no head, keeps one group at the recipe's rate."""
+    monkeypatch.setenv("nnUNet_extTrainer", str(TRAINERS_DIR))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    monkeypatch.setenv("nnUNet_joint_epochs", "10")
+    if scale:
+        monkeypatch.setenv("nnUNet_joint_head_lr_scale", scale)
+    factor = 0.5 if scale else 0.1
+    poly = [1e-2 * (1 - e / 10) ** 0.9 for e in range(10)]  # by hand: nnU-Net's rule
+    for name, labels in (("nnUNetTrainerSEResNetCls_LiTS", "seg"), ("nnUNetTrainerYNet", "seg"),
+                         ("nnUNetTrainerJoint", "joint")):
+        trainer = _trainer(name, labels)
+        trainer.network = _WithHead()
+        optimizer, scheduler = trainer.configure_optimizers()
+        head = {id(p) for p in trainer.network.cls_head.parameters()}
+        groups = [{id(p) for p in g["params"]} for g in optimizer.param_groups]
+        if trainer.num_cls_classes:
+            assert groups == [{id(p) for p in trainer.network.encoder.parameters()}, head], name
+        else:
+            assert groups == [{id(p) for p in trainer.network.parameters()}], name
+        assert all(g["momentum"] == 0.99 and g["nesterov"] and g["weight_decay"] == 3e-5
+                   for g in optimizer.param_groups)  # nnU-Net's SGD in every group
+        for epoch in (0, 4, 9):
+            scheduler.step(epoch)
+            assert optimizer.param_groups[0]["lr"] == pytest.approx(poly[epoch])
+            if trainer.num_cls_classes:
+                assert optimizer.param_groups[1]["lr"] == pytest.approx(factor * poly[epoch]), name
+
+
+def test_a_head_learning_rate_scale_that_is_not_positive_is_refused(monkeypatch):
+    from nnunet_joint.training.settings import head_lr_scale
+
+    for raw in ("0", "-0.1", "fast"):
+        monkeypatch.setenv("nnUNet_joint_head_lr_scale", raw)
+        with pytest.raises(InputError, match="nnUNet_joint_head_lr_scale"):
+            head_lr_scale()
 
 
 def test_an_unknown_recipe_is_refused(monkeypatch):

@@ -121,8 +121,10 @@ class SEResNetUNet(nn.Module):
 
     #: prefix of encoder keys in this network's state dict (ImageNet weights load there)
     encoder_key_prefix: str = "encoder."
+    #: prefix of the classification head's keys (its own learning rate: nnunet_joint.training.recipes)
+    cls_head_prefix: str = "cls_head."
     #: task-specific keys, re-initialised rather than transferred from another task
-    head_prefixes: tuple[str, ...] = ("decoder.seg_layers.", "cls_head.")
+    head_prefixes: tuple[str, ...] = ("decoder.seg_layers.", cls_head_prefix)
 
     def __init__(
         self,

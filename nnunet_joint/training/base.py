@@ -34,7 +34,7 @@ from nnunet_joint.training import settings
 from nnunet_joint.training.curves import LearningCurveMixin, patch_counts
 from nnunet_joint.training.losses import (CLASS_WEIGHT_RULES, ClassificationTargetLoss, label_frequencies,
                                           set_ce_class_weights)
-from nnunet_joint.training.recipes import RECIPES, RecipeLRScheduler
+from nnunet_joint.training.recipes import RECIPES, RecipeLRScheduler, head_param_groups
 from nnunet_joint.training.sampling import lesion_centred
 
 
@@ -94,8 +94,14 @@ class nnUNetTrainerSEResNetBase(LearningCurveMixin, nnUNetTrainer):
 
     def configure_optimizers(self):
         """nnU-Net's SGD (fused on CPU: :func:`~nnunet_joint.training.settings.fused_sgd`) with the run's
-        learning-rate recipe (:mod:`nnunet_joint.training.recipes`)."""
+        learning-rate recipe (:mod:`nnunet_joint.training.recipes`); a classification head is a parameter
+        group of its own at the recipe's rate times ``nnUNet_joint_head_lr_scale``."""
         optimizer, _ = super().configure_optimizers()
+        if self.num_cls_classes:
+            scale = settings.head_lr_scale()
+            groups = head_param_groups(self.plain_network(), SEResNetUNet.cls_head_prefix, scale)
+            optimizer = type(optimizer)(groups, **optimizer.defaults)  # nnU-Net's SGD settings, two groups
+            self.record["learning_rate"]["head_lr_scale"] = scale
         optimizer = settings.fused_sgd(optimizer, self.device)
         self.record["fused_sgd"] = bool(optimizer.param_groups[0].get("fused"))
         return optimizer, RecipeLRScheduler(optimizer, self.recipe, self.num_epochs)

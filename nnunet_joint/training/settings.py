@@ -17,6 +17,7 @@ style: ``nnUNet_n_proc_DA``, ``nnUNet_compile``). Every value used is written to
 | ``nnUNet_joint_lr_recipe`` | learning-rate recipe of every row, whatever its initialisation: ``poly`` or ``warmup-poly`` (:mod:`nnunet_joint.training.recipes`) | ``poly`` |
 | ``nnUNet_joint_warmup_fraction`` | fraction of the epochs the learning rate warms up over (:mod:`nnunet_joint.training.recipes`) | the recipe's |
 | ``nnUNet_joint_peak_lr`` | peak learning rate of the run's recipe (:mod:`nnunet_joint.training.recipes`) | the recipe's (1e-2) |
+| ``nnUNet_joint_head_lr_scale`` | the classification head's learning rate (its own parameter group: classifier and Y-Net) as a fraction of the recipe's (:mod:`nnunet_joint.training.recipes`) | ``0.1`` |
 | ``nnUNet_joint_lambda`` | Y-Net weight: ``L = λ·L_seg + (1−λ)·L_cls`` | ``0.5`` |
 | ``nnUNet_joint_class_weights`` | the CE's class-weight rule of the segmentation, Y-Net and joint trainers: ``lesion-balanced`` (lesion 5x the rest at most), ``lesion-balanced-x1``, ``inverse-frequency`` (the papers' literal reading) or ``none`` (:data:`nnunet_joint.training.losses.CLASS_WEIGHT_RULES`) | ``lesion-balanced`` |
 | ``nnUNet_joint_imagenet_weights`` | local ImageNet SE-ResNet checkpoint (.pth/.safetensors, timm layout) | required by ``*_ImageNet*`` |
@@ -46,6 +47,7 @@ ENV_CLASS_WEIGHTS = "nnUNet_joint_class_weights"
 ENV_IMAGENET = "nnUNet_joint_imagenet_weights"
 ENV_LITS = "nnUNet_joint_lits_checkpoint"
 ENV_PEAK_LR = "nnUNet_joint_peak_lr"
+ENV_HEAD_LR_SCALE = "nnUNet_joint_head_lr_scale"
 ENV_RECIPE = "nnUNet_joint_lr_recipe"
 ENV_SEED = "nnUNet_joint_seed"
 ENV_VAL_MIRRORING = "nnUNet_joint_val_mirroring"
@@ -269,6 +271,15 @@ def recipe_choice() -> str:
     return name
 
 
+def head_lr_scale() -> float:
+    """``nnUNet_joint_head_lr_scale`` (a positive number), else the default
+    :data:`~nnunet_joint.training.recipes.HEAD_LR_SCALE`."""
+    from nnunet_joint.training.recipes import HEAD_LR_SCALE
+
+    scale = _number_in(ENV_HEAD_LR_SCALE, 0.0, float("inf"), low_open=True)
+    return HEAD_LR_SCALE if scale is None else scale
+
+
 def recipe_with_overrides(recipe):
     """The learning-rate recipe with ``nnUNet_joint_peak_lr`` / ``nnUNet_joint_warmup_fraction`` applied, if set."""
     import dataclasses
@@ -340,4 +351,5 @@ def lits_checkpoint_path(plans_identifier: str, trainer: str = LITS_TRAINER) -> 
 def settings_record(budget: Budget) -> dict:
     return {"budget": asdict(budget), "environment": {k: os.environ.get(k) for k in (
         ENV_EPOCHS, ENV_ITERATIONS, ENV_MAX_BATCH, ENV_LAMBDA, ENV_CLASS_WEIGHTS, ENV_IMAGENET, ENV_LITS, ENV_RECIPE, ENV_PEAK_LR,
-        ENV_WARMUP, ENV_THREADS, ENV_SEED, ENV_FUSED_SGD, ENV_VAL_MIRRORING, ENV_FINAL_VALIDATION)}}
+        ENV_WARMUP, ENV_HEAD_LR_SCALE, ENV_THREADS, ENV_SEED, ENV_FUSED_SGD, ENV_VAL_MIRRORING,
+        ENV_FINAL_VALIDATION)}}
