@@ -138,6 +138,20 @@ def test_a_running_training_is_measured_by_its_own_pace(tmp_path, capsys, monkey
     assert lines(capsys)[-1] == "    step a: 250 of 400 iterations (elapsed 1.7 min, left ~4.2 min)"
 
 
+def test_progress_lines_are_not_swallowed_by_a_step_that_silences_nnunet_beside_them(tmp_path, capsys):
+    """A data step running nnU-Net in this process replaces sys.stdout while it runs (quiet_stdout); the
+    lines of steps finishing beside it still reach the run's output."""
+    from nnunet_joint.io import quiet_stdout
+
+    step = Step("stage1", "stage 1", "stage 1", (), lambda: None, lambda: False)
+    progress = Progress([step], StepCosts("test", tmp_path / "costs.json"))
+    with quiet_stdout():
+        print("nnU-Net's own chatter")
+        progress.step_started(step)
+    out = capsys.readouterr().out
+    assert "[1/1] stage 1" in out and "chatter" not in out
+
+
 def test_finished_training_reports_iterations_from_its_learning_curve(tmp_path, capsys):
     curve = tmp_path / "learning_curve.json"
     curve.write_text(json.dumps({"epochs": [{"epoch": 0, "iterations": 25}, {"epoch": 1, "iterations": 50}]}))

@@ -19,7 +19,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence, TextIO
 
 
 @dataclass
@@ -205,11 +205,15 @@ class Progress:
     reported: dict[str, int] = field(default_factory=dict)  # iterations last shown per running training
     heartbeat_s: float = 120.0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: where the lines go: stdout as it is when the run starts. A step that runs nnU-Net in this process
+    #: swallows nnU-Net's prints by replacing ``sys.stdout`` for the whole process (``quiet_stdout``), and
+    #: the lines of the steps beside it must not vanish with them
+    stream: TextIO = field(default_factory=lambda: sys.stdout, repr=False)
 
     def _say(self, line: str) -> None:
         if not self.quiet:
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
+            self.stream.write(line + "\n")
+            self.stream.flush()
 
     def _training_rates(self, now: float) -> dict[str, float]:
         """Seconds per iteration of each running training that finished an epoch, by step id: time since

@@ -83,9 +83,9 @@ CPU_LITS_BATCH = 12
 
 #: The demo's steps on the 2-core development machine, idle (docs/measured_figures.md): what the first
 #: progress line estimates from before this machine has timed any step.
-DEMO_CPU_STEP_COSTS = {"data preparation": 25.0, "preprocessing": 40.0, "stage 1": 150.0, "stage 1 validation": 95.0,
-                       "LiTS pretraining": 320.0, "LiTS pretraining validation": 55.0, "crops (cascade)": 66.0,
-                       "row training (joint)": 280.0, "report": 10.0}
+DEMO_CPU_STEP_COSTS = {"data preparation": 15.0, "preprocessing": 40.0, "stage 1": 110.0, "stage 1 validation": 85.0,
+                       "LiTS pretraining": 280.0, "LiTS pretraining validation": 60.0, "crops (cascade)": 55.0,
+                       "row training (joint)": 250.0, "report": 10.0}
 #: The study's rows: the papers' questions (MIDL: 4 frameworks from scratch and from LiTS; EMBC: the
 #: joint model from LiTS with each fine-tuning schedule) and plain nnU-Net on both Sheba datasets.
 STUDY_ROWS = (
@@ -99,9 +99,10 @@ STUDY_ROWS = (
 #: still at chance after 600 iterations and flattened after about 1,500 (full-slice type accuracy
 #: 0.43 at 600, 0.77 at 1,800 iterations); stage 1 reaches a liver pseudo-Dice of 0.9 in about 100.
 PROFILES = {
-    # The README's main command: 12-13 minutes on 2 idle CPU cores (12.0 and 13.0 measured; 14.8 with the rows at
-    # 1,200 iterations and stage 1 at a batch of 12, 17.0 with stage 1 at 100 iterations, 22.5 before the LiTS
-    # model's CPU batch; docs/measured_figures.md). The small phantom, fold 0, the papers' central comparison
+    # The README's main command: about 10 minutes on 2 idle CPU cores (10.1 measured; 12.1 before 501 and 502
+    # were preprocessed side by side, 12.0 and 13.0 before the pretrainings were validated beside the rows, 14.8
+    # with the rows at 1,200 iterations and stage 1 at a batch of 12, 22.5 before the LiTS model's CPU batch;
+    # docs/measured_figures.md). The small phantom, fold 0, the papers' central comparison
     # (joint from scratch and from LiTS), two trainings at a time. The rows train 1,000 iterations (the
     # study 1,500): their type accuracy in the demo runs was 0.55-0.65 at 1,000 and 0.61-0.68 at 1,200.
     "demo": Profile("demo", (0,), "small", "seresnet18", _budget(40, 25), DEMO_STAGE1,
