@@ -127,6 +127,29 @@ def test_a_classification_head_learns_at_its_own_fraction_of_the_recipe(tmp_path
                 assert optimizer.param_groups[1]["lr"] == pytest.approx(factor * poly[epoch]), name
 
 
+def test_a_head_row_checkpoint_of_one_optimiser_group_is_refused_with_its_reason(tmp_path, monkeypatch):
+    """A classifier checkpoint saved when the head shared the encoder's learning rate (one SGD group) is not
+    resumed under the new recipe: the error names the file and what to do, not torch's bare ValueError."""
+    monkeypatch.setenv("nnUNet_extTrainer", str(TRAINERS_DIR))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    trainer = _trainer("nnUNetTrainerSEResNetCls_LiTS", "seg")
+    trainer.network = _WithHead()
+    trainer.optimizer, trainer.lr_scheduler = trainer.configure_optimizers()
+    trainer.was_initialized = True  # nothing else of initialize() is needed to load
+    earlier = torch.optim.SGD(trainer.network.parameters(), 1e-2, momentum=0.99, nesterov=True)  # one group
+    checkpoint = {"network_weights": trainer.network.state_dict(), "optimizer_state": earlier.state_dict(),
+                  "grad_scaler_state": None, "logging": trainer.logger.get_checkpoint(), "_best_ema": None,
+                  "current_epoch": 3, "init_args": trainer.my_init_kwargs,
+                  "trainer_name": "nnUNetTrainerSEResNetCls_LiTS", "inference_allowed_mirroring_axes": (0, 1)}
+    path = tmp_path / "checkpoint_latest.pth"
+    torch.save(checkpoint, path)
+    with pytest.raises(RuntimeError, match=f"^{path}: its optimiser state has another number of parameter groups"):
+        trainer.load_checkpoint(str(path))
+    torch.save({**checkpoint, "optimizer_state": trainer.optimizer.state_dict()}, path)  # this build's: loads
+    trainer.load_checkpoint(str(path))
+    assert trainer.current_epoch == 3
+
+
 def test_a_head_learning_rate_scale_that_is_not_positive_is_refused(monkeypatch):
     from nnunet_joint.training.settings import head_lr_scale
 

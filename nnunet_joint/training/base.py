@@ -300,6 +300,19 @@ class nnUNetTrainerSEResNetBase(LearningCurveMixin, nnUNetTrainer):
             write_json(self.record, Path(self.output_folder) / JOINT_CONFIG_FILE)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
-        """nnU-Net's loader, its ``torch.load(weights_only=False)`` routed to our safe loader."""
+        """nnU-Net's loader, its ``torch.load(weights_only=False)`` routed to our safe loader.
+
+        A head row's checkpoint saved before the head had its own learning rate holds one optimiser group
+        where this build has two; it is refused with the reason (torch's own message names no file)
+        rather than resumed under a different recipe than it started with."""
         with nnunet_loads_safely():
-            super().load_checkpoint(filename_or_checkpoint)
+            try:
+                super().load_checkpoint(filename_or_checkpoint)
+            except ValueError as e:
+                if "number of parameter groups" not in str(e):
+                    raise
+                raise RuntimeError(
+                    f"{filename_or_checkpoint}: its optimiser state has another number of parameter groups than this build's (the "
+                    f"classification head has its own learning rate since, {settings.ENV_HEAD_LR_SCALE}); it "
+                    "cannot be resumed or validated under the recipe it started with: move the fold folder aside "
+                    "and train the fold again") from None
