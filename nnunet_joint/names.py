@@ -75,6 +75,8 @@ FRAMEWORKS: dict[str, Framework] = {f.key: f for f in (
 )}
 #: The papers' four frameworks, in their row order.
 PAPER_FRAMEWORKS: tuple[str, ...] = ("cls", "seg", "ynet", "joint")
+#: The frameworks whose network types the slice with a classification head (the joint model types by pixel)
+HEAD_FRAMEWORKS: tuple[str, ...] = ("cls", "ynet")
 
 SCRATCH = "scratch"
 #: Weight initialisations, in the papers' column order.

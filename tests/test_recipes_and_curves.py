@@ -128,8 +128,9 @@ def test_a_classification_head_learns_at_its_own_fraction_of_the_recipe(tmp_path
 
 
 def test_a_head_row_checkpoint_of_one_optimiser_group_is_refused_with_its_reason(tmp_path, monkeypatch):
-    """A classifier checkpoint saved when the head shared the encoder's learning rate (one SGD group) is not
-    resumed under the new recipe: the error names the file and what to do, not torch's bare ValueError."""
+    """A classifier checkpoint saved when the head shared the encoder's learning rate (one SGD group) loads its
+    weights (``--val`` validates it) but its training is not resumed under the new recipe: the error names the
+    file and what to do, not torch's bare ValueError."""
     monkeypatch.setenv("nnUNet_extTrainer", str(TRAINERS_DIR))
     monkeypatch.setenv("nnUNet_results", str(tmp_path))
     trainer = _trainer("nnUNetTrainerSEResNetCls_LiTS", "seg")
@@ -143,8 +144,15 @@ def test_a_head_row_checkpoint_of_one_optimiser_group_is_refused_with_its_reason
                   "trainer_name": "nnUNetTrainerSEResNetCls_LiTS", "inference_allowed_mirroring_axes": (0, 1)}
     path = tmp_path / "checkpoint_latest.pth"
     torch.save(checkpoint, path)
+    weights = {k: v.clone() for k, v in trainer.network.state_dict().items()}
+    with torch.no_grad():
+        for p in trainer.network.parameters():
+            p.zero_()
+    trainer.load_checkpoint(str(path))  # what --val does
+    assert all(torch.equal(v, weights[k]) for k, v in trainer.network.state_dict().items())
     with pytest.raises(RuntimeError, match=f"^{path}: its optimiser state has another number of parameter groups"):
-        trainer.load_checkpoint(str(path))
+        trainer.on_train_start()  # what --c does next
+    trainer.earlier_optimiser_state = None
     torch.save({**checkpoint, "optimizer_state": trainer.optimizer.state_dict()}, path)  # this build's: loads
     trainer.load_checkpoint(str(path))
     assert trainer.current_epoch == 3

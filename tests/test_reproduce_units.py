@@ -97,6 +97,18 @@ def test_a_cpu_training_augments_in_its_own_process_unless_the_user_says_otherwi
     assert env.get("nnUNet_n_proc_DA") == expected and env["nnUNet_joint_epochs"] == "2" and env["X"] == "1"
 
 
+def test_a_training_started_beside_an_in_process_nnunet_step_still_augments_in_its_own_process(tmp_path, monkeypatch):
+    """The 502 preprocessing runs nnU-Net in the study's process with the run's variables in os.environ;
+    stage 1, started beside it, must not read the run folder's default worker as the user's setting."""
+    recorded = []
+    monkeypatch.setattr(training, "run_nnunet", lambda cmd, run, log, **env: recorded.append(env))
+    monkeypatch.delenv("nnUNet_n_proc_DA", raising=False)
+    run = RunFolder(tmp_path / "run")
+    with run.nnunet_environment():  # what the lits-data step holds while it preprocesses
+        train_fold(run, TRAINER, 504, "0", "cpu", {}, {})
+    assert recorded[0]["nnUNet_n_proc_DA"] == "0"
+
+
 @pytest.mark.parametrize("spoil", UNREADABLE, ids=[f.__name__ for f in UNREADABLE])
 @pytest.mark.parametrize("validated", [True, False], ids=["validated", "validation-interrupted"])
 def test_unreadable_final_checkpoint_means_retrain_from_scratch(tmp_path, calls, capsys, spoil, validated):
@@ -162,7 +174,11 @@ def test_a_training_without_validation_is_done_at_its_checkpoint_and_validated_l
     recorded = []
     monkeypatch.setattr(training, "run_nnunet", lambda cmd, run, log, **env: recorded.append((cmd, env)))
     run = RunFolder(tmp_path / "run")
+    stale = fold_dir(run) / "validation" / "summary.json"  # of a model whose checkpoint is gone
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{}")
     train_fold(run, TRAINER, 504, "0", "cpu", {}, {}, validate=False)
+    assert not stale.parent.exists()  # the retrained model's validation step must not find the old figures
     cmd, env = recorded[-1]
     assert env["nnUNet_joint_final_validation"] == "0" and "--val" not in cmd and "--c" not in cmd
     good_checkpoint(fold_dir(run) / "checkpoint_final.pth")
@@ -498,6 +514,34 @@ def test_rows_selects_some_of_the_profile_s_rows_with_their_pretraining_and_stag
     # plain nnU-Net by its trainer name alone runs on both Sheba datasets
     both = Study(RunFolder(tmp_path / "run"), PROFILES["study"], folds=(0,), rows=("nnUNetTrainer_JointBudget",))
     assert sorted(i for i in (s.id for s in both.steps()) if i.endswith("-f0")) == ["nnUNet503-f0", "nnUNet504-f0"]
+
+
+def test_a_validation_step_never_trains_a_model_that_is_not_there(tmp_path, monkeypatch):
+    """``--step lits-val`` run before ``lits`` (a scheduler's job out of order) stops with the missing checkpoint
+    instead of training the LiTS model with its validation."""
+    from nnunet_joint.errors import InputError
+    from nnunet_joint.study.steps import Study
+
+    recorded = []
+    monkeypatch.setattr(training, "run_nnunet", lambda cmd, run, log, **env: recorded.append(cmd))
+    step = next(s for s in Study(RunFolder(tmp_path / "run"), PROFILES["demo"], folds=(0,)).steps()
+                if s.id == "lits-val")
+    with pytest.raises(InputError, match="run step lits"):
+        step.run()
+    assert recorded == []
+
+
+def test_the_head_rows_train_with_the_head_learning_rate_of_the_study_whatever_a_job_s_shell_says(tmp_path, monkeypatch):
+    """Like the class weights, the head's learning-rate scale is pinned in every head row's variables (and
+    shown in its command); rows without a head get none."""
+    from nnunet_joint.study.steps import Study
+
+    monkeypatch.setenv("nnUNet_joint_head_lr_scale", "0.25")
+    trainings = Study(RunFolder(tmp_path / "run"), PROFILES["study"], folds=(0,)).row_trainings()
+    scales = {e.framework: t.budget.get("nnUNet_joint_head_lr_scale") for e, _, t in trainings}
+    assert scales == {"cls": "0.25", "ynet": "0.25", "seg": None, "joint": None, "nnunet": None}
+    cls = next(t for e, _, t in trainings if e.framework == "cls")
+    assert cls.command("cpu").startswith("nnUNet_joint_epochs=50 ") and "nnUNet_joint_head_lr_scale=0.25" in cls.command("cpu")
 
 
 def test_a_row_the_profile_does_not_run_is_refused_in_one_line(tmp_path, capsys):

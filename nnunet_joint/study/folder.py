@@ -73,8 +73,10 @@ class RunFolder:
         """This run's nnU-Net variables in ``os.environ`` while nnU-Net code runs in this process.
 
         nnU-Net 2.8 reads them at use time (``nnunetv2.paths``); the previous values come back after.
+        ``nnUNet_n_proc_DA`` is left alone: no in-process step augments, and a training started beside this
+        block tells the user's setting from none by it (:func:`~nnunet_joint.study.training.cpu_augmentation`).
         """
-        wanted = {k: v for k, v in self.environment().items() if k.startswith("nnUNet_")}
+        wanted = {k: v for k, v in self.environment().items() if k.startswith("nnUNet_") and k != "nnUNet_n_proc_DA"}
         saved = {k: os.environ.get(k) for k in wanted}
         os.environ.update(wanted)
         try:

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Sequence
 
 from nnunet_joint.cpu import cpu_threads
+from nnunet_joint.errors import InputError
 from nnunet_joint.names import (
     DATASET_FOLDERS,
+    HEAD_FRAMEWORKS,
     JOINT_DATASET,
     LITS_LESION_DATASET,
     LITS_TRAINER,
@@ -163,6 +165,13 @@ class Study:
 
         return {ENV_CLASS_WEIGHTS: class_weight_choice()}
 
+    def head_lr_variable(self, exp: Experiment) -> dict[str, str]:
+        """The head's learning-rate scale (``nnUNet_joint_head_lr_scale``) of a row with a classification head,
+        pinned like :meth:`class_weights_variable`; rows without a head get none."""
+        from nnunet_joint.training.settings import ENV_HEAD_LR_SCALE, head_lr_scale
+
+        return {ENV_HEAD_LR_SCALE: f"{head_lr_scale():g}"} if exp.framework in HEAD_FRAMEWORKS else {}
+
     def selected(self) -> list[Experiment]:
         """The profile's rows, and of those only the ``--rows`` ones when given."""
         wanted = None if self.rows is None else matrix.selected(self.rows)
@@ -195,7 +204,8 @@ class Study:
         weights = self.class_weights_variable()
         return [(exp, fold, Training(f"{exp.trainer} on {DATASET_FOLDERS[exp.dataset]} fold {fold}", exp.trainer,
                                      exp.dataset, str(fold),
-                                     {**self.profile.budget, **(weights if exp.framework != "nnunet" else {})},
+                                     {**self.profile.budget, **(weights if exp.framework != "nnunet" else {}),
+                                      **self.head_lr_variable(exp)},
                                      exp.plans(self.plans),
                                      plain_env if exp.framework == "nnunet" else env,
                                      npz=exp.framework == "nnunet" and exp.dataset == JOINT_DATASET))
@@ -296,8 +306,14 @@ class Study:
         start; as steps of their own they run beside the rows (docs/measured_figures.md)."""
         t = {"stage1": self.stage1, "lits": self.lits, "lits-plain": self.plain_lits}[training.id]()
         fold_dir = t.fold_dir(self.run)
+
+        def validate() -> None:
+            if not fold_trained(fold_dir):  # a validation step never trains (a scheduler's job run out of order)
+                raise InputError(fold_dir / "checkpoint_final.pth", f"missing or unreadable: run step {training.id}")
+            self.train(t)
+
         return Step(f"{training.id}-val", f"final validation of {t.what}", f"{training.kind} validation",
-                    (training.id,), lambda: self.train(t), lambda: fold_done(fold_dir), gpu=True)
+                    (training.id,), validate, lambda: fold_done(fold_dir), gpu=True)
 
     def row_steps(self) -> list[tuple[Experiment, int, int, Step]]:
         """``(experiment, fold, repeat, step)`` of every row training, the repeats of the central comparison

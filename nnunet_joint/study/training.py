@@ -9,6 +9,7 @@ trainings that start from its checkpoint need only :func:`fold_trained`.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,6 +76,8 @@ def train_fold(run: RunFolder, trainer: str, dataset: int, fold: str, device: st
         return fold_dir
     from nnunet_joint.checkpoints import set_aside_refused_checkpoint
 
+    if not validate and (fold_dir / "validation").is_dir():  # of a checkpoint this call replaces
+        shutil.rmtree(fold_dir / "validation")
     for checkpoint, resume in ((fold_dir / "checkpoint_final.pth", "--val"),  # trained, validation interrupted
                                (fold_dir / "checkpoint_latest.pth", "--c")):  # killed during training
         if not checkpoint.is_file():

@@ -194,6 +194,7 @@ class nnUNetTrainerSEResNetBase(LearningCurveMixin, nnUNetTrainer):
     # ------------------------------------------------------------------ initialisation and freezing
 
     def on_train_start(self):
+        self.refuse_earlier_optimiser_state()
         super().on_train_start()
         if self.current_epoch == 0:  # a fresh run; a continued one restores its checkpoint instead
             self.initialise_weights()
@@ -303,16 +304,24 @@ class nnUNetTrainerSEResNetBase(LearningCurveMixin, nnUNetTrainer):
         """nnU-Net's loader, its ``torch.load(weights_only=False)`` routed to our safe loader.
 
         A head row's checkpoint saved before the head had its own learning rate holds one optimiser group
-        where this build has two; it is refused with the reason (torch's own message names no file)
-        rather than resumed under a different recipe than it started with."""
+        where this build has two. Everything but the optimiser state loads (nnU-Net loads that last), so
+        ``--val`` validates it; resuming its training is refused at the start of training
+        (:meth:`refuse_earlier_optimiser_state`), rather than continued under another recipe."""
         with nnunet_loads_safely():
             try:
                 super().load_checkpoint(filename_or_checkpoint)
             except ValueError as e:
                 if "number of parameter groups" not in str(e):
                     raise
-                raise RuntimeError(
-                    f"{filename_or_checkpoint}: its optimiser state has another number of parameter groups than this build's (the "
-                    f"classification head has its own learning rate since, {settings.ENV_HEAD_LR_SCALE}); it "
-                    "cannot be resumed or validated under the recipe it started with: move the fold folder aside "
-                    "and train the fold again") from None
+                self.earlier_optimiser_state = str(filename_or_checkpoint)
+                self.print_to_log_file(f"{filename_or_checkpoint}: optimiser state of another number of parameter "
+                                       "groups not loaded (the weights are)")
+
+    def refuse_earlier_optimiser_state(self) -> None:
+        """Stop a resumed training whose checkpoint's optimiser state did not load (:meth:`load_checkpoint`)."""
+        if getattr(self, "earlier_optimiser_state", None):
+            raise RuntimeError(
+                f"{self.earlier_optimiser_state}: its optimiser state has another number of parameter groups than "
+                f"this build's (the classification head has its own learning rate since, "
+                f"{settings.ENV_HEAD_LR_SCALE}); its training cannot be resumed under the recipe it started with: "
+                "move the fold folder aside and train the fold again") from None
