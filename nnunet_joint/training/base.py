@@ -322,6 +322,6 @@ class nnUNetTrainerSEResNetBase(LearningCurveMixin, nnUNetTrainer):
         if getattr(self, "earlier_optimiser_state", None):
             raise RuntimeError(
                 f"{self.earlier_optimiser_state}: its optimiser state has another number of parameter groups than "
-                f"this build's (the classification head has its own learning rate since, "
-                f"{settings.ENV_HEAD_LR_SCALE}); its training cannot be resumed under the recipe it started with: "
+                f"this build's (a build before the classification head got its own learning rate, "
+                f"{settings.ENV_HEAD_LR_SCALE}, saved it); its training cannot be resumed under the recipe it started with: "
                 "move the fold folder aside and train the fold again") from None
