@@ -40,6 +40,7 @@ from nnunet_joint.evaluation import published
 from nnunet_joint.evaluation.evaluate import evaluate_trainer_dir
 from nnunet_joint.evaluation.report import Experiment, build_report
 from nnunet_joint.evaluation.report.experiments import (
+    FoldRecord,
     RecordError,
     read_fold_record,
     read_learning_curve,
@@ -310,6 +311,32 @@ def test_requested_budget_of_rows_that_did_not_train(tmp_path):
     assert (used.budget, used.network) == ("30 x 20", "seresnet18 (requested)")
 
 
+def test_the_budget_table_names_each_rows_learning_rate_and_the_heads_share(tmp_path):
+    """The learning rate the folds recorded; a head row recorded before the head had its own rate trained it at
+    the recipe's (1x), and the report says so rather than passing it off as this build's row."""
+    def head_row(fold_records):
+        entry = experiment("Y-Net", "ynet", "LiTS", "NoFreeze", "nnUNetTrainerYNet_LiTS", SEG_DS, tmp_path)
+        e = Experiment.from_dict(entry)
+        return dataclasses.replace(e, records=[FoldRecord(f, c, None) for f, c in fold_records])
+
+    recipe = {"recipe": "poly", "peak_lr": 0.01, "warmup_fraction": 0.0, "warmup_epochs": 0}
+    this_build = {"learning_rate": {**recipe, "head_lr_scale": 0.1}}
+    earlier = {"learning_rate": dict(recipe)}
+    assert training_used(head_row([(0, this_build), (1, this_build)])).learning_rate == "poly 0.01; head 0.1x"
+    assert training_used(head_row([(0, None)])).learning_rate == "not recorded"  # our trainer, its record lost
+    assert training_used(head_row([(0, this_build), (1, earlier)])).learning_rate == (
+        "poly 0.01; head 0.1x (fold 0); poly 0.01; head 1x (an earlier build: no own head rate) (fold 1)")
+    warm = {"learning_rate": {**recipe, "recipe": "warmup-cosine", "peak_lr": 0.001, "warmup_fraction": 0.1}}
+    joint = dataclasses.replace(Experiment.from_dict(
+        experiment("joint", "joint", "LiTS", "NoFreeze", "nnUNetTrainerJoint_LiTS", JOINT_DS, tmp_path)),
+        records=[FoldRecord(0, warm, None)])
+    assert training_used(joint).learning_rate == "warmup-cosine 0.001, warm-up 0.1"  # no head, no head share
+    plain = dataclasses.replace(Experiment.from_dict(
+        experiment("nnU-Net", "nnunet", "-", "NoFreeze", "nnUNetTrainer", JOINT_DS, tmp_path)),
+        records=[FoldRecord(0, None, None)])
+    assert training_used(plain).learning_rate == "nnU-Net's"
+
+
 def test_learning_curve_panels(built):
     parsed = [Experiment.from_dict(e) for e in built["experiments"]]
     panels = {p.title: p for p in curve_panels(parsed)}
@@ -385,7 +412,7 @@ def test_summary_json_and_csv_equal_inputs(built):
     joint_cls = next(r for r in midl["rows"] if r[:2] == ["joint", "cls acc"])
     assert joint_cls[2] == "not run: not in the experiment list" and joint_cls[4] == NO_IMAGENET
     assert [r[0] for r in saved["tables"]["embc"]["rows"]][0] == "baseline (scratch) [joint, scratch, NoFreeze]"
-    assert NO_IMAGENET in [r[9] for r in saved["tables"]["budgets"]["rows"]]
+    assert NO_IMAGENET in [r[10] for r in saved["tables"]["budgets"]["rows"]]
 
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert len(rows) == 5 * 10  # 10 metrics: Dice, Dice2, recall, precision, success, accuracy, 3 recalls, liver

@@ -422,12 +422,15 @@ class TrainingUsed:
         network: encoder and patch from ``joint_config.json``, else nnU-Net's ``plans.json``, else
             the requested encoder.
         trained: cumulative iterations at the last epoch of each fold's learning curve.
+        learning_rate: the recipe and peak rate from ``joint_config.json`` and, for a row with a
+            classification head, the head's scale of it (:func:`recorded_learning_rate`).
     """
 
     budget: str
     source: str
     network: str
     trained: str
+    learning_rate: str = "–"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -452,6 +455,29 @@ def requested_network(e: Experiment) -> str:
     return f"{e.budget.get('encoder', '–')} (requested)"
 
 
+def recorded_learning_rate(config: Mapping[str, Any] | None, framework: str) -> str:
+    """``"poly 0.01; head 0.1x"``: the learning-rate recipe a fold recorded, and its head's scale.
+
+    A head row (classifier, Y-Net) whose record has no head scale was trained by a build from before the
+    head had a learning rate of its own, i.e. at the recipe's rate (1x): the report says so, since those
+    rows collapsed on the paper-sized target (docs/model_diagnosis.md). Plain nnU-Net writes no
+    ``joint_config.json``: it trains with nnU-Net's own rate.
+    """
+    if framework == "nnunet":
+        return "nnU-Net's"
+    recorded = None if config is None else config.get("learning_rate")
+    if not isinstance(recorded, Mapping):
+        return "not recorded"
+    recipe, peak = recorded.get("recipe", "?"), recorded.get("peak_lr")
+    text = f"{recipe} {peak:g}" if isinstance(peak, (int, float)) else str(recipe)
+    if recorded.get("warmup_fraction"):
+        text += f", warm-up {recorded['warmup_fraction']:g}"
+    if framework in vocabulary.HEAD_FRAMEWORKS:
+        scale = recorded.get("head_lr_scale")
+        text += f"; head {scale:g}x" if scale is not None else "; head 1x (an earlier build: no own head rate)"
+    return text
+
+
 def training_used(e: Experiment) -> TrainingUsed:
     """What :class:`Experiment` ``e`` trained with (see :class:`TrainingUsed`)."""
     requested_epochs, requested_iterations = e.budget.get("epochs"), e.budget.get("iterations")
@@ -463,8 +489,9 @@ def training_used(e: Experiment) -> TrainingUsed:
         requested = f"{requested_epochs} x {requested_iterations}"
     if not e.records:
         return TrainingUsed(requested, "requested", requested_network(e), "–")
-    budgets, sources, networks, trained = {}, {}, {}, {}
+    budgets, sources, networks, trained, rates = {}, {}, {}, {}, {}
     for record in e.records:
+        rates[record.fold] = recorded_learning_rate(record.config, e.framework)
         budget = record.budget
         budgets[record.fold] = requested if budget is None else f"{budget[0]} x {budget[1]}"
         sources[record.fold] = JOINT_CONFIG_FILE if budget is not None else "requested (no joint_config.json)"
@@ -479,4 +506,5 @@ def training_used(e: Experiment) -> TrainingUsed:
             networks[record.fold] = requested_network(e)
         final = None if record.curve is None else record.curve.final_iterations
         trained[record.fold] = "no curve" if final is None else str(final)
-    return TrainingUsed(_per_fold(budgets), _per_fold(sources), _per_fold(networks), _per_fold(trained))
+    return TrainingUsed(_per_fold(budgets), _per_fold(sources), _per_fold(networks), _per_fold(trained),
+                        _per_fold(rates))

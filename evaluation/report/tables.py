@@ -322,7 +322,7 @@ def comparisons_table(evidence: Evidence) -> Table:
 def budget_table(experiments: Sequence[Experiment], full: bool = False) -> Table:
     """The experiments that trained (or tried to; ``full``: every listed one), with what each training used."""
     header = ["experiment", "trainer", "dataset", "init", "schedule", "epochs x iterations", "budget from",
-              "iterations trained (curve)", "network", "status", "slices", "folds"]
+              "iterations trained (curve)", "network", "learning rate", "status", "slices", "folds"]
     rows = []
     for e in experiments:
         if not (full or ran(e)):
@@ -333,14 +333,16 @@ def budget_table(experiments: Sequence[Experiment], full: bool = False) -> Table
             slices, folds = str(e.summary["aggregate"]["n_slices"]), str(e.summary["aggregate"]["n_folds"])
         source = used.source if e.done else "requested (not trained)"
         budget, trained, network = used.budget, used.trained, used.network
-        rows.append([e.label, e.trainer, e.dataset, e.init, e.schedule, budget, source, trained, network, e.status,
-                     slices, folds])
+        rows.append([e.label, e.trainer, e.dataset, e.init, e.schedule, budget, source, trained, network,
+                     used.learning_rate, e.status, slices, folds])
     return Table("budgets", "Budgets per experiment",
                  "The experiments this run trained. What each training used: epochs x iterations per epoch and "
                  "the network as the fold folder's "
                  "joint_config.json records them; rows without that file (plain nnU-Net) show the budget the run "
                  "requested, and the network from nnU-Net's plans.json. Iterations trained: the last point of each "
-                 "fold's learning curve.", header, rows)
+                 "fold's learning curve. Learning rate: the recipe and its peak, and for a row with a classification "
+                 "head the head's share of it (its own parameter group; 1x: a build before the head had one).",
+                 header, rows)
 
 
 def versions_table(versions: Mapping[str, str]) -> Table:
