@@ -326,11 +326,11 @@ def test_the_budget_table_names_each_rows_learning_rate_and_the_heads_share(tmp_
     assert training_used(head_row([(0, None)])).learning_rate == "not recorded"  # our trainer, its record lost
     assert training_used(head_row([(0, this_build), (1, earlier)])).learning_rate == (
         "poly 0.01; head 0.1x (fold 0); poly 0.01; head 1x (an earlier build: no own head rate) (fold 1)")
-    warm = {"learning_rate": {**recipe, "recipe": "warmup-cosine", "peak_lr": 0.001, "warmup_fraction": 0.1}}
+    warm = {"learning_rate": {**recipe, "recipe": "warmup-poly", "peak_lr": 0.001, "warmup_fraction": 0.1}}
     joint = dataclasses.replace(Experiment.from_dict(
         experiment("joint", "joint", "LiTS", "NoFreeze", "nnUNetTrainerJoint_LiTS", JOINT_DS, tmp_path)),
         records=[FoldRecord(0, warm, None)])
-    assert training_used(joint).learning_rate == "warmup-cosine 0.001, warm-up 0.1"  # no head, no head share
+    assert training_used(joint).learning_rate == "warmup-poly 0.001, warm-up 0.1"  # no head, no head share
     plain = dataclasses.replace(Experiment.from_dict(
         experiment("nnU-Net", "nnunet", "-", "NoFreeze", "nnUNetTrainer", JOINT_DS, tmp_path)),
         records=[FoldRecord(0, None, None)])

@@ -459,8 +459,8 @@ def recorded_learning_rate(config: Mapping[str, Any] | None, framework: str) -> 
     """``"poly 0.01; head 0.1x"``: the learning-rate recipe a fold recorded, and its head's scale.
 
     A head row (classifier, Y-Net) whose record has no head scale was trained by a build from before the
-    head had a learning rate of its own, i.e. at the recipe's rate (1x): the report says so, since those
-    rows collapsed on the paper-sized target (docs/model_diagnosis.md). Plain nnU-Net writes no
+    head had a learning rate of its own, i.e. at the recipe's rate (1x): the report says so, since at that
+    rate the classifier from LiTS collapsed on the paper-sized target (docs/model_diagnosis.md). Plain nnU-Net writes no
     ``joint_config.json``: it trains with nnU-Net's own rate.
     """
     if framework == "nnunet":
