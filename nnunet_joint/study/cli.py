@@ -67,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="run folder (created; a rerun resumes it)")
     p.add_argument("--profile", choices=sorted(PROFILES), default="demo",
                    help="demo: fold 0, joint from scratch and from LiTS (about 10 min on 2 idle CPU cores, as measured); study: "
-                        "3 folds, the rows of the papers' questions, the papers' target size (332 slices; 3-4 h on 2 "
-                        "CPU cores measured on the 90-slice phantom, not yet on this one); full: "
+                        "3 folds, the rows of the papers' questions, the papers' target size (332 slices; about 4.6 h on 2 "
+                        "idle CPU cores as measured); full: "
                         "default phantom, every row, SE-ResNet-50 (for a GPU); tiny: for tests")
     p.add_argument("--nnunet-length", action="store_true",
                    help="train every model for nnU-Net's standard 1000 epochs x 250 iterations instead of the "
