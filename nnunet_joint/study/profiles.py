@@ -110,9 +110,10 @@ PROFILES = {
                     (trainer_name("joint"), trainer_name("joint", "LiTS")), jobs=2,
                     cpu_step_costs=DEMO_CPU_STEP_COSTS),
     # Every row that answers the papers' questions, 3 folds, at the budget where the curves flatten, on the
-    # papers' target (332 slices of 140 patients) at 128²: about 4.6 h on 2 idle CPU cores as measured, 5-18 min
+    # papers' target (332 slices of 140 patients) at 128²: about 4.6 h on 2 idle CPU cores as measured, 5-20 min
     # per training two at a time (docs/measured_figures.md; the small phantom's study took about 3.8 h). On this
-    # target nnU-Net's plans give the rows batches of 13-15 instead of 3-4, which is most of the difference.
+    # target nnU-Net's plans give the rows batches of 13-15 instead of 3-4 and each validation predicts 111
+    # slices instead of 30: that, not the 5 min of data preparation, is the difference.
     "study": Profile("study", (0, 1, 2), "paper", "seresnet18", _budget(50, 30), CPU_STAGE1,
                      _budget(30, 30, CPU_LITS_BATCH), "0", None, STUDY_ROWS, jobs=2),
     # The papers' protocol on the default phantom, every row, 3 folds, SE-ResNet-50: the small phantom's
